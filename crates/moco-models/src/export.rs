@@ -1,0 +1,81 @@
+//! Writing weights for PyTorch users: safetensors with timm / torchvision names, tensors in
+//! PyTorch's layout, so `model.load_state_dict(safetensors.torch.load_file(path))` works.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
+
+use crate::import::family_of_config;
+use crate::keys::{burn_to_torch, Family};
+use crate::moco::{Backbone, BackboneConfig, MoCo, MocoConfig};
+use crate::{write_atomic, ModelError};
+
+/// Every tensor of `module` under its PyTorch name, as f32 data in PyTorch's layout.
+pub fn torch_state_dict<B: Backend, M: Module<B>>(module: &M, family: Family) -> Vec<(String, TensorData)> {
+    module
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+        .into_iter()
+        .map(|s| {
+            let name = burn_to_torch(&s.full_path(), family);
+            let data = s
+                .to_data()
+                .unwrap_or_else(|e| panic!("tensor '{name}' of a live module is unreadable: {e:?}"));
+            (name, data.convert::<f32>())
+        })
+        .collect()
+}
+
+/// Serialises named tensors to safetensors bytes, with string metadata.
+pub fn to_safetensors(
+    tensors: &[(String, TensorData)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>, ModelError> {
+    let views = tensors
+        .iter()
+        .map(|(name, data)| {
+            debug_assert_eq!(data.dtype, DType::F32);
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                data.shape.to_vec(),
+                data.as_bytes(),
+            )
+            .map_err(|e| ModelError::InvalidConfig(format!("tensor '{name}': {e}")))?;
+            Ok((name.clone(), view))
+        })
+        .collect::<Result<Vec<_>, ModelError>>()?;
+    safetensors::serialize(views, metadata).map_err(|e| ModelError::InvalidConfig(format!("safetensors: {e}")))
+}
+
+/// Writes a backbone with timm (ViT) or torchvision (ResNet) names. Returns the tensor count.
+///
+/// The file has no classifier: create the PyTorch model with `num_classes=0` (timm) or load
+/// with `strict=False` for torchvision's `fc`. The architecture is stored as JSON metadata
+/// under `moco_backbone`.
+pub fn export_backbone<B: Backend>(
+    backbone: &Backbone<B>,
+    config: &BackboneConfig,
+    path: &Path,
+) -> Result<usize, ModelError> {
+    let tensors = torch_state_dict(backbone, family_of_config(config));
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("moco_backbone".to_string(), serde_json::to_string(config).expect("config serialises")),
+    ]);
+    write_atomic(path, &to_safetensors(&tensors, Some(meta))?)?;
+    Ok(tensors.len())
+}
+
+/// Writes a whole MoCo model with the official checkpoint's key names (without `module.`).
+pub fn export_moco<B: Backend>(model: &MoCo<B>, config: &MocoConfig, path: &Path) -> Result<usize, ModelError> {
+    let tensors = torch_state_dict(model, family_of_config(&config.backbone));
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("moco_config".to_string(), serde_json::to_string(config).expect("config serialises")),
+    ]);
+    write_atomic(path, &to_safetensors(&tensors, Some(meta))?)?;
+    Ok(tensors.len())
+}

@@ -1,0 +1,442 @@
+//! Vision Transformer as MoCo v3 builds it on timm: conv patch embedding (or the ConvStem),
+//! CLS token, fixed 2-D sin-cos position embedding, pre-norm blocks, CLS output.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, relu, softmax};
+
+use crate::norm::{BatchNorm, BatchNormConfig};
+use crate::ModelError;
+
+/// MoCo v3's LayerNorm epsilon (timm's `partial(nn.LayerNorm, eps=1e-6)`).
+pub const LAYER_NORM_EPS: f64 = 1e-6;
+
+/// Configuration of a [`Vit`].
+#[derive(Config, Debug, PartialEq)]
+pub struct VitConfig {
+    /// Side of the square input image.
+    #[config(default = 224)]
+    pub img_size: usize,
+    /// Side of a square patch (16 with the ConvStem).
+    #[config(default = 16)]
+    pub patch_size: usize,
+    /// Input channels (1 for grayscale).
+    #[config(default = 3)]
+    pub in_chans: usize,
+    /// Token width `D`.
+    #[config(default = 768)]
+    pub embed_dim: usize,
+    /// Number of transformer blocks.
+    #[config(default = 12)]
+    pub depth: usize,
+    /// Attention heads per block.
+    #[config(default = 12)]
+    pub num_heads: usize,
+    /// MLP hidden width as a multiple of `D`.
+    #[config(default = 4.0)]
+    pub mlp_ratio: f64,
+    /// Bias in the fused `qkv` projection.
+    #[config(default = true)]
+    pub qkv_bias: bool,
+    /// The paper's stability fix: the patch projection stays at its random initialisation.
+    #[config(default = true)]
+    pub freeze_patch_embed: bool,
+    /// Replace the patchify convolution by MoCo v3's ConvStem (`vit_conv_*`).
+    #[config(default = false)]
+    pub conv_stem: bool,
+}
+
+impl VitConfig {
+    /// ViT-Tiny: 192 wide, 12 deep, 3 heads.
+    pub fn vit_tiny() -> Self {
+        Self::new().with_embed_dim(192).with_num_heads(3)
+    }
+    /// ViT-Small as MoCo v3 uses it: 384 wide, 12 deep, 12 heads.
+    pub fn vit_small() -> Self {
+        Self::new().with_embed_dim(384).with_num_heads(12)
+    }
+    /// ViT-Base: 768 wide, 12 deep, 12 heads.
+    pub fn vit_base() -> Self {
+        Self::new()
+    }
+    /// ViT-Large: 1024 wide, 24 deep, 16 heads.
+    pub fn vit_large() -> Self {
+        Self::new().with_embed_dim(1024).with_depth(24).with_num_heads(16)
+    }
+    /// ViT-Huge/14: 1280 wide, 32 deep, 16 heads.
+    pub fn vit_huge() -> Self {
+        Self::new()
+            .with_embed_dim(1280)
+            .with_depth(32)
+            .with_num_heads(16)
+            .with_patch_size(14)
+    }
+    /// ViT-Small with the ConvStem and one block fewer.
+    pub fn vit_conv_small() -> Self {
+        Self::vit_small().with_depth(11).with_conv_stem(true)
+    }
+    /// ViT-Base with the ConvStem and one block fewer.
+    pub fn vit_conv_base() -> Self {
+        Self::vit_base().with_depth(11).with_conv_stem(true)
+    }
+
+    /// Number of patches along each side.
+    pub fn grid_size(&self) -> usize {
+        self.img_size / self.patch_size
+    }
+
+    /// Hidden width of each block's MLP.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.embed_dim as f64 * self.mlp_ratio) as usize
+    }
+
+    /// Checks that the configuration describes a buildable model.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let err = |msg: String| Err(ModelError::InvalidConfig(msg));
+        if self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 || self.in_chans == 0 {
+            return err(format!(
+                "ViT embed_dim ({}), depth ({}), num_heads ({}) and in_chans ({}) must be positive",
+                self.embed_dim, self.depth, self.num_heads, self.in_chans
+            ));
+        }
+        if self.embed_dim % 4 != 0 {
+            return err(format!(
+                "ViT embed_dim {} must be divisible by 4 for the 2-D sin-cos position embedding",
+                self.embed_dim
+            ));
+        }
+        if self.embed_dim % self.num_heads != 0 {
+            return err(format!(
+                "ViT embed_dim {} is not divisible by num_heads {}",
+                self.embed_dim, self.num_heads
+            ));
+        }
+        if self.patch_size == 0 || self.img_size == 0 || self.img_size % self.patch_size != 0 {
+            return err(format!(
+                "ViT img_size {} is not divisible by patch_size {}",
+                self.img_size, self.patch_size
+            ));
+        }
+        if self.conv_stem && self.patch_size != 16 {
+            return err(format!(
+                "the ConvStem downsamples by 16: patch_size must be 16, got {}",
+                self.patch_size
+            ));
+        }
+        if self.conv_stem && self.embed_dim % 8 != 0 {
+            return err(format!(
+                "the ConvStem starts at embed_dim/8 channels: embed_dim {} must be divisible by 8",
+                self.embed_dim
+            ));
+        }
+        if !(self.mlp_ratio > 0.0) || self.mlp_hidden() == 0 {
+            return err(format!("ViT mlp_ratio {} must be positive", self.mlp_ratio));
+        }
+        Ok(())
+    }
+
+    /// Builds the model with MoCo v3's initialisation.
+    ///
+    /// # Panics
+    /// On an invalid configuration; call [`VitConfig::validate`] first for user input.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Vit<B> {
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
+        let d = self.embed_dim;
+        let patch_embed = if self.conv_stem {
+            PatchEmbed::ConvStem(ConvStem::new(self.in_chans, d, device))
+        } else {
+            let p = self.patch_size;
+            // Xavier-uniform bound of the equivalent linear layer (fan-in C·p·p, fan-out D).
+            let bound = (6.0 / (self.in_chans * p * p + d) as f64).sqrt();
+            let init = Initializer::Uniform { min: -bound, max: bound };
+            let mut proj = Conv2dConfig::new([self.in_chans, d], [p, p])
+                .with_stride([p, p])
+                .with_initializer(init)
+                .init(device);
+            proj.bias = Some(Param::from_tensor(Tensor::zeros([d], device)));
+            PatchEmbed::Patchify(Patchify { proj })
+        };
+        let patch_embed = if self.freeze_patch_embed {
+            patch_embed.no_grad()
+        } else {
+            patch_embed
+        };
+        let cls_token = Initializer::Normal { mean: 0.0, std: 1e-6 }.init([1, 1, d], device);
+        let grid = self.grid_size();
+        let pos = sincos_pos_embed(grid, grid, d);
+        let pos_embed = Param::from_tensor(Tensor::<B, 3>::from_data(
+            TensorData::new(pos, [1, grid * grid + 1, d]),
+            device,
+        ))
+        .set_require_grad(false);
+        let blocks = (0..self.depth).map(|_| Block::new(self, device)).collect();
+        Vit {
+            cls_token,
+            pos_embed,
+            patch_embed,
+            blocks,
+            norm: LayerNormConfig::new(d).with_epsilon(LAYER_NORM_EPS).init(device),
+            num_heads: self.num_heads,
+            freeze_patch_embed: self.freeze_patch_embed,
+        }
+    }
+}
+
+/// MoCo v3's fixed 2-D sin-cos position embedding for an `h × w` patch grid, CLS row first
+/// (zeros), row-major `[(1 + h·w) · dim]`.
+///
+/// Token `t` uses `a = t div h`, `b = t mod h`, as MoCo v3's `meshgrid(arange(w), arange(h))`
+/// does; on non-square grids this is not (row, column), and released checkpoints depend on it.
+pub fn sincos_pos_embed(h: usize, w: usize, dim: usize) -> Vec<f32> {
+    let pos_dim = dim / 4;
+    let mut out = vec![0f32; (1 + h * w) * dim];
+    for t in 0..h * w {
+        let (a, b) = ((t / h) as f64, (t % h) as f64);
+        let row = &mut out[(1 + t) * dim..(2 + t) * dim];
+        for d in 0..pos_dim {
+            // Computed in f32 as PyTorch does: omega = 1 / 10000^(d / pos_dim).
+            let omega = 1.0f32 / 10000f32.powf(d as f32 / pos_dim as f32);
+            let (wa, wb) = (a as f32 * omega, b as f32 * omega);
+            row[d] = wa.sin();
+            row[pos_dim + d] = wa.cos();
+            row[2 * pos_dim + d] = wb.sin();
+            row[3 * pos_dim + d] = wb.cos();
+        }
+    }
+    out
+}
+
+/// The Vision Transformer backbone; its output is the CLS token after the final LayerNorm.
+#[derive(Module, Debug)]
+pub struct Vit<B: Backend> {
+    /// Learned CLS token `[1, 1, D]`.
+    pub cls_token: Param<Tensor<B, 3>>,
+    /// Fixed sin-cos position embedding `[1, 1 + N, D]`; saved with the weights, never trained.
+    pub pos_embed: Param<Tensor<B, 3>>,
+    /// Patch projection.
+    pub patch_embed: PatchEmbed<B>,
+    /// Transformer blocks.
+    pub blocks: Vec<Block<B>>,
+    /// Final LayerNorm.
+    pub norm: LayerNorm<B>,
+    num_heads: usize,
+    freeze_patch_embed: bool,
+}
+
+impl<B: Backend> Vit<B> {
+    /// `[batch, C, H, W]` images to `[batch, D]` CLS features.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let tokens = self.forward_tokens(x);
+        let [b, _, d] = tokens.dims();
+        tokens.slice([0..b, 0..1, 0..d]).reshape([b, d])
+    }
+
+    /// All tokens after the final LayerNorm, `[batch, 1 + N, D]`.
+    pub fn forward_tokens(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
+        let x = self.patch_embed.forward(x, self.freeze_patch_embed);
+        let [b, n, d] = x.dims();
+        let cls = self.cls_token.val().repeat_dim(0, b);
+        let pos = self.pos_embed.val().detach();
+        debug_assert_eq!(pos.dims(), [1, n + 1, d]);
+        let mut x = Tensor::cat(vec![cls, x], 1).add(pos);
+        for block in &self.blocks {
+            x = block.forward(x, self.num_heads);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Whether the patch projection is frozen.
+    pub fn patch_embed_frozen(&self) -> bool {
+        self.freeze_patch_embed
+    }
+}
+
+/// The two patch embeddings MoCo v3 uses.
+#[derive(Module, Debug)]
+pub enum PatchEmbed<B: Backend> {
+    /// One convolution with kernel = stride = patch size.
+    Patchify(Patchify<B>),
+    /// MoCo v3's ConvStem.
+    ConvStem(ConvStem<B>),
+}
+
+impl<B: Backend> PatchEmbed<B> {
+    /// `[batch, C, H, W]` to `[batch, N, D]`; `frozen` cuts the gradient to its weights.
+    pub fn forward(&self, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 3> {
+        let x = match self {
+            PatchEmbed::Patchify(p) => p.forward(x, frozen),
+            PatchEmbed::ConvStem(s) => s.forward(x, frozen),
+        };
+        let [b, d, h, w] = x.dims();
+        x.reshape([b, d, h * w]).swap_dims(1, 2)
+    }
+}
+
+/// Patchify convolution (`patch_embed.proj` in timm).
+#[derive(Module, Debug)]
+pub struct Patchify<B: Backend> {
+    /// The convolution.
+    pub proj: Conv2d<B>,
+}
+
+impl<B: Backend> Patchify<B> {
+    fn forward(&self, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
+        conv_forward(&self.proj, x, frozen)
+    }
+}
+
+/// Runs a convolution; with `frozen` its weights are detached so no gradient reaches them,
+/// whatever optimizer or loading path produced the module.
+fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
+    if !frozen {
+        return conv.forward(x);
+    }
+    let mut detached = conv.clone();
+    detached.weight = detached.weight.map(|w| w.detach());
+    detached.bias = detached.bias.map(|b| b.map(|b| b.detach()));
+    detached.forward(x)
+}
+
+/// MoCo v3's ConvStem: four 3×3 stride-2 convolutions (no bias) with BN and ReLU, from D/8 to
+/// D channels, then a 1×1 convolution.
+#[derive(Module, Debug)]
+pub struct ConvStem<B: Backend> {
+    /// The five convolutions (`proj.0, 3, 6, 9, 12` in PyTorch).
+    pub convs: Vec<Conv2d<B>>,
+    /// The four BNs (`proj.1, 4, 7, 10`).
+    pub norms: Vec<BatchNorm<B>>,
+}
+
+impl<B: Backend> ConvStem<B> {
+    fn new(in_chans: usize, dim: usize, device: &B::Device) -> Self {
+        let (mut convs, mut norms) = (Vec::new(), Vec::new());
+        let (mut c_in, mut c_out) = (in_chans, dim / 8);
+        for _ in 0..4 {
+            convs.push(
+                Conv2dConfig::new([c_in, c_out], [3, 3])
+                    .with_stride([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .with_bias(false)
+                    .init(device),
+            );
+            norms.push(BatchNormConfig::new(c_out).init(device));
+            c_in = c_out;
+            c_out *= 2;
+        }
+        convs.push(Conv2dConfig::new([c_in, dim], [1, 1]).init(device));
+        Self { convs, norms }
+    }
+
+    fn forward(&self, mut x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
+        for (conv, norm) in self.convs.iter().zip(&self.norms) {
+            x = relu(norm.forward(conv_forward(conv, x, frozen)));
+        }
+        conv_forward(&self.convs[self.convs.len() - 1], x, frozen)
+    }
+}
+
+/// Pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// LayerNorm before attention.
+    pub norm1: LayerNorm<B>,
+    /// Multi-head self-attention.
+    pub attn: Attention<B>,
+    /// LayerNorm before the MLP.
+    pub norm2: LayerNorm<B>,
+    /// Two-layer GELU MLP.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    fn new(cfg: &VitConfig, device: &B::Device) -> Self {
+        let d = cfg.embed_dim;
+        let ln = LayerNormConfig::new(d).with_epsilon(LAYER_NORM_EPS);
+        // MoCo v3 treats q, k and v as three separate [D, D] matrices for Xavier's bound.
+        let qkv_bound = (6.0 / (d + d) as f64).sqrt();
+        let qkv = LinearConfig::new(d, 3 * d)
+            .with_bias(cfg.qkv_bias)
+            .with_initializer(Initializer::Uniform { min: -qkv_bound, max: qkv_bound })
+            .init(device);
+        Self {
+            norm1: ln.init(device),
+            attn: Attention { qkv: zero_bias(qkv, device), proj: xavier_linear(d, d, device) },
+            norm2: ln.init(device),
+            mlp: Mlp {
+                fc1: xavier_linear(d, cfg.mlp_hidden(), device),
+                fc2: xavier_linear(cfg.mlp_hidden(), d, device),
+            },
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x), num_heads);
+        x.clone() + self.mlp.forward(self.norm2.forward(x))
+    }
+}
+
+/// Xavier-uniform weight, zero bias: MoCo v3's initialisation of every non-qkv linear layer.
+fn xavier_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
+    let linear = LinearConfig::new(d_in, d_out)
+        .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+        .init(device);
+    zero_bias(linear, device)
+}
+
+fn zero_bias<B: Backend>(mut linear: Linear<B>, device: &B::Device) -> Linear<B> {
+    if let Some(bias) = &linear.bias {
+        let [n] = bias.dims();
+        linear.bias = Some(Param::from_tensor(Tensor::zeros([n], device)));
+    }
+    linear
+}
+
+/// Multi-head self-attention with a fused `qkv` projection.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[D, 3D]` projection to queries, keys and values.
+    pub qkv: Linear<B>,
+    /// Output projection.
+    pub proj: Linear<B>,
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(&self, x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 3> {
+        let [b, n, d] = x.dims();
+        let hd = d / num_heads;
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, n, 3, num_heads, hd])
+            .permute([2, 0, 3, 1, 4]);
+        let part = |i: usize| {
+            qkv.clone()
+                .slice([i..i + 1, 0..b, 0..num_heads, 0..n, 0..hd])
+                .reshape([b, num_heads, n, hd])
+        };
+        let (q, k, v) = (part(0), part(1), part(2));
+        let scale = (hd as f64).powf(-0.5);
+        let attn = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
+        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
+        self.proj.forward(out)
+    }
+}
+
+/// Transformer MLP with exact (erf) GELU.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// Expansion layer.
+    pub fc1: Linear<B>,
+    /// Contraction layer.
+    pub fc2: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.fc2.forward(gelu(self.fc1.forward(x)))
+    }
+}

@@ -1,1 +1,248 @@
-fn main() {}
+//! The `moco` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use burn::prelude::Backend;
+use clap::{Parser, Subcommand, ValueEnum};
+use moco::device::{dispatch, BackendJob, DeviceSpec};
+use moco::models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
+use moco::models::{export_backbone, export_moco, load_checkpoint, save_checkpoint, BackboneConfig, MoCo, MocoConfig};
+use moco::parity;
+
+#[derive(Parser)]
+#[command(name = "moco", version, about = "MoCo v3 self-supervised pretraining on Burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the models against PyTorch reference vectors: `DIR/TAG` or every case in `DIR`.
+    Parity {
+        /// A case (`tests/golden/vit_tiny_p8_32`) or a folder of cases.
+        target: PathBuf,
+        /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N].
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+    },
+    /// Show what a weight file holds and the architecture inferred from it.
+    Inspect {
+        /// `.pth.tar` (official MoCo v3, linear-probe, DeiT-style) or `.safetensors`.
+        file: PathBuf,
+        /// ViT attention heads, when the width has no preset.
+        #[arg(long)]
+        heads: Option<usize>,
+    },
+    /// Convert an official MoCo v3 checkpoint to a moco checkpoint (`.mpk`).
+    Import {
+        /// The `.pth.tar` (or `.safetensors`) file.
+        file: PathBuf,
+        /// Where to write the checkpoint.
+        #[arg(long)]
+        out: PathBuf,
+        /// ViT attention heads, when the width has no preset.
+        #[arg(long)]
+        heads: Option<usize>,
+        /// Device used while converting.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+    },
+    /// Export weights as safetensors with PyTorch (timm / torchvision) names.
+    Export {
+        /// A moco checkpoint (`.mpk`) or an official / exported weight file.
+        checkpoint: PathBuf,
+        /// Output `.safetensors` file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Key names: timm (ViT) or torchvision (ResNet); checked against the architecture.
+        #[arg(long)]
+        format: Option<ExportFormat>,
+        /// The backbone alone (default) or the whole MoCo model in the official key layout.
+        #[arg(long, value_enum, default_value = "backbone")]
+        what: ExportWhat,
+        /// ViT attention heads, when the width has no preset.
+        #[arg(long)]
+        heads: Option<usize>,
+        /// Device used while converting.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Timm,
+    Torchvision,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportWhat {
+    Backbone,
+    Model,
+}
+
+type CmdResult = Result<(), String>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Parity { target, device } => run_on(&device, ParityJob { target }),
+        Command::Inspect { file, heads } => inspect_cmd(&file, heads),
+        Command::Import { file, out, heads, device } => run_on(&device, ImportJob { file, out, heads }),
+        Command::Export { checkpoint, out, format, what, heads, device } => {
+            run_on(&device, ExportJob { checkpoint, out, format, what, heads })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_on<J: BackendJob<Output = CmdResult>>(device: &DeviceSpec, job: J) -> CmdResult {
+    dispatch(device, job).map_err(|e| e.to_string())?
+}
+
+struct ParityJob {
+    target: PathBuf,
+}
+
+impl BackendJob for ParityJob {
+    type Output = CmdResult;
+    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+        let (dir, tags) = parity::resolve(&self.target)?;
+        let mut failed = Vec::new();
+        for tag in &tags {
+            match parity::run_case::<B>(&dir, tag, &device) {
+                Ok(report) => {
+                    print!("{report}");
+                    if !report.passed() {
+                        failed.push(tag.clone());
+                    }
+                }
+                Err(e) => {
+                    println!("case {tag}\n  FAIL: {e}");
+                    failed.push(tag.clone());
+                }
+            }
+        }
+        println!("{} passed, {} failed", tags.len() - failed.len(), failed.len());
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("parity failed for: {}", failed.join(", ")))
+        }
+    }
+}
+
+fn options(heads: Option<usize>) -> ImportOptions {
+    ImportOptions { heads, freeze_patch_embed: None }
+}
+
+fn inspect_cmd(file: &Path, heads: Option<usize>) -> CmdResult {
+    let w = inspect(file, &options(heads)).map_err(|e| e.to_string())?;
+    println!("file: {}", file.display());
+    println!("tensors: {}", w.all.len());
+    println!(
+        "layout: {}",
+        match w.layout {
+            Layout::Moco => "MoCo model (base encoder, momentum encoder, predictor)",
+            Layout::Backbone => "backbone",
+        }
+    );
+    println!("backbone: {}", w.backbone_config.describe());
+    if let Some(c) = &w.moco_config {
+        let head = |h: &moco::models::MlpHeadConfig| {
+            format!("{} layers {}→{}→{}{}", h.num_layers, h.input_dim, h.mlp_dim, h.output_dim, if h.last_bn { " +BN" } else { "" })
+        };
+        println!("projector: {}", head(&c.projector));
+        println!("predictor: {}", head(&c.predictor));
+        println!("config: {}", serde_json::to_string(c).expect("config serialises"));
+    } else if !w.ignored.is_empty() {
+        println!("classifier (not part of the backbone): {}", w.ignored.join(", "));
+    }
+    Ok(())
+}
+
+/// Loads a whole model from a moco checkpoint or an official file.
+fn load_any_moco<B: Backend>(path: &Path, heads: Option<usize>, device: &B::Device) -> Result<(MoCo<B>, MocoConfig), String> {
+    let is_mpk = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mpk"));
+    if is_mpk {
+        load_checkpoint::<B>(path, device)
+    } else {
+        load_moco::<B>(path, &options(heads), device)
+    }
+    .map_err(|e| e.to_string())
+}
+
+struct ImportJob {
+    file: PathBuf,
+    out: PathBuf,
+    heads: Option<usize>,
+}
+
+impl BackendJob for ImportJob {
+    type Output = CmdResult;
+    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+        let (model, config) = load_moco::<B>(&self.file, &options(self.heads), &device).map_err(|e| e.to_string())?;
+        save_checkpoint(&model, &config, &self.out).map_err(|e| e.to_string())?;
+        println!("imported {} ({}) → {}", self.file.display(), config.backbone.describe(), self.out.display());
+        Ok(())
+    }
+}
+
+struct ExportJob {
+    checkpoint: PathBuf,
+    out: PathBuf,
+    format: Option<ExportFormat>,
+    what: ExportWhat,
+    heads: Option<usize>,
+}
+
+impl BackendJob for ExportJob {
+    type Output = CmdResult;
+    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+        let is_mpk = self.checkpoint.extension().is_some_and(|e| e.eq_ignore_ascii_case("mpk"));
+        let backbone_only_file =
+            !is_mpk && inspect(&self.checkpoint, &options(self.heads)).map_err(|e| e.to_string())?.layout == Layout::Backbone;
+        let n = match (self.what, backbone_only_file) {
+            (ExportWhat::Model, true) => {
+                return Err(format!("{}: holds a backbone only; export it with --what backbone", self.checkpoint.display()))
+            }
+            (ExportWhat::Backbone, true) => {
+                let (backbone, config) =
+                    load_backbone::<B>(&self.checkpoint, &options(self.heads), &device).map_err(|e| e.to_string())?;
+                check_format(self.format, &config)?;
+                export_backbone(&backbone, &config, &self.out)
+            }
+            (what, false) => {
+                let (model, config) = load_any_moco::<B>(&self.checkpoint, self.heads, &device)?;
+                check_format(self.format, &config.backbone)?;
+                match what {
+                    ExportWhat::Backbone => export_backbone(&model.base_encoder.backbone, &config.backbone, &self.out),
+                    ExportWhat::Model => export_moco(&model, &config, &self.out),
+                }
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        println!("wrote {n} tensors to {}", self.out.display());
+        Ok(())
+    }
+}
+
+fn check_format(format: Option<ExportFormat>, config: &BackboneConfig) -> CmdResult {
+    match (format, config) {
+        (Some(ExportFormat::Torchvision), BackboneConfig::Vit(_)) => {
+            Err("a ViT exports with timm names: use --format timm".into())
+        }
+        (Some(ExportFormat::Timm), BackboneConfig::ResNet(_)) => {
+            Err("a ResNet exports with torchvision names: use --format torchvision".into())
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,190 @@
+//! `--device` parsing and dispatch to the backends compiled into this build.
+//!
+//! Models are generic over Burn's `Backend`; a [`BackendJob`] is run on the concrete backend
+//! the user asked for. Asking for one that was not compiled in is an error naming the cargo
+//! feature that enables it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::prelude::Backend;
+
+/// A device named on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The pure-Rust CPU backend (`flex`).
+    Cpu,
+    /// An NVIDIA GPU by index (`cuda`, `cuda:1`).
+    Cuda(usize),
+    /// An AMD GPU by index (`rocm`, `rocm:1`).
+    Rocm(usize),
+    /// The portable GPU backend on its best adapter (`wgpu`) or a discrete GPU by index.
+    Wgpu(Option<usize>),
+    /// The wgpu backend forced onto Vulkan.
+    Vulkan(Option<usize>),
+    /// The wgpu backend forced onto Metal.
+    Metal(Option<usize>),
+    /// Burn's MLIR CPU backend (`cpu-mlir`).
+    CpuMlir,
+}
+
+impl DeviceSpec {
+    /// The cargo feature that compiles this backend in.
+    pub fn feature(&self) -> &'static str {
+        match self {
+            DeviceSpec::Cpu => "flex",
+            DeviceSpec::Cuda(_) => "cuda",
+            DeviceSpec::Rocm(_) => "rocm",
+            DeviceSpec::Wgpu(_) => "wgpu",
+            DeviceSpec::Vulkan(_) => "vulkan",
+            DeviceSpec::Metal(_) => "metal",
+            DeviceSpec::CpuMlir => "cpu",
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let idx = |o: &Option<usize>| o.map(|i| format!(":{i}")).unwrap_or_default();
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::Rocm(i) => write!(f, "rocm:{i}"),
+            DeviceSpec::Wgpu(i) => write!(f, "wgpu{}", idx(i)),
+            DeviceSpec::Vulkan(i) => write!(f, "vulkan{}", idx(i)),
+            DeviceSpec::Metal(i) => write!(f, "metal{}", idx(i)),
+            DeviceSpec::CpuMlir => write!(f, "cpu-mlir"),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (name, index) = match lower.split_once(':') {
+            Some((n, i)) => {
+                let i = i.parse::<usize>().map_err(|_| DeviceError::Unknown(s.to_string()))?;
+                (n.to_string(), Some(i))
+            }
+            None => (lower, None),
+        };
+        Ok(match name.as_str() {
+            "cpu" | "flex" if index.is_none() => DeviceSpec::Cpu,
+            "cuda" | "gpu" => DeviceSpec::Cuda(index.unwrap_or(0)),
+            "rocm" | "hip" => DeviceSpec::Rocm(index.unwrap_or(0)),
+            "wgpu" => DeviceSpec::Wgpu(index),
+            "vulkan" => DeviceSpec::Vulkan(index),
+            "metal" => DeviceSpec::Metal(index),
+            "cpu-mlir" if index.is_none() => DeviceSpec::CpuMlir,
+            _ => return Err(DeviceError::Unknown(s.to_string())),
+        })
+    }
+}
+
+/// Device selection errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Not a device name.
+    #[error("unknown device '{0}': use cpu, cuda[:N], rocm[:N], wgpu[:N], vulkan[:N], metal[:N] or cpu-mlir")]
+    Unknown(String),
+    /// A backend this binary was built without.
+    #[error("device '{spec}' needs the '{feature}' backend, which this build does not include: rebuild with `--features {feature}`")]
+    NotCompiled {
+        /// What was asked for.
+        spec: String,
+        /// The cargo feature to enable.
+        feature: &'static str,
+    },
+}
+
+/// Work that can run on any backend.
+pub trait BackendJob {
+    /// What the job returns.
+    type Output;
+    /// Runs on backend `B` and `device`.
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `job` on the backend and device named by `spec`.
+pub fn dispatch<J: BackendJob>(spec: &DeviceSpec, job: J) -> Result<J::Output, DeviceError> {
+    let not_compiled = || DeviceError::NotCompiled {
+        spec: spec.to_string(),
+        feature: spec.feature(),
+    };
+    #[allow(unused_variables)]
+    let job = job;
+    match spec {
+        DeviceSpec::Cpu => {
+            #[cfg(feature = "flex")]
+            return Ok(job.run::<burn::backend::Flex>(Default::default()));
+            #[cfg(not(feature = "flex"))]
+            return Err(not_compiled());
+        }
+        DeviceSpec::Cuda(_i) => {
+            #[cfg(feature = "cuda")]
+            return Ok(job.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(*_i)));
+            #[cfg(not(feature = "cuda"))]
+            return Err(not_compiled());
+        }
+        DeviceSpec::Rocm(_i) => {
+            #[cfg(feature = "rocm")]
+            return Ok(job.run::<burn::backend::Rocm>(burn::backend::rocm::RocmDevice::new(*_i)));
+            #[cfg(not(feature = "rocm"))]
+            return Err(not_compiled());
+        }
+        DeviceSpec::Wgpu(_i) | DeviceSpec::Vulkan(_i) | DeviceSpec::Metal(_i) => {
+            let enabled = match spec {
+                DeviceSpec::Vulkan(_) => cfg!(feature = "vulkan"),
+                DeviceSpec::Metal(_) => cfg!(feature = "metal"),
+                _ => cfg!(feature = "wgpu"),
+            };
+            if !enabled {
+                return Err(not_compiled());
+            }
+            #[cfg(feature = "wgpu")]
+            {
+                use burn::backend::wgpu::WgpuDevice;
+                let device = _i.map(WgpuDevice::DiscreteGpu).unwrap_or(WgpuDevice::DefaultDevice);
+                return Ok(job.run::<burn::backend::Wgpu>(device));
+            }
+            #[cfg(not(feature = "wgpu"))]
+            return Err(not_compiled());
+        }
+        DeviceSpec::CpuMlir => {
+            #[cfg(feature = "cpu")]
+            return Ok(job.run::<burn::backend::Cpu>(Default::default()));
+            #[cfg(not(feature = "cpu"))]
+            return Err(not_compiled());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("CUDA:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
+        assert_eq!("wgpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu(None));
+        assert_eq!("vulkan:2".parse::<DeviceSpec>().unwrap(), DeviceSpec::Vulkan(Some(2)));
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn missing_backend_names_the_feature() {
+        struct Nop;
+        impl BackendJob for Nop {
+            type Output = ();
+            fn run<B: Backend>(self, _: B::Device) {}
+        }
+        let err = dispatch(&DeviceSpec::Cuda(0), Nop).unwrap_err().to_string();
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+}

@@ -14,7 +14,7 @@ use crate::heads::MlpHeadConfig;
 use crate::keys::{burn_to_torch, Family};
 use crate::moco::{Backbone, BackboneConfig, MoCo, MocoConfig};
 use crate::resnet::{BlockKind, ResNetConfig, Stem};
-use crate::state_dict::{read_state_dict, shape_of, sub_dict, StateDict};
+use crate::state_dict::{read_metadata, read_state_dict, shape_of, sub_dict, StateDict};
 use crate::vit::VitConfig;
 use crate::ModelError;
 
@@ -56,6 +56,9 @@ pub struct InspectedWeights {
 /// Reads a weight file and infers what it holds.
 pub fn inspect(path: &Path, options: &ImportOptions) -> Result<InspectedWeights, ModelError> {
     let raw = read_state_dict(path)?;
+    let mut options = options.clone();
+    options.heads = options.heads.or_else(|| stored_heads(path));
+    let options = &options;
     let all: StateDict = if raw.keys().all(|k| k.starts_with("module.")) {
         sub_dict(&raw, "module.")
     } else {
@@ -110,6 +113,20 @@ pub fn inspect(path: &Path, options: &ImportOptions) -> Result<InspectedWeights,
         all,
         ignored: ignored.into_iter().map(|(k, _)| k).collect(),
     })
+}
+
+/// ViT heads recorded in the metadata of our own safetensors exports.
+fn stored_heads(path: &Path) -> Option<usize> {
+    let meta = read_metadata(path);
+    let backbone = match (meta.get("moco_config"), meta.get("moco_backbone")) {
+        (Some(json), _) => serde_json::from_str::<MocoConfig>(json).ok()?.backbone,
+        (None, Some(json)) => serde_json::from_str::<BackboneConfig>(json).ok()?,
+        _ => return None,
+    };
+    match backbone {
+        BackboneConfig::Vit(c) => Some(c.num_heads),
+        BackboneConfig::ResNet(_) => None,
+    }
 }
 
 fn family_of(dict: &StateDict) -> Option<Family> {

@@ -12,7 +12,7 @@ use crate::ModelError;
 
 /// Backbone architecture.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "lowercase")]
 pub enum BackboneConfig {
     /// Vision Transformer.
     Vit(VitConfig),

@@ -34,7 +34,7 @@ impl BlockKind {
 
 /// Input stem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "lowercase")]
 pub enum Stem {
     /// 7×7 stride-2 convolution and 3×3 stride-2 max-pool.
     ImageNet,

@@ -102,6 +102,19 @@ fn read_safetensors(path: &Path) -> Result<StateDict, ModelError> {
     Ok(dict)
 }
 
+/// The string metadata of a safetensors file (empty for other files or when unreadable).
+pub fn read_metadata(path: &Path) -> std::collections::HashMap<String, String> {
+    let is_safetensors = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if !is_safetensors {
+        return Default::default();
+    }
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| safetensors::SafeTensors::read_metadata(&bytes).ok())
+        .and_then(|(_, meta)| meta.metadata().clone())
+        .unwrap_or_default()
+}
+
 /// Shape of a tensor in the dict, if present.
 pub fn shape_of(dict: &StateDict, key: &str) -> Option<Vec<usize>> {
     dict.get(key).map(|s| s.shape.to_vec())

@@ -1,0 +1,68 @@
+//! Every golden case passes the forward parity checks, through the library and the CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::backend::Flex;
+use moco::models::export::to_safetensors;
+use moco::models::state_dict::read_state_dict;
+use moco::parity::{case_tags, run_case, FORWARD_TOL};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+#[test]
+fn every_golden_case_matches_pytorch() {
+    let dir = golden_dir();
+    let tags = case_tags(&dir).unwrap();
+    assert!(tags.len() >= 2, "{tags:?}");
+    for tag in tags {
+        let report = run_case::<Flex>(&dir, &tag, &Default::default()).unwrap();
+        println!("{report}");
+        assert!(report.passed(), "{report}");
+        assert_eq!(report.checks.len(), 3);
+        for check in &report.checks {
+            // Far inside the tolerance: an f32 forward matches to about 1e-6.
+            assert!(check.max_abs < 1e-5, "{tag} {}: {}", check.name, check.max_abs);
+            assert_eq!(check.tol, FORWARD_TOL);
+        }
+    }
+}
+
+#[test]
+fn cli_passes_on_the_golden_cases_and_fails_on_a_wrong_vector() {
+    let exe = env!("CARGO_BIN_EXE_moco");
+    let out = Command::new(exe).args(["parity"]).arg(golden_dir()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 passed, 0 failed") || stdout.contains(" passed, 0 failed"), "{stdout}");
+
+    // A copy of one case with a perturbed expected output must fail with a non-zero exit.
+    let tmp = std::env::temp_dir().join(format!("moco-parity-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let tag = "vit_tiny_p8_32";
+    for ext in ["json", "pth.tar"] {
+        std::fs::copy(golden_dir().join(format!("{tag}.{ext}")), tmp.join(format!("{tag}.{ext}"))).unwrap();
+    }
+    let vectors = read_state_dict(&golden_dir().join(format!("{tag}.expected.safetensors"))).unwrap();
+    let tensors: Vec<_> = vectors
+        .into_iter()
+        .map(|(k, v)| {
+            let mut data = v.to_data().unwrap();
+            if k == "eval.projection_x1" {
+                let mut values = data.to_vec::<f32>().unwrap();
+                values[0] += 0.01;
+                data = burn::tensor::TensorData::new(values, data.shape.clone());
+            }
+            (k, data)
+        })
+        .collect();
+    std::fs::write(tmp.join(format!("{tag}.expected.safetensors")), to_safetensors(&tensors, None).unwrap()).unwrap();
+    let out = Command::new(exe).args(["parity"]).arg(tmp.join(tag)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    std::fs::remove_dir_all(&tmp).ok();
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("eval.projection_x1") && stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains("eval.features_x1") && stdout.contains("pass"), "{stdout}");
+}

@@ -118,7 +118,12 @@ impl BackendJob for ParityJob {
         let (dir, tags) = parity::resolve(&self.target)?;
         let mut failed = Vec::new();
         for tag in &tags {
-            match parity::run_case::<B>(&dir, tag, &device) {
+            let report = if tag == "misc" {
+                parity::run_misc::<B>(&dir, &device)
+            } else {
+                parity::run_case::<B>(&dir, tag, &device)
+            };
+            match report {
                 Ok(report) => {
                     print!("{report}");
                     if !report.passed() {

@@ -16,6 +16,7 @@ use crate::{write_atomic, ModelError};
 
 /// Every tensor of `module` under its PyTorch name, as f32 data in PyTorch's layout.
 pub fn torch_state_dict<B: Backend, M: Module<B>>(module: &M, family: Family) -> Vec<(String, TensorData)> {
+    sync_running_stats(module);
     module
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
         .into_iter()
@@ -27,6 +28,13 @@ pub fn torch_state_dict<B: Backend, M: Module<B>>(module: &M, family: Family) ->
             (name, data.convert::<f32>())
         })
         .collect()
+}
+
+/// Folds pending BN running-statistic updates into the stored values, so that visitors (which
+/// read the stored value) see the statistics of every forward pass so far.
+pub fn sync_running_stats<B: Backend, M: Module<B>>(module: &M) {
+    // Running states are shared between clones; making a record synchronises them.
+    let _ = module.clone().into_record();
 }
 
 /// Serialises named tensors to safetensors bytes, with string metadata.

@@ -94,8 +94,8 @@ impl<B: Backend> BatchNorm<B> {
             (mean.reshape(shape), var.reshape(shape))
         } else {
             (
-                self.running_mean.value().reshape(shape),
-                self.running_var.value().reshape(shape),
+                self.running_mean.value_sync().reshape(shape),
+                self.running_var.value_sync().reshape(shape),
             )
         };
         let x = x.sub(mean).div(var.add_scalar(self.epsilon).sqrt());

@@ -240,7 +240,7 @@ impl<B: Backend> ResidualBlock<B> {
         let bn = |c: usize, last: bool| {
             let mut bn = BatchNormConfig::new(c).init::<B>(device);
             if last && zero_init_residual {
-                bn.gamma = bn.gamma.map(|g| g.map(|t| t.zeros_like()));
+                bn.gamma = Some(burn::module::Param::from_tensor(Tensor::zeros([c], device)));
             }
             bn
         };

@@ -1,0 +1,144 @@
+//! The three self-supervised methods of the paper's comparison, each as one training step:
+//! forward both views separately (every BN sees one view's batch), the loss, and for the
+//! methods with a target network its momentum update, done before the keys are computed as
+//! MoCo v3 does.
+
+use burn::module::{AutodiffModule, Module};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use moco_loss::{byol, infonce, nt_xent};
+use moco_models::{Backbone, Encoder, MoCo, MocoConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::ema::ema_update;
+
+/// Which objective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// MoCo v3: predictor on the base encoder, momentum-encoder keys, symmetric InfoNCE with
+    /// batch negatives.
+    MocoV3,
+    /// SimCLR: one encoder, NT-Xent over both views.
+    SimClr,
+    /// BYOL: predictor on the online encoder, EMA target, normalised regression.
+    Byol,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "mocov3" | "moco" | "moco-v3" => Ok(Method::MocoV3),
+            "simclr" => Ok(Method::SimClr),
+            "byol" => Ok(Method::Byol),
+            _ => Err(format!("unknown method '{s}': use mocov3, simclr or byol")),
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::MocoV3 => "mocov3",
+            Method::SimClr => "simclr",
+            Method::Byol => "byol",
+        })
+    }
+}
+
+/// Per-step hyper-parameters of the objective.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepParams {
+    /// InfoNCE / NT-Xent temperature.
+    pub temperature: f64,
+    /// EMA coefficient of the target network for this step.
+    pub momentum: f64,
+}
+
+/// What one forward of both views produced.
+#[derive(Clone, Debug)]
+pub struct StepOutput<B: Backend> {
+    /// The loss to minimise, `[1]`.
+    pub loss: Tensor<B, 1>,
+    /// Queries / online predictions / projections of view 1.
+    pub q1: Tensor<B, 2>,
+    /// Same for view 2.
+    pub q2: Tensor<B, 2>,
+    /// Keys / targets of view 1 (no gradient); absent for SimCLR.
+    pub k1: Option<Tensor<B, 2>>,
+    /// Keys / targets of view 2.
+    pub k2: Option<Tensor<B, 2>>,
+}
+
+/// A model that can be pretrained with one of the [`Method`]s.
+pub trait Pretrain<B: AutodiffBackend>: AutodiffModule<B> + Clone + Send {
+    /// Forwards both views, updates the target network if there is one, and returns the
+    /// model with the loss.
+    fn forward_loss(self, x1: Tensor<B, 4>, x2: Tensor<B, 4>, params: &StepParams) -> (Self, StepOutput<B>);
+    /// The backbone being pretrained (the base / online encoder's).
+    fn backbone(&self) -> &Backbone<B>;
+}
+
+/// MoCo v3 or BYOL: both use a base encoder with predictor and a momentum encoder.
+#[derive(Module, Debug)]
+pub struct Siamese<B: Backend> {
+    /// The networks, in MoCo v3's layout.
+    pub model: MoCo<B>,
+    /// MoCo v3's InfoNCE (`false`) or BYOL's regression (`true`).
+    pub byol: bool,
+}
+
+impl<B: AutodiffBackend> Pretrain<B> for Siamese<B> {
+    fn forward_loss(mut self, x1: Tensor<B, 4>, x2: Tensor<B, 4>, params: &StepParams) -> (Self, StepOutput<B>) {
+        let q1 = self.model.forward_query(x1.clone()).prediction;
+        let q2 = self.model.forward_query(x2.clone()).prediction;
+        self.model.momentum_encoder = ema_update(self.model.momentum_encoder, &self.model.base_encoder, params.momentum);
+        let k1 = self.model.forward_key(x1).detach();
+        let k2 = self.model.forward_key(x2).detach();
+        let loss = if self.byol {
+            byol(q1.clone(), k2.clone()) + byol(q2.clone(), k1.clone())
+        } else {
+            let t = params.temperature;
+            infonce(q1.clone(), k2.clone(), t, 0) + infonce(q2.clone(), k1.clone(), t, 0)
+        };
+        (self, StepOutput { loss, q1, q2, k1: Some(k1), k2: Some(k2) })
+    }
+
+    fn backbone(&self) -> &Backbone<B> {
+        &self.model.base_encoder.backbone
+    }
+}
+
+/// SimCLR: one encoder with projector.
+#[derive(Module, Debug)]
+pub struct SimClr<B: Backend> {
+    /// Backbone and projector.
+    pub encoder: Encoder<B>,
+}
+
+impl<B: AutodiffBackend> Pretrain<B> for SimClr<B> {
+    fn forward_loss(self, x1: Tensor<B, 4>, x2: Tensor<B, 4>, params: &StepParams) -> (Self, StepOutput<B>) {
+        let z1 = self.encoder.forward(x1).1;
+        let z2 = self.encoder.forward(x2).1;
+        let loss = nt_xent(z1.clone(), z2.clone(), params.temperature);
+        (self, StepOutput { loss, q1: z1, q2: z2, k1: None, k2: None })
+    }
+
+    fn backbone(&self) -> &Backbone<B> {
+        &self.encoder.backbone
+    }
+}
+
+impl Method {
+    /// Builds the MoCo v3 / BYOL model for `config`.
+    pub fn siamese<B: Backend>(self, config: &MocoConfig, device: &B::Device) -> Siamese<B> {
+        assert!(self != Method::SimClr, "SimCLR has no target network: use Method::simclr");
+        Siamese { model: config.init(device), byol: self == Method::Byol }
+    }
+
+    /// Builds the SimCLR model for `config` (its predictor is not used).
+    pub fn simclr<B: Backend>(config: &MocoConfig, device: &B::Device) -> SimClr<B> {
+        SimClr { encoder: config.init::<B>(device).base_encoder }
+    }
+}

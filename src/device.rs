@@ -65,7 +65,9 @@ impl FromStr for DeviceSpec {
         let lower = s.trim().to_ascii_lowercase();
         let (name, index) = match lower.split_once(':') {
             Some((n, i)) => {
-                let i = i.parse::<usize>().map_err(|_| DeviceError::Unknown(s.to_string()))?;
+                let i = i
+                    .parse::<usize>()
+                    .map_err(|_| DeviceError::Unknown(s.to_string()))?;
                 (n.to_string(), Some(i))
             }
             None => (lower, None),
@@ -146,7 +148,9 @@ pub fn dispatch<J: BackendJob>(spec: &DeviceSpec, job: J) -> Result<J::Output, D
             #[cfg(feature = "wgpu")]
             {
                 use burn::backend::wgpu::WgpuDevice;
-                let device = _i.map(WgpuDevice::DiscreteGpu).unwrap_or(WgpuDevice::DefaultDevice);
+                let device = _i
+                    .map(WgpuDevice::DiscreteGpu)
+                    .unwrap_or(WgpuDevice::DefaultDevice);
                 return Ok(job.run::<burn::backend::Wgpu>(device));
             }
             #[cfg(not(feature = "wgpu"))]
@@ -170,8 +174,14 @@ mod tests {
         assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
         assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
         assert_eq!("CUDA:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
-        assert_eq!("wgpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu(None));
-        assert_eq!("vulkan:2".parse::<DeviceSpec>().unwrap(), DeviceSpec::Vulkan(Some(2)));
+        assert_eq!(
+            "wgpu".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Wgpu(None)
+        );
+        assert_eq!(
+            "vulkan:2".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Vulkan(Some(2))
+        );
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
     }

@@ -7,14 +7,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use burn::prelude::*;
-use moco_models::import::{load_moco, ImportOptions};
-use moco_models::state_dict::{read_state_dict, StateDict};
 use burn::backend::Autodiff;
 use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use moco_models::export::torch_state_dict;
+use moco_models::import::{load_moco, ImportOptions};
 use moco_models::keys::{burn_to_torch, Family};
+use moco_models::state_dict::{read_state_dict, StateDict};
 use moco_models::{MocoConfig, ResNetConfig, VitConfig};
 use moco_train::{OptimConfig, OptimizerKind, Pretrain, Siamese, StepParams};
 use serde::Deserialize;
@@ -101,7 +101,8 @@ impl GoldenCase {
     /// Reads `DIR/TAG.json`.
     pub fn load(dir: &Path, tag: &str) -> Result<Self, String> {
         let path = dir.join(format!("{tag}.json"));
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -136,12 +137,25 @@ impl GoldenCase {
     pub fn optim_config(&self) -> Result<OptimConfig, String> {
         let kind = match self.optimizer.as_str() {
             "adamw" => {
-                let a = self.adamw.clone().unwrap_or(GoldenAdamW { betas: [0.9, 0.999], eps: 1e-8 });
-                OptimizerKind::AdamW { beta1: a.betas[0], beta2: a.betas[1], eps: a.eps }
+                let a = self.adamw.clone().unwrap_or(GoldenAdamW {
+                    betas: [0.9, 0.999],
+                    eps: 1e-8,
+                });
+                OptimizerKind::AdamW {
+                    beta1: a.betas[0],
+                    beta2: a.betas[1],
+                    eps: a.eps,
+                }
             }
             "lars" => {
-                let l = self.lars.clone().unwrap_or(GoldenLars { momentum: 0.9, trust_coefficient: 0.001 });
-                OptimizerKind::Lars { momentum: l.momentum, trust_coefficient: l.trust_coefficient }
+                let l = self.lars.clone().unwrap_or(GoldenLars {
+                    momentum: 0.9,
+                    trust_coefficient: 0.001,
+                });
+                OptimizerKind::Lars {
+                    momentum: l.momentum,
+                    trust_coefficient: l.trust_coefficient,
+                }
             }
             other => return Err(format!("case {}: unknown optimizer '{other}'", self.tag)),
         };
@@ -217,13 +231,29 @@ impl Check {
     }
 
     /// Compares `actual` with `expected` under `tolerance`.
-    pub fn compare(name: impl Into<String>, actual: &TensorData, expected: &TensorData, tolerance: Tolerance) -> Self {
+    pub fn compare(
+        name: impl Into<String>,
+        actual: &TensorData,
+        expected: &TensorData,
+        tolerance: Tolerance,
+    ) -> Self {
         let name = name.into();
         if actual.shape != expected.shape {
-            return Self::failed(name, format!("shape {:?}, expected {:?}", actual.shape, expected.shape));
+            return Self::failed(
+                name,
+                format!("shape {:?}, expected {:?}", actual.shape, expected.shape),
+            );
         }
-        let a = actual.clone().convert::<f32>().into_vec::<f32>().expect("f32 data");
-        let b = expected.clone().convert::<f32>().into_vec::<f32>().expect("f32 data");
+        let a = actual
+            .clone()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 data");
+        let b = expected
+            .clone()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 data");
         let max_b = b.iter().fold(0f32, |m, y| m.max(y.abs()));
         let (mut max_abs, mut max_rel, mut worst) = (0f32, 0f32, 0f32);
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
@@ -238,12 +268,24 @@ impl Check {
                 Tolerance::Elementwise => FORWARD_TOL * (1.0 + y.abs()),
                 Tolerance::TensorScaled => FORWARD_TOL * (1.0 + max_b),
                 Tolerance::AdamNoise { lr, noisy } => {
-                    FORWARD_TOL * (1.0 + y.abs()) + if noisy.get(i).copied().unwrap_or(false) { 2.0 * lr } else { 0.0 }
+                    FORWARD_TOL * (1.0 + y.abs())
+                        + if noisy.get(i).copied().unwrap_or(false) {
+                            2.0 * lr
+                        } else {
+                            0.0
+                        }
                 }
             };
             worst = worst.max(d / allowed);
         }
-        Check { name, max_abs, max_rel, worst, rule: tolerance.describe(), error: None }
+        Check {
+            name,
+            max_abs,
+            max_rel,
+            worst,
+            rule: tolerance.describe(),
+            error: None,
+        }
     }
 }
 
@@ -266,7 +308,11 @@ impl CaseReport {
 impl fmt::Display for CaseReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "case {}", self.tag)?;
-        writeln!(f, "  {:<52} {:>10} {:>10} {:>11}  {:<20} result", "tensor", "max|a-b|", "max rel", "err/allowed", "tolerance")?;
+        writeln!(
+            f,
+            "  {:<52} {:>10} {:>10} {:>11}  {:<20} result",
+            "tensor", "max|a-b|", "max rel", "err/allowed", "tolerance"
+        )?;
         for c in &self.checks {
             match &c.error {
                 Some(e) => writeln!(f, "  {:<52} FAIL: {e}", c.name)?,
@@ -291,12 +337,20 @@ pub fn case_tags(dir: &Path) -> Result<Vec<String>, String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut tags: Vec<String> = entries
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".json")
+                .map(str::to_string)
+        })
         .filter(|tag| dir.join(format!("{tag}.pth.tar")).is_file())
         .collect();
     tags.sort();
     if tags.is_empty() {
-        return Err(format!("{}: no parity cases (TAG.json with TAG.pth.tar)", dir.display()));
+        return Err(format!(
+            "{}: no parity cases (TAG.json with TAG.pth.tar)",
+            dir.display()
+        ));
     }
     Ok(tags)
 }
@@ -310,14 +364,25 @@ pub fn resolve(target: &Path) -> Result<(PathBuf, Vec<String>), String> {
         }
         return Ok((target.to_path_buf(), tags));
     }
-    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let tag = target
         .file_name()
         .and_then(|n| n.to_str())
-        .map(|n| n.trim_end_matches(".json").trim_end_matches(".pth.tar").to_string())
+        .map(|n| {
+            n.trim_end_matches(".json")
+                .trim_end_matches(".pth.tar")
+                .to_string()
+        })
         .ok_or_else(|| format!("{}: not a parity case", target.display()))?;
     if tag != "misc" && !dir.join(format!("{tag}.pth.tar")).is_file() {
-        return Err(format!("{}: no such parity case ({tag}.json not found)", target.display()));
+        return Err(format!(
+            "{}: no such parity case ({tag}.json not found)",
+            target.display()
+        ));
     }
     Ok((dir, vec![tag]))
 }
@@ -326,11 +391,16 @@ fn tensor_data(dict: &StateDict, key: &str, file: &Path) -> Result<TensorData, S
     let snap = dict
         .get(key)
         .ok_or_else(|| format!("{}: tensor '{key}' is missing", file.display()))?;
-    snap.to_data().map_err(|e| format!("{}: tensor '{key}': {e:?}", file.display()))
+    snap.to_data()
+        .map_err(|e| format!("{}: tensor '{key}': {e:?}", file.display()))
 }
 
 /// Runs the eval-mode forward checks of case `tag` in `dir` on backend `B`.
-pub fn run_case<B: Backend>(dir: &Path, tag: &str, device: &B::Device) -> Result<CaseReport, String> {
+pub fn run_case<B: Backend>(
+    dir: &Path,
+    tag: &str,
+    device: &B::Device,
+) -> Result<CaseReport, String> {
     let case = GoldenCase::load(dir, tag)?;
     let expected_config = case.moco_config()?;
     let options = ImportOptions {
@@ -357,11 +427,27 @@ pub fn run_case<B: Backend>(dir: &Path, tag: &str, device: &B::Device) -> Result
         ("eval.prediction_x1", out.prediction),
     ] {
         let want = tensor_data(&expected, name, &vectors)?;
-        checks.push(Check::compare(name, &actual.into_data(), &want, Tolerance::Elementwise));
+        checks.push(Check::compare(
+            name,
+            &actual.into_data(),
+            &want,
+            Tolerance::Elementwise,
+        ));
     }
     drop(model);
-    train_checks::<B>(&case, &ckpt, &options, &expected, &vectors, device, &mut checks)?;
-    Ok(CaseReport { tag: tag.to_string(), checks })
+    train_checks::<B>(
+        &case,
+        &ckpt,
+        &options,
+        &expected,
+        &vectors,
+        device,
+        &mut checks,
+    )?;
+    Ok(CaseReport {
+        tag: tag.to_string(),
+        checks,
+    })
 }
 
 /// Replays the case's training step on `Autodiff<B>` and compares queries, keys, loss, every
@@ -381,9 +467,14 @@ fn train_checks<B: Backend>(
         moco_models::BackboneConfig::Vit(_) => Family::Vit,
         moco_models::BackboneConfig::ResNet(_) => Family::ResNet,
     };
-    let input = |key: &str| tensor_data(expected, key, vectors).map(|d| Tensor::<Ad<B>, 4>::from_data(d, device));
+    let input = |key: &str| {
+        tensor_data(expected, key, vectors).map(|d| Tensor::<Ad<B>, 4>::from_data(d, device))
+    };
     let (x1, x2) = (input("input.x1")?, input("input.x2")?);
-    let params = StepParams { temperature: case.temperature, momentum: case.momentum };
+    let params = StepParams {
+        temperature: case.temperature,
+        momentum: case.momentum,
+    };
     let (siamese, out) = Siamese { model, byol: false }.forward_loss(x1, x2, &params);
     let mut compare = |name: &str, actual: TensorData| -> Result<(), String> {
         let want = tensor_data(expected, name, vectors)?;
@@ -392,19 +483,31 @@ fn train_checks<B: Backend>(
     };
     compare("train.q1", out.q1.clone().inner().into_data())?;
     compare("train.q2", out.q2.clone().inner().into_data())?;
-    compare("train.k1", out.k1.clone().expect("keys").inner().into_data())?;
-    compare("train.k2", out.k2.clone().expect("keys").inner().into_data())?;
+    compare(
+        "train.k1",
+        out.k1.clone().expect("keys").inner().into_data(),
+    )?;
+    compare(
+        "train.k2",
+        out.k2.clone().expect("keys").inner().into_data(),
+    )?;
     compare("train.loss", out.loss.clone().inner().into_data())?;
 
     let grads = GradientsParams::from_grads(out.loss.backward(), &siamese);
     let mut grad_checks = 0;
-    for snap in siamese.model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true) {
+    for snap in siamese
+        .model
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+    {
         let name = burn_to_torch(&snap.full_path(), family);
         let Some(id) = snap.tensor_id else { continue };
-        let linear_weight = snap.module_type().as_deref() == Some("Struct:Linear") && name.ends_with(".weight");
+        let linear_weight =
+            snap.module_type().as_deref() == Some("Struct:Linear") && name.ends_with(".weight");
         let grad = match snap.shape.num_dims() {
             1 => grads.get::<B, 1>(id).map(|g| g.into_data()),
-            2 => grads.get::<B, 2>(id).map(|g| if linear_weight { g.transpose() } else { g }.into_data()),
+            2 => grads
+                .get::<B, 2>(id)
+                .map(|g| if linear_weight { g.transpose() } else { g }.into_data()),
             3 => grads.get::<B, 3>(id).map(|g| g.into_data()),
             4 => grads.get::<B, 4>(id).map(|g| g.into_data()),
             n => return Err(format!("{name}: unexpected rank {n}")),
@@ -417,7 +520,10 @@ fn train_checks<B: Backend>(
                 grad_checks += 1;
             }
             (true, None) => checks.push(Check::failed(key, "PyTorch has a gradient, we have none")),
-            (false, Some(_)) => checks.push(Check::failed(key, "frozen in PyTorch, but we computed a gradient")),
+            (false, Some(_)) => checks.push(Check::failed(
+                key,
+                "frozen in PyTorch, but we computed a gradient",
+            )),
             (false, None) => {}
         }
     }
@@ -441,10 +547,16 @@ fn train_checks<B: Backend>(
             let grad_key = format!("grad.{name}");
             let tolerance = match (adamw, expected.contains_key(&grad_key)) {
                 (true, true) => {
-                    let g = tensor_data(expected, &grad_key, vectors)?.convert::<f32>().into_vec::<f32>().unwrap_or_default();
+                    let g = tensor_data(expected, &grad_key, vectors)?
+                        .convert::<f32>()
+                        .into_vec::<f32>()
+                        .unwrap_or_default();
                     let g_tol = FORWARD_TOL * (1.0 + g.iter().fold(0f32, |m, x| m.max(x.abs())));
                     // Gradients are compared in PyTorch's layout, as the state is.
-                    Tolerance::AdamNoise { lr: case.lr as f32, noisy: g.iter().map(|x| x.abs() <= g_tol).collect() }
+                    Tolerance::AdamNoise {
+                        lr: case.lr as f32,
+                        noisy: g.iter().map(|x| x.abs() <= g_tol).collect(),
+                    }
                 }
                 _ => Tolerance::Elementwise,
             };
@@ -459,7 +571,10 @@ fn train_checks<B: Backend>(
         .filter(|k| k.starts_with("after.") && !k.ends_with("num_batches_tracked"))
         .count();
     if seen != reference {
-        checks.push(Check::failed("after-step state", format!("{reference} tensors in the reference, {seen} in ours")));
+        checks.push(Check::failed(
+            "after-step state",
+            format!("{reference} tensors in the reference, {seen} in ours"),
+        ));
     }
     Ok(())
 }
@@ -498,14 +613,24 @@ pub fn run_misc<B: Backend>(dir: &Path, device: &B::Device) -> Result<CaseReport
     use moco_train::schedule;
     let json = dir.join("misc.json");
     let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
-    let misc: MiscCase = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let misc: MiscCase =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
     let file = dir.join("misc.expected.safetensors");
     let expected = read_state_dict(&file).map_err(|e| e.to_string())?;
-    let t2 = |key: &str| tensor_data(&expected, key, &file).map(|d| Tensor::<B, 2>::from_data(d, device));
-    let t1 = |key: &str| tensor_data(&expected, key, &file).map(|d| Tensor::<B, 1>::from_data(d, device));
+    let t2 = |key: &str| {
+        tensor_data(&expected, key, &file).map(|d| Tensor::<B, 2>::from_data(d, device))
+    };
+    let t1 = |key: &str| {
+        tensor_data(&expected, key, &file).map(|d| Tensor::<B, 1>::from_data(d, device))
+    };
     let mut checks = Vec::new();
     let mut compare = |name: &str, actual: TensorData| -> Result<(), String> {
-        checks.push(Check::compare(name, &actual, &tensor_data(&expected, name, &file)?, Tolerance::Elementwise));
+        checks.push(Check::compare(
+            name,
+            &actual,
+            &tensor_data(&expected, name, &file)?,
+            Tolerance::Elementwise,
+        ));
         Ok(())
     };
 
@@ -520,40 +645,68 @@ pub fn run_misc<B: Backend>(dir: &Path, device: &B::Device) -> Result<CaseReport
         compare(key, loss.into_data())?;
     }
     for key in expected.keys().filter(|k| k.starts_with("ntxent.loss_T")) {
-        let t: f64 = key["ntxent.loss_T".len()..].parse().map_err(|_| format!("cannot parse '{key}'"))?;
-        compare(key, moco_loss::nt_xent(t2("ntxent.z1")?, t2("ntxent.z2")?, t).into_data())?;
+        let t: f64 = key["ntxent.loss_T".len()..]
+            .parse()
+            .map_err(|_| format!("cannot parse '{key}'"))?;
+        compare(
+            key,
+            moco_loss::nt_xent(t2("ntxent.z1")?, t2("ntxent.z2")?, t).into_data(),
+        )?;
     }
-    compare("byol.loss", moco_loss::byol(t2("byol.p")?, t2("byol.z")?).into_data())?;
+    compare(
+        "byol.loss",
+        moco_loss::byol(t2("byol.p")?, t2("byol.z")?).into_data(),
+    )?;
 
     let l = &misc.lars;
     let optim = OptimConfig::new(
-        OptimizerKind::Lars { momentum: l.momentum, trust_coefficient: l.trust_coefficient },
+        OptimizerKind::Lars {
+            momentum: l.momentum,
+            trust_coefficient: l.trust_coefficient,
+        },
         l.weight_decay,
     )
     .build();
     let (mut w, mut b) = (t2("lars.w0")?, t1("lars.b0")?);
     let (mut sw, mut sb): (Option<OptimState<B, 2>>, Option<OptimState<B, 1>>) = (None, None);
     for i in 0..3 {
-        (w, sw) = burn::optim::SimpleOptimizer::step(&optim, l.lr, w, t2(&format!("lars.gw{i}"))?, sw);
-        (b, sb) = burn::optim::SimpleOptimizer::step(&optim, l.lr, b, t1(&format!("lars.gb{i}"))?, sb);
+        (w, sw) =
+            burn::optim::SimpleOptimizer::step(&optim, l.lr, w, t2(&format!("lars.gw{i}"))?, sw);
+        (b, sb) =
+            burn::optim::SimpleOptimizer::step(&optim, l.lr, b, t1(&format!("lars.gb{i}"))?, sb);
         compare(&format!("lars.w{}", i + 1), w.clone().into_data())?;
         compare(&format!("lars.b{}", i + 1), b.clone().into_data())?;
     }
 
     let s = &misc.schedule;
-    let epochs = tensor_data(&expected, "schedule.epoch", &file)?.convert::<f64>().into_vec::<f64>().unwrap_or_default();
+    let epochs = tensor_data(&expected, "schedule.epoch", &file)?
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .unwrap_or_default();
     let lr: Vec<f32> = epochs
         .iter()
         .map(|&e| schedule::learning_rate(e, s.base_lr, s.warmup_epochs, s.epochs) as f32)
         .collect();
-    let m: Vec<f32> = epochs.iter().map(|&e| schedule::momentum(e, s.moco_m, s.epochs) as f32).collect();
+    let m: Vec<f32> = epochs
+        .iter()
+        .map(|&e| schedule::momentum(e, s.moco_m, s.epochs) as f32)
+        .collect();
     compare("schedule.lr", TensorData::new(lr, [epochs.len()]))?;
     compare("schedule.momentum", TensorData::new(m, [epochs.len()]))?;
 
-    for (key, h, w, d) in [("sincos.h3_w5_d16", 3, 5, 16), ("sincos.h4_w4_d64", 4, 4, 64)] {
+    for (key, h, w, d) in [
+        ("sincos.h3_w5_d16", 3, 5, 16),
+        ("sincos.h4_w4_d64", 4, 4, 64),
+    ] {
         if expected.contains_key(key) {
-            compare(key, TensorData::new(moco_models::vit::sincos_pos_embed(h, w, d), [1 + h * w, d]))?;
+            compare(
+                key,
+                TensorData::new(moco_models::vit::sincos_pos_embed(h, w, d), [1 + h * w, d]),
+            )?;
         }
     }
-    Ok(CaseReport { tag: "misc".to_string(), checks })
+    Ok(CaseReport {
+        tag: "misc".to_string(),
+        checks,
+    })
 }

@@ -22,17 +22,42 @@ fn every_golden_case_matches_pytorch() {
         println!("{report}");
         assert!(report.passed(), "{report}");
         let names: Vec<_> = report.checks.iter().map(|c| c.name.as_str()).collect();
-        for name in ["eval.features_x1", "eval.prediction_x1", "train.loss", "train.k2"] {
+        for name in [
+            "eval.features_x1",
+            "eval.prediction_x1",
+            "train.loss",
+            "train.k2",
+        ] {
             assert!(names.contains(&name), "{tag}: no check of {name}");
         }
-        assert!(names.iter().filter(|n| n.starts_with("grad.")).count() > 20, "{tag}");
-        assert!(names.iter().filter(|n| n.starts_with("after.momentum_encoder.")).count() > 20, "{tag}");
+        assert!(
+            names.iter().filter(|n| n.starts_with("grad.")).count() > 20,
+            "{tag}"
+        );
+        assert!(
+            names
+                .iter()
+                .filter(|n| n.starts_with("after.momentum_encoder."))
+                .count()
+                > 20,
+            "{tag}"
+        );
         for check in report.checks.iter().filter(|c| c.name.starts_with("eval.")) {
             // Far inside the tolerance: an f32 forward matches to about 1e-6.
-            assert!(check.max_abs < 1e-5, "{tag} {}: {}", check.name, check.max_abs);
+            assert!(
+                check.max_abs < 1e-5,
+                "{tag} {}: {}",
+                check.name,
+                check.max_abs
+            );
         }
         // The frozen patch projection has no gradient, as in PyTorch.
-        assert!(!names.iter().any(|n| n.starts_with("grad.base_encoder.patch_embed")), "{tag}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("grad.base_encoder.patch_embed")),
+            "{tag}"
+        );
     }
     let misc = run_misc::<Flex>(&dir, &Default::default()).unwrap();
     println!("{misc}");
@@ -43,9 +68,17 @@ fn every_golden_case_matches_pytorch() {
 #[test]
 fn cli_passes_on_the_golden_cases_and_fails_on_a_wrong_vector() {
     let exe = env!("CARGO_BIN_EXE_moco");
-    let out = Command::new(exe).args(["parity"]).arg(golden_dir()).output().unwrap();
+    let out = Command::new(exe)
+        .args(["parity"])
+        .arg(golden_dir())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
 
     // A copy of one case with a perturbed expected output must fail with a non-zero exit.
@@ -53,9 +86,14 @@ fn cli_passes_on_the_golden_cases_and_fails_on_a_wrong_vector() {
     std::fs::create_dir_all(&tmp).unwrap();
     let tag = "vit_tiny_p8_32";
     for ext in ["json", "pth.tar"] {
-        std::fs::copy(golden_dir().join(format!("{tag}.{ext}")), tmp.join(format!("{tag}.{ext}"))).unwrap();
+        std::fs::copy(
+            golden_dir().join(format!("{tag}.{ext}")),
+            tmp.join(format!("{tag}.{ext}")),
+        )
+        .unwrap();
     }
-    let vectors = read_state_dict(&golden_dir().join(format!("{tag}.expected.safetensors"))).unwrap();
+    let vectors =
+        read_state_dict(&golden_dir().join(format!("{tag}.expected.safetensors"))).unwrap();
     let tensors: Vec<_> = vectors
         .into_iter()
         .map(|(k, v)| {
@@ -68,11 +106,25 @@ fn cli_passes_on_the_golden_cases_and_fails_on_a_wrong_vector() {
             (k, data)
         })
         .collect();
-    std::fs::write(tmp.join(format!("{tag}.expected.safetensors")), to_safetensors(&tensors, None).unwrap()).unwrap();
-    let out = Command::new(exe).args(["parity"]).arg(tmp.join(tag)).output().unwrap();
+    std::fs::write(
+        tmp.join(format!("{tag}.expected.safetensors")),
+        to_safetensors(&tensors, None).unwrap(),
+    )
+    .unwrap();
+    let out = Command::new(exe)
+        .args(["parity"])
+        .arg(tmp.join(tag))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     std::fs::remove_dir_all(&tmp).ok();
     assert!(!out.status.success(), "{stdout}");
-    assert!(stdout.contains("eval.projection_x1") && stdout.contains("FAIL"), "{stdout}");
-    assert!(stdout.contains("eval.features_x1") && stdout.contains("pass"), "{stdout}");
+    assert!(
+        stdout.contains("eval.projection_x1") && stdout.contains("FAIL"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("eval.features_x1") && stdout.contains("pass"),
+        "{stdout}"
+    );
 }

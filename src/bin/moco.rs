@@ -7,11 +7,18 @@ use burn::prelude::Backend;
 use clap::{Parser, Subcommand, ValueEnum};
 use moco::device::{dispatch, BackendJob, DeviceSpec};
 use moco::models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
-use moco::models::{export_backbone, export_moco, load_checkpoint, save_checkpoint, BackboneConfig, MoCo, MocoConfig};
+use moco::models::{
+    export_backbone, export_moco, load_checkpoint, save_checkpoint, BackboneConfig, MoCo,
+    MocoConfig,
+};
 use moco::parity;
 
 #[derive(Parser)]
-#[command(name = "moco", version, about = "MoCo v3 self-supervised pretraining on Burn")]
+#[command(
+    name = "moco",
+    version,
+    about = "MoCo v3 self-supervised pretraining on Burn"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,10 +97,29 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Parity { target, device } => run_on(&device, ParityJob { target }),
         Command::Inspect { file, heads } => inspect_cmd(&file, heads),
-        Command::Import { file, out, heads, device } => run_on(&device, ImportJob { file, out, heads }),
-        Command::Export { checkpoint, out, format, what, heads, device } => {
-            run_on(&device, ExportJob { checkpoint, out, format, what, heads })
-        }
+        Command::Import {
+            file,
+            out,
+            heads,
+            device,
+        } => run_on(&device, ImportJob { file, out, heads }),
+        Command::Export {
+            checkpoint,
+            out,
+            format,
+            what,
+            heads,
+            device,
+        } => run_on(
+            &device,
+            ExportJob {
+                checkpoint,
+                out,
+                format,
+                what,
+                heads,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,7 +162,11 @@ impl BackendJob for ParityJob {
                 }
             }
         }
-        println!("{} passed, {} failed", tags.len() - failed.len(), failed.len());
+        println!(
+            "{} passed, {} failed",
+            tags.len() - failed.len(),
+            failed.len()
+        );
         if failed.is_empty() {
             Ok(())
         } else {
@@ -146,7 +176,10 @@ impl BackendJob for ParityJob {
 }
 
 fn options(heads: Option<usize>) -> ImportOptions {
-    ImportOptions { heads, freeze_patch_embed: None }
+    ImportOptions {
+        heads,
+        freeze_patch_embed: None,
+    }
 }
 
 fn inspect_cmd(file: &Path, heads: Option<usize>) -> CmdResult {
@@ -163,20 +196,39 @@ fn inspect_cmd(file: &Path, heads: Option<usize>) -> CmdResult {
     println!("backbone: {}", w.backbone_config.describe());
     if let Some(c) = &w.moco_config {
         let head = |h: &moco::models::MlpHeadConfig| {
-            format!("{} layers {}→{}→{}{}", h.num_layers, h.input_dim, h.mlp_dim, h.output_dim, if h.last_bn { " +BN" } else { "" })
+            format!(
+                "{} layers {}→{}→{}{}",
+                h.num_layers,
+                h.input_dim,
+                h.mlp_dim,
+                h.output_dim,
+                if h.last_bn { " +BN" } else { "" }
+            )
         };
         println!("projector: {}", head(&c.projector));
         println!("predictor: {}", head(&c.predictor));
-        println!("config: {}", serde_json::to_string(c).expect("config serialises"));
+        println!(
+            "config: {}",
+            serde_json::to_string(c).expect("config serialises")
+        );
     } else if !w.ignored.is_empty() {
-        println!("classifier (not part of the backbone): {}", w.ignored.join(", "));
+        println!(
+            "classifier (not part of the backbone): {}",
+            w.ignored.join(", ")
+        );
     }
     Ok(())
 }
 
 /// Loads a whole model from a moco checkpoint or an official file.
-fn load_any_moco<B: Backend>(path: &Path, heads: Option<usize>, device: &B::Device) -> Result<(MoCo<B>, MocoConfig), String> {
-    let is_mpk = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mpk"));
+fn load_any_moco<B: Backend>(
+    path: &Path,
+    heads: Option<usize>,
+    device: &B::Device,
+) -> Result<(MoCo<B>, MocoConfig), String> {
+    let is_mpk = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("mpk"));
     if is_mpk {
         load_checkpoint::<B>(path, device)
     } else {
@@ -194,9 +246,15 @@ struct ImportJob {
 impl BackendJob for ImportJob {
     type Output = CmdResult;
     fn run<B: Backend>(self, device: B::Device) -> CmdResult {
-        let (model, config) = load_moco::<B>(&self.file, &options(self.heads), &device).map_err(|e| e.to_string())?;
+        let (model, config) =
+            load_moco::<B>(&self.file, &options(self.heads), &device).map_err(|e| e.to_string())?;
         save_checkpoint(&model, &config, &self.out).map_err(|e| e.to_string())?;
-        println!("imported {} ({}) → {}", self.file.display(), config.backbone.describe(), self.out.display());
+        println!(
+            "imported {} ({}) → {}",
+            self.file.display(),
+            config.backbone.describe(),
+            self.out.display()
+        );
         Ok(())
     }
 }
@@ -212,16 +270,26 @@ struct ExportJob {
 impl BackendJob for ExportJob {
     type Output = CmdResult;
     fn run<B: Backend>(self, device: B::Device) -> CmdResult {
-        let is_mpk = self.checkpoint.extension().is_some_and(|e| e.eq_ignore_ascii_case("mpk"));
-        let backbone_only_file =
-            !is_mpk && inspect(&self.checkpoint, &options(self.heads)).map_err(|e| e.to_string())?.layout == Layout::Backbone;
+        let is_mpk = self
+            .checkpoint
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("mpk"));
+        let backbone_only_file = !is_mpk
+            && inspect(&self.checkpoint, &options(self.heads))
+                .map_err(|e| e.to_string())?
+                .layout
+                == Layout::Backbone;
         let n = match (self.what, backbone_only_file) {
             (ExportWhat::Model, true) => {
-                return Err(format!("{}: holds a backbone only; export it with --what backbone", self.checkpoint.display()))
+                return Err(format!(
+                    "{}: holds a backbone only; export it with --what backbone",
+                    self.checkpoint.display()
+                ))
             }
             (ExportWhat::Backbone, true) => {
                 let (backbone, config) =
-                    load_backbone::<B>(&self.checkpoint, &options(self.heads), &device).map_err(|e| e.to_string())?;
+                    load_backbone::<B>(&self.checkpoint, &options(self.heads), &device)
+                        .map_err(|e| e.to_string())?;
                 check_format(self.format, &config)?;
                 export_backbone(&backbone, &config, &self.out)
             }
@@ -229,7 +297,9 @@ impl BackendJob for ExportJob {
                 let (model, config) = load_any_moco::<B>(&self.checkpoint, self.heads, &device)?;
                 check_format(self.format, &config.backbone)?;
                 match what {
-                    ExportWhat::Backbone => export_backbone(&model.base_encoder.backbone, &config.backbone, &self.out),
+                    ExportWhat::Backbone => {
+                        export_backbone(&model.base_encoder.backbone, &config.backbone, &self.out)
+                    }
                     ExportWhat::Model => export_moco(&model, &config, &self.out),
                 }
             }

@@ -39,10 +39,17 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int
 /// `k_all` holds the keys of every data-parallel rank, `[world · N, C]` (on one device, the
 /// local keys and `rank = 0`); the positive of query `i` is key `N·rank + i`, all other keys
 /// are negatives. Keys take no gradient. Returns a `[1]` tensor.
-pub fn infonce<B: Backend>(q: Tensor<B, 2>, k_all: Tensor<B, 2>, temperature: f64, rank: usize) -> Tensor<B, 1> {
+pub fn infonce<B: Backend>(
+    q: Tensor<B, 2>,
+    k_all: Tensor<B, 2>,
+    temperature: f64,
+    rank: usize,
+) -> Tensor<B, 1> {
     let [n, _] = q.dims();
     let device = q.device();
-    let logits = normalize(q).matmul(normalize(k_all.detach()).transpose()).div_scalar(temperature);
+    let logits = normalize(q)
+        .matmul(normalize(k_all.detach()).transpose())
+        .div_scalar(temperature);
     let start = (n * rank) as i64;
     let targets = Tensor::<B, 1, Int>::arange(start..start + n as i64, &device);
     cross_entropy(logits, targets).mul_scalar(2.0 * temperature)
@@ -96,12 +103,19 @@ mod tests {
         let ce0 = -(1.0 / tau) + ((1.0 / tau).exp() + (s / tau).exp()).ln();
         let ce1 = -(s / tau) + ((0.0f32).exp() + (s / tau).exp()).ln();
         let want = (ce0 + ce1) / 2.0 * 2.0 * tau;
-        close(infonce(q.clone(), k.clone(), tau as f64, 0).into_scalar(), want);
+        close(
+            infonce(q.clone(), k.clone(), tau as f64, 0).into_scalar(),
+            want,
+        );
         // Rank 1 of two: the positives are the second half of the gathered keys.
         let k_all = Tensor::cat(vec![t(&[0.0, 1.0, 1.0, 0.0], [2, 2]), k], 0);
-        let ce0 = -(1.0 / tau) + ((0.0f32).exp() + (1.0 / tau).exp() + (1.0 / tau).exp() + (s / tau).exp()).ln();
+        let ce0 = -(1.0 / tau)
+            + ((0.0f32).exp() + (1.0 / tau).exp() + (1.0 / tau).exp() + (s / tau).exp()).ln();
         let ce1 = -(s / tau) + ((1.0 / tau).exp() + 1.0 + 1.0 + (s / tau).exp()).ln();
-        close(infonce(q, k_all, tau as f64, 1).into_scalar(), (ce0 + ce1) * tau);
+        close(
+            infonce(q, k_all, tau as f64, 1).into_scalar(),
+            (ce0 + ce1) * tau,
+        );
     }
 
     #[test]
@@ -118,7 +132,10 @@ mod tests {
         // Sample 2 (e0): e0 (1, positive), e1 (0), -e1 (0); sample 3 (-e1): e0, e1 (-1, positive), e0.
         let l2 = l0;
         let l3 = l1;
-        close(nt_xent(z1, z2, tau as f64).into_scalar(), (l0 + l1 + l2 + l3) / 4.0);
+        close(
+            nt_xent(z1, z2, tau as f64).into_scalar(),
+            (l0 + l1 + l2 + l3) / 4.0,
+        );
     }
 
     #[test]
@@ -126,15 +143,26 @@ mod tests {
         let p = t(&[1.0, 0.0, 1.0, 1.0], [2, 2]);
         let z = t(&[3.0, 0.0, 0.0, 1.0], [2, 2]);
         let cos1 = 1.0f32 / 2f32.sqrt();
-        close(byol(p, z).into_scalar(), ((2.0 - 2.0) + (2.0 - 2.0 * cos1)) / 2.0);
+        close(
+            byol(p, z).into_scalar(),
+            ((2.0 - 2.0) + (2.0 - 2.0 * cos1)) / 2.0,
+        );
     }
 
     #[test]
     fn keys_and_targets_take_no_gradient() {
         type AD = Autodiff<Flex>;
         let device = Default::default();
-        let q = Tensor::<AD, 2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]), &device).require_grad();
-        let k = Tensor::<AD, 2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.5, 4.0], [2, 2]), &device).require_grad();
+        let q = Tensor::<AD, 2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]),
+            &device,
+        )
+        .require_grad();
+        let k = Tensor::<AD, 2>::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.5, 4.0], [2, 2]),
+            &device,
+        )
+        .require_grad();
         let grads = (infonce(q.clone(), k.clone(), 0.2, 0) + byol(q.clone(), k.clone())).backward();
         assert!(q.grad(&grads).is_some());
         assert!(k.grad(&grads).is_none());
@@ -148,7 +176,9 @@ mod tests {
         let loss = nt_xent(q.clone(), q.clone(), 1e-4).into_scalar();
         assert!(loss.is_finite());
         let half = q.clone().cast(burn::tensor::DType::F16);
-        let l16 = infonce(half.clone(), half, 0.2, 0).cast(burn::tensor::DType::F32).into_scalar();
+        let l16 = infonce(half.clone(), half, 0.2, 0)
+            .cast(burn::tensor::DType::F32)
+            .into_scalar();
         let l32 = infonce(q.clone(), q, 0.2, 0).into_scalar();
         assert!((l16 - l32).abs() < 1e-2, "{l16} vs {l32}");
     }

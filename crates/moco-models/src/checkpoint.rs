@@ -25,7 +25,11 @@ pub struct CheckpointRecord<B: Backend> {
 }
 
 /// Saves `model` and its configuration to `path` (conventionally `*.mpk`), atomically.
-pub fn save_checkpoint<B: Backend>(model: &MoCo<B>, config: &MocoConfig, path: &Path) -> Result<(), ModelError> {
+pub fn save_checkpoint<B: Backend>(
+    model: &MoCo<B>,
+    config: &MocoConfig,
+    path: &Path,
+) -> Result<(), ModelError> {
     let record = CheckpointRecord::<B> {
         version: CHECKPOINT_VERSION,
         config: serde_json::to_string(config).expect("config serialises"),
@@ -38,20 +42,29 @@ pub fn save_checkpoint<B: Backend>(model: &MoCo<B>, config: &MocoConfig, path: &
 }
 
 /// Loads a checkpoint written by [`save_checkpoint`].
-pub fn load_checkpoint<B: Backend>(path: &Path, device: &B::Device) -> Result<(MoCo<B>, MocoConfig), ModelError> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+pub fn load_checkpoint<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<(MoCo<B>, MocoConfig), ModelError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
     let record: CheckpointRecord<B> = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
         .load(bytes, device)
         .map_err(|e| ModelError::file(path, format!("not a readable moco checkpoint: {e}")))?;
     if record.version != CHECKPOINT_VERSION {
         return Err(ModelError::file(
             path,
-            format!("checkpoint version {} is not supported (expected {CHECKPOINT_VERSION})", record.version),
+            format!(
+                "checkpoint version {} is not supported (expected {CHECKPOINT_VERSION})",
+                record.version
+            ),
         ));
     }
     let config: MocoConfig = serde_json::from_str(&record.config)
         .map_err(|e| ModelError::file(path, format!("the stored configuration is invalid: {e}")))?;
-    config.validate().map_err(|e| ModelError::file(path, e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| ModelError::file(path, e.to_string()))?;
     let model = config.init::<B>(device).load_record(record.model);
     // Loading adopts the stored parameter ids; the momentum encoder stays gradient-free.
     let model = MoCo {

@@ -15,16 +15,19 @@ use crate::moco::{Backbone, BackboneConfig, MoCo, MocoConfig};
 use crate::{write_atomic, ModelError};
 
 /// Every tensor of `module` under its PyTorch name, as f32 data in PyTorch's layout.
-pub fn torch_state_dict<B: Backend, M: Module<B>>(module: &M, family: Family) -> Vec<(String, TensorData)> {
+pub fn torch_state_dict<B: Backend, M: Module<B>>(
+    module: &M,
+    family: Family,
+) -> Vec<(String, TensorData)> {
     sync_running_stats(module);
     module
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
         .into_iter()
         .map(|s| {
             let name = burn_to_torch(&s.full_path(), family);
-            let data = s
-                .to_data()
-                .unwrap_or_else(|e| panic!("tensor '{name}' of a live module is unreadable: {e:?}"));
+            let data = s.to_data().unwrap_or_else(|e| {
+                panic!("tensor '{name}' of a live module is unreadable: {e:?}")
+            });
             (name, data.convert::<f32>())
         })
         .collect()
@@ -55,7 +58,8 @@ pub fn to_safetensors(
             Ok((name.clone(), view))
         })
         .collect::<Result<Vec<_>, ModelError>>()?;
-    safetensors::serialize(views, metadata).map_err(|e| ModelError::InvalidConfig(format!("safetensors: {e}")))
+    safetensors::serialize(views, metadata)
+        .map_err(|e| ModelError::InvalidConfig(format!("safetensors: {e}")))
 }
 
 /// Writes a backbone with timm (ViT) or torchvision (ResNet) names. Returns the tensor count.
@@ -71,18 +75,28 @@ pub fn export_backbone<B: Backend>(
     let tensors = torch_state_dict(backbone, family_of_config(config));
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("moco_backbone".to_string(), serde_json::to_string(config).expect("config serialises")),
+        (
+            "moco_backbone".to_string(),
+            serde_json::to_string(config).expect("config serialises"),
+        ),
     ]);
     write_atomic(path, &to_safetensors(&tensors, Some(meta))?)?;
     Ok(tensors.len())
 }
 
 /// Writes a whole MoCo model with the official checkpoint's key names (without `module.`).
-pub fn export_moco<B: Backend>(model: &MoCo<B>, config: &MocoConfig, path: &Path) -> Result<usize, ModelError> {
+pub fn export_moco<B: Backend>(
+    model: &MoCo<B>,
+    config: &MocoConfig,
+    path: &Path,
+) -> Result<usize, ModelError> {
     let tensors = torch_state_dict(model, family_of_config(&config.backbone));
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("moco_config".to_string(), serde_json::to_string(config).expect("config serialises")),
+        (
+            "moco_config".to_string(),
+            serde_json::to_string(config).expect("config serialises"),
+        ),
     ]);
     write_atomic(path, &to_safetensors(&tensors, Some(meta))?)?;
     Ok(tensors.len())

@@ -34,7 +34,9 @@ impl MlpHeadConfig {
             )));
         }
         if self.num_layers > 1 && self.mlp_dim == 0 {
-            return Err(ModelError::InvalidConfig("MLP head hidden width mlp_dim must be positive".into()));
+            return Err(ModelError::InvalidConfig(
+                "MLP head hidden width mlp_dim must be positive".into(),
+            ));
         }
         Ok(())
     }

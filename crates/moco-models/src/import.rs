@@ -71,10 +71,16 @@ pub fn inspect(path: &Path, options: &ImportOptions) -> Result<InspectedWeights,
     if all.keys().any(|k| k.starts_with("base_encoder.")) {
         let base = sub_dict(&all, "base_encoder.");
         let family = family_of(&base).ok_or_else(|| {
-            ModelError::file(path, "base_encoder holds neither a ViT (cls_token) nor a ResNet (conv1.weight)")
+            ModelError::file(
+                path,
+                "base_encoder holds neither a ViT (cls_token) nor a ResNet (conv1.weight)",
+            )
         })?;
         let head = format!("{}.", family.projector_name());
-        let backbone: StateDict = base.into_iter().filter(|(k, _)| !k.starts_with(&head)).collect();
+        let backbone: StateDict = base
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(&head))
+            .collect();
         let backbone_config = infer_backbone(&backbone, options).map_err(describe)?;
         let projector = infer_head(&all, &format!("base_encoder.{head}")).map_err(describe)?;
         let predictor = infer_head(&all, "predictor.").map_err(describe)?;
@@ -82,7 +88,9 @@ pub fn inspect(path: &Path, options: &ImportOptions) -> Result<InspectedWeights,
         moco_config.validate().map_err(describe)?;
         let ignored = all
             .keys()
-            .filter(|k| !k.starts_with("base_encoder.") || k.starts_with(&format!("base_encoder.{head}")))
+            .filter(|k| {
+                !k.starts_with("base_encoder.") || k.starts_with(&format!("base_encoder.{head}"))
+            })
             .cloned()
             .collect();
         return Ok(InspectedWeights {
@@ -102,7 +110,10 @@ pub fn inspect(path: &Path, options: &ImportOptions) -> Result<InspectedWeights,
     })?;
     // A linear-probe or DeiT file carries a classifier the backbone does not have.
     let classifier = format!("{}.", family.projector_name());
-    let (ignored, backbone): (Vec<_>, Vec<_>) = all.clone().into_iter().partition(|(k, _)| k.starts_with(&classifier));
+    let (ignored, backbone): (Vec<_>, Vec<_>) = all
+        .clone()
+        .into_iter()
+        .partition(|(k, _)| k.starts_with(&classifier));
     let backbone: StateDict = backbone.into_iter().collect();
     let backbone_config = infer_backbone(&backbone, options).map_err(describe)?;
     Ok(InspectedWeights {
@@ -152,22 +163,35 @@ pub fn preset_heads(width: usize) -> Option<usize> {
 fn need(dict: &StateDict, key: &str, rank: usize) -> Result<Vec<usize>, ModelError> {
     match shape_of(dict, key) {
         Some(s) if s.len() == rank => Ok(s),
-        Some(s) => Err(ModelError::InvalidConfig(format!("'{key}' has shape {s:?}, expected {rank} dimensions"))),
-        None => Err(ModelError::InvalidConfig(format!("cannot infer the architecture: '{key}' is missing"))),
+        Some(s) => Err(ModelError::InvalidConfig(format!(
+            "'{key}' has shape {s:?}, expected {rank} dimensions"
+        ))),
+        None => Err(ModelError::InvalidConfig(format!(
+            "cannot infer the architecture: '{key}' is missing"
+        ))),
     }
 }
 
 /// Largest `i` plus one over keys `{prefix}{i}.…`.
 fn count_indexed(dict: &StateDict, prefix: &str) -> usize {
     dict.keys()
-        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .map(|i| i + 1)
         .max()
         .unwrap_or(0)
 }
 
 /// Infers a backbone's architecture from its timm / torchvision state dict.
-pub fn infer_backbone(dict: &StateDict, options: &ImportOptions) -> Result<BackboneConfig, ModelError> {
+pub fn infer_backbone(
+    dict: &StateDict,
+    options: &ImportOptions,
+) -> Result<BackboneConfig, ModelError> {
     match family_of(dict) {
         Some(Family::Vit) => infer_vit(dict, options).map(BackboneConfig::Vit),
         Some(Family::ResNet) => infer_resnet(dict).map(BackboneConfig::ResNet),
@@ -223,7 +247,11 @@ fn infer_resnet(dict: &StateDict) -> Result<ResNetConfig, ModelError> {
     let stem = match conv1[2] {
         7 => Stem::ImageNet,
         3 => Stem::Small,
-        k => return Err(ModelError::InvalidConfig(format!("conv1 has a {k}×{k} kernel: expected 7 (ImageNet stem) or 3 (small stem)"))),
+        k => {
+            return Err(ModelError::InvalidConfig(format!(
+                "conv1 has a {k}×{k} kernel: expected 7 (ImageNet stem) or 3 (small stem)"
+            )))
+        }
     };
     let mut layers = Vec::new();
     while let n @ 1.. = count_indexed(dict, &format!("layer{}.", layers.len() + 1)) {
@@ -256,7 +284,9 @@ pub fn infer_head(dict: &StateDict, prefix: &str) -> Result<MlpHeadConfig, Model
         linears.push(s);
     }
     let (Some(first), Some(last)) = (linears.first(), linears.last()) else {
-        return Err(ModelError::InvalidConfig(format!("no MLP head found under '{prefix}'")));
+        return Err(ModelError::InvalidConfig(format!(
+            "no MLP head found under '{prefix}'"
+        )));
     };
     let last_bn = dict.contains_key(&format!("{prefix}{}.running_mean", 3 * linears.len() - 2));
     Ok(MlpHeadConfig::new(linears.len(), first[1], first[0], last[0]).with_last_bn(last_bn))
@@ -292,7 +322,12 @@ pub fn load_backbone<B: Backend>(
     let weights = inspect(path, options)?;
     let config = weights.backbone_config;
     let mut model = config.init::<B>(device);
-    apply_state_dict(&mut model, &weights.backbone, family_of_config(&config), path)?;
+    apply_state_dict(
+        &mut model,
+        &weights.backbone,
+        family_of_config(&config),
+        path,
+    )?;
     Ok((model, config))
 }
 
@@ -333,7 +368,11 @@ pub fn apply_state_dict<B: Backend, M: Module<B>>(
         };
         missing.remove(key);
         if snap.shape.to_vec() != *shape {
-            wrong_shape.push(format!("{key}: file {:?}, model {:?}", snap.shape.to_vec(), shape));
+            wrong_shape.push(format!(
+                "{key}: file {:?}, model {:?}",
+                snap.shape.to_vec(),
+                shape
+            ));
             continue;
         }
         let mut snap = as_f32(snap);
@@ -350,7 +389,10 @@ pub fn apply_state_dict<B: Backend, M: Module<B>>(
     }
     let result = module.apply(snapshots, None, Some(Box::new(PyTorchToBurnAdapter)), true);
     if !result.errors.is_empty() || !result.missing.is_empty() {
-        return Err(ModelError::file(source, format!("loading the tensors failed:\n{result}")));
+        return Err(ModelError::file(
+            source,
+            format!("loading the tensors failed:\n{result}"),
+        ));
     }
     Ok(())
 }

@@ -71,21 +71,61 @@ mod tests {
     #[test]
     fn translates_every_kind_of_path() {
         let cases = [
-            ("base_encoder.backbone.cls_token", Family::Vit, "base_encoder.cls_token"),
+            (
+                "base_encoder.backbone.cls_token",
+                Family::Vit,
+                "base_encoder.cls_token",
+            ),
             (
                 "base_encoder.backbone.blocks.3.attn.qkv.weight",
                 Family::Vit,
                 "base_encoder.blocks.3.attn.qkv.weight",
             ),
-            ("base_encoder.projector.linears.2.weight", Family::Vit, "base_encoder.head.6.weight"),
-            ("momentum_encoder.projector.norms.2.running_mean", Family::Vit, "momentum_encoder.head.7.running_mean"),
-            ("base_encoder.projector.norms.0.weight", Family::ResNet, "base_encoder.fc.1.weight"),
-            ("predictor.linears.1.weight", Family::ResNet, "predictor.3.weight"),
-            ("patch_embed.convs.4.bias", Family::Vit, "patch_embed.proj.12.bias"),
-            ("patch_embed.norms.3.running_var", Family::Vit, "patch_embed.proj.10.running_var"),
-            ("patch_embed.proj.weight", Family::Vit, "patch_embed.proj.weight"),
-            ("stages.3.0.downsample.bn.weight", Family::ResNet, "layer4.0.downsample.1.weight"),
-            ("stages.0.2.conv3.weight", Family::ResNet, "layer1.2.conv3.weight"),
+            (
+                "base_encoder.projector.linears.2.weight",
+                Family::Vit,
+                "base_encoder.head.6.weight",
+            ),
+            (
+                "momentum_encoder.projector.norms.2.running_mean",
+                Family::Vit,
+                "momentum_encoder.head.7.running_mean",
+            ),
+            (
+                "base_encoder.projector.norms.0.weight",
+                Family::ResNet,
+                "base_encoder.fc.1.weight",
+            ),
+            (
+                "predictor.linears.1.weight",
+                Family::ResNet,
+                "predictor.3.weight",
+            ),
+            (
+                "patch_embed.convs.4.bias",
+                Family::Vit,
+                "patch_embed.proj.12.bias",
+            ),
+            (
+                "patch_embed.norms.3.running_var",
+                Family::Vit,
+                "patch_embed.proj.10.running_var",
+            ),
+            (
+                "patch_embed.proj.weight",
+                Family::Vit,
+                "patch_embed.proj.weight",
+            ),
+            (
+                "stages.3.0.downsample.bn.weight",
+                Family::ResNet,
+                "layer4.0.downsample.1.weight",
+            ),
+            (
+                "stages.0.2.conv3.weight",
+                Family::ResNet,
+                "layer1.2.conv3.weight",
+            ),
         ];
         for (burn, family, torch) in cases {
             assert_eq!(burn_to_torch(burn, family), torch, "{burn}");

@@ -87,7 +87,11 @@ impl ModelError {
 
 fn mismatch_details(missing: &[String], unexpected: &[String], wrong_shape: &[String]) -> String {
     let mut out = String::new();
-    for (title, keys) in [("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)] {
+    for (title, keys) in [
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", wrong_shape),
+    ] {
         if !keys.is_empty() {
             out.push_str(&format!("  {title} ({}):\n", keys.len()));
             for k in keys {
@@ -102,10 +106,20 @@ fn mismatch_details(missing: &[String], unexpected: &[String], wrong_shape: &[St
 /// crash never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, format!("cannot create folder: {e}")))?;
-    let name = path.file_name().ok_or_else(|| ModelError::file(path, "not a file path"))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ModelError::file(dir, format!("cannot create folder: {e}")))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| ModelError::file(path, "not a file path"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -74,7 +74,12 @@ impl BackboneConfig {
     }
 
     /// Sets the input image side, channel count and (ViT) patch size; `None` keeps a value.
-    pub fn with_input(mut self, img: Option<usize>, in_chans: Option<usize>, patch: Option<usize>) -> Self {
+    pub fn with_input(
+        mut self,
+        img: Option<usize>,
+        in_chans: Option<usize>,
+        patch: Option<usize>,
+    ) -> Self {
         match &mut self {
             Self::Vit(c) => {
                 if let Some(v) = img {
@@ -256,7 +261,10 @@ impl MocoConfig {
 /// Copies every tensor of `src` into `dst`, keeping `dst`'s parameter ids and grad settings.
 pub fn copy_weights<B: Backend, M: Module<B>>(src: &M, dst: &mut M) {
     let result = dst.apply(src.collect(None, None, false), None, None, false);
-    debug_assert!(result.is_success(), "copy between identical modules failed: {result}");
+    debug_assert!(
+        result.is_success(),
+        "copy between identical modules failed: {result}"
+    );
 }
 
 /// Backbone plus projector.

@@ -72,7 +72,12 @@ impl<B: Backend> BatchNorm<B> {
         let mut shape = [1; D];
         shape[1] = channels;
         let (mean, var) = if B::ad_enabled(&x.device()) {
-            let count: usize = dims.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| d).product();
+            let count: usize = dims
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 1)
+                .map(|(_, d)| d)
+                .product();
             let flat = x.clone().swap_dims(0, 1).reshape([channels, count]);
             let mean = flat.clone().mean_dim(1);
             let centered = flat.sub(mean.clone());
@@ -84,11 +89,12 @@ impl<B: Backend> BatchNorm<B> {
                 .value_sync()
                 .mul_scalar(1.0 - m)
                 .add(mean.clone().detach().reshape([channels]).mul_scalar(m));
-            let new_var = self
-                .running_var
-                .value_sync()
-                .mul_scalar(1.0 - m)
-                .add(var.clone().detach().reshape([channels]).mul_scalar(m * unbiased));
+            let new_var = self.running_var.value_sync().mul_scalar(1.0 - m).add(
+                var.clone()
+                    .detach()
+                    .reshape([channels])
+                    .mul_scalar(m * unbiased),
+            );
             self.running_mean.update(new_mean.detach());
             self.running_var.update(new_var.detach());
             (mean.reshape(shape), var.reshape(shape))

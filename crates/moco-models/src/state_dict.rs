@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
+use burn::module::ParamId;
 use burn::tensor::{DType, TensorData};
 use burn_store::pytorch::PytorchReader;
 use burn_store::TensorSnapshot;
-use burn::module::ParamId;
 
 use crate::ModelError;
 
@@ -21,7 +21,8 @@ pub type StateDict = BTreeMap<String, TensorSnapshot>;
 /// taking the `state_dict` entry (MoCo v3 release and linear-probe files), else the `model`
 /// entry (DeiT layout), else the top-level dict.
 pub fn read_state_dict(path: &Path) -> Result<StateDict, ModelError> {
-    let meta = std::fs::metadata(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
     if !meta.is_file() {
         return Err(ModelError::file(path, "not a regular file"));
     }
@@ -71,24 +72,37 @@ fn read_torch(path: &Path) -> Result<StateDict, ModelError> {
         path,
         format!(
             "not a readable PyTorch checkpoint ({})",
-            first_error.unwrap_or_else(|| "no tensors under 'state_dict', 'model' or the top level".into())
+            first_error.unwrap_or_else(|| {
+                "no tensors under 'state_dict', 'model' or the top level".into()
+            })
         ),
     ))
 }
 
 fn read_safetensors(path: &Path) -> Result<StateDict, ModelError> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| ModelError::file(path, format!("not a valid safetensors file: {e}")))?;
     let mut dict = StateDict::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let data = match view.dtype() {
-            safetensors::Dtype::F32 => TensorData::from_bytes_vec(view.data().to_vec(), shape, DType::F32),
-            safetensors::Dtype::F64 => TensorData::from_bytes_vec(view.data().to_vec(), shape, DType::F64),
-            safetensors::Dtype::F16 => TensorData::from_bytes_vec(view.data().to_vec(), shape, DType::F16),
-            safetensors::Dtype::BF16 => TensorData::from_bytes_vec(view.data().to_vec(), shape, DType::BF16),
-            safetensors::Dtype::I64 => TensorData::from_bytes_vec(view.data().to_vec(), shape, DType::I64),
+            safetensors::Dtype::F32 => {
+                TensorData::from_bytes_vec(view.data().to_vec(), shape, DType::F32)
+            }
+            safetensors::Dtype::F64 => {
+                TensorData::from_bytes_vec(view.data().to_vec(), shape, DType::F64)
+            }
+            safetensors::Dtype::F16 => {
+                TensorData::from_bytes_vec(view.data().to_vec(), shape, DType::F16)
+            }
+            safetensors::Dtype::BF16 => {
+                TensorData::from_bytes_vec(view.data().to_vec(), shape, DType::BF16)
+            }
+            safetensors::Dtype::I64 => {
+                TensorData::from_bytes_vec(view.data().to_vec(), shape, DType::I64)
+            }
             other => {
                 return Err(ModelError::file(
                     path,
@@ -97,14 +111,19 @@ fn read_safetensors(path: &Path) -> Result<StateDict, ModelError> {
             }
         };
         let parts = name.split('.').map(str::to_string).collect();
-        dict.insert(name, TensorSnapshot::from_data(data, parts, vec![], ParamId::new()));
+        dict.insert(
+            name,
+            TensorSnapshot::from_data(data, parts, vec![], ParamId::new()),
+        );
     }
     Ok(dict)
 }
 
 /// The string metadata of a safetensors file (empty for other files or when unreadable).
 pub fn read_metadata(path: &Path) -> std::collections::HashMap<String, String> {
-    let is_safetensors = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let is_safetensors = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     if !is_safetensors {
         return Default::default();
     }
@@ -123,6 +142,9 @@ pub fn shape_of(dict: &StateDict, key: &str) -> Option<Vec<usize>> {
 /// The entries under `prefix`, with the prefix removed.
 pub fn sub_dict(dict: &StateDict, prefix: &str) -> StateDict {
     dict.iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|rest| (rest.to_string(), v.clone())))
+        .filter_map(|(k, v)| {
+            k.strip_prefix(prefix)
+                .map(|rest| (rest.to_string(), v.clone()))
+        })
         .collect()
 }

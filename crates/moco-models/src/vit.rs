@@ -63,7 +63,10 @@ impl VitConfig {
     }
     /// ViT-Large: 1024 wide, 24 deep, 16 heads.
     pub fn vit_large() -> Self {
-        Self::new().with_embed_dim(1024).with_depth(24).with_num_heads(16)
+        Self::new()
+            .with_embed_dim(1024)
+            .with_depth(24)
+            .with_num_heads(16)
     }
     /// ViT-Huge/14: 1280 wide, 32 deep, 16 heads.
     pub fn vit_huge() -> Self {
@@ -101,19 +104,22 @@ impl VitConfig {
                 self.embed_dim, self.depth, self.num_heads, self.in_chans
             ));
         }
-        if self.embed_dim % 4 != 0 {
+        if !self.embed_dim.is_multiple_of(4) {
             return err(format!(
                 "ViT embed_dim {} must be divisible by 4 for the 2-D sin-cos position embedding",
                 self.embed_dim
             ));
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return err(format!(
                 "ViT embed_dim {} is not divisible by num_heads {}",
                 self.embed_dim, self.num_heads
             ));
         }
-        if self.patch_size == 0 || self.img_size == 0 || self.img_size % self.patch_size != 0 {
+        if self.patch_size == 0
+            || self.img_size == 0
+            || !self.img_size.is_multiple_of(self.patch_size)
+        {
             return err(format!(
                 "ViT img_size {} is not divisible by patch_size {}",
                 self.img_size, self.patch_size
@@ -125,13 +131,13 @@ impl VitConfig {
                 self.patch_size
             ));
         }
-        if self.conv_stem && self.embed_dim % 8 != 0 {
+        if self.conv_stem && !self.embed_dim.is_multiple_of(8) {
             return err(format!(
                 "the ConvStem starts at embed_dim/8 channels: embed_dim {} must be divisible by 8",
                 self.embed_dim
             ));
         }
-        if !(self.mlp_ratio > 0.0) || self.mlp_hidden() == 0 {
+        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 || self.mlp_hidden() == 0 {
             return err(format!("ViT mlp_ratio {} must be positive", self.mlp_ratio));
         }
         Ok(())
@@ -152,7 +158,10 @@ impl VitConfig {
             let p = self.patch_size;
             // Xavier-uniform bound of the equivalent linear layer (fan-in C·p·p, fan-out D).
             let bound = (6.0 / (self.in_chans * p * p + d) as f64).sqrt();
-            let init = Initializer::Uniform { min: -bound, max: bound };
+            let init = Initializer::Uniform {
+                min: -bound,
+                max: bound,
+            };
             let mut proj = Conv2dConfig::new([self.in_chans, d], [p, p])
                 .with_stride([p, p])
                 .with_initializer(init)
@@ -165,7 +174,11 @@ impl VitConfig {
         } else {
             patch_embed
         };
-        let cls_token = Initializer::Normal { mean: 0.0, std: 1e-6 }.init([1, 1, d], device);
+        let cls_token = Initializer::Normal {
+            mean: 0.0,
+            std: 1e-6,
+        }
+        .init([1, 1, d], device);
         let grid = self.grid_size();
         let pos = sincos_pos_embed(grid, grid, d);
         let pos_embed = Param::from_tensor(Tensor::<B, 3>::from_data(
@@ -179,7 +192,9 @@ impl VitConfig {
             pos_embed,
             patch_embed,
             blocks,
-            norm: LayerNormConfig::new(d).with_epsilon(LAYER_NORM_EPS).init(device),
+            norm: LayerNormConfig::new(d)
+                .with_epsilon(LAYER_NORM_EPS)
+                .init(device),
             num_heads: self.num_heads,
             freeze_patch_embed: self.freeze_patch_embed,
         }
@@ -257,6 +272,7 @@ impl<B: Backend> Vit<B> {
 
 /// The two patch embeddings MoCo v3 uses.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum PatchEmbed<B: Backend> {
     /// One convolution with kernel = stride = patch size.
     Patchify(Patchify<B>),
@@ -360,11 +376,17 @@ impl<B: Backend> Block<B> {
         let qkv_bound = (6.0 / (d + d) as f64).sqrt();
         let qkv = LinearConfig::new(d, 3 * d)
             .with_bias(cfg.qkv_bias)
-            .with_initializer(Initializer::Uniform { min: -qkv_bound, max: qkv_bound })
+            .with_initializer(Initializer::Uniform {
+                min: -qkv_bound,
+                max: qkv_bound,
+            })
             .init(device);
         Self {
             norm1: ln.init(device),
-            attn: Attention { qkv: zero_bias(qkv, device), proj: xavier_linear(d, d, device) },
+            attn: Attention {
+                qkv: zero_bias(qkv, device),
+                proj: xavier_linear(d, d, device),
+            },
             norm2: ln.init(device),
             mlp: Mlp {
                 fc1: xavier_linear(d, cfg.mlp_hidden(), device),

@@ -13,7 +13,12 @@ type B = Flex;
 type AD = Autodiff<Flex>;
 
 fn small_vit() -> VitConfig {
-    VitConfig::new().with_img_size(32).with_patch_size(8).with_embed_dim(64).with_depth(2).with_num_heads(4)
+    VitConfig::new()
+        .with_img_size(32)
+        .with_patch_size(8)
+        .with_embed_dim(64)
+        .with_depth(2)
+        .with_num_heads(4)
 }
 
 fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -21,7 +26,9 @@ fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 fn golden(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/golden")
+        .join(name)
 }
 
 fn vit_of<Bk: burn::prelude::Backend>(model: &MoCo<Bk>) -> &Vit<Bk> {
@@ -41,11 +48,18 @@ fn patchify<Bk: burn::prelude::Backend>(vit: &Vit<Bk>) -> &burn::nn::conv::Conv2
 #[test]
 fn sincos_matches_moco_v3_including_non_square_grids() {
     let misc = read_state_dict(&golden("misc.expected.safetensors")).unwrap();
-    for (key, h, w, d) in [("sincos.h3_w5_d16", 3, 5, 16), ("sincos.h4_w4_d64", 4, 4, 64)] {
+    for (key, h, w, d) in [
+        ("sincos.h3_w5_d16", 3, 5, 16),
+        ("sincos.h4_w4_d64", 4, 4, 64),
+    ] {
         let want = misc[key].to_data().unwrap().into_vec::<f32>().unwrap();
         let got = sincos_pos_embed(h, w, d);
         assert_eq!(got.len(), want.len(), "{key}");
-        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(err < 1e-6, "{key}: max error {err}");
     }
 }
@@ -59,15 +73,37 @@ fn vit_init_follows_moco_v3() {
     let check_uniform = |name: &str, v: Vec<f32>, bound: f32| {
         let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
         let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
-        assert!(max <= bound && max > 0.9 * bound, "{name}: max {max}, bound {bound}");
+        assert!(
+            max <= bound && max > 0.9 * bound,
+            "{name}: max {max}, bound {bound}"
+        );
         let want = bound / 3f32.sqrt();
-        assert!((std - want).abs() < 0.05 * want, "{name}: std {std}, want {want}");
+        assert!(
+            (std - want).abs() < 0.05 * want,
+            "{name}: std {std}, want {want}"
+        );
     };
     let block = &vit.blocks[0];
-    check_uniform("qkv", values(block.attn.qkv.weight.val()), (6.0 / (d + d)).sqrt());
-    check_uniform("proj", values(block.attn.proj.weight.val()), (6.0 / (d + d)).sqrt());
-    check_uniform("fc1", values(block.mlp.fc1.weight.val()), (6.0 / (d + 4.0 * d)).sqrt());
-    check_uniform("patch", values(patchify(&vit).weight.val()), (6.0 / (3.0 * 64.0 + d)).sqrt());
+    check_uniform(
+        "qkv",
+        values(block.attn.qkv.weight.val()),
+        (6.0 / (d + d)).sqrt(),
+    );
+    check_uniform(
+        "proj",
+        values(block.attn.proj.weight.val()),
+        (6.0 / (d + d)).sqrt(),
+    );
+    check_uniform(
+        "fc1",
+        values(block.mlp.fc1.weight.val()),
+        (6.0 / (d + 4.0 * d)).sqrt(),
+    );
+    check_uniform(
+        "patch",
+        values(patchify(&vit).weight.val()),
+        (6.0 / (3.0 * 64.0 + d)).sqrt(),
+    );
     for bias in [
         block.attn.qkv.bias.as_ref(),
         block.attn.proj.bias.as_ref(),
@@ -87,17 +123,30 @@ fn vit_init_follows_moco_v3() {
 #[test]
 fn resnet_init_follows_torchvision_with_zero_residual() {
     let device = Default::default();
-    let net = ResNetConfig::new(vec![1, 1]).with_width(32).init::<B>(&device);
+    let net = ResNetConfig::new(vec![1, 1])
+        .with_width(32)
+        .init::<B>(&device);
     let w = values(net.stages[0][0].conv2.weight.val());
     let std = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
     let want = (2.0f32 / (32.0 * 9.0)).sqrt();
-    assert!((std - want).abs() < 0.05 * want, "conv std {std}, want {want}");
+    assert!(
+        (std - want).abs() < 0.05 * want,
+        "conv std {std}, want {want}"
+    );
     let bn3 = net.stages[0][0].bn3.as_ref().unwrap();
-    assert!(values(bn3.gamma.as_ref().unwrap().val()).iter().all(|x| *x == 0.0));
+    assert!(values(bn3.gamma.as_ref().unwrap().val())
+        .iter()
+        .all(|x| *x == 0.0));
     let bn1 = &net.stages[0][0].bn1;
-    assert!(values(bn1.gamma.as_ref().unwrap().val()).iter().all(|x| *x == 1.0));
-    let basic = ResNetConfig::resnet18().with_stem(Stem::Small).init::<B>(&device);
-    assert!(values(basic.stages[3][1].bn2.gamma.as_ref().unwrap().val()).iter().all(|x| *x == 0.0));
+    assert!(values(bn1.gamma.as_ref().unwrap().val())
+        .iter()
+        .all(|x| *x == 1.0));
+    let basic = ResNetConfig::resnet18()
+        .with_stem(Stem::Small)
+        .init::<B>(&device);
+    assert!(values(basic.stages[3][1].bn2.gamma.as_ref().unwrap().val())
+        .iter()
+        .all(|x| *x == 0.0));
 }
 
 #[test]
@@ -107,14 +156,45 @@ fn forward_shapes_of_every_family() {
     let gray = Tensor::<B, 4>::random([2, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
     let cases: Vec<(BackboneConfig, Tensor<B, 4>, usize)> = vec![
         (BackboneConfig::Vit(small_vit()), x.clone(), 64),
-        (BackboneConfig::Vit(small_vit().with_in_chans(1).with_img_size(28).with_patch_size(7)), gray.clone(), 64),
         (
-            BackboneConfig::Vit(VitConfig::vit_conv_small().with_img_size(32).with_embed_dim(64).with_num_heads(4).with_depth(1)),
+            BackboneConfig::Vit(
+                small_vit()
+                    .with_in_chans(1)
+                    .with_img_size(28)
+                    .with_patch_size(7),
+            ),
+            gray.clone(),
+            64,
+        ),
+        (
+            BackboneConfig::Vit(
+                VitConfig::vit_conv_small()
+                    .with_img_size(32)
+                    .with_embed_dim(64)
+                    .with_num_heads(4)
+                    .with_depth(1),
+            ),
             x.clone(),
             64,
         ),
-        (BackboneConfig::ResNet(ResNetConfig::resnet18().with_stem(Stem::Small).with_width(8)), x.clone(), 64),
-        (BackboneConfig::ResNet(ResNetConfig::new(vec![1, 1, 1]).with_width(8).with_in_chans(1)), gray, 128),
+        (
+            BackboneConfig::ResNet(
+                ResNetConfig::resnet18()
+                    .with_stem(Stem::Small)
+                    .with_width(8),
+            ),
+            x.clone(),
+            64,
+        ),
+        (
+            BackboneConfig::ResNet(
+                ResNetConfig::new(vec![1, 1, 1])
+                    .with_width(8)
+                    .with_in_chans(1),
+            ),
+            gray,
+            128,
+        ),
     ];
     for (cfg, input, features) in cases {
         cfg.validate().unwrap();
@@ -140,32 +220,59 @@ fn presets_have_the_papers_shapes() {
     assert_eq!(vit("vit_huge"), (1280, 32, 16, 14, false));
     assert_eq!(vit("vit_conv_small"), (384, 11, 12, 16, true));
     assert_eq!(vit("vit_conv_base"), (768, 11, 12, 16, true));
-    assert_eq!(BackboneConfig::preset("resnet50").unwrap().num_features(), 2048);
-    assert_eq!(BackboneConfig::preset("resnet50x4").unwrap().num_features(), 8192);
-    assert_eq!(BackboneConfig::preset("resnet18").unwrap().num_features(), 512);
+    assert_eq!(
+        BackboneConfig::preset("resnet50").unwrap().num_features(),
+        2048
+    );
+    assert_eq!(
+        BackboneConfig::preset("resnet50x4").unwrap().num_features(),
+        8192
+    );
+    assert_eq!(
+        BackboneConfig::preset("resnet18").unwrap().num_features(),
+        512
+    );
     for name in PRESETS {
         BackboneConfig::preset(name).unwrap().validate().unwrap();
     }
     let moco = MocoConfig::for_backbone(BackboneConfig::preset("vit_base").unwrap(), 4096, 256);
-    assert_eq!((moco.projector.num_layers, moco.projector.input_dim, moco.predictor.num_layers), (3, 768, 2));
+    assert_eq!(
+        (
+            moco.projector.num_layers,
+            moco.projector.input_dim,
+            moco.predictor.num_layers
+        ),
+        (3, 768, 2)
+    );
     assert!(moco.predictor.last_bn);
     let moco = MocoConfig::for_backbone(BackboneConfig::preset("resnet50").unwrap(), 4096, 256);
-    assert_eq!((moco.projector.num_layers, moco.projector.input_dim), (2, 2048));
+    assert_eq!(
+        (moco.projector.num_layers, moco.projector.input_dim),
+        (2, 2048)
+    );
     assert!(moco.projector.last_bn && !moco.predictor.last_bn);
 }
 
 #[test]
 fn impossible_configs_are_clear_errors() {
     let msg = |r: Result<(), ModelError>| r.unwrap_err().to_string();
-    assert!(msg(small_vit().with_embed_dim(66).with_num_heads(2).validate()).contains("divisible by 4"));
+    assert!(
+        msg(small_vit().with_embed_dim(66).with_num_heads(2).validate()).contains("divisible by 4")
+    );
     assert!(msg(small_vit().with_num_heads(3).validate()).contains("not divisible by num_heads 3"));
-    assert!(msg(small_vit().with_img_size(30).validate()).contains("img_size 30 is not divisible by patch_size 8"));
+    assert!(msg(small_vit().with_img_size(30).validate())
+        .contains("img_size 30 is not divisible by patch_size 8"));
     assert!(msg(small_vit().with_conv_stem(true).validate()).contains("patch_size must be 16"));
     assert!(msg(small_vit().with_depth(0).validate()).contains("must be positive"));
     assert!(msg(ResNetConfig::new(vec![]).validate()).contains("non-empty"));
     assert!(msg(ResNetConfig::new(vec![2, 0]).validate()).contains("positive block counts"));
-    let err = BackboneConfig::preset("vit_gigantic").unwrap_err().to_string();
-    assert!(err.contains("vit_gigantic") && err.contains("vit_small"), "{err}");
+    let err = BackboneConfig::preset("vit_gigantic")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("vit_gigantic") && err.contains("vit_small"),
+        "{err}"
+    );
     let mut cfg = MocoConfig::vit(small_vit(), 32, 16);
     cfg.projector.input_dim = 65;
     assert!(msg(cfg.validate()).contains("projector input_dim 65"));
@@ -175,16 +282,34 @@ fn impossible_configs_are_clear_errors() {
 fn batch_norm_matches_pytorch_running_statistics() {
     let device = Default::default();
     let bn = BatchNormConfig::new(2).init::<AD>(&device);
-    let x = Tensor::<AD, 2>::from_data(TensorData::new(vec![1.0f32, 10.0, 2.0, 20.0, 3.0, 30.0, 6.0, 60.0], [4, 2]), &device);
+    let x = Tensor::<AD, 2>::from_data(
+        TensorData::new(vec![1.0f32, 10.0, 2.0, 20.0, 3.0, 30.0, 6.0, 60.0], [4, 2]),
+        &device,
+    );
     let y = bn.forward(x);
     // Train mode: batch statistics with the biased variance.
     let (mean0, var0) = (3.0f32, (4.0f32 + 1.0 + 0.0 + 9.0) / 4.0);
     let got = y.inner().into_data().into_vec::<f32>().unwrap();
     assert!((got[0] - (1.0 - mean0) / (var0 + 1e-5).sqrt()).abs() < 1e-5);
     // Running statistics: momentum 0.1 and the unbiased variance, as PyTorch.
-    let rm = bn.running_mean.value_sync().inner().into_data().into_vec::<f32>().unwrap();
-    let rv = bn.running_var.value_sync().inner().into_data().into_vec::<f32>().unwrap();
-    assert!((rm[0] - 0.3).abs() < 1e-6 && (rm[1] - 3.0).abs() < 1e-5, "{rm:?}");
+    let rm = bn
+        .running_mean
+        .value_sync()
+        .inner()
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    let rv = bn
+        .running_var
+        .value_sync()
+        .inner()
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    assert!(
+        (rm[0] - 0.3).abs() < 1e-6 && (rm[1] - 3.0).abs() < 1e-5,
+        "{rm:?}"
+    );
     let unbiased0 = 14.0 / 3.0;
     assert!((rv[0] - (0.9 + 0.1 * unbiased0)).abs() < 1e-5, "{rv:?}");
     // Eval mode (no autodiff) uses the running statistics.
@@ -199,8 +324,13 @@ fn momentum_encoder_is_a_separate_gradient_free_copy() {
     let device = Default::default();
     let model = MocoConfig::vit(small_vit(), 32, 16).init::<AD>(&device);
     let base = vit_of(&model);
-    let Backbone::Vit(momentum) = &model.momentum_encoder.backbone else { panic!() };
-    assert_ne!(base.blocks[0].attn.qkv.weight.id, momentum.blocks[0].attn.qkv.weight.id);
+    let Backbone::Vit(momentum) = &model.momentum_encoder.backbone else {
+        panic!()
+    };
+    assert_ne!(
+        base.blocks[0].attn.qkv.weight.id,
+        momentum.blocks[0].attn.qkv.weight.id
+    );
     assert_eq!(
         base.blocks[0].attn.qkv.weight.val().inner().into_data(),
         momentum.blocks[0].attn.qkv.weight.val().inner().into_data()
@@ -208,13 +338,27 @@ fn momentum_encoder_is_a_separate_gradient_free_copy() {
     let x = Tensor::<AD, 4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let loss = model.forward_query(x.clone()).prediction.sum() + model.forward_key(x).sum();
     let grads = loss.backward();
-    assert!(momentum.blocks[0].attn.qkv.weight.val().grad(&grads).is_none());
+    assert!(momentum.blocks[0]
+        .attn
+        .qkv
+        .weight
+        .val()
+        .grad(&grads)
+        .is_none());
     assert!(base.blocks[0].attn.qkv.weight.val().grad(&grads).is_some());
     // BN state is not shared: a query forward moves only the base projector's running mean.
     let model = MocoConfig::vit(small_vit(), 32, 16).init::<AD>(&device);
     let x = Tensor::<AD, 4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let _ = model.forward_query(x);
-    let mean = |e: &Encoder<AD>| e.projector.norms[0].running_mean.value_sync().inner().into_data().into_vec::<f32>().unwrap();
+    let mean = |e: &Encoder<AD>| {
+        e.projector.norms[0]
+            .running_mean
+            .value_sync()
+            .inner()
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap()
+    };
     assert!(mean(&model.base_encoder).iter().any(|v| *v != 0.0));
     assert!(mean(&model.momentum_encoder).iter().all(|v| *v == 0.0));
 }
@@ -229,7 +373,13 @@ fn adamw_step(model: MoCo<AD>) -> (TensorData, TensorData, bool, MoCo<AD>) {
     let loss = out.prediction.powf_scalar(2.0).sum() + out.features.sum();
     let grads = loss.backward();
     let had_grad = patchify(vit_of(&model)).weight.val().grad(&grads).is_some()
-        || patchify(vit_of(&model)).bias.as_ref().unwrap().val().grad(&grads).is_some();
+        || patchify(vit_of(&model))
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .grad(&grads)
+            .is_some();
     let grads = GradientsParams::from_grads(grads, &model);
     let mut optim = AdamWConfig::new().with_weight_decay(0.1).init();
     let model = optim.step(1e-2, model, grads);

@@ -5,7 +5,10 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 
 fn is_buffer(stack: &[String]) -> bool {
-    matches!(stack.last().map(String::as_str), Some("running_mean" | "running_var"))
+    matches!(
+        stack.last().map(String::as_str),
+        Some("running_mean" | "running_var")
+    )
 }
 
 struct Collect<B: Backend> {
@@ -46,11 +49,17 @@ impl<B: Backend> ModuleMapper<B> for Blend<B> {
         if is_buffer(&self.stack) {
             return param;
         }
-        let source = self.source.next().expect("EMA source and target have the same structure");
+        let source = self
+            .source
+            .next()
+            .expect("EMA source and target have the same structure");
         let m = self.momentum;
         param.map(|k| {
             let q = source.reshape(k.dims());
-            k.detach().mul_scalar(m).add(q.mul_scalar(1.0 - m)).set_require_grad(false)
+            k.detach()
+                .mul_scalar(m)
+                .add(q.mul_scalar(1.0 - m))
+                .set_require_grad(false)
         })
     }
 }
@@ -60,10 +69,20 @@ impl<B: Backend> ModuleMapper<B> for Blend<B> {
 /// Both modules must have the same architecture; parameter ids and the target's BN running
 /// statistics are kept. The result takes no gradient.
 pub fn ema_update<B: Backend, M: Module<B>>(target: M, source: &M, momentum: f64) -> M {
-    let mut collect = Collect { stack: Vec::new(), params: Vec::new() };
+    let mut collect = Collect {
+        stack: Vec::new(),
+        params: Vec::new(),
+    };
     source.visit(&mut collect);
-    let mut blend = Blend { stack: Vec::new(), source: collect.params.into_iter(), momentum };
+    let mut blend = Blend {
+        stack: Vec::new(),
+        source: collect.params.into_iter(),
+        momentum,
+    };
     let out = target.map(&mut blend);
-    assert!(blend.source.next().is_none(), "EMA source has more parameters than the target");
+    assert!(
+        blend.source.next().is_none(),
+        "EMA source has more parameters than the target"
+    );
     out
 }

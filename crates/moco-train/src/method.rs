@@ -75,7 +75,12 @@ pub struct StepOutput<B: Backend> {
 pub trait Pretrain<B: AutodiffBackend>: AutodiffModule<B> + Clone + Send {
     /// Forwards both views, updates the target network if there is one, and returns the
     /// model with the loss.
-    fn forward_loss(self, x1: Tensor<B, 4>, x2: Tensor<B, 4>, params: &StepParams) -> (Self, StepOutput<B>);
+    fn forward_loss(
+        self,
+        x1: Tensor<B, 4>,
+        x2: Tensor<B, 4>,
+        params: &StepParams,
+    ) -> (Self, StepOutput<B>);
     /// The backbone being pretrained (the base / online encoder's).
     fn backbone(&self) -> &Backbone<B>;
 }
@@ -90,10 +95,19 @@ pub struct Siamese<B: Backend> {
 }
 
 impl<B: AutodiffBackend> Pretrain<B> for Siamese<B> {
-    fn forward_loss(mut self, x1: Tensor<B, 4>, x2: Tensor<B, 4>, params: &StepParams) -> (Self, StepOutput<B>) {
+    fn forward_loss(
+        mut self,
+        x1: Tensor<B, 4>,
+        x2: Tensor<B, 4>,
+        params: &StepParams,
+    ) -> (Self, StepOutput<B>) {
         let q1 = self.model.forward_query(x1.clone()).prediction;
         let q2 = self.model.forward_query(x2.clone()).prediction;
-        self.model.momentum_encoder = ema_update(self.model.momentum_encoder, &self.model.base_encoder, params.momentum);
+        self.model.momentum_encoder = ema_update(
+            self.model.momentum_encoder,
+            &self.model.base_encoder,
+            params.momentum,
+        );
         let k1 = self.model.forward_key(x1).detach();
         let k2 = self.model.forward_key(x2).detach();
         let loss = if self.byol {
@@ -102,7 +116,16 @@ impl<B: AutodiffBackend> Pretrain<B> for Siamese<B> {
             let t = params.temperature;
             infonce(q1.clone(), k2.clone(), t, 0) + infonce(q2.clone(), k1.clone(), t, 0)
         };
-        (self, StepOutput { loss, q1, q2, k1: Some(k1), k2: Some(k2) })
+        (
+            self,
+            StepOutput {
+                loss,
+                q1,
+                q2,
+                k1: Some(k1),
+                k2: Some(k2),
+            },
+        )
     }
 
     fn backbone(&self) -> &Backbone<B> {
@@ -118,11 +141,25 @@ pub struct SimClr<B: Backend> {
 }
 
 impl<B: AutodiffBackend> Pretrain<B> for SimClr<B> {
-    fn forward_loss(self, x1: Tensor<B, 4>, x2: Tensor<B, 4>, params: &StepParams) -> (Self, StepOutput<B>) {
+    fn forward_loss(
+        self,
+        x1: Tensor<B, 4>,
+        x2: Tensor<B, 4>,
+        params: &StepParams,
+    ) -> (Self, StepOutput<B>) {
         let z1 = self.encoder.forward(x1).1;
         let z2 = self.encoder.forward(x2).1;
         let loss = nt_xent(z1.clone(), z2.clone(), params.temperature);
-        (self, StepOutput { loss, q1: z1, q2: z2, k1: None, k2: None })
+        (
+            self,
+            StepOutput {
+                loss,
+                q1: z1,
+                q2: z2,
+                k1: None,
+                k2: None,
+            },
+        )
     }
 
     fn backbone(&self) -> &Backbone<B> {
@@ -133,12 +170,20 @@ impl<B: AutodiffBackend> Pretrain<B> for SimClr<B> {
 impl Method {
     /// Builds the MoCo v3 / BYOL model for `config`.
     pub fn siamese<B: Backend>(self, config: &MocoConfig, device: &B::Device) -> Siamese<B> {
-        assert!(self != Method::SimClr, "SimCLR has no target network: use Method::simclr");
-        Siamese { model: config.init(device), byol: self == Method::Byol }
+        assert!(
+            self != Method::SimClr,
+            "SimCLR has no target network: use Method::simclr"
+        );
+        Siamese {
+            model: config.init(device),
+            byol: self == Method::Byol,
+        }
     }
 
     /// Builds the SimCLR model for `config` (its predictor is not used).
     pub fn simclr<B: Backend>(config: &MocoConfig, device: &B::Device) -> SimClr<B> {
-        SimClr { encoder: config.init::<B>(device).base_encoder }
+        SimClr {
+            encoder: config.init::<B>(device).base_encoder,
+        }
     }
 }

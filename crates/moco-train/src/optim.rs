@@ -56,12 +56,25 @@ pub struct OptimConfig {
 impl OptimConfig {
     /// MoCo v3's AdamW: β (0.9, 0.999), eps 1e-8.
     pub fn adamw(weight_decay: f64) -> Self {
-        Self::new(OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, weight_decay)
+        Self::new(
+            OptimizerKind::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            weight_decay,
+        )
     }
 
     /// MoCo v3's LARS: momentum 0.9, trust coefficient 0.001.
     pub fn lars(weight_decay: f64) -> Self {
-        Self::new(OptimizerKind::Lars { momentum: 0.9, trust_coefficient: 0.001 }, weight_decay)
+        Self::new(
+            OptimizerKind::Lars {
+                momentum: 0.9,
+                trust_coefficient: 0.001,
+            },
+            weight_decay,
+        )
     }
 
     /// SGD with momentum, as the linear probe uses.
@@ -71,7 +84,9 @@ impl OptimConfig {
 
     /// The Burn optimizer for a module `M` trained on `B`.
     pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<Optim, M, B> {
-        OptimizerAdaptor::from(Optim { config: self.clone() })
+        OptimizerAdaptor::from(Optim {
+            config: self.clone(),
+        })
     }
 }
 
@@ -117,22 +132,43 @@ impl<B: Backend> SimpleOptimizer<B> for Optim {
                     Some(s) => (s.buf1, s.buf2.expect("AdamW state has a second moment")),
                     None => (grad.zeros_like(), grad.zeros_like()),
                 };
-                let tensor = if decays && wd != 0.0 { tensor.mul_scalar(1.0 - lr * wd) } else { tensor };
-                let m = m.mul_scalar(beta1).add(grad.clone().mul_scalar(1.0 - beta1));
-                let v = v.mul_scalar(beta2).add(grad.square().mul_scalar(1.0 - beta2));
+                let tensor = if decays && wd != 0.0 {
+                    tensor.mul_scalar(1.0 - lr * wd)
+                } else {
+                    tensor
+                };
+                let m = m
+                    .mul_scalar(beta1)
+                    .add(grad.clone().mul_scalar(1.0 - beta1));
+                let v = v
+                    .mul_scalar(beta2)
+                    .add(grad.square().mul_scalar(1.0 - beta2));
                 let bc1 = 1.0 - beta1.powi(step as i32);
                 let bc2 = 1.0 - beta2.powi(step as i32);
                 let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(eps);
                 let update = m.clone().div(denom).mul_scalar(lr / bc1);
-                (tensor.sub(update), Some(OptimState { buf1: m, buf2: Some(v), step }))
+                (
+                    tensor.sub(update),
+                    Some(OptimState {
+                        buf1: m,
+                        buf2: Some(v),
+                        step,
+                    }),
+                )
             }
-            OptimizerKind::Lars { momentum, trust_coefficient } => {
+            OptimizerKind::Lars {
+                momentum,
+                trust_coefficient,
+            } => {
                 let mut dp = grad;
                 if D > 1 {
                     dp = dp.add(tensor.clone().mul_scalar(wd));
                     let p_norm = l2_norm(tensor.clone());
                     let u_norm = l2_norm(dp.clone());
-                    let valid = p_norm.clone().greater_elem(0.0).bool_and(u_norm.clone().greater_elem(0.0));
+                    let valid = p_norm
+                        .clone()
+                        .greater_elem(0.0)
+                        .bool_and(u_norm.clone().greater_elem(0.0));
                     let ratio = p_norm.mul_scalar(trust_coefficient).div(u_norm);
                     let ratio = ratio.clone().mask_fill(valid.bool_not(), 1.0);
                     dp = dp.mul(ratio.reshape([1; D]));
@@ -141,7 +177,14 @@ impl<B: Backend> SimpleOptimizer<B> for Optim {
                     Some(s) => (s.buf1.mul_scalar(momentum).add(dp), s.step + 1),
                     None => (dp, 1),
                 };
-                (tensor.sub(mu.clone().mul_scalar(lr)), Some(OptimState { buf1: mu, buf2: None, step }))
+                (
+                    tensor.sub(mu.clone().mul_scalar(lr)),
+                    Some(OptimState {
+                        buf1: mu,
+                        buf2: None,
+                        step,
+                    }),
+                )
             }
             OptimizerKind::Sgd { momentum } => {
                 let mut d = grad;
@@ -153,7 +196,14 @@ impl<B: Backend> SimpleOptimizer<B> for Optim {
                     Some(s) => (d, s.step + 1),
                     None => (d, 1),
                 };
-                (tensor.sub(buf.clone().mul_scalar(lr)), Some(OptimState { buf1: buf, buf2: None, step }))
+                (
+                    tensor.sub(buf.clone().mul_scalar(lr)),
+                    Some(OptimState {
+                        buf1: buf,
+                        buf2: None,
+                        step,
+                    }),
+                )
             }
         }
     }
@@ -170,6 +220,8 @@ impl<B: Backend> SimpleOptimizer<B> for Optim {
 impl OptimConfig {
     /// The update rule alone, for stepping tensors directly.
     pub fn build(&self) -> Optim {
-        Optim { config: self.clone() }
+        Optim {
+            config: self.clone(),
+        }
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod device;
 pub mod parity;
+pub mod pretrain_cli;
 
 pub use moco_data as data;
 pub use moco_loss as loss;

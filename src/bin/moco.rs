@@ -25,7 +25,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
 enum Command {
+    /// Pretrain a backbone (MoCo v3, SimCLR or BYOL) with the kNN and gradient monitors.
+    Pretrain(moco::pretrain_cli::PretrainArgs),
     /// Check the models against PyTorch reference vectors: `DIR/TAG` or every case in `DIR`.
     Parity {
         /// A case (`tests/golden/vit_tiny_p8_32`) or a folder of cases.
@@ -95,6 +98,9 @@ type CmdResult = Result<(), String>;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Pretrain(args) => {
+            moco::pretrain_cli::run_pretrain(&args, "fmnist-vit").map(|_| ())
+        }
         Command::Parity { target, device } => run_on(&device, ParityJob { target }),
         Command::Inspect { file, heads } => inspect_cmd(&file, heads),
         Command::Import {

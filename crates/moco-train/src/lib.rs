@@ -1,5 +1,7 @@
 //! Pretraining: the methods (MoCo v3, SimCLR, BYOL), optimizers with MoCo v3's update rules
-//! (AdamW, LARS, SGD), the per-iteration schedules and the momentum update.
+//! (AdamW, LARS, SGD), the per-iteration schedules and the momentum update, the training loop
+//! with the paper's monitors (kNN accuracy curve, per-layer gradient norms, spike and dip
+//! detection), checkpoints and exact resume.
 //!
 //! ```
 //! use burn::backend::{Autodiff, Flex};
@@ -23,11 +25,53 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod ema;
-pub mod method;
-pub mod optim;
-pub mod schedule;
+use std::path::PathBuf;
 
+pub mod config;
+pub mod ema;
+pub mod knn;
+pub mod method;
+pub mod monitor;
+pub mod optim;
+pub mod run_state;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{PretrainConfig, TRAIN_PRESETS};
 pub use ema::ema_update;
+pub use knn::{knn_classify, knn_evaluate, KnnConfig, KnnResult};
 pub use method::{Method, Pretrain, Siamese, SimClr, StepOutput, StepParams};
 pub use optim::{Optim, OptimConfig, OptimState, OptimizerKind};
+pub use trainer::{prepare_data, pretrain, RunData, RunOptions, RunSummary};
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A configuration that cannot run.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Data that cannot be read.
+    #[error(transparent)]
+    Data(#[from] moco_data::DataError),
+    /// A model that cannot be built or loaded.
+    #[error(transparent)]
+    Model(#[from] moco_models::ModelError),
+    /// Writing or reading the run directory.
+    #[error("{0}")]
+    Io(String),
+    /// A NaN or infinity in the loss or a gradient.
+    #[error(
+        "step {step}: non-finite loss or gradient (loss {loss}); first layer with a non-finite gradient: {layer}; {}",
+        match checkpoint { Some(p) => format!("the last good checkpoint is {}", p.display()), None => "no checkpoint was written yet".to_string() }
+    )]
+    NonFinite {
+        /// The step.
+        step: u64,
+        /// Its loss.
+        loss: f64,
+        /// First layer group (from the input side) with a non-finite gradient.
+        layer: String,
+        /// The newest checkpoint on disk.
+        checkpoint: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,327 @@
+//! Image operations with torchvision's semantics, on `[0, 1]` float images.
+
+use crate::image::Image;
+use crate::rng::Rng;
+
+/// A crop box: top row, left column, height, width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CropBox {
+    /// First row.
+    pub top: usize,
+    /// First column.
+    pub left: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: up to 10 draws of an area fraction uniform in
+/// `scale` and a log-uniform aspect ratio in `ratio`; the first box that fits wins, else the
+/// centre crop closest to the ratio bounds.
+pub fn sample_crop(
+    rng: &mut Rng,
+    height: usize,
+    width: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+) -> CropBox {
+    let area = (height * width) as f64;
+    let (log_lo, log_hi) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.range(scale.0, scale.1);
+        let aspect = rng.range(log_lo, log_hi).exp();
+        let w = (target * aspect).sqrt().round() as usize;
+        let h = (target / aspect).sqrt().round() as usize;
+        if 0 < w && w <= width && 0 < h && h <= height {
+            let top = rng.below(height - h + 1);
+            let left = rng.below(width - w + 1);
+            return CropBox {
+                top,
+                left,
+                height: h,
+                width: w,
+            };
+        }
+    }
+    let in_ratio = width as f64 / height as f64;
+    let (w, h) = if in_ratio < ratio.0 {
+        (width, ((width as f64 / ratio.0).round() as usize).max(1))
+    } else if in_ratio > ratio.1 {
+        (((height as f64 * ratio.1).round() as usize).max(1), height)
+    } else {
+        (width, height)
+    };
+    CropBox {
+        top: (height - h) / 2,
+        left: (width - w) / 2,
+        height: h,
+        width: w,
+    }
+}
+
+/// Resampling weights of one axis: for each output index, the first input index and the
+/// normalised weights. Bilinear (triangle) filter, widened by the scale factor when
+/// downscaling, as PIL's antialiased resize does.
+fn axis_weights(in_len: usize, out_len: usize, offset: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = in_len as f64 / out_len as f64;
+    let support = scale.max(1.0);
+    (0..out_len)
+        .map(|o| {
+            let center = (o as f64 + 0.5) * scale;
+            let lo = ((center - support).floor().max(0.0)) as usize;
+            let hi = ((center + support).ceil() as usize).min(in_len);
+            let mut w: Vec<f64> = (lo..hi)
+                .map(|i| {
+                    let d = ((i as f64 + 0.5 - center) / support).abs();
+                    (1.0 - d).max(0.0)
+                })
+                .collect();
+            let sum: f64 = w.iter().sum();
+            if sum > 0.0 {
+                w.iter_mut().for_each(|x| *x /= sum);
+            }
+            (offset + lo, w.into_iter().map(|x| x as f32).collect())
+        })
+        .collect()
+}
+
+/// Crops `b` and resizes it to `out_h × out_w` (bilinear, antialiased when shrinking).
+pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Image {
+    let wx = axis_weights(b.width, out_w, b.left);
+    let wy = axis_weights(b.height, out_h, b.top);
+    let mut out = Image::zeros(img.channels, out_h, out_w);
+    let mut tmp = vec![0f32; b.height * out_w];
+    for c in 0..img.channels {
+        let plane = &img.data[c * img.plane()..(c + 1) * img.plane()];
+        for (r, y) in (b.top..b.top + b.height).enumerate() {
+            let row = &plane[y * img.width..(y + 1) * img.width];
+            for (x, (start, ws)) in wx.iter().enumerate() {
+                tmp[r * out_w + x] = ws.iter().enumerate().map(|(k, w)| w * row[start + k]).sum();
+            }
+        }
+        let dst = &mut out.data[c * out_h * out_w..(c + 1) * out_h * out_w];
+        for (y, (start, ws)) in wy.iter().enumerate() {
+            let base = start - b.top;
+            for x in 0..out_w {
+                dst[y * out_w + x] = ws
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| w * tmp[(base + k) * out_w + x])
+                    .sum();
+            }
+        }
+    }
+    out
+}
+
+/// Mirrors left-right.
+pub fn hflip(img: &mut Image) {
+    let w = img.width;
+    for row in img.data.chunks_exact_mut(w) {
+        row.reverse();
+    }
+}
+
+/// ITU-R 601-2 luma of pixel `p`: `0.299 R + 0.587 G + 0.114 B` (the value itself for
+/// one channel).
+fn luma(img: &Image, p: usize) -> f32 {
+    if img.channels == 1 {
+        return img.data[p];
+    }
+    let n = img.plane();
+    0.299 * img.data[p] + 0.587 * img.data[n + p] + 0.114 * img.data[2 * n + p]
+}
+
+/// Grayscale with the same number of channels (RGB stays 3-channel with equal planes).
+pub fn grayscale(img: &mut Image) {
+    if img.channels == 1 {
+        return;
+    }
+    let n = img.plane();
+    for p in 0..n {
+        let l = luma(img, p);
+        for c in 0..3 {
+            img.data[c * n + p] = l;
+        }
+    }
+}
+
+fn blend_into(img: &mut Image, factor: f32, other: impl Fn(&Image, usize) -> f32) {
+    let n = img.plane();
+    let others: Vec<f32> = (0..img.data.len()).map(|i| other(img, i % n)).collect();
+    for (x, o) in img.data.iter_mut().zip(others) {
+        *x = (factor * *x + (1.0 - factor) * o).clamp(0.0, 1.0);
+    }
+}
+
+/// Multiplies by `factor`, clamped.
+pub fn adjust_brightness(img: &mut Image, factor: f32) {
+    img.data
+        .iter_mut()
+        .for_each(|x| *x = (*x * factor).clamp(0.0, 1.0));
+}
+
+/// Blends with the mean of the grayscale image.
+pub fn adjust_contrast(img: &mut Image, factor: f32) {
+    let n = img.plane();
+    let mean = (0..n).map(|p| luma(img, p)).sum::<f32>() / n as f32;
+    blend_into(img, factor, |_, _| mean);
+}
+
+/// Blends with the grayscale image (no-op on one channel).
+pub fn adjust_saturation(img: &mut Image, factor: f32) {
+    if img.channels == 1 {
+        return;
+    }
+    blend_into(img, factor, luma);
+}
+
+/// Rotates the hue by `shift` turns (in `[-0.5, 0.5]`) through HSV (no-op on one channel).
+pub fn adjust_hue(img: &mut Image, shift: f32) {
+    if img.channels == 1 || shift == 0.0 {
+        return;
+    }
+    let n = img.plane();
+    for p in 0..n {
+        let (r, g, b) = (img.data[p], img.data[n + p], img.data[2 * n + p]);
+        let max = r.max(g).max(b);
+        let min = r.min(g).min(b);
+        let delta = max - min;
+        let v = max;
+        let s = if max > 0.0 { delta / max } else { 0.0 };
+        let mut h = if delta == 0.0 {
+            0.0
+        } else if max == r {
+            ((g - b) / delta).rem_euclid(6.0) / 6.0
+        } else if max == g {
+            ((b - r) / delta + 2.0) / 6.0
+        } else {
+            ((r - g) / delta + 4.0) / 6.0
+        };
+        h = (h + shift).rem_euclid(1.0);
+        let i = (h * 6.0).floor();
+        let f = h * 6.0 - i;
+        let (pp, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+        let (r, g, b) = match i as i32 % 6 {
+            0 => (v, t, pp),
+            1 => (q, v, pp),
+            2 => (pp, v, t),
+            3 => (pp, q, v),
+            4 => (t, pp, v),
+            _ => (v, pp, q),
+        };
+        img.data[p] = r;
+        img.data[n + p] = g;
+        img.data[2 * n + p] = b;
+    }
+}
+
+/// Inverts every value at or above `threshold` (PIL's threshold 128 is `128/255`).
+pub fn solarize(img: &mut Image, threshold: f32) {
+    img.data
+        .iter_mut()
+        .filter(|x| **x >= threshold)
+        .for_each(|x| *x = 1.0 - *x);
+}
+
+/// Gaussian blur with standard deviation `sigma` (pixels), kernel radius `⌈3σ⌉`, edges
+/// reflected.
+pub fn gaussian_blur(img: &mut Image, sigma: f32) {
+    let radius = (3.0 * sigma).ceil().max(1.0) as isize;
+    let kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let sum: f32 = kernel.iter().sum();
+    let kernel: Vec<f32> = kernel.iter().map(|k| k / sum).collect();
+    let (h, w) = (img.height as isize, img.width as isize);
+    let reflect = |i: isize, n: isize| -> usize {
+        if n == 1 {
+            return 0;
+        }
+        let period = 2 * (n - 1);
+        let m = i.rem_euclid(period);
+        (if m < n { m } else { period - m }) as usize
+    };
+    let mut tmp = vec![0f32; img.plane()];
+    for c in 0..img.channels {
+        let plane = &mut img.data[c * (h * w) as usize..(c + 1) * (h * w) as usize];
+        for y in 0..h {
+            for x in 0..w {
+                tmp[(y * w + x) as usize] = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, kv)| {
+                        kv * plane[(y * w) as usize + reflect(x + k as isize - radius, w)]
+                    })
+                    .sum();
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                plane[(y * w + x) as usize] = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, kv)| {
+                        kv * tmp[reflect(y + k as isize - radius, h) * w as usize + x as usize]
+                    })
+                    .sum();
+            }
+        }
+    }
+}
+
+/// `(x − mean[c]) / std[c]` per channel.
+pub fn normalize(img: &mut Image, mean: &[f32], std: &[f32]) {
+    let n = img.plane();
+    for c in 0..img.channels {
+        let (m, s) = (mean[c % mean.len()], std[c % std.len()]);
+        img.data[c * n..(c + 1) * n]
+            .iter_mut()
+            .for_each(|x| *x = (*x - m) / s);
+    }
+}
+
+/// Resizes so the shorter side is `short` (bilinear, antialiased), then crops the centre
+/// `size × size`: the evaluation transform.
+pub fn resize_center_crop(img: &Image, short: usize, size: usize) -> Image {
+    let (h, w) = (img.height, img.width);
+    let (nh, nw) = if h <= w {
+        (
+            short,
+            ((w as f64 * short as f64 / h as f64).round() as usize).max(1),
+        )
+    } else {
+        (
+            ((h as f64 * short as f64 / w as f64).round() as usize).max(1),
+            short,
+        )
+    };
+    let resized = if (nh, nw) == (h, w) {
+        img.clone()
+    } else {
+        resized_crop(
+            img,
+            CropBox {
+                top: 0,
+                left: 0,
+                height: h,
+                width: w,
+            },
+            nh,
+            nw,
+        )
+    };
+    let (ch, cw) = (size.min(nh), size.min(nw));
+    let top = ((nh - ch) as f64 / 2.0).round() as usize;
+    let left = ((nw - cw) as f64 / 2.0).round() as usize;
+    let mut out = Image::zeros(img.channels, size, size);
+    for c in 0..img.channels {
+        for y in 0..ch {
+            for x in 0..cw {
+                out.data[(c * size + y) * size + x] = resized.at(c, top + y, left + x);
+            }
+        }
+    }
+    out
+}

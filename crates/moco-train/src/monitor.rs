@@ -1,0 +1,278 @@
+//! The paper's diagnostics: gradient norm per layer group (spikes start in the patch
+//! projection and reach the last layers tens of iterations later), a spike detector, and a
+//! detector of kNN-accuracy dips.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+/// The layer group of a parameter path (Burn field names): `patch_embed`, `tokens` (CLS and
+/// position embedding), `block00`…, `norm`, `stem`, `stage1`…, `projector`, `predictor`.
+pub fn layer_group(path: &[String]) -> String {
+    let has = |name: &str| path.iter().any(|p| p == name);
+    if has("predictor") {
+        return "predictor".into();
+    }
+    if has("projector") {
+        return "projector".into();
+    }
+    if has("patch_embed") {
+        return "patch_embed".into();
+    }
+    for (i, seg) in path.iter().enumerate() {
+        let index = path.get(i + 1).and_then(|s| s.parse::<usize>().ok());
+        match (seg.as_str(), index) {
+            ("blocks", Some(n)) => return format!("block{n:02}"),
+            ("stages", Some(n)) => return format!("stage{}", n + 1),
+            _ => {}
+        }
+    }
+    match path.last().map(String::as_str) {
+        Some("cls_token" | "pos_embed") => "tokens".into(),
+        _ if has("conv1") || has("bn1") => "stem".into(),
+        _ if has("norm") => "norm".into(),
+        _ => "other".into(),
+    }
+}
+
+struct GradNorms<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    stack: Vec<String>,
+    order: Vec<String>,
+    sums: BTreeMap<String, Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorms<'_, B> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) else {
+            return;
+        };
+        let n = g.shape().num_elements();
+        let sq = g.reshape([n]).square().sum();
+        let group = layer_group(&self.stack);
+        if !self.order.contains(&group) {
+            self.order.push(group.clone());
+        }
+        let entry = self.sums.remove(&group);
+        self.sums.insert(
+            group,
+            match entry {
+                Some(s) => s.add(sq),
+                None => sq,
+            },
+        );
+    }
+}
+
+/// L2 norm of the gradient of each layer group, in the model's order (first layer first).
+pub fn gradient_norms<B: AutodiffBackend, M: Module<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> Vec<(String, f64)> {
+    let mut v = GradNorms::<B> {
+        grads,
+        stack: Vec::new(),
+        order: Vec::new(),
+        sums: BTreeMap::new(),
+    };
+    model.visit(&mut v);
+    if v.order.is_empty() {
+        return Vec::new();
+    }
+    let tensors: Vec<Tensor<B::InnerBackend, 1>> =
+        v.order.iter().map(|g| v.sums[g].clone()).collect();
+    // One transfer for all groups.
+    let values = Tensor::cat(tensors, 0)
+        .sqrt()
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .unwrap_or_default();
+    v.order.into_iter().zip(values).collect()
+}
+
+/// A gradient-norm spike.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpikeEvent {
+    /// Iteration.
+    pub step: u64,
+    /// Layer group.
+    pub layer: String,
+    /// The norm.
+    pub norm: f64,
+    /// The running median it is compared with.
+    pub median: f64,
+}
+
+/// Flags norms above `factor ×` the running median of the last `window` norms of the group.
+#[derive(Clone, Debug)]
+pub struct SpikeDetector {
+    factor: f64,
+    window: usize,
+    warmup: usize,
+    history: BTreeMap<String, VecDeque<f64>>,
+}
+
+impl SpikeDetector {
+    /// Spikes are norms over `factor` times the median of the last `window` ones (once at least
+    /// `window / 5` are known).
+    pub fn new(factor: f64, window: usize) -> Self {
+        SpikeDetector {
+            factor,
+            window: window.max(5),
+            warmup: (window / 5).max(5),
+            history: BTreeMap::new(),
+        }
+    }
+
+    /// Records one step's norms; returns the spikes among them.
+    pub fn observe(&mut self, step: u64, norms: &[(String, f64)]) -> Vec<SpikeEvent> {
+        let mut events = Vec::new();
+        for (layer, norm) in norms {
+            let h = self.history.entry(layer.clone()).or_default();
+            if h.len() >= self.warmup {
+                let mut sorted: Vec<f64> = h.iter().copied().collect();
+                sorted.sort_by(f64::total_cmp);
+                let median = sorted[sorted.len() / 2];
+                if *norm > self.factor * median && median > 0.0 {
+                    events.push(SpikeEvent {
+                        step,
+                        layer: layer.clone(),
+                        norm: *norm,
+                        median,
+                    });
+                }
+            }
+            h.push_back(*norm);
+            if h.len() > self.window {
+                h.pop_front();
+            }
+        }
+        events
+    }
+}
+
+/// A drop of the kNN accuracy between two evaluations.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DipEvent {
+    /// Iteration of the evaluation that dropped.
+    pub step: u64,
+    /// Previous top-1 (%).
+    pub before: f64,
+    /// This top-1 (%).
+    pub after: f64,
+}
+
+/// Flags a kNN top-1 drop larger than `threshold` points.
+#[derive(Clone, Debug)]
+pub struct DipDetector {
+    threshold: f64,
+    last: Option<f64>,
+}
+
+impl DipDetector {
+    /// Dips are drops of more than `threshold` points.
+    pub fn new(threshold: f64) -> Self {
+        DipDetector {
+            threshold,
+            last: None,
+        }
+    }
+
+    /// Records one evaluation.
+    pub fn observe(&mut self, step: u64, top1: f64) -> Option<DipEvent> {
+        let event = self
+            .last
+            .filter(|b| b - top1 > self.threshold)
+            .map(|before| DipEvent {
+                step,
+                before,
+                after: top1,
+            });
+        self.last = Some(top1);
+        event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Vec<String> {
+        s.split('.').map(String::from).collect()
+    }
+
+    #[test]
+    fn groups_follow_the_architecture() {
+        assert_eq!(
+            layer_group(&p(
+                "model.base_encoder.backbone.Vit.patch_embed.Patchify.proj.weight"
+            )),
+            "patch_embed"
+        );
+        assert_eq!(
+            layer_group(&p(
+                "model.base_encoder.backbone.Vit.blocks.3.attn.qkv.weight"
+            )),
+            "block03"
+        );
+        assert_eq!(
+            layer_group(&p("model.base_encoder.backbone.Vit.cls_token")),
+            "tokens"
+        );
+        assert_eq!(
+            layer_group(&p("model.base_encoder.backbone.Vit.norm.gamma")),
+            "norm"
+        );
+        assert_eq!(
+            layer_group(&p("model.base_encoder.projector.linears.0.weight")),
+            "projector"
+        );
+        assert_eq!(
+            layer_group(&p("model.predictor.norms.0.gamma")),
+            "predictor"
+        );
+        assert_eq!(
+            layer_group(&p("encoder.backbone.ResNet.conv1.weight")),
+            "stem"
+        );
+        assert_eq!(
+            layer_group(&p("encoder.backbone.ResNet.stages.1.0.conv1.weight")),
+            "stage2"
+        );
+    }
+
+    #[test]
+    fn spikes_and_dips() {
+        let mut d = SpikeDetector::new(3.0, 20);
+        for step in 0..10 {
+            assert!(d
+                .observe(step, &[("a".into(), 1.0 + 0.01 * step as f64)])
+                .is_empty());
+        }
+        let e = d.observe(10, &[("a".into(), 5.0)]);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].layer, "a");
+        let mut dips = DipDetector::new(2.0);
+        assert!(dips.observe(0, 50.0).is_none());
+        assert!(dips.observe(1, 49.0).is_none());
+        assert_eq!(
+            dips.observe(2, 45.0),
+            Some(DipEvent {
+                step: 2,
+                before: 49.0,
+                after: 45.0
+            })
+        );
+    }
+}

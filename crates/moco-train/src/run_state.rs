@@ -1,0 +1,126 @@
+//! Checkpoints of a training run: the model and optimizer records at full precision plus the
+//! position in the schedule and the data, written atomically as one folder per checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::AutodiffModule;
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// Where a run is in its schedule and its data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunPosition {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Next micro-batch of that epoch.
+    pub batch: usize,
+    /// Steps skipped for non-finite values.
+    #[serde(default)]
+    pub skipped_steps: u64,
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn io(path: &Path, what: &str) -> impl Fn(std::io::Error) -> TrainError {
+    let (path, what) = (path.display().to_string(), what.to_string());
+    move |e| TrainError::Io(format!("{path}: {what}: {e}"))
+}
+
+/// The checkpoint folders of a run, oldest first.
+pub fn list_checkpoints(run_dir: &Path) -> Vec<PathBuf> {
+    let dir = run_dir.join("checkpoints");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_dir()
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("step-"))
+                })
+                .filter(|p| p.join("state.json").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// Writes a checkpoint of `model`, `optim` and `position` under `run_dir/checkpoints`, then
+/// removes all but the newest `keep`. Returns its folder.
+pub fn save<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+    run_dir: &Path,
+    model: &M,
+    optim: &O,
+    position: &RunPosition,
+    keep: usize,
+) -> Result<PathBuf, TrainError> {
+    let dir = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&dir).map_err(io(&dir, "cannot create"))?;
+    let name = format!("step-{:08}", position.step);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let final_dir = dir.join(&name);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp, "cannot create"))?;
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let model_bytes = Recorder::<B>::record(&recorder, model.clone().into_record(), ())
+        .map_err(|e| TrainError::Io(format!("encoding the model: {e}")))?;
+    let optim_bytes = Recorder::<B>::record(&recorder, optim.to_record(), ())
+        .map_err(|e| TrainError::Io(format!("encoding the optimizer state: {e}")))?;
+    write_synced(&tmp.join("model.mpk"), &model_bytes)
+        .map_err(io(&tmp, "cannot write model.mpk"))?;
+    write_synced(&tmp.join("optim.mpk"), &optim_bytes)
+        .map_err(io(&tmp, "cannot write optim.mpk"))?;
+    let state = serde_json::to_vec_pretty(position).expect("position serialises");
+    write_synced(&tmp.join("state.json"), &state).map_err(io(&tmp, "cannot write state.json"))?;
+    let _ = std::fs::remove_dir_all(&final_dir);
+    std::fs::rename(&tmp, &final_dir)
+        .map_err(io(&final_dir, "cannot rename the checkpoint into place"))?;
+    let all = list_checkpoints(run_dir);
+    for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(final_dir)
+}
+
+/// Loads the checkpoint in `dir` into `model` and `optim`.
+pub fn load<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+    dir: &Path,
+    model: M,
+    optim: O,
+    device: &B::Device,
+) -> Result<(M, O, RunPosition), TrainError> {
+    let read = |f: &str| std::fs::read(dir.join(f)).map_err(io(dir, &format!("cannot read {f}")));
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let model_record = Recorder::<B>::load(&recorder, read("model.mpk")?, device).map_err(|e| {
+        TrainError::Io(format!(
+            "{}: model.mpk is not a checkpoint of this model: {e}",
+            dir.display()
+        ))
+    })?;
+    let optim_record = Recorder::<B>::load(&recorder, read("optim.mpk")?, device).map_err(|e| {
+        TrainError::Io(format!(
+            "{}: optim.mpk does not match this optimizer: {e}",
+            dir.display()
+        ))
+    })?;
+    let position: RunPosition = serde_json::from_slice(&read("state.json")?)
+        .map_err(|e| TrainError::Io(format!("{}: state.json: {e}", dir.display())))?;
+    Ok((
+        model.load_record(model_record),
+        optim.load_record(optim_record),
+        position,
+    ))
+}

@@ -1,0 +1,534 @@
+//! The pretraining loop: schedules, the monitors, metrics, checkpoints, exact resume and the
+//! non-finite guard.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use moco_data::{
+    default_fashion_mnist, open_dataset, ImageDataset, Loader, LoaderConfig, Split, Subset, Views,
+};
+use serde_json::json;
+
+use crate::config::PretrainConfig;
+use crate::knn::{knn_evaluate, KnnConfig, KnnResult};
+use crate::method::{Method, Pretrain, StepParams};
+use crate::monitor::{gradient_norms, DipDetector, SpikeDetector};
+use crate::run_state::{self, RunPosition};
+use crate::schedule;
+use crate::TrainError;
+
+/// How to run (as opposed to what to train, which is the [`PretrainConfig`]).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Continue from the newest checkpoint of the run directory.
+    pub resume: bool,
+    /// Set from elsewhere (Ctrl-C) to save a checkpoint and stop after the current step.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Stop (with a checkpoint) after this many steps, as an interruption would.
+    pub stop_after: Option<u64>,
+    /// No progress lines.
+    pub quiet: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    /// Optimizer steps at the end.
+    pub steps: u64,
+    /// Loss of every step this invocation ran, in order.
+    pub losses: Vec<f64>,
+    /// kNN of the network before training (absent when resuming).
+    pub initial_knn: Option<KnnResult>,
+    /// Last kNN evaluation.
+    pub final_knn: Option<KnnResult>,
+    /// Best kNN top-1 seen.
+    pub best_top1: Option<f64>,
+    /// Gradient spikes detected.
+    pub spikes: usize,
+    /// kNN dips detected.
+    pub dips: usize,
+    /// Steps skipped for non-finite values.
+    pub skipped_steps: u64,
+    /// Stopped early by the stop flag or `stop_after`.
+    pub interrupted: bool,
+    /// The newest checkpoint.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// The data of a run: pretraining set, kNN memory and evaluation sets.
+pub struct RunData {
+    /// Two-view loader of the pretraining set.
+    pub train: Loader,
+    /// Eval-view loader of the kNN memory.
+    pub memory: Loader,
+    /// Eval-view loader of the kNN queries.
+    pub eval: Loader,
+    /// Which data is used.
+    pub note: String,
+}
+
+/// Opens the datasets and loaders a configuration asks for.
+pub fn prepare_data(config: &PretrainConfig) -> Result<RunData, TrainError> {
+    let kind = config.dataset_kind().map_err(TrainError::Config)?;
+    let (train, eval, note): (Arc<dyn ImageDataset>, Arc<dyn ImageDataset>, String) =
+        match &config.data {
+            None => default_fashion_mnist()?,
+            Some(path) => {
+                let path = Path::new(path);
+                let kind = match kind {
+                    Some(k) => Some(k),
+                    None => Some(moco_data::detect(path)?.0),
+                };
+                let train = open_dataset(path, kind, Split::Train)?;
+                match open_dataset(path, kind, Split::Test) {
+                    Ok(test) => {
+                        let note = format!(
+                            "pretraining on {}; kNN evaluation on {}",
+                            train.describe(),
+                            test.describe()
+                        );
+                        (train, test, note)
+                    }
+                    Err(_) => {
+                        // No held-out split: keep a fixed 10% of the training images out.
+                        let keep = train.len() - (train.len() / 10).max(1);
+                        let (a, b) = Subset::split(train, keep, config.seed ^ 0x5eed);
+                        let note = format!(
+                            "no test split found: {} for pretraining, {} held out for kNN",
+                            a.describe(),
+                            b.describe()
+                        );
+                        (Arc::new(a), Arc::new(b), note)
+                    }
+                }
+            }
+        };
+    let kind = match &config.data {
+        None => None,
+        Some(p) => Some(match kind {
+            Some(k) => k,
+            None => moco_data::detect(Path::new(p))?.0,
+        }),
+    };
+    if train.channels() != config.in_chans {
+        return Err(TrainError::Config(format!(
+            "the data has {} channel(s) but the model expects in_chans = {}",
+            train.channels(),
+            config.in_chans
+        )));
+    }
+    let aug = Arc::new(config.augment(kind));
+    let micro = config.batch_size / config.grad_accum;
+    let mut train_cfg = LoaderConfig::train(micro, config.seed);
+    train_cfg.workers = config.workers;
+    train_cfg.strict = config.strict;
+    let mut eval_cfg = LoaderConfig::eval(256);
+    eval_cfg.workers = config.workers;
+    let memory_set: Arc<dyn ImageDataset> = if train.len() > config.knn_memory {
+        Arc::new(Subset::split(train.clone(), config.knn_memory, 7).0)
+    } else {
+        train.clone()
+    };
+    let eval_set: Arc<dyn ImageDataset> = if eval.len() > config.knn_eval {
+        Arc::new(Subset::split(eval, config.knn_eval, 11).0)
+    } else {
+        eval
+    };
+    Ok(RunData {
+        train: Loader::new(train, Views::Two(aug.clone()), train_cfg)?,
+        memory: Loader::new(memory_set, Views::Eval(aug.clone()), eval_cfg.clone())?,
+        eval: Loader::new(eval_set, Views::Eval(aug), eval_cfg)?,
+        note,
+    })
+}
+
+/// Pretrains as `config` says, writing `config.json`, `metrics.jsonl` and checkpoints to
+/// `run_dir`. With `options.resume`, the stored configuration and newest checkpoint are used.
+pub fn pretrain<B: AutodiffBackend>(
+    config: PretrainConfig,
+    run_dir: &Path,
+    options: &RunOptions,
+    device: &B::Device,
+) -> Result<RunSummary, TrainError> {
+    let config_path = run_dir.join("config.json");
+    let config = if options.resume {
+        let text = std::fs::read_to_string(&config_path).map_err(|e| {
+            TrainError::Io(format!("{}: cannot resume: {e}", config_path.display()))
+        })?;
+        serde_json::from_str::<PretrainConfig>(&text)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", config_path.display())))?
+    } else {
+        if !run_state::list_checkpoints(run_dir).is_empty() {
+            return Err(TrainError::Config(format!(
+                "{} already holds checkpoints: pass --resume to continue it, or choose another --out",
+                run_dir.display()
+            )));
+        }
+        config
+    };
+    config.validate().map_err(TrainError::Config)?;
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| TrainError::Io(format!("{}: {e}", run_dir.display())))?;
+    if !options.resume {
+        moco_models::write_atomic(
+            &config_path,
+            serde_json::to_string_pretty(&config)
+                .expect("config")
+                .as_bytes(),
+        )?;
+    }
+    let data = prepare_data(&config)?;
+    if !options.quiet {
+        println!("{}", data.note);
+    }
+    B::seed(device, config.seed);
+    let model_config = config.model_config()?;
+    let optim = config.optim_config().map_err(TrainError::Config)?;
+    match config.method {
+        Method::SimClr => {
+            let model = Method::simclr::<B>(&model_config, device);
+            run_loop(
+                model,
+                optim.init(),
+                &config,
+                &data,
+                run_dir,
+                options,
+                device,
+            )
+        }
+        method => {
+            let model = method.siamese::<B>(&model_config, device);
+            run_loop(
+                model,
+                optim.init(),
+                &config,
+                &data,
+                run_dir,
+                options,
+                device,
+            )
+        }
+    }
+}
+
+fn format_eta(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+struct Metrics {
+    file: std::fs::File,
+}
+
+impl Metrics {
+    fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self, TrainError> {
+        let path = run_dir.join("metrics.jsonl");
+        // On resume, drop what was logged after the checkpoint: those steps run again.
+        let kept = match resume_step {
+            Some(step) => std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                        .is_some_and(|s| s <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+            None => String::new(),
+        };
+        std::fs::write(&path, kept)
+            .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
+        Ok(Metrics { file })
+    }
+
+    fn log(&mut self, value: serde_json::Value) {
+        let _ = writeln!(self.file, "{value}");
+    }
+}
+
+/// Scales every gradient so that their global L2 norm is at most `max_norm`.
+fn clip_global<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: GradientsParams,
+    norm: f64,
+    max_norm: f64,
+) -> GradientsParams {
+    if norm <= max_norm || norm == 0.0 {
+        return grads;
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut grads = grads;
+    model.visit(&mut Scale {
+        grads: &mut grads,
+        factor: max_norm / norm,
+    });
+    grads
+}
+
+fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
+    mut model: M,
+    mut optim: O,
+    config: &PretrainConfig,
+    data: &RunData,
+    run_dir: &Path,
+    options: &RunOptions,
+    device: &B::Device,
+) -> Result<RunSummary, TrainError> {
+    let mut pos = RunPosition {
+        step: 0,
+        epoch: 0,
+        batch: 0,
+        skipped_steps: 0,
+    };
+    let mut summary = RunSummary::default();
+    if options.resume {
+        let Some(latest) = run_state::list_checkpoints(run_dir).pop() else {
+            return Err(TrainError::Config(format!(
+                "{}: no checkpoint to resume from",
+                run_dir.display()
+            )));
+        };
+        (model, optim, pos) = run_state::load(&latest, model, optim, device)?;
+        if !options.quiet {
+            println!("resuming from {} (step {})", latest.display(), pos.step);
+        }
+        summary.checkpoint = Some(latest);
+    }
+    let mut metrics = Metrics::open(run_dir, options.resume.then_some(pos.step))?;
+    let micro_per_epoch = data.train.batches_per_epoch();
+    let accum = config.grad_accum;
+    let steps_per_epoch = (micro_per_epoch / accum).max(1);
+    let schedule_steps = (config.epochs * steps_per_epoch as f64).ceil() as u64;
+    let total = config
+        .max_steps
+        .map_or(schedule_steps, |m| m.min(schedule_steps));
+    let lr_peak = schedule::scaled_lr(config.base_lr, config.batch_size);
+    let knn_cfg = KnnConfig {
+        k: config.knn_k,
+        temperature: config.knn_temperature,
+        chunk: 512,
+    };
+    let mut spikes = SpikeDetector::new(config.spike_factor, config.spike_window);
+    let mut dips = DipDetector::new(config.dip_threshold);
+    summary.skipped_steps = pos.skipped_steps;
+
+    let evaluate = |model: &M,
+                    step: u64,
+                    summary: &mut RunSummary,
+                    metrics: &mut Metrics,
+                    dips: &mut DipDetector|
+     -> Result<(), TrainError> {
+        let started = Instant::now();
+        let backbone = model.backbone().valid();
+        let r =
+            knn_evaluate::<B::InnerBackend>(&backbone, &data.memory, &data.eval, &knn_cfg, device)?;
+        metrics.log(json!({"type": "knn", "step": step, "top1": r.top1, "top5": r.top5, "seconds": started.elapsed().as_secs_f64()}));
+        if let Some(d) = dips.observe(step, r.top1) {
+            metrics
+                .log(json!({"type": "dip", "step": d.step, "before": d.before, "after": d.after}));
+            summary.dips += 1;
+        }
+        summary.best_top1 = Some(summary.best_top1.map_or(r.top1, |b: f64| b.max(r.top1)));
+        summary.final_knn = Some(r);
+        if !options.quiet {
+            println!(
+                "knn @ step {step}: top-1 {:.2}%, top-5 {:.2}% ({:.1}s)",
+                r.top1,
+                r.top5,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    };
+
+    if !options.resume {
+        evaluate(&model, 0, &mut summary, &mut metrics, &mut dips)?;
+        summary.initial_knn = summary.final_knn;
+    }
+    if !options.quiet {
+        println!(
+            "training {} steps ({} per epoch, batch {}{}), lr {:.2e}, {} parameters",
+            total,
+            steps_per_epoch,
+            config.batch_size,
+            if accum > 1 {
+                format!(" in {accum} micro-batches")
+            } else {
+                String::new()
+            },
+            lr_peak,
+            model.num_params()
+        );
+    }
+    let started = Instant::now();
+    let start_step = pos.step;
+    let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0f64);
+    'epochs: while pos.step < total {
+        let mut batches = data.train.epoch(pos.epoch, pos.batch);
+        loop {
+            if pos.step >= total {
+                break 'epochs;
+            }
+            // One optimizer step over `accum` micro-batches.
+            let mut accumulator = burn::optim::GradientsAccumulator::<M>::new();
+            let mut loss_sum = 0f64;
+            let mut images = 0usize;
+            for micro in 0..accum {
+                let wait = Instant::now();
+                let Some(batch) = batches.next() else {
+                    pos.epoch += 1;
+                    pos.batch = 0;
+                    continue 'epochs;
+                };
+                let batch = batch?;
+                window_wait += wait.elapsed().as_secs_f64();
+                pos.batch += 1;
+                images += batch.shape[0];
+                let epoch_f = pos.epoch as f64 + (pos.batch - 1) as f64 / micro_per_epoch as f64;
+                let to_tensor = |v: &Vec<f32>| {
+                    Tensor::<B, 4>::from_data(TensorData::new(v.clone(), batch.shape), device)
+                };
+                let (x1, x2) = (to_tensor(&batch.views[0]), to_tensor(&batch.views[1]));
+                // The EMA runs once per optimizer step.
+                let m = if micro == 0 {
+                    schedule::momentum(epoch_f, config.momentum, config.epochs)
+                } else {
+                    1.0
+                };
+                let params = StepParams {
+                    temperature: config.temperature,
+                    momentum: m,
+                };
+                let out;
+                (model, out) = model.forward_loss(x1, x2, &params);
+                loss_sum += out.loss.clone().into_scalar().elem::<f64>();
+                let loss = if accum > 1 {
+                    out.loss.div_scalar(accum as f64)
+                } else {
+                    out.loss
+                };
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                accumulator.accumulate(&model, grads);
+            }
+            let grads = accumulator.grads();
+            let loss = loss_sum / accum as f64;
+            let epoch_f = pos.epoch as f64 + pos.batch as f64 / micro_per_epoch as f64;
+            let lr = schedule::learning_rate(epoch_f, lr_peak, config.warmup_epochs, config.epochs);
+            let norms = gradient_norms::<B, M>(&model, &grads);
+            let global = norms.iter().map(|(_, n)| n * n).sum::<f64>().sqrt();
+            let step = pos.step + 1;
+            if !loss.is_finite() || !global.is_finite() {
+                let layer = norms
+                    .iter()
+                    .find(|(_, n)| !n.is_finite())
+                    .map(|(l, _)| l.clone());
+                metrics.log(json!({"type": "nonfinite", "step": step, "loss": loss.to_string(), "layer": layer}));
+                if config.skip_nonfinite {
+                    pos.skipped_steps += 1;
+                    summary.skipped_steps = pos.skipped_steps;
+                    pos.step = step;
+                    continue;
+                }
+                return Err(TrainError::NonFinite {
+                    step,
+                    loss,
+                    layer: layer.unwrap_or_else(|| "none (the loss itself)".into()),
+                    checkpoint: run_state::list_checkpoints(run_dir).pop(),
+                });
+            }
+            let grads = match config.clip_grad {
+                Some(max) => clip_global::<B, M>(&model, grads, global, max),
+                None => grads,
+            };
+            model = optim.step(lr, model, grads);
+            pos.step = step;
+            summary.losses.push(loss);
+            window_images += images;
+            for e in spikes.observe(step, &norms) {
+                metrics.log(json!({"type": "spike", "step": e.step, "layer": e.layer, "norm": e.norm, "median": e.median}));
+                summary.spikes += 1;
+            }
+            let norm_map: serde_json::Map<String, serde_json::Value> =
+                norms.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            let momentum = schedule::momentum(epoch_f, config.momentum, config.epochs);
+            metrics.log(json!({
+                "type": "step", "step": step, "epoch": epoch_f, "lr": lr, "momentum": momentum,
+                "loss": loss, "grad_norm": global, "grad_norms": norm_map,
+            }));
+            if !options.quiet && (step.is_multiple_of(config.log_every.max(1)) || step == total) {
+                let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+                let rate = window_images as f64 / secs;
+                let per_step = started.elapsed().as_secs_f64() / (step - start_step) as f64;
+                let knn = summary
+                    .final_knn
+                    .map(|r| format!(" | knn {:.1}", r.top1))
+                    .unwrap_or_default();
+                println!(
+                    "step {step}/{total} | epoch {epoch_f:.2} | loss {loss:.4} | lr {lr:.2e} | m {momentum:.4} | {rate:.0} img/s | data wait {:.0}% | eta {}{knn}",
+                    100.0 * window_wait / secs,
+                    format_eta(per_step * (total - step) as f64)
+                );
+                metrics.log(json!({"type": "speed", "step": step, "images_per_sec": rate, "data_wait_s": window_wait}));
+                (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
+            }
+            let epoch_end = pos.batch + accum > micro_per_epoch;
+            if (config.knn_every > 0 && step.is_multiple_of(config.knn_every))
+                || epoch_end
+                || step == total
+            {
+                evaluate(&model, step, &mut summary, &mut metrics, &mut dips)?;
+            }
+            let interrupted = options
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::SeqCst))
+                || options.stop_after.is_some_and(|s| step >= s);
+            if step.is_multiple_of(config.checkpoint_every.max(1)) || step == total || interrupted {
+                summary.checkpoint = Some(run_state::save(
+                    run_dir,
+                    &model,
+                    &optim,
+                    &pos,
+                    config.keep_checkpoints,
+                )?);
+            }
+            if interrupted && step < total {
+                summary.interrupted = true;
+                if !options.quiet {
+                    println!("stopped at step {step}; continue with --resume");
+                }
+                break 'epochs;
+            }
+        }
+    }
+    summary.steps = pos.step;
+    Ok(summary)
+}

@@ -1,0 +1,180 @@
+//! End-to-end runs on the bundled data: every method, exact resume, the non-finite guard.
+
+use std::path::PathBuf;
+
+use burn::backend::{Autodiff, Flex};
+use moco_train::{pretrain, Method, PretrainConfig, RunOptions, TrainError};
+
+type B = Autodiff<Flex>;
+
+/// Burn's random initialisation draws from one generator per backend, seeded per run: runs in
+/// parallel threads of one process would interleave their draws. These tests take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Tmp(PathBuf);
+impl Tmp {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("moco-train-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Tmp(p)
+    }
+}
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A few-second configuration: a 1-block ViT on the bundled Fashion-MNIST.
+fn tiny(method: Method) -> PretrainConfig {
+    PretrainConfig::preset("fmnist-vit")
+        .unwrap()
+        .with_method(method)
+        .with_embed_dim(Some(32))
+        .with_depth(Some(1))
+        .with_num_heads(Some(2))
+        .with_mlp_dim(64)
+        .with_out_dim(32)
+        .with_batch_size(16)
+        .with_max_steps(Some(6))
+        .with_knn_every(3)
+        .with_knn_memory(256)
+        .with_knn_eval(128)
+        .with_knn_k(10)
+        .with_checkpoint_every(100)
+        .with_workers(1)
+        .with_log_every(1000)
+}
+
+fn quiet() -> RunOptions {
+    RunOptions {
+        quiet: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn every_method_runs_end_to_end() {
+    let _turn = serial();
+    for method in [Method::MocoV3, Method::SimClr, Method::Byol] {
+        let dir = Tmp::new(&format!("smoke-{method}"));
+        let summary = pretrain::<B>(tiny(method), &dir.0, &quiet(), &Default::default()).unwrap();
+        assert_eq!(summary.steps, 6, "{method}");
+        assert_eq!(summary.losses.len(), 6);
+        assert!(
+            summary.losses.iter().all(|l| l.is_finite()),
+            "{method}: {:?}",
+            summary.losses
+        );
+        assert!(summary.initial_knn.is_some() && summary.final_knn.is_some());
+        let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();
+        let steps = metrics
+            .lines()
+            .filter(|l| l.contains("\"type\":\"step\""))
+            .count();
+        let knn = metrics
+            .lines()
+            .filter(|l| l.contains("\"type\":\"knn\""))
+            .count();
+        assert_eq!((steps, knn), (6, 3), "{method}");
+        assert!(
+            !metrics.contains("\"patch_embed\""),
+            "{method}: the frozen projection has no gradient"
+        );
+        assert!(metrics.contains("\"block00\""), "{method}");
+        assert!(dir.0.join("config.json").is_file());
+        assert!(summary
+            .checkpoint
+            .as_ref()
+            .unwrap()
+            .join("model.mpk")
+            .is_file());
+    }
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let _turn = serial();
+    let config = tiny(Method::MocoV3);
+    let full_dir = Tmp::new("full");
+    let full = pretrain::<B>(config.clone(), &full_dir.0, &quiet(), &Default::default()).unwrap();
+
+    let dir = Tmp::new("resumed");
+    let first = pretrain::<B>(
+        config.clone(),
+        &dir.0,
+        &RunOptions {
+            stop_after: Some(3),
+            ..quiet()
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(first.interrupted);
+    assert_eq!(first.losses, full.losses[..3]);
+    // Starting again without --resume is refused: the run directory has checkpoints.
+    let err = pretrain::<B>(config.clone(), &dir.0, &quiet(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--resume"), "{err}");
+    let second = pretrain::<B>(
+        config,
+        &dir.0,
+        &RunOptions {
+            resume: true,
+            ..quiet()
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(second.steps, 6);
+    assert_eq!(
+        second.losses,
+        full.losses[3..],
+        "resumed losses differ from the uninterrupted run"
+    );
+    // The metrics of the resumed run have each step once.
+    let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"type\":\"step\""))
+            .count(),
+        6
+    );
+}
+
+#[test]
+fn non_finite_values_stop_the_run_or_are_skipped() {
+    let _turn = serial();
+    let config = tiny(Method::MocoV3)
+        .with_base_lr(1e35)
+        .with_optimizer("lars".into())
+        .with_weight_decay(0.0);
+    let dir = Tmp::new("nan");
+    let err = pretrain::<B>(config.clone(), &dir.0, &quiet(), &Default::default()).unwrap_err();
+    let TrainError::NonFinite { step, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(*step >= 2, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("step {step}")) && text.contains("first layer"),
+        "{text}"
+    );
+
+    let dir = Tmp::new("nan-skip");
+    let summary = pretrain::<B>(
+        config.with_skip_nonfinite(true),
+        &dir.0,
+        &quiet(),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(summary.skipped_steps >= 1);
+    assert_eq!(summary.steps, 6);
+}

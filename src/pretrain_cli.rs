@@ -1,0 +1,257 @@
+//! `moco pretrain` and the pretraining examples: flags over a preset, Ctrl-C handling, the
+//! run on the chosen device, and a summary with the kNN curve.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use burn::backend::Autodiff;
+use burn::prelude::Backend;
+use clap::Args;
+use moco_train::{pretrain, Method, PretrainConfig, RunOptions, RunSummary};
+
+use crate::device::{dispatch, BackendJob, DeviceSpec};
+
+/// Flags of `moco pretrain` (every one overrides the preset).
+#[derive(Args, Debug, Clone)]
+pub struct PretrainArgs {
+    /// Preset: fmnist-vit, cifar-resnet18, imagenet-vit-small, imagenet-vit-base, imagenet-resnet50.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A configuration JSON (as written to RUN_DIR/config.json) to start from instead of a preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// mocov3, simclr or byol.
+    #[arg(long)]
+    pub method: Option<Method>,
+    /// Backbone: vit_tiny, vit_small, vit_base, vit_large, vit_huge, vit_conv_small, vit_conv_base, resnet18, resnet34, resnet50, resnet50x2, resnet50x4, resnet101, resnet152.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Frozen random patch projection (ViT).
+    #[arg(long)]
+    pub freeze_patch_embed: Option<bool>,
+    /// Input image side.
+    #[arg(long)]
+    pub img_size: Option<usize>,
+    /// ViT patch size.
+    #[arg(long)]
+    pub patch_size: Option<usize>,
+    /// Images per optimizer step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per step (BN statistics and negatives then come from each micro-batch).
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Epochs of the schedule.
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Warm-up epochs.
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    /// Stop after this many steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Base learning rate (scaled by batch / 256).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// adamw or lars.
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Temperature.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Initial momentum of the EMA.
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Smallest crop area fraction.
+    #[arg(long)]
+    pub crop_min: Option<f64>,
+    /// Global gradient-norm clipping.
+    #[arg(long)]
+    pub clip_grad: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Data folder (IDX, CIFAR binary, or an image folder); the bundled Fashion-MNIST if absent.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Force the data format: fashion-mnist, mnist, cifar10, cifar100, folder.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Loader threads.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// kNN evaluation every N steps (0: epoch ends only).
+    #[arg(long)]
+    pub knn_every: Option<u64>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Skip steps with a non-finite loss or gradient instead of stopping.
+    #[arg(long)]
+    pub skip_nonfinite: bool,
+    /// Stop at the first unreadable image.
+    #[arg(long)]
+    pub strict: bool,
+    /// Run directory (default: runs/PRESET-METHOD-TIME).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl PretrainArgs {
+    /// The configuration: the preset (or `--config`), then every flag given.
+    pub fn to_config(&self, default_preset: &str) -> Result<PretrainConfig, String> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => PretrainConfig::preset(self.preset.as_deref().unwrap_or(default_preset))?,
+        };
+        macro_rules! set {
+            ($($flag:ident => $field:ident),* $(,)?) => {$(
+                if let Some(v) = self.$flag.clone() { c.$field = v; }
+            )*};
+        }
+        set!(method => method, arch => arch, freeze_patch_embed => freeze_patch_embed, img_size => img_size,
+             patch_size => patch_size, batch_size => batch_size, grad_accum => grad_accum, epochs => epochs,
+             warmup_epochs => warmup_epochs, lr => base_lr, optimizer => optimizer, weight_decay => weight_decay,
+             temperature => temperature, momentum => momentum, crop_min => crop_min, seed => seed,
+             workers => workers, knn_every => knn_every, checkpoint_every => checkpoint_every);
+        if self.arch.is_some() {
+            // A named architecture brings its own width, depth and heads.
+            (c.embed_dim, c.depth, c.num_heads) = (None, None, None);
+        }
+        if self.max_steps.is_some() {
+            c.max_steps = self.max_steps;
+        }
+        if self.clip_grad.is_some() {
+            c.clip_grad = self.clip_grad;
+        }
+        if self.data.is_some() {
+            c.data = self.data.clone();
+        }
+        if self.dataset.is_some() {
+            c.dataset = self.dataset.clone();
+        }
+        c.skip_nonfinite |= self.skip_nonfinite;
+        c.strict |= self.strict;
+        Ok(c)
+    }
+}
+
+struct PretrainJob {
+    config: PretrainConfig,
+    out: PathBuf,
+    options: RunOptions,
+}
+
+impl BackendJob for PretrainJob {
+    type Output = Result<RunSummary, String>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        pretrain::<Autodiff<B>>(self.config, &self.out, &self.options, &device)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn default_out(config: &PretrainConfig) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Path::new("runs").join(format!("{}-{}-{secs}", config.preset, config.method))
+}
+
+/// Runs `moco pretrain` (or an example) with `args`, starting from `default_preset`.
+pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSummary, String> {
+    let config = args.to_config(default_preset)?;
+    let out = match (&args.out, args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, true) => return Err("--resume needs --out RUN_DIR".into()),
+        (None, false) => default_out(&config),
+    };
+    if !args.resume {
+        config.validate()?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("second Ctrl-C: exiting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("Ctrl-C: saving a checkpoint after this step (press again to exit now)");
+        });
+    }
+    if !args.quiet {
+        println!("run directory: {}", out.display());
+    }
+    let options = RunOptions {
+        resume: args.resume,
+        stop: Some(stop),
+        stop_after: None,
+        quiet: args.quiet,
+    };
+    let summary = dispatch(
+        &args.device,
+        PretrainJob {
+            config,
+            out: out.clone(),
+            options,
+        },
+    )
+    .map_err(|e| e.to_string())??;
+    if !args.quiet {
+        print_summary(&summary, &out);
+    }
+    Ok(summary)
+}
+
+/// Prints the kNN curve from `RUN_DIR/metrics.jsonl` and the run's outcome.
+pub fn print_summary(summary: &RunSummary, out: &Path) {
+    println!("\nkNN curve (top-1 %, evaluation set):");
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["type"] == "knn" {
+            let top1 = v["top1"].as_f64().unwrap_or(f64::NAN);
+            let bar = "#".repeat((top1 / 2.0).max(0.0) as usize);
+            println!("  step {:>6}  {:>6.2}  {bar}", v["step"], top1);
+        }
+    }
+    if let (Some(a), Some(b)) = (summary.initial_knn, summary.final_knn) {
+        println!(
+            "kNN top-1: {:.2}% at initialisation → {:.2}% after {} steps ({:+.2} points)",
+            a.top1,
+            b.top1,
+            summary.steps,
+            b.top1 - a.top1
+        );
+    } else if let Some(b) = summary.final_knn {
+        println!("kNN top-1 after {} steps: {:.2}%", summary.steps, b.top1);
+    }
+    println!(
+        "gradient spikes: {}, kNN dips: {}, skipped steps: {}",
+        summary.spikes, summary.dips, summary.skipped_steps
+    );
+    if let Some(c) = &summary.checkpoint {
+        println!("checkpoint: {}", c.display());
+    }
+    println!("metrics: {}", out.join("metrics.jsonl").display());
+}

@@ -13,6 +13,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod device;
 pub mod parity;
 pub mod pretrain_cli;

@@ -232,7 +232,11 @@ pub fn print_summary(summary: &RunSummary, out: &Path) {
         if v["type"] == "knn" {
             let top1 = v["top1"].as_f64().unwrap_or(f64::NAN);
             let bar = "#".repeat((top1 / 2.0).max(0.0) as usize);
-            println!("  step {:>6}  {:>6.2}  {bar}", v["step"], top1);
+            println!(
+                "  step {:>6}  {:>6.2}  {bar}",
+                v["step"].as_u64().unwrap_or(0),
+                top1
+            );
         }
     }
     if let (Some(a), Some(b)) = (summary.initial_knn, summary.final_knn) {

@@ -29,6 +29,16 @@ struct Cli {
 enum Command {
     /// Pretrain a backbone (MoCo v3, SimCLR or BYOL) with the kNN and gradient monitors.
     Pretrain(moco::pretrain_cli::PretrainArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// Draw PNG plots of a run (loss, lr and momentum, kNN curve, gradient norms per layer).
+    Plot {
+        /// The run directory (holding metrics.jsonl).
+        run_dir: PathBuf,
+    },
     /// Check the models against PyTorch reference vectors: `DIR/TAG` or every case in `DIR`.
     Parity {
         /// A case (`tests/golden/vit_tiny_p8_32`) or a folder of cases.
@@ -81,6 +91,22 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Throughput of the two-view augmentation pipeline (per thread, and with the loader).
+    Data {
+        /// Folder of the JPEG test set (written on first use).
+        #[arg(long)]
+        jpeg_dir: Option<PathBuf>,
+        /// JPEG images to write and read.
+        #[arg(long, default_value_t = 256)]
+        images: usize,
+        /// Loader threads for the parallel measurement.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
     Timm,
@@ -101,6 +127,28 @@ fn main() -> ExitCode {
         Command::Pretrain(args) => {
             moco::pretrain_cli::run_pretrain(&args, "fmnist-vit").map(|_| ())
         }
+        Command::Bench {
+            what:
+                BenchWhat::Data {
+                    jpeg_dir,
+                    images,
+                    threads,
+                },
+        } => {
+            let dir = jpeg_dir.unwrap_or_else(moco::bench::default_jpeg_dir);
+            moco::bench::bench_data(&dir, images, threads).map(|results| {
+                for r in results {
+                    println!("{}", serde_json::to_string(&r).expect("serialises"));
+                }
+            })
+        }
+        Command::Plot { run_dir } => moco::train::plot_run(&run_dir)
+            .map_err(|e| e.to_string())
+            .map(|files| {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+            }),
         Command::Parity { target, device } => run_on(&device, ParityJob { target }),
         Command::Inspect { file, heads } => inspect_cmd(&file, heads),
         Command::Import {

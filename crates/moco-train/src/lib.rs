@@ -33,6 +33,7 @@ pub mod knn;
 pub mod method;
 pub mod monitor;
 pub mod optim;
+pub mod plot;
 pub mod run_state;
 pub mod schedule;
 pub mod trainer;
@@ -42,6 +43,7 @@ pub use ema::ema_update;
 pub use knn::{knn_classify, knn_evaluate, KnnConfig, KnnResult};
 pub use method::{Method, Pretrain, Siamese, SimClr, StepOutput, StepParams};
 pub use optim::{Optim, OptimConfig, OptimState, OptimizerKind};
+pub use plot::plot_run;
 pub use trainer::{prepare_data, pretrain, RunData, RunOptions, RunSummary};
 
 /// Errors of a training run.

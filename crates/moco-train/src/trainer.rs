@@ -326,7 +326,15 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
     let micro_per_epoch = data.train.batches_per_epoch();
     let accum = config.grad_accum;
     let steps_per_epoch = (micro_per_epoch / accum).max(1);
-    let schedule_steps = (config.epochs * steps_per_epoch as f64).ceil() as u64;
+    // The schedule in epochs; `steps` rescales it to a fixed number of steps.
+    let (epochs, warmup) = match config.steps {
+        Some(s) => {
+            let e = s as f64 / steps_per_epoch as f64;
+            (e, config.warmup_epochs * e / config.epochs)
+        }
+        None => (config.epochs, config.warmup_epochs),
+    };
+    let schedule_steps = (epochs * steps_per_epoch as f64).round() as u64;
     let total = config
         .max_steps
         .map_or(schedule_steps, |m| m.min(schedule_steps));
@@ -419,7 +427,7 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                 let (x1, x2) = (to_tensor(&batch.views[0]), to_tensor(&batch.views[1]));
                 // The EMA runs once per optimizer step.
                 let m = if micro == 0 {
-                    schedule::momentum(epoch_f, config.momentum, config.epochs)
+                    schedule::momentum(epoch_f, config.momentum, epochs)
                 } else {
                     1.0
                 };
@@ -441,7 +449,7 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
             let grads = accumulator.grads();
             let loss = loss_sum / accum as f64;
             let epoch_f = pos.epoch as f64 + pos.batch as f64 / micro_per_epoch as f64;
-            let lr = schedule::learning_rate(epoch_f, lr_peak, config.warmup_epochs, config.epochs);
+            let lr = schedule::learning_rate(epoch_f, lr_peak, warmup, epochs);
             let norms = gradient_norms::<B, M>(&model, &grads);
             let global = norms.iter().map(|(_, n)| n * n).sum::<f64>().sqrt();
             let step = pos.step + 1;
@@ -478,12 +486,12 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
             }
             let norm_map: serde_json::Map<String, serde_json::Value> =
                 norms.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            let momentum = schedule::momentum(epoch_f, config.momentum, config.epochs);
+            let momentum = schedule::momentum(epoch_f, config.momentum, epochs);
             metrics.log(json!({
                 "type": "step", "step": step, "epoch": epoch_f, "lr": lr, "momentum": momentum,
                 "loss": loss, "grad_norm": global, "grad_norms": norm_map,
             }));
-            if !options.quiet && (step.is_multiple_of(config.log_every.max(1)) || step == total) {
+            if step.is_multiple_of(config.log_every.max(1)) || step == total {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
                 let rate = window_images as f64 / secs;
                 let per_step = started.elapsed().as_secs_f64() / (step - start_step) as f64;
@@ -491,11 +499,13 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                     .final_knn
                     .map(|r| format!(" | knn {:.1}", r.top1))
                     .unwrap_or_default();
-                println!(
-                    "step {step}/{total} | epoch {epoch_f:.2} | loss {loss:.4} | lr {lr:.2e} | m {momentum:.4} | {rate:.0} img/s | data wait {:.0}% | eta {}{knn}",
-                    100.0 * window_wait / secs,
-                    format_eta(per_step * (total - step) as f64)
-                );
+                if !options.quiet {
+                    println!(
+                        "step {step}/{total} | epoch {epoch_f:.2} | loss {loss:.4} | lr {lr:.2e} | m {momentum:.4} | {rate:.0} img/s | data wait {:.0}% | eta {}{knn}",
+                        100.0 * window_wait / secs,
+                        format_eta(per_step * (total - step) as f64)
+                    );
+                }
                 metrics.log(json!({"type": "speed", "step": step, "images_per_sec": rate, "data_wait_s": window_wait}));
                 (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
             }
@@ -530,5 +540,14 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
         }
     }
     summary.steps = pos.step;
+    match crate::plot::plot_run(run_dir) {
+        Ok(files) if !options.quiet => println!(
+            "plots: {} ({} files)",
+            run_dir.join("plots").display(),
+            files.len()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: plots not written: {e}"),
+    }
     Ok(summary)
 }

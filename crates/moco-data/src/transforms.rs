@@ -147,12 +147,18 @@ pub fn grayscale(img: &mut Image) {
     }
 }
 
-fn blend_into(img: &mut Image, factor: f32, other: impl Fn(&Image, usize) -> f32) {
+/// `x ← clamp(factor·x + (1 − factor)·other[p])` for every channel of pixel `p`.
+fn blend_planes(img: &mut Image, factor: f32, other: &[f32]) {
     let n = img.plane();
-    let others: Vec<f32> = (0..img.data.len()).map(|i| other(img, i % n)).collect();
-    for (x, o) in img.data.iter_mut().zip(others) {
-        *x = (factor * *x + (1.0 - factor) * o).clamp(0.0, 1.0);
+    for plane in img.data.chunks_exact_mut(n) {
+        for (x, o) in plane.iter_mut().zip(other) {
+            *x = (factor * *x + (1.0 - factor) * o).clamp(0.0, 1.0);
+        }
     }
+}
+
+fn luma_plane(img: &Image) -> Vec<f32> {
+    (0..img.plane()).map(|p| luma(img, p)).collect()
 }
 
 /// Multiplies by `factor`, clamped.
@@ -166,7 +172,7 @@ pub fn adjust_brightness(img: &mut Image, factor: f32) {
 pub fn adjust_contrast(img: &mut Image, factor: f32) {
     let n = img.plane();
     let mean = (0..n).map(|p| luma(img, p)).sum::<f32>() / n as f32;
-    blend_into(img, factor, |_, _| mean);
+    blend_planes(img, factor, &vec![mean; n]);
 }
 
 /// Blends with the grayscale image (no-op on one channel).
@@ -174,7 +180,8 @@ pub fn adjust_saturation(img: &mut Image, factor: f32) {
     if img.channels == 1 {
         return;
     }
-    blend_into(img, factor, luma);
+    let gray = luma_plane(img);
+    blend_planes(img, factor, &gray);
 }
 
 /// Rotates the hue by `shift` turns (in `[-0.5, 0.5]`) through HSV (no-op on one channel).
@@ -228,44 +235,52 @@ pub fn solarize(img: &mut Image, threshold: f32) {
 /// Gaussian blur with standard deviation `sigma` (pixels), kernel radius `⌈3σ⌉`, edges
 /// reflected.
 pub fn gaussian_blur(img: &mut Image, sigma: f32) {
-    let radius = (3.0 * sigma).ceil().max(1.0) as isize;
-    let kernel: Vec<f32> = (-radius..=radius)
-        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+    let radius = (3.0 * sigma).ceil().max(1.0) as usize;
+    let kernel: Vec<f32> = (0..=2 * radius)
+        .map(|i| {
+            let d = i as f32 - radius as f32;
+            (-(d * d) / (2.0 * sigma * sigma)).exp()
+        })
         .collect();
     let sum: f32 = kernel.iter().sum();
     let kernel: Vec<f32> = kernel.iter().map(|k| k / sum).collect();
-    let (h, w) = (img.height as isize, img.width as isize);
-    let reflect = |i: isize, n: isize| -> usize {
+    // Reflected index (…, 2, 1, 0, 1, 2, …, n−2, n−1, n−2, …) of position `i − radius`.
+    let reflect = |i: usize, n: usize| -> usize {
         if n == 1 {
             return 0;
         }
         let period = 2 * (n - 1);
-        let m = i.rem_euclid(period);
-        (if m < n { m } else { period - m }) as usize
+        let m = (i + period * (radius / period + 1) - radius) % period;
+        if m < n {
+            m
+        } else {
+            period - m
+        }
     };
-    let mut tmp = vec![0f32; img.plane()];
+    let (h, w) = (img.height, img.width);
+    // Index tables: the padded line holds the reflected neighbours, so the inner loops are
+    // plain dot products.
+    let cols: Vec<usize> = (0..w + 2 * radius).map(|i| reflect(i, w)).collect();
+    let rows: Vec<usize> = (0..h + 2 * radius).map(|i| reflect(i, h)).collect();
+    let mut line = vec![0f32; (w.max(h)) + 2 * radius];
+    let mut tmp = vec![0f32; h * w];
     for c in 0..img.channels {
-        let plane = &mut img.data[c * (h * w) as usize..(c + 1) * (h * w) as usize];
+        let plane = &mut img.data[c * h * w..(c + 1) * h * w];
         for y in 0..h {
+            let row = &plane[y * w..(y + 1) * w];
+            for (dst, &src) in line.iter_mut().zip(&cols) {
+                *dst = row[src];
+            }
             for x in 0..w {
-                tmp[(y * w + x) as usize] = kernel
-                    .iter()
-                    .enumerate()
-                    .map(|(k, kv)| {
-                        kv * plane[(y * w) as usize + reflect(x + k as isize - radius, w)]
-                    })
-                    .sum();
+                tmp[y * w + x] = kernel.iter().zip(&line[x..]).map(|(k, v)| k * v).sum();
             }
         }
-        for y in 0..h {
-            for x in 0..w {
-                plane[(y * w + x) as usize] = kernel
-                    .iter()
-                    .enumerate()
-                    .map(|(k, kv)| {
-                        kv * tmp[reflect(y + k as isize - radius, h) * w as usize + x as usize]
-                    })
-                    .sum();
+        for x in 0..w {
+            for (dst, &src) in line.iter_mut().zip(&rows) {
+                *dst = tmp[src * w + x];
+            }
+            for y in 0..h {
+                plane[y * w + x] = kernel.iter().zip(&line[y..]).map(|(k, v)| k * v).sum();
             }
         }
     }

@@ -465,3 +465,61 @@ proptest::proptest! {
         let _ = read_cifar(&t.0, Cifar::Hundred, Split::Test);
     }
 }
+
+/// Straightforward separable blur with reflected edges, the reference for the fast one.
+fn naive_blur(img: &Image, sigma: f32) -> Image {
+    let r = (3.0 * sigma).ceil().max(1.0) as isize;
+    let k: Vec<f32> = (-r..=r)
+        .map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let s: f32 = k.iter().sum();
+    let reflect = |i: isize, n: isize| -> usize {
+        if n == 1 {
+            return 0;
+        }
+        let p = 2 * (n - 1);
+        let m = i.rem_euclid(p);
+        (if m < n { m } else { p - m }) as usize
+    };
+    let (h, w) = (img.height as isize, img.width as isize);
+    let mut tmp = img.clone();
+    let mut out = img.clone();
+    for c in 0..img.channels {
+        for y in 0..h {
+            for x in 0..w {
+                let v: f32 = (-r..=r)
+                    .map(|d| k[(d + r) as usize] / s * img.at(c, y as usize, reflect(x + d, w)))
+                    .sum();
+                tmp.data[(c * img.height + y as usize) * img.width + x as usize] = v;
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let v: f32 = (-r..=r)
+                    .map(|d| k[(d + r) as usize] / s * tmp.at(c, reflect(y + d, h), x as usize))
+                    .sum();
+                out.data[(c * img.height + y as usize) * img.width + x as usize] = v;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn fast_blur_matches_the_reference() {
+    for (h, w, sigma) in [(7, 9, 1.3f32), (3, 2, 2.0), (1, 5, 0.7), (16, 11, 0.1)] {
+        let orig = img(3, h, w, |c, y, x| {
+            ((c * 31 + y * 7 + x * 13) % 17) as f32 / 16.0
+        });
+        let mut fast = orig.clone();
+        gaussian_blur(&mut fast, sigma);
+        let slow = naive_blur(&orig, sigma);
+        let err = fast
+            .data
+            .iter()
+            .zip(&slow.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-5, "{h}x{w} sigma {sigma}: {err}");
+    }
+}

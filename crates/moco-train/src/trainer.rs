@@ -76,16 +76,20 @@ pub struct RunData {
 
 /// Opens the datasets and loaders a configuration asks for.
 pub fn prepare_data(config: &PretrainConfig) -> Result<RunData, TrainError> {
-    let kind = config.dataset_kind().map_err(TrainError::Config)?;
+    // The format: forced, detected, or none for the default Fashion-MNIST.
+    let kind = match (
+        &config.data,
+        config.dataset_kind().map_err(TrainError::Config)?,
+    ) {
+        (None, _) => None,
+        (Some(_), Some(k)) => Some(k),
+        (Some(p), None) => Some(moco_data::detect(Path::new(p))?.0),
+    };
     let (train, eval, note): (Arc<dyn ImageDataset>, Arc<dyn ImageDataset>, String) =
         match &config.data {
             None => default_fashion_mnist()?,
             Some(path) => {
                 let path = Path::new(path);
-                let kind = match kind {
-                    Some(k) => Some(k),
-                    None => Some(moco_data::detect(path)?.0),
-                };
                 let train = open_dataset(path, kind, Split::Train)?;
                 match open_dataset(path, kind, Split::Test) {
                     Ok(test) => {
@@ -96,8 +100,9 @@ pub fn prepare_data(config: &PretrainConfig) -> Result<RunData, TrainError> {
                         );
                         (train, test, note)
                     }
-                    Err(_) => {
+                    Err(e) => {
                         // No held-out split: keep a fixed 10% of the training images out.
+                        eprintln!("note: no usable test split ({e})");
                         let keep = train.len() - (train.len() / 10).max(1);
                         let (a, b) = Subset::split(train, keep, config.seed ^ 0x5eed);
                         let note = format!(
@@ -110,13 +115,6 @@ pub fn prepare_data(config: &PretrainConfig) -> Result<RunData, TrainError> {
                 }
             }
         };
-    let kind = match &config.data {
-        None => None,
-        Some(p) => Some(match kind {
-            Some(k) => k,
-            None => moco_data::detect(Path::new(p))?.0,
-        }),
-    };
     if train.channels() != config.in_chans {
         return Err(TrainError::Config(format!(
             "the data has {} channel(s) but the model expects in_chans = {}",

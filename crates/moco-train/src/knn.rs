@@ -46,9 +46,9 @@ pub fn extract_features<B: Backend>(
     let mut feats = Vec::new();
     let mut labels = Vec::new();
     for batch in loader.epoch(0, 0) {
-        let batch = batch?;
-        let x =
-            Tensor::<B, 4>::from_data(TensorData::new(batch.views[0].clone(), batch.shape), device);
+        let mut batch = batch?;
+        let view = batch.views.swap_remove(0);
+        let x = Tensor::<B, 4>::from_data(TensorData::new(view, batch.shape), device);
         feats.push(moco_loss::normalize(backbone.forward(x)));
         labels.extend(batch.labels);
     }

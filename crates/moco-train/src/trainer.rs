@@ -419,10 +419,16 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                 pos.batch += 1;
                 images += batch.shape[0];
                 let epoch_f = pos.epoch as f64 + (pos.batch - 1) as f64 / micro_per_epoch as f64;
-                let to_tensor = |v: &Vec<f32>| {
-                    Tensor::<B, 4>::from_data(TensorData::new(v.clone(), batch.shape), device)
+                let shape = batch.shape;
+                let to_tensor =
+                    |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), device);
+                let mut views = batch.views.into_iter();
+                let (Some(v1), Some(v2)) = (views.next(), views.next()) else {
+                    return Err(TrainError::Config(
+                        "the loader produced one view, two are needed".into(),
+                    ));
                 };
-                let (x1, x2) = (to_tensor(&batch.views[0]), to_tensor(&batch.views[1]));
+                let (x1, x2) = (to_tensor(v1), to_tensor(v2));
                 // The EMA runs once per optimizer step.
                 let m = if micro == 0 {
                     schedule::momentum(epoch_f, config.momentum, epochs)

@@ -226,6 +226,65 @@ fn format_eta(seconds: f64) -> String {
     }
 }
 
+/// Progress output: one self-updating status line with a bar on a terminal, plain lines
+/// otherwise.
+struct Progress {
+    quiet: bool,
+    tty: bool,
+    open: bool,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        Progress {
+            quiet,
+            tty: std::io::stdout().is_terminal(),
+            open: false,
+        }
+    }
+
+    /// A permanent line (ends the status line first).
+    fn line(&mut self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        if self.open {
+            println!();
+            self.open = false;
+        }
+        println!("{text}");
+    }
+
+    /// Ends the status line, if one is showing.
+    fn finish(&mut self) {
+        if self.open {
+            println!();
+            self.open = false;
+        }
+    }
+
+    /// The status line: redrawn in place on a terminal, printed when `log` otherwise.
+    fn status(&mut self, done: u64, total: u64, text: &str, log: bool) {
+        if self.quiet {
+            return;
+        }
+        if self.tty {
+            let width = 24;
+            let filled = (width as u64 * done / total.max(1)) as usize;
+            print!(
+                "\r\x1b[K[{}{}] {text}",
+                "#".repeat(filled),
+                ".".repeat(width - filled)
+            );
+            let _ = std::io::stdout().flush();
+            self.open = true;
+        } else if log {
+            println!("{text}");
+        }
+    }
+}
+
 struct Metrics {
     file: std::fs::File,
 }
@@ -346,7 +405,9 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
     let mut dips = DipDetector::new(config.dip_threshold);
     summary.skipped_steps = pos.skipped_steps;
 
-    let evaluate = |model: &M,
+    let mut progress = Progress::new(options.quiet);
+    let evaluate = |progress: &mut Progress,
+                    model: &M,
                     step: u64,
                     summary: &mut RunSummary,
                     metrics: &mut Metrics,
@@ -364,19 +425,24 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
         }
         summary.best_top1 = Some(summary.best_top1.map_or(r.top1, |b: f64| b.max(r.top1)));
         summary.final_knn = Some(r);
-        if !options.quiet {
-            println!(
-                "knn @ step {step}: top-1 {:.2}%, top-5 {:.2}% ({:.1}s)",
-                r.top1,
-                r.top5,
-                started.elapsed().as_secs_f64()
-            );
-        }
+        progress.line(&format!(
+            "knn @ step {step}: top-1 {:.2}%, top-5 {:.2}% ({:.1}s)",
+            r.top1,
+            r.top5,
+            started.elapsed().as_secs_f64()
+        ));
         Ok(())
     };
 
     if !options.resume {
-        evaluate(&model, 0, &mut summary, &mut metrics, &mut dips)?;
+        evaluate(
+            &mut progress,
+            &model,
+            0,
+            &mut summary,
+            &mut metrics,
+            &mut dips,
+        )?;
         summary.initial_knn = summary.final_knn;
     }
     if !options.quiet {
@@ -495,7 +561,8 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                 "type": "step", "step": step, "epoch": epoch_f, "lr": lr, "momentum": momentum,
                 "loss": loss, "grad_norm": global, "grad_norms": norm_map,
             }));
-            if step.is_multiple_of(config.log_every.max(1)) || step == total {
+            let log = step.is_multiple_of(config.log_every.max(1)) || step == total;
+            if log || progress.tty {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
                 let rate = window_images as f64 / secs;
                 let per_step = started.elapsed().as_secs_f64() / (step - start_step) as f64;
@@ -503,22 +570,30 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                     .final_knn
                     .map(|r| format!(" | knn {:.1}", r.top1))
                     .unwrap_or_default();
-                if !options.quiet {
-                    println!(
-                        "step {step}/{total} | epoch {epoch_f:.2} | loss {loss:.4} | lr {lr:.2e} | m {momentum:.4} | {rate:.0} img/s | data wait {:.0}% | eta {}{knn}",
-                        100.0 * window_wait / secs,
-                        format_eta(per_step * (total - step) as f64)
-                    );
+                let text = format!(
+                    "step {step}/{total} | epoch {epoch_f:.2} | loss {loss:.4} | lr {lr:.2e} | m {momentum:.4} | {rate:.0} img/s | data wait {:.0}% | eta {}{knn}",
+                    100.0 * window_wait / secs,
+                    format_eta(per_step * (total - step) as f64)
+                );
+                progress.status(step, total, &text, log);
+                if log {
+                    metrics.log(json!({"type": "speed", "step": step, "images_per_sec": rate, "data_wait_s": window_wait}));
+                    (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
                 }
-                metrics.log(json!({"type": "speed", "step": step, "images_per_sec": rate, "data_wait_s": window_wait}));
-                (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
             }
             let epoch_end = pos.batch + accum > micro_per_epoch;
             if (config.knn_every > 0 && step.is_multiple_of(config.knn_every))
                 || epoch_end
                 || step == total
             {
-                evaluate(&model, step, &mut summary, &mut metrics, &mut dips)?;
+                evaluate(
+                    &mut progress,
+                    &model,
+                    step,
+                    &mut summary,
+                    &mut metrics,
+                    &mut dips,
+                )?;
             }
             let interrupted = options
                 .stop
@@ -536,14 +611,13 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
             }
             if interrupted && step < total {
                 summary.interrupted = true;
-                if !options.quiet {
-                    println!("stopped at step {step}; continue with --resume");
-                }
+                progress.line(&format!("stopped at step {step}; continue with --resume"));
                 break 'epochs;
             }
         }
     }
     summary.steps = pos.step;
+    progress.finish();
     match crate::plot::plot_run(run_dir) {
         Ok(files) if !options.quiet => println!(
             "plots: {} ({} files)",

@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod device;
+pub mod eval_cli;
 pub mod parity;
 pub mod pretrain_cli;
 

@@ -75,7 +75,8 @@ pub struct PretrainArgs {
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Data folder (IDX, CIFAR binary, or an image folder); the bundled Fashion-MNIST if absent.
+    /// Data folder (IDX, CIFAR binary, or an image folder), or `bundled` for the bundled
+    /// Fashion-MNIST split; default: Fashion-MNIST (the full set when installed, else bundled).
     #[arg(long)]
     pub data: Option<String>,
     /// Force the data format: fashion-mnist, mnist, cifar10, cifar100, folder.

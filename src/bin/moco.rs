@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use moco::device::{dispatch, BackendJob, DeviceSpec};
 use moco::models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
 use moco::models::{
-    export_backbone, export_moco, load_checkpoint, save_checkpoint, BackboneConfig, MoCo,
-    MocoConfig,
+    export_backbone, export_deit, export_moco, save_backbone_checkpoint, save_checkpoint,
+    BackboneConfig,
 };
 use moco::parity;
 
@@ -29,6 +29,14 @@ struct Cli {
 enum Command {
     /// Pretrain a backbone (MoCo v3, SimCLR or BYOL) with the kNN and gradient monitors.
     Pretrain(moco::pretrain_cli::PretrainArgs),
+    /// Weighted kNN accuracy of a checkpoint's backbone features (train split as memory).
+    Knn(moco::eval_cli::KnnArgs),
+    /// Linear probing with MoCo v3's protocol (frozen backbone in eval mode, SGD, cosine).
+    Probe(moco::eval_cli::ProbeArgs),
+    /// End-to-end fine-tuning with a fresh head (AdamW, warm-up + cosine, label smoothing).
+    Finetune(moco::eval_cli::FinetuneArgs),
+    /// Write backbone features (and head outputs) of a dataset or of your tensors.
+    Features(moco::eval_cli::FeaturesArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -55,7 +63,8 @@ enum Command {
         #[arg(long)]
         heads: Option<usize>,
     },
-    /// Convert an official MoCo v3 checkpoint to a moco checkpoint (`.mpk`).
+    /// Convert an official MoCo v3 (or linear-probe, or DeiT-style) file to a moco checkpoint
+    /// (`.mpk`): the whole model, or the backbone when the file holds only that.
     Import {
         /// The `.pth.tar` (or `.safetensors`) file.
         file: PathBuf,
@@ -69,14 +78,16 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
     },
-    /// Export weights as safetensors with PyTorch (timm / torchvision) names.
+    /// Export weights for PyTorch: safetensors with timm / torchvision names, or DeiT's
+    /// `{'model': ...}` `torch.save` layout.
     Export {
         /// A moco checkpoint (`.mpk`) or an official / exported weight file.
         checkpoint: PathBuf,
         /// Output `.safetensors` file.
         #[arg(long)]
         out: PathBuf,
-        /// Key names: timm (ViT) or torchvision (ResNet); checked against the architecture.
+        /// timm (ViT) or torchvision (ResNet) safetensors; deit: a `.pth` for DeiT / MAE
+        /// fine-tuning (ViT). Checked against the architecture.
         #[arg(long)]
         format: Option<ExportFormat>,
         /// The backbone alone (default) or the whole MoCo model in the official key layout.
@@ -111,6 +122,7 @@ enum BenchWhat {
 enum ExportFormat {
     Timm,
     Torchvision,
+    Deit,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,6 +154,10 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Knn(args) => moco::eval_cli::run_knn(args),
+        Command::Probe(args) => moco::eval_cli::run_probe(args),
+        Command::Finetune(args) => moco::eval_cli::run_finetune(args),
+        Command::Features(args) => moco::eval_cli::run_features(args),
         Command::Plot { run_dir } => moco::train::plot_run(&run_dir)
             .map_err(|e| e.to_string())
             .map(|files| {
@@ -274,23 +290,6 @@ fn inspect_cmd(file: &Path, heads: Option<usize>) -> CmdResult {
     Ok(())
 }
 
-/// Loads a whole model from a moco checkpoint or an official file.
-fn load_any_moco<B: Backend>(
-    path: &Path,
-    heads: Option<usize>,
-    device: &B::Device,
-) -> Result<(MoCo<B>, MocoConfig), String> {
-    let is_mpk = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("mpk"));
-    if is_mpk {
-        load_checkpoint::<B>(path, device)
-    } else {
-        load_moco::<B>(path, &options(heads), device)
-    }
-    .map_err(|e| e.to_string())
-}
-
 struct ImportJob {
     file: PathBuf,
     out: PathBuf,
@@ -300,13 +299,32 @@ struct ImportJob {
 impl BackendJob for ImportJob {
     type Output = CmdResult;
     fn run<B: Backend>(self, device: B::Device) -> CmdResult {
-        let (model, config) =
-            load_moco::<B>(&self.file, &options(self.heads), &device).map_err(|e| e.to_string())?;
-        save_checkpoint(&model, &config, &self.out).map_err(|e| e.to_string())?;
+        let opts = options(self.heads);
+        let inspected = inspect(&self.file, &opts).map_err(|e| e.to_string())?;
+        let what = match inspected.layout {
+            Layout::Moco => {
+                let (model, config) =
+                    load_moco::<B>(&self.file, &opts, &device).map_err(|e| e.to_string())?;
+                save_checkpoint(&model, &config, &self.out).map_err(|e| e.to_string())?;
+                format!("MoCo model, {}", config.backbone.describe())
+            }
+            Layout::Backbone => {
+                let (backbone, config) =
+                    load_backbone::<B>(&self.file, &opts, &device).map_err(|e| e.to_string())?;
+                save_backbone_checkpoint(&backbone, &config, &self.out)
+                    .map_err(|e| e.to_string())?;
+                if !inspected.ignored.is_empty() {
+                    println!(
+                        "left out (not part of the backbone): {}",
+                        inspected.ignored.join(", ")
+                    );
+                }
+                format!("backbone, {}", config.describe())
+            }
+        };
         println!(
-            "imported {} ({}) → {}",
+            "imported {} ({what}) → {}",
             self.file.display(),
-            config.backbone.describe(),
             self.out.display()
         );
         Ok(())
@@ -324,38 +342,27 @@ struct ExportJob {
 impl BackendJob for ExportJob {
     type Output = CmdResult;
     fn run<B: Backend>(self, device: B::Device) -> CmdResult {
-        let is_mpk = self
-            .checkpoint
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("mpk"));
-        let backbone_only_file = !is_mpk
-            && inspect(&self.checkpoint, &options(self.heads))
-                .map_err(|e| e.to_string())?
-                .layout
-                == Layout::Backbone;
-        let n = match (self.what, backbone_only_file) {
-            (ExportWhat::Model, true) => {
-                return Err(format!(
-                    "{}: holds a backbone only; export it with --what backbone",
-                    self.checkpoint.display()
-                ))
+        let loaded = moco::train::load_pretrained::<B>(&self.checkpoint, self.heads, &device)
+            .map_err(|e| e.to_string())?;
+        check_format(self.format, &loaded.backbone_config)?;
+        let n = match (self.what, self.format) {
+            (ExportWhat::Model, Some(ExportFormat::Deit)) => {
+                return Err("the DeiT layout holds a backbone: use --what backbone".into())
             }
-            (ExportWhat::Backbone, true) => {
-                let (backbone, config) =
-                    load_backbone::<B>(&self.checkpoint, &options(self.heads), &device)
-                        .map_err(|e| e.to_string())?;
-                check_format(self.format, &config)?;
-                export_backbone(&backbone, &config, &self.out)
+            (ExportWhat::Model, _) => {
+                let (model, config) = loaded.moco.as_ref().ok_or_else(|| {
+                    format!(
+                        "{}: holds no momentum encoder and predictor (a backbone, or a SimCLR run); export it with --what backbone",
+                        self.checkpoint.display()
+                    )
+                })?;
+                export_moco(model, config, &self.out)
             }
-            (what, false) => {
-                let (model, config) = load_any_moco::<B>(&self.checkpoint, self.heads, &device)?;
-                check_format(self.format, &config.backbone)?;
-                match what {
-                    ExportWhat::Backbone => {
-                        export_backbone(&model.base_encoder.backbone, &config.backbone, &self.out)
-                    }
-                    ExportWhat::Model => export_moco(&model, &config, &self.out),
-                }
+            (ExportWhat::Backbone, Some(ExportFormat::Deit)) => {
+                export_deit(&loaded.backbone, &loaded.backbone_config, &self.out)
+            }
+            (ExportWhat::Backbone, _) => {
+                export_backbone(&loaded.backbone, &loaded.backbone_config, &self.out)
             }
         }
         .map_err(|e| e.to_string())?;
@@ -369,7 +376,7 @@ fn check_format(format: Option<ExportFormat>, config: &BackboneConfig) -> CmdRes
         (Some(ExportFormat::Torchvision), BackboneConfig::Vit(_)) => {
             Err("a ViT exports with timm names: use --format timm".into())
         }
-        (Some(ExportFormat::Timm), BackboneConfig::ResNet(_)) => {
+        (Some(ExportFormat::Timm | ExportFormat::Deit), BackboneConfig::ResNet(_)) => {
             Err("a ResNet exports with torchvision names: use --format torchvision".into())
         }
         _ => Ok(()),

@@ -234,6 +234,24 @@ impl AugmentConfig {
         out
     }
 
+    /// The view of supervised training on top of a pretrained backbone (MoCo v3's linear
+    /// probe): RandomResizedCrop (the preset's scale range, 0.08–1 on ImageNet; ratio 3/4–4/3)
+    /// to `eval_size`, horizontal flip, normalise. No colour jitter, blur or solarisation.
+    pub fn supervised_view(&self, img: &Image, seed: u64, epoch: u64, index: u64) -> Image {
+        let view = ViewConfig {
+            size: self.eval_size,
+            jitter_p: 0.0,
+            grayscale_p: 0.0,
+            blur_p: 0.0,
+            solarize_p: 0.0,
+            flip_p: 0.5,
+            ..self.view1.clone()
+        };
+        let mut out = view.apply(img, &mut Rng::for_sample(seed, epoch, index, 3));
+        normalize(&mut out, &self.mean, &self.std);
+        out
+    }
+
     /// Side of the images this pipeline produces.
     pub fn size(&self) -> usize {
         self.view1.size

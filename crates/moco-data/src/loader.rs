@@ -66,6 +66,9 @@ pub enum Views {
     Two(Arc<AugmentConfig>),
     /// The deterministic evaluation view.
     Eval(Arc<AugmentConfig>),
+    /// One view for supervised training (linear probe, fine-tuning): random resized crop and
+    /// flip, normalised.
+    Supervised(Arc<AugmentConfig>),
 }
 
 /// A batch in host memory, ready to become `[B, C, H, W]` tensors.
@@ -232,6 +235,12 @@ impl Job {
                             vec![a, b]
                         }
                         Views::Eval(aug) => vec![aug.eval_view(&s.image)],
+                        Views::Supervised(aug) => vec![aug.supervised_view(
+                            &s.image,
+                            l.config.seed,
+                            self.epoch,
+                            index as u64,
+                        )],
                     };
                     return Ok((views, s.label, index));
                 }

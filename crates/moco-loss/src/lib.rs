@@ -34,6 +34,28 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int
     picked.mean().neg()
 }
 
+/// Cross-entropy against targets smoothed by `smoothing` ε (PyTorch's `label_smoothing`): the
+/// target puts `1 − ε + ε/C` on the true class and `ε/C` on the others, so the loss is
+/// `(1 − ε)·CE + ε·mean_c(−log p_c)`. Returns a `[1]` tensor.
+pub fn cross_entropy_smoothed<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    smoothing: f64,
+) -> Tensor<B, 1> {
+    let [n, _] = logits.dims();
+    let log_p = log_softmax(logits, 1);
+    let nll = log_p
+        .clone()
+        .gather(1, targets.reshape([n, 1]))
+        .mean()
+        .neg();
+    if smoothing == 0.0 {
+        return nll;
+    }
+    let uniform = log_p.mean().neg();
+    nll.mul_scalar(1.0 - smoothing) + uniform.mul_scalar(smoothing)
+}
+
 /// MoCo v3's contrastive loss `ctr(q, k) = CE(norm(q) · norm(k_all)ᵀ / T, arange(N) + N·rank) · 2T`.
 ///
 /// `k_all` holds the keys of every data-parallel rank, `[world · N, C]` (on one device, the
@@ -115,6 +137,24 @@ mod tests {
         close(
             infonce(q, k_all, tau as f64, 1).into_scalar(),
             (ce0 + ce1) * tau,
+        );
+    }
+
+    #[test]
+    fn label_smoothing_by_hand() {
+        // Logits [0, ln 3] → p = [1/4, 3/4]; target class 1, ε = 0.1, C = 2:
+        // (1 − ε)·(−ln ¾) + ε·½·(−ln ¼ − ln ¾).
+        let logits = t(&[0.0, 3f32.ln()], [1, 2]);
+        let y =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(vec![1i64], [1]), &Default::default());
+        let want = 0.9 * -(0.75f32.ln()) + 0.1 * 0.5 * (-(0.25f32.ln()) - 0.75f32.ln());
+        close(
+            cross_entropy_smoothed(logits.clone(), y.clone(), 0.1).into_scalar(),
+            want,
+        );
+        close(
+            cross_entropy_smoothed(logits.clone(), y.clone(), 0.0).into_scalar(),
+            cross_entropy(logits, y).into_scalar(),
         );
     }
 

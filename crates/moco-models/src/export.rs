@@ -101,3 +101,21 @@ pub fn export_moco<B: Backend>(
     write_atomic(path, &to_safetensors(&tensors, Some(meta))?)?;
     Ok(tensors.len())
 }
+
+/// Writes a ViT backbone as a `torch.save` file in DeiT's layout, `{'model': state_dict}` with
+/// timm names, for DeiT / MAE-style fine-tuning scripts (`--finetune FILE`). The classifier is
+/// absent: those scripts create a fresh head. Returns the tensor count.
+pub fn export_deit<B: Backend>(
+    backbone: &Backbone<B>,
+    config: &BackboneConfig,
+    path: &Path,
+) -> Result<usize, ModelError> {
+    if !matches!(config, BackboneConfig::Vit(_)) {
+        return Err(ModelError::InvalidConfig(
+            "the DeiT layout holds a ViT; export a ResNet with --format torchvision".into(),
+        ));
+    }
+    let tensors = torch_state_dict(backbone, Family::Vit);
+    crate::torch_save::torch_save(path, "model", &tensors)?;
+    Ok(tensors.len())
+}

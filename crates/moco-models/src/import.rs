@@ -331,7 +331,8 @@ pub fn load_backbone<B: Backend>(
     Ok((model, config))
 }
 
-pub(crate) fn family_of_config(config: &BackboneConfig) -> Family {
+/// The naming family of a backbone architecture.
+pub fn family_of_config(config: &BackboneConfig) -> Family {
     match config {
         BackboneConfig::Vit(_) => Family::Vit,
         BackboneConfig::ResNet(_) => Family::ResNet,

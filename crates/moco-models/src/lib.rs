@@ -36,10 +36,14 @@ pub mod moco;
 pub mod norm;
 pub mod resnet;
 pub mod state_dict;
+pub mod torch_save;
 pub mod vit;
 
-pub use checkpoint::{load_checkpoint, save_checkpoint};
-pub use export::{export_backbone, export_moco};
+pub use checkpoint::{
+    is_backbone_checkpoint, load_backbone_checkpoint, load_checkpoint, save_backbone_checkpoint,
+    save_checkpoint,
+};
+pub use export::{export_backbone, export_deit, export_moco};
 pub use heads::{MlpHead, MlpHeadConfig};
 pub use import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
 pub use moco::{Backbone, BackboneConfig, Encoder, MoCo, MocoConfig, QueryOutput, PRESETS};

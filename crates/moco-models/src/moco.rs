@@ -165,6 +165,23 @@ impl<B: Backend> Backbone<B> {
             Backbone::ResNet(m) => m.forward(x),
         }
     }
+
+    /// The forward of fine-tuning: stochastic depth at `drop_path` for a ViT (see
+    /// [`Vit::forward_drop_path`]); a ResNet ignores it.
+    pub fn forward_drop_path(&self, x: Tensor<B, 4>, drop_path: f64) -> Tensor<B, 2> {
+        match self {
+            Backbone::Vit(m) => m.forward_drop_path(x, drop_path),
+            Backbone::ResNet(m) => m.forward(x),
+        }
+    }
+
+    /// Transformer blocks of a ViT (for layer-wise learning-rate decay); 0 for a ResNet.
+    pub fn depth(&self) -> usize {
+        match self {
+            Backbone::Vit(m) => m.blocks.len(),
+            Backbone::ResNet(_) => 0,
+        }
+    }
 }
 
 /// Configuration of a [`MoCo`] model.

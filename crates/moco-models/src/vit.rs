@@ -252,14 +252,35 @@ impl<B: Backend> Vit<B> {
 
     /// All tokens after the final LayerNorm, `[batch, 1 + N, D]`.
     pub fn forward_tokens(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.forward_tokens_drop_path(x, 0.0)
+    }
+
+    /// [`forward`](Self::forward) with stochastic depth for fine-tuning: block `i` of `L`
+    /// drops its residual branches per sample with probability `rate · i / (L − 1)` (timm's
+    /// linear rule), scaling kept ones by `1 / keep`. Only on an autodiff backend (training);
+    /// elsewhere it is the plain forward.
+    pub fn forward_drop_path(&self, x: Tensor<B, 4>, rate: f64) -> Tensor<B, 2> {
+        let tokens = self.forward_tokens_drop_path(x, rate);
+        let [b, _, d] = tokens.dims();
+        tokens.slice([0..b, 0..1, 0..d]).reshape([b, d])
+    }
+
+    fn forward_tokens_drop_path(&self, x: Tensor<B, 4>, rate: f64) -> Tensor<B, 3> {
         let x = self.patch_embed.forward(x, self.freeze_patch_embed);
         let [b, n, d] = x.dims();
         let cls = self.cls_token.val().repeat_dim(0, b);
         let pos = self.pos_embed.val().detach();
         debug_assert_eq!(pos.dims(), [1, n + 1, d]);
         let mut x = Tensor::cat(vec![cls, x], 1).add(pos);
-        for block in &self.blocks {
-            x = block.forward(x, self.num_heads);
+        let training = rate > 0.0 && B::ad_enabled(&x.device());
+        let depth = self.blocks.len();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let p = if training && depth > 1 {
+                rate * i as f64 / (depth - 1) as f64
+            } else {
+                0.0
+            };
+            x = block.forward(x, self.num_heads, p);
         }
         self.norm.forward(x)
     }
@@ -395,10 +416,29 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x), num_heads);
-        x.clone() + self.mlp.forward(self.norm2.forward(x))
+    fn forward(&self, x: Tensor<B, 3>, num_heads: usize, drop_path: f64) -> Tensor<B, 3> {
+        let x = x.clone()
+            + drop_path_branch(
+                self.attn.forward(self.norm1.forward(x), num_heads),
+                drop_path,
+            );
+        x.clone() + drop_path_branch(self.mlp.forward(self.norm2.forward(x)), drop_path)
     }
+}
+
+/// Zeroes a residual branch per sample with probability `p`, scaling the rest by `1/(1−p)`.
+fn drop_path_branch<B: Backend>(branch: Tensor<B, 3>, p: f64) -> Tensor<B, 3> {
+    if p <= 0.0 {
+        return branch;
+    }
+    let keep = 1.0 - p;
+    let [b, _, _] = branch.dims();
+    let mask = Tensor::<B, 3>::random(
+        [b, 1, 1],
+        burn::tensor::Distribution::Bernoulli(keep),
+        &branch.device(),
+    );
+    branch.mul(mask.div_scalar(keep))
 }
 
 /// Xavier-uniform weight, zero bias: MoCo v3's initialisation of every non-qkv linear layer.

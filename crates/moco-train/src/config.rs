@@ -303,22 +303,7 @@ impl PretrainConfig {
 
     /// Augmentations for data of `kind` (`None`: the default Fashion-MNIST).
     pub fn augment(&self, kind: Option<DatasetKind>) -> AugmentConfig {
-        match kind {
-            None | Some(DatasetKind::FashionMnist) => {
-                AugmentConfig::fashion_mnist(self.img_size, self.crop_min)
-            }
-            Some(DatasetKind::Mnist) => AugmentConfig::mnist(self.img_size, self.crop_min),
-            Some(DatasetKind::Cifar10) => AugmentConfig::cifar(false).with_crop_min(self.crop_min),
-            Some(DatasetKind::Cifar100) => AugmentConfig::cifar(true).with_crop_min(self.crop_min),
-            Some(DatasetKind::Folder) => {
-                let mut aug = AugmentConfig::imagenet(self.crop_min);
-                aug.view1.size = self.img_size;
-                aug.view2.size = self.img_size;
-                aug.eval_size = self.img_size;
-                aug.eval_resize = self.img_size * 256 / 224;
-                aug
-            }
-        }
+        augment_for(kind, self.img_size, self.crop_min)
     }
 
     /// Checks values a run cannot start with.
@@ -354,5 +339,25 @@ impl PretrainConfig {
         self.dataset_kind()?;
         self.model_config().map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+/// The augmentation preset of data of `kind` (`None`: the default Fashion-MNIST) at
+/// `img_size` px: Fashion-MNIST / MNIST and CIFAR presets, ImageNet's for image folders (with
+/// the evaluation resize kept at 256/224 of the crop).
+pub fn augment_for(kind: Option<DatasetKind>, img_size: usize, crop_min: f64) -> AugmentConfig {
+    match kind {
+        None | Some(DatasetKind::FashionMnist) => AugmentConfig::fashion_mnist(img_size, crop_min),
+        Some(DatasetKind::Mnist) => AugmentConfig::mnist(img_size, crop_min),
+        Some(DatasetKind::Cifar10) => AugmentConfig::cifar(false).with_crop_min(crop_min),
+        Some(DatasetKind::Cifar100) => AugmentConfig::cifar(true).with_crop_min(crop_min),
+        Some(DatasetKind::Folder) => {
+            let mut aug = AugmentConfig::imagenet(crop_min);
+            aug.view1.size = img_size;
+            aug.view2.size = img_size;
+            aug.eval_size = img_size;
+            aug.eval_resize = img_size * 256 / 224;
+            aug
+        }
     }
 }

@@ -43,13 +43,32 @@ pub fn extract_features<B: Backend>(
     loader: &Loader,
     device: &B::Device,
 ) -> Result<(Tensor<B, 2>, Vec<usize>), DataError> {
+    extract_features_with(&|x| backbone.forward(x), loader, device)
+}
+
+/// L2-normalised `f(batch)` of every batch the loader yields, with the labels.
+pub fn extract_features_with<B: Backend, F: Fn(Tensor<B, 4>) -> Tensor<B, 2>>(
+    f: &F,
+    loader: &Loader,
+    device: &B::Device,
+) -> Result<(Tensor<B, 2>, Vec<usize>), DataError> {
+    let (feats, labels) = extract_raw_with(f, loader, device)?;
+    Ok((moco_loss::normalize(feats), labels))
+}
+
+/// `f(batch)` of every batch the loader yields (not normalised), with the labels.
+pub fn extract_raw_with<B: Backend, F: Fn(Tensor<B, 4>) -> Tensor<B, 2>>(
+    f: &F,
+    loader: &Loader,
+    device: &B::Device,
+) -> Result<(Tensor<B, 2>, Vec<usize>), DataError> {
     let mut feats = Vec::new();
     let mut labels = Vec::new();
     for batch in loader.epoch(0, 0) {
         let mut batch = batch?;
         let view = batch.views.swap_remove(0);
         let x = Tensor::<B, 4>::from_data(TensorData::new(view, batch.shape), device);
-        feats.push(moco_loss::normalize(backbone.forward(x)));
+        feats.push(f(x));
         labels.extend(batch.labels);
     }
     Ok((Tensor::cat(feats, 0), labels))

@@ -28,7 +28,9 @@
 use std::path::PathBuf;
 
 pub mod config;
+pub mod data;
 pub mod ema;
+pub mod eval;
 pub mod knn;
 pub mod method;
 pub mod monitor;
@@ -36,15 +38,19 @@ pub mod optim;
 pub mod plot;
 pub mod run_state;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
 
 pub use config::{PretrainConfig, TRAIN_PRESETS};
+pub use data::{open_splits, prepare_data, RunData};
 pub use ema::ema_update;
+pub use eval::{load_pretrained, open_eval_data, DataSpec, EvalData, Pretrained};
 pub use knn::{knn_classify, knn_evaluate, KnnConfig, KnnResult};
 pub use method::{Method, Pretrain, Siamese, SimClr, StepOutput, StepParams};
 pub use optim::{Optim, OptimConfig, OptimState, OptimizerKind};
 pub use plot::plot_run;
-pub use trainer::{prepare_data, pretrain, RunData, RunOptions, RunSummary};
+pub use step::{apply_step, forward_backward, measure_gradients};
+pub use trainer::{pretrain, RunOptions, RunSummary};
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]

@@ -8,20 +8,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::Optimizer;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use moco_data::{
-    default_fashion_mnist, open_dataset, ImageDataset, Loader, LoaderConfig, Split, Subset, Views,
-};
 use serde_json::json;
 
 use crate::config::PretrainConfig;
+use crate::data::{prepare_data, RunData};
 use crate::knn::{knn_evaluate, KnnConfig, KnnResult};
 use crate::method::{Method, Pretrain, StepParams};
-use crate::monitor::{gradient_norms, DipDetector, SpikeDetector};
+use crate::monitor::{DipDetector, SpikeDetector};
 use crate::run_state::{self, RunPosition};
 use crate::schedule;
+use crate::step::{apply_step, forward_backward, measure_gradients};
 use crate::TrainError;
 
 /// How to run (as opposed to what to train, which is the [`PretrainConfig`]).
@@ -60,91 +59,6 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// The newest checkpoint.
     pub checkpoint: Option<PathBuf>,
-}
-
-/// The data of a run: pretraining set, kNN memory and evaluation sets.
-pub struct RunData {
-    /// Two-view loader of the pretraining set.
-    pub train: Loader,
-    /// Eval-view loader of the kNN memory.
-    pub memory: Loader,
-    /// Eval-view loader of the kNN queries.
-    pub eval: Loader,
-    /// Which data is used.
-    pub note: String,
-}
-
-/// Opens the datasets and loaders a configuration asks for.
-pub fn prepare_data(config: &PretrainConfig) -> Result<RunData, TrainError> {
-    // The format: forced, detected, or none for the default Fashion-MNIST.
-    let kind = match (
-        &config.data,
-        config.dataset_kind().map_err(TrainError::Config)?,
-    ) {
-        (None, _) => None,
-        (Some(_), Some(k)) => Some(k),
-        (Some(p), None) => Some(moco_data::detect(Path::new(p))?.0),
-    };
-    let (train, eval, note): (Arc<dyn ImageDataset>, Arc<dyn ImageDataset>, String) =
-        match &config.data {
-            None => default_fashion_mnist()?,
-            Some(path) => {
-                let path = Path::new(path);
-                let train = open_dataset(path, kind, Split::Train)?;
-                match open_dataset(path, kind, Split::Test) {
-                    Ok(test) => {
-                        let note = format!(
-                            "pretraining on {}; kNN evaluation on {}",
-                            train.describe(),
-                            test.describe()
-                        );
-                        (train, test, note)
-                    }
-                    Err(e) => {
-                        // No held-out split: keep a fixed 10% of the training images out.
-                        eprintln!("note: no usable test split ({e})");
-                        let keep = train.len() - (train.len() / 10).max(1);
-                        let (a, b) = Subset::split(train, keep, config.seed ^ 0x5eed);
-                        let note = format!(
-                            "no test split found: {} for pretraining, {} held out for kNN",
-                            a.describe(),
-                            b.describe()
-                        );
-                        (Arc::new(a), Arc::new(b), note)
-                    }
-                }
-            }
-        };
-    if train.channels() != config.in_chans {
-        return Err(TrainError::Config(format!(
-            "the data has {} channel(s) but the model expects in_chans = {}",
-            train.channels(),
-            config.in_chans
-        )));
-    }
-    let aug = Arc::new(config.augment(kind));
-    let micro = config.batch_size / config.grad_accum;
-    let mut train_cfg = LoaderConfig::train(micro, config.seed);
-    train_cfg.workers = config.workers;
-    train_cfg.strict = config.strict;
-    let mut eval_cfg = LoaderConfig::eval(256);
-    eval_cfg.workers = config.workers;
-    let memory_set: Arc<dyn ImageDataset> = if train.len() > config.knn_memory {
-        Arc::new(Subset::split(train.clone(), config.knn_memory, 7).0)
-    } else {
-        train.clone()
-    };
-    let eval_set: Arc<dyn ImageDataset> = if eval.len() > config.knn_eval {
-        Arc::new(Subset::split(eval, config.knn_eval, 11).0)
-    } else {
-        eval
-    };
-    Ok(RunData {
-        train: Loader::new(train, Views::Two(aug.clone()), train_cfg)?,
-        memory: Loader::new(memory_set, Views::Eval(aug.clone()), eval_cfg.clone())?,
-        eval: Loader::new(eval_set, Views::Eval(aug), eval_cfg)?,
-        note,
-    })
 }
 
 /// Pretrains as `config` says, writing `config.json`, `metrics.jsonl` and checkpoints to
@@ -321,35 +235,6 @@ impl Metrics {
     }
 }
 
-/// Scales every gradient so that their global L2 norm is at most `max_norm`.
-fn clip_global<B: AutodiffBackend, M: AutodiffModule<B>>(
-    model: &M,
-    grads: GradientsParams,
-    norm: f64,
-    max_norm: f64,
-) -> GradientsParams {
-    if norm <= max_norm || norm == 0.0 {
-        return grads;
-    }
-    struct Scale<'a> {
-        grads: &'a mut GradientsParams,
-        factor: f64,
-    }
-    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Scale<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
-            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                self.grads.register(param.id, g.mul_scalar(self.factor));
-            }
-        }
-    }
-    let mut grads = grads;
-    model.visit(&mut Scale {
-        grads: &mut grads,
-        factor: max_norm / norm,
-    });
-    grads
-}
-
 fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
     mut model: M,
     mut optim: O,
@@ -505,23 +390,17 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                     temperature: config.temperature,
                     momentum: m,
                 };
-                let out;
-                (model, out) = model.forward_loss(x1, x2, &params);
-                loss_sum += out.loss.clone().into_scalar().elem::<f64>();
-                let loss = if accum > 1 {
-                    out.loss.div_scalar(accum as f64)
-                } else {
-                    out.loss
-                };
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let (value, grads);
+                (model, value, grads) =
+                    forward_backward(model, x1, x2, &params, 1.0 / accum as f64);
+                loss_sum += value;
                 accumulator.accumulate(&model, grads);
             }
             let grads = accumulator.grads();
             let loss = loss_sum / accum as f64;
             let epoch_f = pos.epoch as f64 + pos.batch as f64 / micro_per_epoch as f64;
             let lr = schedule::learning_rate(epoch_f, lr_peak, warmup, epochs);
-            let norms = gradient_norms::<B, M>(&model, &grads);
-            let global = norms.iter().map(|(_, n)| n * n).sum::<f64>().sqrt();
+            let (norms, global) = measure_gradients(&model, &grads);
             let step = pos.step + 1;
             if !loss.is_finite() || !global.is_finite() {
                 let layer = norms
@@ -542,11 +421,7 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                     checkpoint: run_state::list_checkpoints(run_dir).pop(),
                 });
             }
-            let grads = match config.clip_grad {
-                Some(max) => clip_global::<B, M>(&model, grads, global, max),
-                None => grads,
-            };
-            model = optim.step(lr, model, grads);
+            model = apply_step(model, &mut optim, grads, global, lr, config.clip_grad);
             pos.step = step;
             summary.losses.push(loss);
             window_images += images;

@@ -1,0 +1,412 @@
+//! Evaluation of pretrained backbones with the paper's protocols — weighted kNN
+//! ([`evaluate_knn`]), linear probing ([`probe`]), end-to-end fine-tuning ([`finetune`]) — and
+//! feature export ([`features`]), from any checkpoint a user has: a `moco pretrain` run
+//! directory or checkpoint folder, a `moco import` file, an official `.pth.tar` or an exported
+//! `.safetensors`.
+
+pub mod features;
+pub mod finetune;
+pub mod probe;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use moco_data::{AugmentConfig, DatasetKind, Loader, LoaderConfig, SharedDataset, Subset, Views};
+use moco_models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
+use moco_models::{
+    is_backbone_checkpoint, load_backbone_checkpoint, load_checkpoint, Backbone, BackboneConfig,
+    MlpHead, MoCo, MocoConfig,
+};
+
+use crate::config::{augment_for, PretrainConfig};
+use crate::data::open_splits;
+use crate::knn::{extract_features_with, knn_classify, KnnConfig, KnnResult};
+use crate::method::{Method, Siamese, SimClr};
+use crate::run_state::list_checkpoints;
+use crate::TrainError;
+
+/// A pretrained network loaded for evaluation.
+#[derive(Debug)]
+pub struct Pretrained<B: Backend> {
+    /// The backbone (the base / online encoder's).
+    pub backbone: Backbone<B>,
+    /// Its architecture.
+    pub backbone_config: BackboneConfig,
+    /// The projector, when the file holds one.
+    pub projector: Option<MlpHead<B>>,
+    /// The predictor, when the file holds one (MoCo v3, BYOL).
+    pub predictor: Option<MlpHead<B>>,
+    /// The pretraining configuration, when loaded from a run.
+    pub pretrain: Option<PretrainConfig>,
+    /// What was loaded, for messages.
+    pub source: String,
+    /// The whole MoCo model (both encoders and the predictor), when the file holds one.
+    pub moco: Option<(MoCo<B>, MocoConfig)>,
+}
+
+impl<B: Backend> Pretrained<B> {
+    fn from_moco(model: MoCo<B>, config: MocoConfig, source: String) -> Self {
+        Pretrained {
+            backbone: model.base_encoder.backbone.clone(),
+            backbone_config: config.backbone.clone(),
+            projector: Some(model.base_encoder.projector.clone()),
+            predictor: Some(model.predictor.clone()),
+            pretrain: None,
+            source,
+            moco: Some((model, config)),
+        }
+    }
+
+    fn from_backbone(backbone: Backbone<B>, config: BackboneConfig, source: String) -> Self {
+        Pretrained {
+            backbone,
+            backbone_config: config,
+            projector: None,
+            predictor: None,
+            pretrain: None,
+            source,
+            moco: None,
+        }
+    }
+
+    /// The same architecture at a fresh random initialisation (seeded), without heads: the
+    /// baseline every pretrained number is compared with.
+    pub fn random_init(self, seed: u64, device: &B::Device) -> Self {
+        B::seed(device, seed);
+        Pretrained {
+            backbone: self.backbone_config.init(device),
+            projector: None,
+            predictor: None,
+            moco: None,
+            source: format!("{} at random initialisation (seed {seed})", self.source),
+            ..self
+        }
+    }
+}
+
+fn is_mpk(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("mpk"))
+}
+
+/// Loads a pretrained network from
+/// - a run directory of `moco pretrain` (its newest checkpoint) or one of its checkpoint
+///   folders (`RUN/checkpoints/step-N`, or the `model.mpk` inside),
+/// - a `.mpk` checkpoint written by `moco import`,
+/// - an official MoCo v3 / linear-probe / DeiT-style `.pth.tar` or a `.safetensors` export.
+///
+/// `heads` is the ViT's attention-head count where the width has no preset.
+pub fn load_pretrained<B: Backend>(
+    path: &Path,
+    heads: Option<usize>,
+    device: &B::Device,
+) -> Result<Pretrained<B>, TrainError> {
+    if path.is_dir() {
+        if path.join("model.mpk").is_file() {
+            return load_run_checkpoint(path, device);
+        }
+        let newest = list_checkpoints(path).pop().ok_or_else(|| {
+            TrainError::Config(format!(
+                "{}: neither a run directory with checkpoints (checkpoints/step-*) nor a checkpoint folder (model.mpk)",
+                path.display()
+            ))
+        })?;
+        return load_run_checkpoint(&newest, device);
+    }
+    if !path.exists() {
+        return Err(TrainError::Io(format!("{}: no such file", path.display())));
+    }
+    if is_mpk(path) {
+        let parent = path.parent().unwrap_or(Path::new("."));
+        if parent.join("state.json").is_file() {
+            return load_run_checkpoint(parent, device);
+        }
+        if is_backbone_checkpoint(path) {
+            let (backbone, config) = load_backbone_checkpoint::<B>(path, device)?;
+            return Ok(Pretrained::from_backbone(
+                backbone,
+                config,
+                path.display().to_string(),
+            ));
+        }
+        let (model, config) = load_checkpoint::<B>(path, device)?;
+        return Ok(Pretrained::from_moco(
+            model,
+            config,
+            path.display().to_string(),
+        ));
+    }
+    let options = ImportOptions {
+        heads,
+        freeze_patch_embed: None,
+    };
+    let source = path.display().to_string();
+    match inspect(path, &options)?.layout {
+        Layout::Moco => {
+            let (model, config) = load_moco::<B>(path, &options, device)?;
+            Ok(Pretrained::from_moco(model, config, source))
+        }
+        Layout::Backbone => {
+            let (backbone, config) = load_backbone::<B>(path, &options, device)?;
+            Ok(Pretrained::from_backbone(backbone, config, source))
+        }
+    }
+}
+
+/// Loads the checkpoint folder `dir` (`RUN/checkpoints/step-N`) with the run's configuration.
+fn load_run_checkpoint<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<Pretrained<B>, TrainError> {
+    let run_dir = dir.parent().and_then(Path::parent).ok_or_else(|| {
+        TrainError::Config(format!("{}: not inside a run directory", dir.display()))
+    })?;
+    let config_path = run_dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| TrainError::Io(format!("{}: {e}", config_path.display())))?;
+    let config: PretrainConfig = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", config_path.display())))?;
+    let model_config = config.model_config()?;
+    let model_path = dir.join("model.mpk");
+    let bytes = std::fs::read(&model_path)
+        .map_err(|e| TrainError::Io(format!("{}: {e}", model_path.display())))?;
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let bad = |e: burn::record::RecorderError| {
+        TrainError::Io(format!(
+            "{}: not a checkpoint of the model in {}: {e}",
+            model_path.display(),
+            config_path.display()
+        ))
+    };
+    let source = dir.display().to_string();
+    // A record of another architecture makes Burn panic while loading: report it instead.
+    let load = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || -> Result<Pretrained<B>, TrainError> {
+            Ok(match config.method {
+                Method::SimClr => {
+                    let record =
+                        Recorder::<B>::load(&recorder, bytes.clone(), device).map_err(bad)?;
+                    let model = Method::simclr::<B>(&model_config, device).load_record(record);
+                    let SimClr { encoder } = model;
+                    let mut p = Pretrained::from_backbone(
+                        encoder.backbone,
+                        model_config.backbone.clone(),
+                        source.clone(),
+                    );
+                    p.projector = Some(encoder.projector);
+                    p
+                }
+                method => {
+                    let record =
+                        Recorder::<B>::load(&recorder, bytes.clone(), device).map_err(bad)?;
+                    let model: Siamese<B> = method
+                        .siamese::<B>(&model_config, device)
+                        .load_record(record);
+                    Pretrained::from_moco(model.model, model_config.clone(), source.clone())
+                }
+            })
+        },
+    ));
+    let mut loaded = match load {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(TrainError::Io(format!(
+                "{}: not a checkpoint of the model in {} ({})",
+                model_path.display(),
+                config_path.display(),
+                model_config.backbone.describe()
+            )))
+        }
+    };
+    loaded.pretrain = Some(config);
+    Ok(loaded)
+}
+
+/// Where the labelled data comes from.
+#[derive(Clone, Debug, Default)]
+pub struct DataSpec {
+    /// A dataset path (`None`: the default Fashion-MNIST: the full set when installed, else the
+    /// bundled split).
+    pub data: Option<PathBuf>,
+    /// The format, when detection should not decide.
+    pub dataset: Option<DatasetKind>,
+    /// Loader threads.
+    pub workers: usize,
+    /// Seed of the held-out split (data without a test split) and of shuffling.
+    pub seed: u64,
+}
+
+/// Labelled training and test sets with the transform that matches a backbone.
+pub struct EvalData {
+    /// The labelled training split (kNN memory, classifier training).
+    pub train: SharedDataset,
+    /// The test split.
+    pub test: SharedDataset,
+    /// Normalisation, evaluation view and supervised view.
+    pub aug: Arc<AugmentConfig>,
+    /// Loader threads.
+    pub workers: usize,
+    /// Seed for shuffling.
+    pub seed: u64,
+    /// What is used, in words.
+    pub note: String,
+}
+
+impl EvalData {
+    /// A loader of evaluation views of `set`.
+    pub fn eval_loader(&self, set: &SharedDataset, batch: usize) -> Result<Loader, TrainError> {
+        let mut cfg = LoaderConfig::eval(batch);
+        cfg.workers = self.workers;
+        Ok(Loader::new(
+            set.clone(),
+            Views::Eval(self.aug.clone()),
+            cfg,
+        )?)
+    }
+
+    /// A shuffled loader of augmented training views (crop + flip).
+    pub fn train_loader(&self, batch: usize) -> Result<Loader, TrainError> {
+        let mut cfg = LoaderConfig::train(batch, self.seed);
+        cfg.drop_last = false;
+        cfg.workers = self.workers;
+        Ok(Loader::new(
+            self.train.clone(),
+            Views::Supervised(self.aug.clone()),
+            cfg,
+        )?)
+    }
+
+    /// Number of classes of the labelled data.
+    pub fn num_classes(&self) -> usize {
+        self.train.classes().len().max(self.test.classes().len())
+    }
+}
+
+fn channels_of(config: &BackboneConfig) -> usize {
+    match config {
+        BackboneConfig::Vit(v) => v.in_chans,
+        BackboneConfig::ResNet(r) => r.in_chans,
+    }
+}
+
+/// Opens the labelled data for a backbone: the image size is the ViT's, or for a ResNet the
+/// pretraining run's on the same data, else the dataset's own (28, 32, or 224 for folders).
+pub fn open_eval_data(
+    spec: &DataSpec,
+    backbone: &BackboneConfig,
+    pretrain: Option<&PretrainConfig>,
+) -> Result<EvalData, TrainError> {
+    let (train, test, kind, note) = open_splits(spec.data.as_deref(), spec.dataset, spec.seed)?;
+    let native = match kind {
+        None | Some(DatasetKind::FashionMnist | DatasetKind::Mnist) => 28,
+        Some(DatasetKind::Cifar10 | DatasetKind::Cifar100) => 32,
+        Some(DatasetKind::Folder) => 224,
+    };
+    let same_data =
+        pretrain.is_some_and(|p| p.data.as_deref().map(Path::new) == spec.data.as_deref());
+    let img_size = match backbone {
+        BackboneConfig::Vit(v) => v.img_size,
+        BackboneConfig::ResNet(_) => match pretrain {
+            Some(p) if same_data => p.img_size,
+            _ => native,
+        },
+    };
+    let expected = channels_of(backbone);
+    if train.channels() != expected {
+        return Err(TrainError::Config(format!(
+            "{} has {} channel(s) but the backbone expects {expected}",
+            train.describe(),
+            train.channels()
+        )));
+    }
+    Ok(EvalData {
+        train,
+        test,
+        // ImageNet's linear-probe crop keeps 8–100 % of the area; small images keep 20–100 %
+        // (the 28/32 px pretraining presets' range), or the crop is mostly noise.
+        aug: Arc::new(augment_for(
+            kind,
+            img_size,
+            if kind == Some(DatasetKind::Folder) {
+                0.08
+            } else {
+                0.2
+            },
+        )),
+        workers: spec.workers,
+        seed: spec.seed,
+        note,
+    })
+}
+
+/// At most `limit` samples of `set` (a fixed random subset), or all of it.
+pub fn limit(set: &SharedDataset, limit: Option<usize>, seed: u64) -> SharedDataset {
+    match limit {
+        Some(n) if n < set.len() => Arc::new(Subset::split(set.clone(), n, seed).0),
+        _ => set.clone(),
+    }
+}
+
+/// Weighted kNN of `backbone`'s features: the training split is the memory, the test split
+/// the queries; both optionally limited to a fixed random subset. The backbone runs as given
+/// (pass a module of a backend without autodiff for eval mode).
+pub fn evaluate_knn<B: Backend>(
+    backbone: &Backbone<B>,
+    data: &EvalData,
+    knn: &KnnConfig,
+    memory_limit: Option<usize>,
+    query_limit: Option<usize>,
+    device: &B::Device,
+) -> Result<KnnResult, TrainError> {
+    let memory = data.eval_loader(&limit(&data.train, memory_limit, 7), 256)?;
+    let queries = data.eval_loader(&limit(&data.test, query_limit, 11), 256)?;
+    let f = |x| backbone.forward(x);
+    let (mem, mem_labels) = extract_features_with(&f, &memory, device)?;
+    let (q, q_labels) = extract_features_with(&f, &queries, device)?;
+    Ok(knn_classify(
+        mem,
+        &mem_labels,
+        q,
+        &q_labels,
+        data.num_classes(),
+        knn,
+    ))
+}
+
+/// The raw-pixel baseline: weighted kNN on the cosine similarity of the evaluation views'
+/// pixels in [0, 1] (no normalisation by the dataset mean).
+pub fn raw_pixel_knn<B: Backend>(
+    data: &EvalData,
+    knn: &KnnConfig,
+    memory_limit: Option<usize>,
+    query_limit: Option<usize>,
+    device: &B::Device,
+) -> Result<KnnResult, TrainError> {
+    let mut aug = (*data.aug).clone();
+    aug.mean = vec![0.0; aug.mean.len()];
+    aug.std = vec![1.0; aug.std.len()];
+    let raw = EvalData {
+        train: data.train.clone(),
+        test: data.test.clone(),
+        aug: Arc::new(aug),
+        workers: data.workers,
+        seed: data.seed,
+        note: data.note.clone(),
+    };
+    let memory = raw.eval_loader(&limit(&raw.train, memory_limit, 7), 256)?;
+    let queries = raw.eval_loader(&limit(&raw.test, query_limit, 11), 256)?;
+    let f = |x: Tensor<B, 4>| x.flatten(1, 3);
+    let (mem, mem_labels) = extract_features_with(&f, &memory, device)?;
+    let (q, q_labels) = extract_features_with(&f, &queries, device)?;
+    Ok(knn_classify(
+        mem,
+        &mem_labels,
+        q,
+        &q_labels,
+        raw.num_classes(),
+        knn,
+    ))
+}

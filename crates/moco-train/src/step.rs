@@ -1,0 +1,88 @@
+//! One training step, shared by the pretraining loop and `moco bench`: the gradient part
+//! (forward of both views, loss, backward), the gradient monitor, and the update (clipping,
+//! optimizer).
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::method::{Pretrain, StepParams};
+use crate::monitor::gradient_norms;
+
+/// Scales every gradient so that their global L2 norm is at most `max_norm`.
+fn clip_global<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: GradientsParams,
+    norm: f64,
+    max_norm: f64,
+) -> GradientsParams {
+    if norm <= max_norm || norm == 0.0 {
+        return grads;
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut grads = grads;
+    model.visit(&mut Scale {
+        grads: &mut grads,
+        factor: max_norm / norm,
+    });
+    grads
+}
+
+/// The gradient part of a training step: both views forward, the method's loss (and its
+/// target-network update), backward. `scale` multiplies the loss before backward (1 / micro-
+/// batches under accumulation). Returns the model, the unscaled loss and the gradients.
+pub fn forward_backward<B: AutodiffBackend, M: Pretrain<B>>(
+    model: M,
+    x1: Tensor<B, 4>,
+    x2: Tensor<B, 4>,
+    params: &StepParams,
+    scale: f64,
+) -> (M, f64, GradientsParams) {
+    let (model, out) = model.forward_loss(x1, x2, params);
+    let value = out.loss.clone().into_scalar().elem::<f64>();
+    let loss = if scale != 1.0 {
+        out.loss.mul_scalar(scale)
+    } else {
+        out.loss
+    };
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    (model, value, grads)
+}
+
+/// Gradient norm per layer group (first layer first) and the global norm.
+pub fn measure_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> (Vec<(String, f64)>, f64) {
+    let norms = gradient_norms::<B, M>(model, grads);
+    let global = norms.iter().map(|(_, n)| n * n).sum::<f64>().sqrt();
+    (norms, global)
+}
+
+/// The update part of a training step: optional clipping to a global norm, then the
+/// optimizer step at `lr`.
+pub fn apply_step<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+    model: M,
+    optim: &mut O,
+    grads: GradientsParams,
+    global_norm: f64,
+    lr: f64,
+    clip: Option<f64>,
+) -> M {
+    let grads = match clip {
+        Some(max) => clip_global::<B, M>(&model, grads, global_norm, max),
+        None => grads,
+    };
+    optim.step(lr, model, grads)
+}

@@ -54,6 +54,10 @@ pub struct DataArgs {
     /// Seed (classifier initialisation, order, augmentations, held-out split).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Smallest area fraction of the training crop (probe, fine-tuning); default 0.08 for
+    /// image folders, 0.2 for 28/32 px datasets.
+    #[arg(long)]
+    pub crop_min: Option<f64>,
 }
 
 impl DataArgs {
@@ -67,6 +71,7 @@ impl DataArgs {
                 .transpose()?,
             workers: self.workers,
             seed: self.seed,
+            crop_min: self.crop_min,
         })
     }
 }
@@ -428,7 +433,7 @@ impl BackendJob for FeaturesJob {
         write_outputs(&a.out, &outputs, meta).map_err(|e| e.to_string())?;
         let listing: Vec<String> = outputs
             .iter()
-            .map(|(n, d)| format!("{n} {:?}", d.shape))
+            .map(|(n, d)| format!("{n} {:?}", d.shape.to_vec()))
             .collect();
         println!("wrote {} to {}", listing.join(", "), a.out.display());
         Ok(())

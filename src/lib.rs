@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bench_step;
 pub mod device;
 pub mod eval_cli;
 pub mod parity;

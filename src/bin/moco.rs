@@ -37,11 +37,9 @@ enum Command {
     Finetune(moco::eval_cli::FinetuneArgs),
     /// Write backbone features (and head outputs) of a dataset or of your tensors.
     Features(moco::eval_cli::FeaturesArgs),
-    /// Benchmarks.
-    Bench {
-        #[command(subcommand)]
-        what: BenchWhat,
-    },
+    /// Benchmark full training steps on synthetic data (`moco bench --arch vit_tiny …`), or
+    /// the data pipeline (`moco bench data`).
+    Bench(BenchCmd),
     /// Draw PNG plots of a run (loss, lr and momentum, kNN curve, gradient norms per layer).
     Plot {
         /// The run directory (holding metrics.jsonl).
@@ -102,8 +100,19 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchCmd {
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
+    #[command(flatten)]
+    step: moco::bench_step::StepBenchArgs,
+}
+
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Full training steps (the default of `moco bench`).
+    Step(moco::bench_step::StepBenchArgs),
     /// Throughput of the two-view augmentation pipeline (per thread, and with the loader).
     Data {
         /// Folder of the JPEG test set (written on first use).
@@ -139,21 +148,22 @@ fn main() -> ExitCode {
         Command::Pretrain(args) => {
             moco::pretrain_cli::run_pretrain(&args, "fmnist-vit").map(|_| ())
         }
-        Command::Bench {
-            what:
-                BenchWhat::Data {
-                    jpeg_dir,
-                    images,
-                    threads,
-                },
-        } => {
-            let dir = jpeg_dir.unwrap_or_else(moco::bench::default_jpeg_dir);
-            moco::bench::bench_data(&dir, images, threads).map(|results| {
-                for r in results {
-                    println!("{}", serde_json::to_string(&r).expect("serialises"));
-                }
-            })
-        }
+        Command::Bench(BenchCmd { what, step }) => match what {
+            Some(BenchWhat::Data {
+                jpeg_dir,
+                images,
+                threads,
+            }) => {
+                let dir = jpeg_dir.unwrap_or_else(moco::bench::default_jpeg_dir);
+                moco::bench::bench_data(&dir, images, threads).map(|results| {
+                    for r in results {
+                        println!("{}", serde_json::to_string(&r).expect("serialises"));
+                    }
+                })
+            }
+            Some(BenchWhat::Step(args)) => print_step_bench(&args),
+            None => print_step_bench(&step),
+        },
         Command::Knn(args) => moco::eval_cli::run_knn(args),
         Command::Probe(args) => moco::eval_cli::run_probe(args),
         Command::Finetune(args) => moco::eval_cli::run_finetune(args),
@@ -198,6 +208,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_step_bench(args: &moco::bench_step::StepBenchArgs) -> CmdResult {
+    let r = moco::bench_step::run_step_bench(args)?;
+    println!("{}", serde_json::to_string(&r).expect("serialises"));
+    Ok(())
 }
 
 fn run_on<J: BackendJob<Output = CmdResult>>(device: &DeviceSpec, job: J) -> CmdResult {

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Runs `moco bench` and the PyTorch baseline alternately and prints the speed ratio.
+
+Each configuration runs `--pairs` times as (moco, pytorch) pairs, so that both see the same
+machine state; the ratio is the median over pairs of moco's images/s over PyTorch's. Peak
+memory is each run's peak resident set size. Prints a Markdown table row per configuration
+and the raw JSON lines to `--out`.
+
+    python benches/compare.py --moco target/release/moco --python /path/to/venv/bin/python
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIGS = {
+    # ViT-Tiny, 32 px, patch 4, 3 channels, batch 64, AdamW.
+    "vit_tiny": [
+        "--arch", "vit_tiny", "--img-size", "32", "--patch-size", "4", "--in-chans", "3",
+        "--mlp-dim", "1024", "--out-dim", "256", "--batch", "64", "--optimizer", "adamw",
+    ],
+    # ResNet-50 (ImageNet stem), 32 px, batch 32, LARS.
+    "resnet50": [
+        "--arch", "resnet50", "--img-size", "32", "--in-chans", "3",
+        "--mlp-dim", "1024", "--out-dim", "256", "--batch", "32", "--optimizer", "lars",
+    ],
+}
+
+
+def run(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    here = Path(__file__).resolve().parent
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--moco", default=str(here.parent / "target/release/moco"))
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--configs", default="vit_tiny,resnet50")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="append every JSON result to this file")
+    args = ap.parse_args()
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    print("| config | moco img/s | PyTorch img/s | ratio (median of pairs) | moco peak MB | PyTorch peak MB |")
+    print("|---|---|---|---|---|---|")
+    for name in args.configs.split(","):
+        flags = CONFIGS[name]
+        ours, theirs = [], []
+        for _ in range(args.pairs):
+            ours.append(run([args.moco, "bench", *flags, *common]))
+            theirs.append(run([args.python, str(here / "pytorch_baseline.py"), *flags, *common]))
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(ours[-1]) + "\n" + json.dumps(theirs[-1]) + "\n")
+        ratio = statistics.median(a["images_per_sec"] / b["images_per_sec"] for a, b in zip(ours, theirs))
+        med = lambda rs, k: statistics.median(r[k] for r in rs)
+        print(f"| {name} | {med(ours, 'images_per_sec'):.2f} | {med(theirs, 'images_per_sec'):.2f} | "
+              f"{ratio:.2f}× | {med(ours, 'peak_rss_mb'):.0f} | {med(theirs, 'peak_rss_mb'):.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+//! `moco bench`: full training steps on synthetic data, through the same step functions as
+//! the pretraining loop (both views through the base encoder and predictor, the momentum
+//! update, both views through the momentum encoder, the symmetric loss, backward, the
+//! gradient monitor, the optimizer step), printed as one JSON line.
+
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Distribution;
+use clap::Args;
+use moco_train::{
+    apply_step, forward_backward, measure_gradients, Method, OptimConfig, Pretrain, PretrainConfig,
+    StepParams,
+};
+use serde::Serialize;
+
+use crate::device::{dispatch, BackendJob, DeviceSpec};
+
+/// Flags of `moco bench` (the step benchmark).
+#[derive(Args, Debug, Clone)]
+pub struct StepBenchArgs {
+    /// Start from this pretraining preset (its model, optimizer and heads).
+    #[arg(long, default_value = "fmnist-vit")]
+    pub preset: String,
+    /// Backbone (as in pretraining): vit_tiny, vit_small, resnet50, …; resets the preset's
+    /// width/depth/heads overrides and picks AdamW (ViT) or LARS (ResNet).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Input side.
+    #[arg(long)]
+    pub img_size: Option<usize>,
+    /// ViT patch size.
+    #[arg(long)]
+    pub patch_size: Option<usize>,
+    /// Input channels.
+    #[arg(long)]
+    pub in_chans: Option<usize>,
+    /// Projector / predictor hidden width.
+    #[arg(long)]
+    pub mlp_dim: Option<usize>,
+    /// Projector / predictor output width.
+    #[arg(long)]
+    pub out_dim: Option<usize>,
+    /// Images per step.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed steps first (allocation, autotune).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// mocov3, simclr or byol.
+    #[arg(long)]
+    pub method: Option<Method>,
+    /// adamw, lars or sgd.
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+/// What one benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepBench {
+    /// Cargo feature of the backend.
+    pub backend: String,
+    /// Device.
+    pub device: String,
+    /// Backbone.
+    pub arch: String,
+    /// Method.
+    pub method: String,
+    /// Optimizer.
+    pub optimizer: String,
+    /// Images per step.
+    pub batch: usize,
+    /// Input side.
+    pub img_size: usize,
+    /// Projector / predictor hidden width.
+    pub mlp_dim: usize,
+    /// Projector / predictor output width.
+    pub out_dim: usize,
+    /// CPU threads.
+    pub threads: usize,
+    /// Trainable parameters of the whole model.
+    pub params: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Seconds of the timed steps.
+    pub seconds: f64,
+    /// Images per second.
+    pub images_per_sec: f64,
+    /// Mean step time.
+    pub step_ms: f64,
+    /// Median step time.
+    pub step_ms_median: f64,
+    /// Fastest step.
+    pub step_ms_min: f64,
+    /// Peak resident memory of the process (MB).
+    pub peak_rss_mb: f64,
+    /// Loss of the first and the last step (sanity: finite, moving).
+    pub loss: [f64; 2],
+}
+
+/// Peak resident set size of this process in MB (Linux), 0 elsewhere.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The pretraining configuration the flags describe.
+pub fn bench_config(a: &StepBenchArgs) -> Result<PretrainConfig, String> {
+    let mut c = PretrainConfig::preset(&a.preset)?;
+    if let Some(arch) = &a.arch {
+        c.arch = arch.clone();
+        c.embed_dim = None;
+        c.depth = None;
+        c.num_heads = None;
+        c.width = None;
+        c.optimizer = if arch.starts_with("resnet") {
+            "lars"
+        } else {
+            "adamw"
+        }
+        .into();
+    }
+    if let Some(v) = a.img_size {
+        c.img_size = v;
+    }
+    if let Some(v) = a.patch_size {
+        c.patch_size = v;
+    }
+    if let Some(v) = a.in_chans {
+        c.in_chans = v;
+    }
+    if let Some(v) = a.mlp_dim {
+        c.mlp_dim = v;
+    }
+    if let Some(v) = a.out_dim {
+        c.out_dim = v;
+    }
+    if let Some(v) = a.batch {
+        c.batch_size = v;
+    }
+    if let Some(m) = a.method {
+        c.method = m;
+    }
+    if let Some(o) = &a.optimizer {
+        c.optimizer = o.clone();
+    }
+    c.grad_accum = 1;
+    c.model_config().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+fn optim_of(c: &PretrainConfig) -> Result<OptimConfig, String> {
+    match c.optimizer.to_ascii_lowercase().as_str() {
+        "sgd" => Ok(OptimConfig::sgd(0.9, c.weight_decay)),
+        _ => c.optim_config(),
+    }
+}
+
+struct StepJob {
+    config: PretrainConfig,
+    args: StepBenchArgs,
+}
+
+impl BackendJob for StepJob {
+    type Output = Result<StepBench, String>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let c = &self.config;
+        let model_config = c.model_config().map_err(|e| e.to_string())?;
+        let optim = optim_of(c)?;
+        B::seed(&device, c.seed);
+        match c.method {
+            Method::SimClr => measure::<Autodiff<B>, _>(
+                Method::simclr(&model_config, &device),
+                optim,
+                &self,
+                &device,
+            ),
+            m => {
+                measure::<Autodiff<B>, _>(m.siamese(&model_config, &device), optim, &self, &device)
+            }
+        }
+    }
+}
+
+fn measure<B: AutodiffBackend, M: Pretrain<B>>(
+    mut model: M,
+    optim: OptimConfig,
+    job: &StepJob,
+    device: &B::Device,
+) -> Result<StepBench, String> {
+    let c = &job.config;
+    let mut optim = optim.init::<B, M>();
+    let shape = [c.batch_size, c.in_chans, c.img_size, c.img_size];
+    let x1 = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let x2 = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let params = StepParams {
+        temperature: c.temperature,
+        momentum: c.momentum,
+    };
+    let lr = moco_train::schedule::scaled_lr(c.base_lr, c.batch_size);
+    let n_params = model.num_params();
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for i in 0..job.args.warmup + job.args.steps {
+        let start = Instant::now();
+        let (loss, grads);
+        (model, loss, grads) = forward_backward(model, x1.clone(), x2.clone(), &params, 1.0);
+        let (_, global) = measure_gradients(&model, &grads);
+        model = apply_step(model, &mut optim, grads, global, lr, c.clip_grad);
+        if !loss.is_finite() {
+            return Err(format!("step {}: non-finite loss {loss}", i + 1));
+        }
+        if i >= job.args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+            losses.push(loss);
+        }
+    }
+    // Wait for queued work (GPU backends run asynchronously).
+    let _ = B::sync(device);
+    let seconds: f64 = times.iter().sum();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let steps = times.len().max(1);
+    Ok(StepBench {
+        backend: job.args.device.feature().to_string(),
+        device: job.args.device.to_string(),
+        arch: c.arch.clone(),
+        method: c.method.to_string(),
+        optimizer: c.optimizer.clone(),
+        batch: c.batch_size,
+        img_size: c.img_size,
+        mlp_dim: c.mlp_dim,
+        out_dim: c.out_dim,
+        threads: job.args.threads.unwrap_or_else(rayon::current_num_threads),
+        params: n_params,
+        steps: times.len(),
+        seconds,
+        images_per_sec: (c.batch_size * times.len()) as f64 / seconds.max(1e-12),
+        step_ms: 1e3 * seconds / steps as f64,
+        step_ms_median: 1e3 * sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+        step_ms_min: 1e3 * sorted.first().copied().unwrap_or(0.0),
+        peak_rss_mb: peak_rss_mb(),
+        loss: [
+            losses.first().copied().unwrap_or(f64::NAN),
+            losses.last().copied().unwrap_or(f64::NAN),
+        ],
+    })
+}
+
+/// Runs `moco bench` with `args`.
+pub fn run_step_bench(args: &StepBenchArgs) -> Result<StepBench, String> {
+    if args.steps == 0 {
+        return Err("--steps must be positive".into());
+    }
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| format!("--threads: {e}"))?;
+    }
+    let config = bench_config(args)?;
+    dispatch(
+        &args.device,
+        StepJob {
+            config,
+            args: args.clone(),
+        },
+    )
+    .map_err(|e| e.to_string())?
+}

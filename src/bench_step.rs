@@ -58,6 +58,9 @@ pub struct StepBenchArgs {
     /// adamw, lars or sgd.
     #[arg(long)]
     pub optimizer: Option<String>,
+    /// Backbone precision: f32, bf16 or f16 (parameters, optimizer, heads and loss in f32).
+    #[arg(long)]
+    pub precision: Option<moco_models::Precision>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -79,6 +82,8 @@ pub struct StepBench {
     pub method: String,
     /// Optimizer.
     pub optimizer: String,
+    /// Backbone precision.
+    pub precision: String,
     /// Images per step.
     pub batch: usize,
     /// Input side.
@@ -162,6 +167,9 @@ pub fn bench_config(a: &StepBenchArgs) -> Result<PretrainConfig, String> {
     if let Some(o) = &a.optimizer {
         c.optimizer = o.clone();
     }
+    if let Some(p) = a.precision {
+        c.precision = p;
+    }
     c.grad_accum = 1;
     c.model_config().map_err(|e| e.to_string())?;
     Ok(c)
@@ -185,6 +193,12 @@ impl BackendJob for StepJob {
         let c = &self.config;
         let model_config = c.model_config().map_err(|e| e.to_string())?;
         let optim = optim_of(c)?;
+        if !c.precision.supported_on::<B>(&device) {
+            return Err(format!(
+                "{} cannot compute in {}",
+                self.args.device, c.precision
+            ));
+        }
         B::seed(&device, c.seed);
         match c.method {
             Method::SimClr => measure::<Autodiff<B>, _>(
@@ -222,7 +236,8 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
     for i in 0..job.args.warmup + job.args.steps {
         let start = Instant::now();
         let (loss, grads);
-        (model, loss, grads) = forward_backward(model, x1.clone(), x2.clone(), &params, 1.0);
+        (model, loss, grads) =
+            forward_backward(model, x1.clone(), x2.clone(), &params, 1.0, c.precision);
         let (_, global) = measure_gradients(&model, &grads);
         model = apply_step(model, &mut optim, grads, global, lr, c.clip_grad);
         if !loss.is_finite() {
@@ -245,6 +260,7 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
         arch: c.arch.clone(),
         method: c.method.to_string(),
         optimizer: c.optimizer.clone(),
+        precision: c.precision.to_string(),
         batch: c.batch_size,
         img_size: c.img_size,
         mlp_dim: c.mlp_dim,

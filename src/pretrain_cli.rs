@@ -97,6 +97,9 @@ pub struct PretrainArgs {
     /// Stop at the first unreadable image.
     #[arg(long)]
     pub strict: bool,
+    /// Backbone precision: f32, bf16 or f16 (parameters, optimizer, heads and loss stay f32).
+    #[arg(long)]
+    pub precision: Option<moco_models::Precision>,
     /// Run directory (default: runs/PRESET-METHOD-TIME).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -131,7 +134,8 @@ impl PretrainArgs {
              patch_size => patch_size, batch_size => batch_size, grad_accum => grad_accum, epochs => epochs,
              warmup_epochs => warmup_epochs, lr => base_lr, optimizer => optimizer, weight_decay => weight_decay,
              temperature => temperature, momentum => momentum, crop_min => crop_min, seed => seed,
-             workers => workers, knn_every => knn_every, checkpoint_every => checkpoint_every);
+             workers => workers, knn_every => knn_every, checkpoint_every => checkpoint_every,
+             precision => precision);
         if self.arch.is_some() {
             // A named architecture brings its own width, depth and heads.
             (c.embed_dim, c.depth, c.num_heads) = (None, None, None);

@@ -34,6 +34,7 @@ pub mod import;
 pub mod keys;
 pub mod moco;
 pub mod norm;
+pub mod precision;
 pub mod resnet;
 pub mod state_dict;
 pub mod torch_save;
@@ -48,6 +49,7 @@ pub use heads::{MlpHead, MlpHeadConfig};
 pub use import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
 pub use moco::{Backbone, BackboneConfig, Encoder, MoCo, MocoConfig, QueryOutput, PRESETS};
 pub use norm::{BatchNorm, BatchNormConfig};
+pub use precision::{autocast, Precision};
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stem};
 pub use vit::{Vit, VitConfig};
 

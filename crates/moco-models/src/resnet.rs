@@ -10,6 +10,7 @@ use burn::tensor::module::max_pool2d;
 use serde::{Deserialize, Serialize};
 
 use crate::norm::{BatchNorm, BatchNormConfig};
+use crate::precision::{conv2d, in_f32, to_f32};
 use crate::ModelError;
 
 /// Residual block type.
@@ -185,7 +186,9 @@ pub struct ResNet<B: Backend> {
 impl<B: Backend> ResNet<B> {
     /// `[batch, C, H, W]` images to `[batch, features]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let mut x = relu(in_f32(conv2d(&self.conv1, x, false), |x| {
+            self.bn1.forward(x)
+        }));
         if self.maxpool {
             x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
         }
@@ -195,7 +198,7 @@ impl<B: Backend> ResNet<B> {
             }
         }
         let [b, c, h, w] = x.dims();
-        x.reshape([b, c, h * w]).mean_dim(2).reshape([b, c])
+        to_f32(x).reshape([b, c, h * w]).mean_dim(2).reshape([b, c])
     }
 }
 
@@ -272,13 +275,15 @@ impl<B: Backend> ResidualBlock<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(ds) => ds.bn.forward(ds.conv.forward(x.clone())),
+            Some(ds) => in_f32(conv2d(&ds.conv, x.clone(), false), |x| ds.bn.forward(x)),
             None => x.clone(),
         };
-        let mut out = relu(self.bn1.forward(self.conv1.forward(x)));
-        out = self.bn2.forward(self.conv2.forward(out));
+        let mut out = relu(in_f32(conv2d(&self.conv1, x, false), |x| {
+            self.bn1.forward(x)
+        }));
+        out = in_f32(conv2d(&self.conv2, out, false), |x| self.bn2.forward(x));
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            out = bn3.forward(conv3.forward(relu(out)));
+            out = in_f32(conv2d(conv3, relu(out), false), |x| bn3.forward(x));
         }
         relu(out + identity)
     }

@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, relu, softmax};
 
 use crate::norm::{BatchNorm, BatchNormConfig};
+use crate::precision::{conv2d, in_f32, linear, to_compute, to_f32};
 use crate::ModelError;
 
 /// MoCo v3's LayerNorm epsilon (timm's `partial(nn.LayerNorm, eps=1e-6)`).
@@ -245,14 +246,12 @@ pub struct Vit<B: Backend> {
 impl<B: Backend> Vit<B> {
     /// `[batch, C, H, W]` images to `[batch, D]` CLS features.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let tokens = self.forward_tokens(x);
-        let [b, _, d] = tokens.dims();
-        tokens.slice([0..b, 0..1, 0..d]).reshape([b, d])
+        self.forward_drop_path(x, 0.0)
     }
 
     /// All tokens after the final LayerNorm, `[batch, 1 + N, D]`.
     pub fn forward_tokens(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
-        self.forward_tokens_drop_path(x, 0.0)
+        to_f32(self.forward_tokens_drop_path(x, 0.0))
     }
 
     /// [`forward`](Self::forward) with stochastic depth for fine-tuning: block `i` of `L`
@@ -262,14 +261,14 @@ impl<B: Backend> Vit<B> {
     pub fn forward_drop_path(&self, x: Tensor<B, 4>, rate: f64) -> Tensor<B, 2> {
         let tokens = self.forward_tokens_drop_path(x, rate);
         let [b, _, d] = tokens.dims();
-        tokens.slice([0..b, 0..1, 0..d]).reshape([b, d])
+        to_f32(tokens.slice([0..b, 0..1, 0..d]).reshape([b, d]))
     }
 
     fn forward_tokens_drop_path(&self, x: Tensor<B, 4>, rate: f64) -> Tensor<B, 3> {
         let x = self.patch_embed.forward(x, self.freeze_patch_embed);
         let [b, n, d] = x.dims();
-        let cls = self.cls_token.val().repeat_dim(0, b);
-        let pos = self.pos_embed.val().detach();
+        let cls = to_compute(self.cls_token.val()).repeat_dim(0, b);
+        let pos = to_compute(self.pos_embed.val().detach());
         debug_assert_eq!(pos.dims(), [1, n + 1, d]);
         let mut x = Tensor::cat(vec![cls, x], 1).add(pos);
         let training = rate > 0.0 && B::ad_enabled(&x.device());
@@ -282,7 +281,7 @@ impl<B: Backend> Vit<B> {
             };
             x = block.forward(x, self.num_heads, p);
         }
-        self.norm.forward(x)
+        in_f32(x, |x| self.norm.forward(x))
     }
 
     /// Whether the patch projection is frozen.
@@ -326,16 +325,10 @@ impl<B: Backend> Patchify<B> {
     }
 }
 
-/// Runs a convolution; with `frozen` its weights are detached so no gradient reaches them,
-/// whatever optimizer or loading path produced the module.
+/// Runs a convolution (in the compute precision); with `frozen` its weights are detached so
+/// no gradient reaches them, whatever optimizer or loading path produced the module.
 fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
-    if !frozen {
-        return conv.forward(x);
-    }
-    let mut detached = conv.clone();
-    detached.weight = detached.weight.map(|w| w.detach());
-    detached.bias = detached.bias.map(|b| b.map(|b| b.detach()));
-    detached.forward(x)
+    conv2d(conv, x, frozen)
 }
 
 /// MoCo v3's ConvStem: four 3×3 stride-2 convolutions (no bias) with BN and ReLU, from D/8 to
@@ -370,7 +363,7 @@ impl<B: Backend> ConvStem<B> {
 
     fn forward(&self, mut x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
         for (conv, norm) in self.convs.iter().zip(&self.norms) {
-            x = relu(norm.forward(conv_forward(conv, x, frozen)));
+            x = relu(in_f32(conv_forward(conv, x, frozen), |x| norm.forward(x)));
         }
         conv_forward(&self.convs[self.convs.len() - 1], x, frozen)
     }
@@ -417,12 +410,10 @@ impl<B: Backend> Block<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>, num_heads: usize, drop_path: f64) -> Tensor<B, 3> {
-        let x = x.clone()
-            + drop_path_branch(
-                self.attn.forward(self.norm1.forward(x), num_heads),
-                drop_path,
-            );
-        x.clone() + drop_path_branch(self.mlp.forward(self.norm2.forward(x)), drop_path)
+        let h = in_f32(x.clone(), |x| self.norm1.forward(x));
+        let x = x + drop_path_branch(self.attn.forward(h, num_heads), drop_path);
+        let h = in_f32(x.clone(), |x| self.norm2.forward(x));
+        x + drop_path_branch(self.mlp.forward(h), drop_path)
     }
 }
 
@@ -438,7 +429,7 @@ fn drop_path_branch<B: Backend>(branch: Tensor<B, 3>, p: f64) -> Tensor<B, 3> {
         burn::tensor::Distribution::Bernoulli(keep),
         &branch.device(),
     );
-    branch.mul(mask.div_scalar(keep))
+    branch.mul(to_compute(mask.div_scalar(keep)))
 }
 
 /// Xavier-uniform weight, zero bias: MoCo v3's initialisation of every non-qkv linear layer.
@@ -470,9 +461,7 @@ impl<B: Backend> Attention<B> {
     fn forward(&self, x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let hd = d / num_heads;
-        let qkv = self
-            .qkv
-            .forward(x)
+        let qkv = linear(&self.qkv, x)
             .reshape([b, n, 3, num_heads, hd])
             .permute([2, 0, 3, 1, 4]);
         let part = |i: usize| {
@@ -482,9 +471,11 @@ impl<B: Backend> Attention<B> {
         };
         let (q, k, v) = (part(0), part(1), part(2));
         let scale = (hd as f64).powf(-0.5);
-        let attn = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
+        let attn = in_f32(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), |s| {
+            softmax(s, 3)
+        });
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
-        self.proj.forward(out)
+        linear(&self.proj, out)
     }
 }
 
@@ -499,6 +490,6 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        linear(&self.fc2, gelu(linear(&self.fc1, x)))
     }
 }

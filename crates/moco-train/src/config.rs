@@ -3,6 +3,7 @@
 
 use burn::config::Config;
 use moco_data::{AugmentConfig, DatasetKind};
+use moco_models::Precision;
 use moco_models::{BackboneConfig, MocoConfig, ModelError};
 
 use crate::method::Method;
@@ -152,6 +153,10 @@ pub struct PretrainConfig {
     /// Print a progress line every this many steps.
     #[config(default = 10)]
     pub log_every: u64,
+    /// Precision of the backbone's forward and backward (f32, bf16, f16); parameters,
+    /// optimizer state, heads and loss stay f32.
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
 }
 
 impl PretrainConfig {

@@ -7,6 +7,8 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+use moco_models::{autocast, Precision};
+
 use crate::method::{Pretrain, StepParams};
 use crate::monitor::gradient_norms;
 
@@ -39,17 +41,19 @@ fn clip_global<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads
 }
 
-/// The gradient part of a training step: both views forward, the method's loss (and its
-/// target-network update), backward. `scale` multiplies the loss before backward (1 / micro-
-/// batches under accumulation). Returns the model, the unscaled loss and the gradients.
+/// The gradient part of a training step: both views forward (the backbones in `precision`),
+/// the method's loss (and its target-network update), backward. `scale` multiplies the loss
+/// before backward (1 / micro-batches under accumulation). Returns the model, the unscaled
+/// loss and the gradients (of the f32 parameters).
 pub fn forward_backward<B: AutodiffBackend, M: Pretrain<B>>(
     model: M,
     x1: Tensor<B, 4>,
     x2: Tensor<B, 4>,
     params: &StepParams,
     scale: f64,
+    precision: Precision,
 ) -> (M, f64, GradientsParams) {
-    let (model, out) = model.forward_loss(x1, x2, params);
+    let (model, out) = autocast(precision, || model.forward_loss(x1, x2, params));
     let value = out.loss.clone().into_scalar().elem::<f64>();
     let loss = if scale != 1.0 {
         out.loss.mul_scalar(scale)

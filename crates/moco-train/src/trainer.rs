@@ -86,6 +86,12 @@ pub fn pretrain<B: AutodiffBackend>(
         config
     };
     config.validate().map_err(TrainError::Config)?;
+    if !config.precision.supported_on::<B>(device) {
+        return Err(TrainError::Config(format!(
+            "this device cannot compute in {}: use --precision f32",
+            config.precision
+        )));
+    }
     std::fs::create_dir_all(run_dir)
         .map_err(|e| TrainError::Io(format!("{}: {e}", run_dir.display())))?;
     if !options.resume {
@@ -392,7 +398,7 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                 };
                 let (value, grads);
                 (model, value, grads) =
-                    forward_backward(model, x1, x2, &params, 1.0 / accum as f64);
+                    forward_backward(model, x1, x2, &params, 1.0 / accum as f64, config.precision);
                 loss_sum += value;
                 accumulator.accumulate(&model, grads);
             }

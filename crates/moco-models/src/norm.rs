@@ -66,6 +66,10 @@ impl BatchNormConfig {
 
 impl<B: Backend> BatchNorm<B> {
     /// Normalises `x` of shape `[batch, channels, ...]`.
+    ///
+    /// Written as `x · scale + shift` with per-channel `scale = γ / √(var + ε)` and
+    /// `shift = β − mean · scale`, and with the statistics reduced dimension by dimension: no
+    /// transpose of `x` and two broadcast operations over it instead of four.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
         let channels = dims[1];
@@ -78,10 +82,9 @@ impl<B: Backend> BatchNorm<B> {
                 .filter(|(i, _)| *i != 1)
                 .map(|(_, d)| d)
                 .product();
-            let flat = x.clone().swap_dims(0, 1).reshape([channels, count]);
-            let mean = flat.clone().mean_dim(1);
-            let centered = flat.sub(mean.clone());
-            let var = centered.square().mean_dim(1);
+            let mean = per_channel_sum(x.clone(), shape).div_scalar(count as f64);
+            let centered = x.clone().sub(expand(mean.clone(), dims[0]));
+            let var = per_channel_sum(centered.square(), shape).div_scalar(count as f64);
             let unbiased = count as f64 / (count.max(2) - 1) as f64;
             let m = self.momentum;
             let new_mean = self
@@ -97,21 +100,45 @@ impl<B: Backend> BatchNorm<B> {
             );
             self.running_mean.update(new_mean.detach());
             self.running_var.update(new_var.detach());
-            (mean.reshape(shape), var.reshape(shape))
+            (mean.reshape([channels]), var.reshape([channels]))
         } else {
             (
-                self.running_mean.value_sync().reshape(shape),
-                self.running_var.value_sync().reshape(shape),
+                self.running_mean.value_sync(),
+                self.running_var.value_sync(),
             )
         };
-        let x = x.sub(mean).div(var.add_scalar(self.epsilon).sqrt());
-        let x = match &self.gamma {
-            Some(g) => x.mul(g.val().reshape(shape)),
-            None => x,
+        let inv_std = var.add_scalar(self.epsilon).sqrt().recip();
+        let scale = match &self.gamma {
+            Some(g) => g.val().mul(inv_std),
+            None => inv_std,
         };
-        match &self.beta {
-            Some(b) => x.add(b.val().reshape(shape)),
-            None => x,
-        }
+        let shift = mean.mul(scale.clone()).neg();
+        let shift = match &self.beta {
+            Some(b) => shift.add(b.val()),
+            None => shift,
+        };
+        let n = dims[0];
+        x.mul(expand(scale.reshape(shape), n))
+            .add(expand(shift.reshape(shape), n))
     }
+}
+
+/// `[1, C, 1, …]` per-channel values repeated over the batch for inputs of rank > 2, so that
+/// the CPU backend applies them with its per-row broadcast kernel (a `[1, C, 1, 1]` operand
+/// takes its generic strided path, an order of magnitude slower).
+fn expand<B: Backend, const D: usize>(v: Tensor<B, D>, batch: usize) -> Tensor<B, D> {
+    if D > 2 && batch > 1 {
+        v.repeat_dim(0, batch)
+    } else {
+        v
+    }
+}
+
+/// Sum of `x` over every dimension but 1, shaped `shape` (`[1, C, 1, …]`).
+fn per_channel_sum<B: Backend, const D: usize>(x: Tensor<B, D>, shape: [usize; D]) -> Tensor<B, D> {
+    let dims = x.dims();
+    let rest: usize = dims[2..].iter().product();
+    // Over the batch first (contiguous slices add up), then over the spatial positions.
+    let over_batch: Tensor<B, 3> = x.sum_dim(0).reshape([1, dims[1], rest]);
+    over_batch.sum_dim(2).reshape(shape)
 }

@@ -454,7 +454,9 @@ fn autocast_half_precision_keeps_f32_parameters_and_gradients() {
             let dims = y.dims();
             let r = Tensor::<AD, 2>::from_data(
                 TensorData::new(
-                    (0..dims[0] * dims[1]).map(|i| ((i * 7919 % 13) as f32 - 6.0) / 6.0).collect::<Vec<_>>(),
+                    (0..dims[0] * dims[1])
+                        .map(|i| ((i * 7919 % 13) as f32 - 6.0) / 6.0)
+                        .collect::<Vec<_>>(),
                     dims,
                 ),
                 &device,

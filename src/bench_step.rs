@@ -167,8 +167,8 @@ pub fn bench_config(a: &StepBenchArgs) -> Result<PretrainConfig, String> {
     if let Some(o) = &a.optimizer {
         c.optimizer = o.clone();
     }
-    if let Some(p) = a.precision {
-        c.precision = p;
+    if a.precision.is_some() {
+        c.precision = a.precision;
     }
     c.grad_accum = 1;
     c.model_config().map_err(|e| e.to_string())?;
@@ -193,10 +193,11 @@ impl BackendJob for StepJob {
         let c = &self.config;
         let model_config = c.model_config().map_err(|e| e.to_string())?;
         let optim = optim_of(c)?;
-        if !c.precision.supported_on::<B>(&device) {
+        let precision = c.precision.unwrap_or_default();
+        if !precision.supported_on::<B>(&device) {
             return Err(format!(
-                "{} cannot compute in {}",
-                self.args.device, c.precision
+                "{} cannot compute in {precision}",
+                self.args.device
             ));
         }
         B::seed(&device, c.seed);
@@ -236,8 +237,14 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
     for i in 0..job.args.warmup + job.args.steps {
         let start = Instant::now();
         let (loss, grads);
-        (model, loss, grads) =
-            forward_backward(model, x1.clone(), x2.clone(), &params, 1.0, c.precision);
+        (model, loss, grads) = forward_backward(
+            model,
+            x1.clone(),
+            x2.clone(),
+            &params,
+            1.0,
+            c.precision.unwrap_or_default(),
+        );
         let (_, global) = measure_gradients(&model, &grads);
         model = apply_step(model, &mut optim, grads, global, lr, c.clip_grad);
         if !loss.is_finite() {
@@ -260,7 +267,7 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
         arch: c.arch.clone(),
         method: c.method.to_string(),
         optimizer: c.optimizer.clone(),
-        precision: c.precision.to_string(),
+        precision: c.precision.unwrap_or_default().to_string(),
         batch: c.batch_size,
         img_size: c.img_size,
         mlp_dim: c.mlp_dim,

@@ -131,11 +131,11 @@ impl PretrainArgs {
             )*};
         }
         set!(method => method, arch => arch, freeze_patch_embed => freeze_patch_embed, img_size => img_size,
-             patch_size => patch_size, batch_size => batch_size, grad_accum => grad_accum, epochs => epochs,
-             warmup_epochs => warmup_epochs, lr => base_lr, optimizer => optimizer, weight_decay => weight_decay,
-             temperature => temperature, momentum => momentum, crop_min => crop_min, seed => seed,
-             workers => workers, knn_every => knn_every, checkpoint_every => checkpoint_every,
-             precision => precision);
+                     patch_size => patch_size, batch_size => batch_size, grad_accum => grad_accum, epochs => epochs,
+                     warmup_epochs => warmup_epochs, lr => base_lr, optimizer => optimizer, weight_decay => weight_decay,
+                     temperature => temperature, momentum => momentum, crop_min => crop_min, seed => seed,
+                     workers => workers, knn_every => knn_every, checkpoint_every => checkpoint_every,
+        );
         if self.arch.is_some() {
             // A named architecture brings its own width, depth and heads.
             (c.embed_dim, c.depth, c.num_heads) = (None, None, None);
@@ -151,6 +151,9 @@ impl PretrainArgs {
         }
         if self.dataset.is_some() {
             c.dataset = self.dataset.clone();
+        }
+        if self.precision.is_some() {
+            c.precision = self.precision;
         }
         c.skip_nonfinite |= self.skip_nonfinite;
         c.strict |= self.strict;

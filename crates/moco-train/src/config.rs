@@ -153,10 +153,11 @@ pub struct PretrainConfig {
     /// Print a progress line every this many steps.
     #[config(default = 10)]
     pub log_every: u64,
-    /// Precision of the backbone's forward and backward (f32, bf16, f16); parameters,
-    /// optimizer state, heads and loss stay f32.
-    #[config(default = "Precision::F32")]
-    pub precision: Precision,
+    /// Precision of the backbone's forward and backward (f32 when absent, bf16, f16);
+    /// parameters, optimizer state, heads and loss stay f32. An `Option` so that configuration
+    /// files written before this field existed still load.
+    #[config(default = "None")]
+    pub precision: Option<Precision>,
 }
 
 impl PretrainConfig {
@@ -364,5 +365,21 @@ pub fn augment_for(kind: Option<DatasetKind>, img_size: usize, crop_min: f64) ->
             aug.eval_resize = img_size * 256 / 224;
             aug
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run directories written before a field existed keep loading (`--resume`, evaluation).
+    #[test]
+    fn configs_without_newer_fields_load() {
+        let config = PretrainConfig::preset("fmnist-vit").unwrap();
+        let mut value = serde_json::to_value(&config).unwrap();
+        value.as_object_mut().unwrap().remove("precision");
+        let loaded: PretrainConfig = serde_json::from_value(value).unwrap();
+        assert_eq!(loaded.precision, None);
+        assert_eq!(loaded, config);
     }
 }

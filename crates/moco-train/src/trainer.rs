@@ -86,10 +86,10 @@ pub fn pretrain<B: AutodiffBackend>(
         config
     };
     config.validate().map_err(TrainError::Config)?;
-    if !config.precision.supported_on::<B>(device) {
+    let precision = config.precision.unwrap_or_default();
+    if !precision.supported_on::<B>(device) {
         return Err(TrainError::Config(format!(
-            "this device cannot compute in {}: use --precision f32",
-            config.precision
+            "this device cannot compute in {precision}: use --precision f32"
         )));
     }
     std::fs::create_dir_all(run_dir)
@@ -397,8 +397,14 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                     momentum: m,
                 };
                 let (value, grads);
-                (model, value, grads) =
-                    forward_backward(model, x1, x2, &params, 1.0 / accum as f64, config.precision);
+                (model, value, grads) = forward_backward(
+                    model,
+                    x1,
+                    x2,
+                    &params,
+                    1.0 / accum as f64,
+                    config.precision.unwrap_or_default(),
+                );
                 loss_sum += value;
                 accumulator.accumulate(&model, grads);
             }

@@ -19,6 +19,7 @@ pub mod device;
 pub mod eval_cli;
 pub mod parity;
 pub mod pretrain_cli;
+pub mod study_cli;
 
 pub use moco_data as data;
 pub use moco_loss as loss;

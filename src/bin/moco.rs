@@ -29,6 +29,9 @@ struct Cli {
 enum Command {
     /// Pretrain a backbone (MoCo v3, SimCLR or BYOL) with the kNN and gradient monitors.
     Pretrain(moco::pretrain_cli::PretrainArgs),
+    /// The instability study: a grid of short runs (learning rate × learned/frozen patch
+    /// projection × batch × method × seed) with kNN curves, gradient spikes and a report.
+    Study(moco::study_cli::StudyArgs),
     /// Weighted kNN accuracy of a checkpoint's backbone features (train split as memory).
     Knn(moco::eval_cli::KnnArgs),
     /// Linear probing with MoCo v3's protocol (frozen backbone in eval mode, SGD, cosine).
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
         Command::Pretrain(args) => {
             moco::pretrain_cli::run_pretrain(&args, "fmnist-vit").map(|_| ())
         }
+        Command::Study(args) => moco::study_cli::run_study_cli(&args),
         Command::Bench(BenchCmd { what, step }) => match what {
             Some(BenchWhat::Data {
                 jpeg_dir,

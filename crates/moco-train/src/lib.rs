@@ -39,6 +39,8 @@ pub mod plot;
 pub mod run_state;
 pub mod schedule;
 pub mod step;
+pub mod study;
+pub mod study_report;
 pub mod trainer;
 
 pub use config::{PretrainConfig, TRAIN_PRESETS};
@@ -50,6 +52,7 @@ pub use method::{Method, Pretrain, Siamese, SimClr, StepOutput, StepParams};
 pub use optim::{Optim, OptimConfig, OptimState, OptimizerKind};
 pub use plot::plot_run;
 pub use step::{apply_step, forward_backward, measure_gradients};
+pub use study::{run_study, PatchEmbed, StudyConfig, StudyOptions, StudySummary};
 pub use trainer::{pretrain, RunOptions, RunSummary};
 
 /// Errors of a training run.

@@ -14,7 +14,8 @@ const LEFT: i64 = 80;
 const RIGHT: i64 = 190;
 const TOP: i64 = 40;
 const BOTTOM: i64 = 50;
-const PALETTE: [[u8; 3]; 10] = [
+/// Line colours, in order.
+pub const PALETTE: [[u8; 3]; 10] = [
     [31, 119, 180],
     [214, 39, 40],
     [44, 160, 44],
@@ -49,6 +50,9 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// Vertical markers (x, colour), e.g. spikes and dips.
     pub markers: Vec<(f64, [u8; 3])>,
+    /// Fixed y range (before the 5 % margin), to compare charts side by side; fitted to the
+    /// data when absent.
+    pub y_range: Option<(f64, f64)>,
 }
 
 struct Canvas(RgbImage);
@@ -114,6 +118,13 @@ fn fmt_tick(v: f64) -> String {
 impl Chart {
     /// Draws the chart to a PNG file.
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        self.render()
+            .save(path)
+            .map_err(|e| TrainError::Io(format!("{}: cannot write the plot: {e}", path.display())))
+    }
+
+    /// Draws the chart.
+    pub fn render(&self) -> RgbImage {
         let mut cv = Canvas(RgbImage::from_pixel(W, H, Rgb([255, 255, 255])));
         let ty = |v: f64| if self.log_y { v.max(1e-30).log10() } else { v };
         let pts = self
@@ -128,6 +139,9 @@ impl Chart {
         }
         if x0 > x1 {
             (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        if let Some((lo, hi)) = self.y_range {
+            (y0, y1) = (ty(lo), ty(hi));
         }
         if x1 - x0 < 1e-12 {
             x1 = x0 + 1.0;
@@ -210,9 +224,17 @@ impl Chart {
                 black,
             );
         }
-        cv.0.save(path)
-            .map_err(|e| TrainError::Io(format!("{}: cannot write the plot: {e}", path.display())))
+        cv.0
     }
+}
+
+/// Charts next to each other in one image.
+pub fn side_by_side(charts: &[RgbImage]) -> RgbImage {
+    let mut out = RgbImage::from_pixel(W * charts.len().max(1) as u32, H, Rgb([255, 255, 255]));
+    for (i, c) in charts.iter().enumerate() {
+        image::imageops::replace(&mut out, c, i as i64 * W as i64, 0);
+    }
+    out
 }
 
 /// Writes `loss.png`, `schedule.png`, `knn.png` and `grad_norms.png` for the run in
@@ -267,6 +289,7 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
             log_y: false,
             series: vec![series("step", "loss", "loss", 0)],
             markers: vec![],
+            y_range: None,
         },
     )?;
     save(
@@ -287,6 +310,7 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
                 vec![lr, series("step", "momentum", "momentum", 1)]
             },
             markers: vec![],
+            y_range: None,
         },
     )?;
     save(
@@ -300,6 +324,7 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
                 series("knn", "top5", "top-5", 2),
             ],
             markers: dips.iter().map(|&x| (x, [250, 180, 180])).collect(),
+            y_range: None,
         },
     )?;
     // Gradient norms: every layer group, first layer first; spikes of the first and last
@@ -363,6 +388,7 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
             log_y: true,
             series: grad_series,
             markers,
+            y_range: None,
         },
     )?;
     Ok(written)

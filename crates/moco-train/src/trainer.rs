@@ -137,7 +137,7 @@ pub fn pretrain<B: AutodiffBackend>(
     }
 }
 
-fn format_eta(seconds: f64) -> String {
+pub(crate) fn format_eta(seconds: f64) -> String {
     let s = seconds.max(0.0) as u64;
     if s >= 3600 {
         format!("{}h{:02}m", s / 3600, (s % 3600) / 60)

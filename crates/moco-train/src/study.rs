@@ -1,0 +1,465 @@
+//! The instability study of the paper as one command: a grid of short pretraining runs over
+//! learning rate, learned vs frozen patch projection, batch size, method and seed, each with
+//! the kNN monitor at a fine interval and the gradient monitor on, then a report
+//! ([`crate::study_report`]) with the paper's figures and a table per run.
+//!
+//! A study directory holds `study.json` (the grid), `runs/NAME/` (one run directory each, with
+//! `study_status.json` once the run has finished or diverged), and the report. Running the
+//! same study again skips finished runs and resumes interrupted ones from their checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::PretrainConfig;
+use crate::method::Method;
+use crate::trainer::{pretrain, RunOptions};
+use crate::TrainError;
+
+/// The study sized for a 2-core CPU: a small ViT on Fashion-MNIST, three learning rates from
+/// stable to unstable, learned vs frozen patch projection.
+pub const CPU_STUDY: &str = include_str!("../studies/fmnist-vit.json");
+/// The study sized for one GPU: ViT-S on an image folder, two batch sizes.
+pub const GPU_STUDY: &str = include_str!("../studies/imagenet-vit-small.json");
+
+fn default_patch_embed() -> Vec<PatchEmbed> {
+    vec![PatchEmbed::Learned, PatchEmbed::Frozen]
+}
+fn default_dip_threshold() -> f64 {
+    2.0
+}
+fn default_spike_factor() -> f64 {
+    3.0
+}
+fn default_spike_window() -> usize {
+    100
+}
+fn default_lag_window() -> u64 {
+    100
+}
+
+/// The patch projection of a ViT run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchEmbed {
+    /// Trained with the rest of the network.
+    Learned,
+    /// Fixed at its random initialisation (the paper's fix).
+    Frozen,
+}
+
+impl std::fmt::Display for PatchEmbed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PatchEmbed::Learned => "learned",
+            PatchEmbed::Frozen => "frozen",
+        })
+    }
+}
+
+/// A study: a base configuration and the axes of the grid (every combination is one run).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyConfig {
+    /// Name shown in the report.
+    pub name: String,
+    /// Training preset every run starts from (see [`crate::TRAIN_PRESETS`]).
+    pub preset: String,
+    /// Fields of [`PretrainConfig`] set on top of the preset for every run (`steps`,
+    /// `knn_every`, `data`, ...).
+    #[serde(default)]
+    pub overrides: serde_json::Map<String, Value>,
+    /// Base learning rates (scaled by batch / 256 as in every run).
+    pub base_lrs: Vec<f64>,
+    /// Learned and/or frozen patch projection.
+    #[serde(default = "default_patch_embed")]
+    pub patch_embed: Vec<PatchEmbed>,
+    /// Batch sizes (the preset's when empty).
+    #[serde(default)]
+    pub batch_sizes: Vec<usize>,
+    /// Methods (the preset's when empty).
+    #[serde(default)]
+    pub methods: Vec<Method>,
+    /// Seeds (the preset's when empty).
+    #[serde(default)]
+    pub seeds: Vec<u64>,
+    /// A kNN top-1 drop of more than this many points between two evaluations is a dip.
+    #[serde(default = "default_dip_threshold")]
+    pub dip_threshold: f64,
+    /// A layer's gradient norm over this multiple of its running median is a spike.
+    #[serde(default = "default_spike_factor")]
+    pub spike_factor: f64,
+    /// Steps in that running median.
+    #[serde(default = "default_spike_window")]
+    pub spike_window: usize,
+    /// A last-layer spike at most this many steps after a first-layer spike counts as its
+    /// echo (for the lag between the two).
+    #[serde(default = "default_lag_window")]
+    pub lag_window: u64,
+}
+
+/// One run of the grid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StudyRun {
+    /// Directory name under `runs/`, e.g. `mocov3-b128-lr1e-2-learned-s0`.
+    pub name: String,
+    /// Method.
+    pub method: Method,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub base_lr: f64,
+    /// Patch projection.
+    pub patch_embed: PatchEmbed,
+    /// Seed.
+    pub seed: u64,
+    /// The full configuration of the run.
+    pub config: PretrainConfig,
+}
+
+/// How a run of the study ended, as recorded in its `study_status.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Ran to the end of its schedule.
+    Complete {
+        /// Steps taken.
+        steps: u64,
+    },
+    /// Stopped by a NaN or infinity.
+    Diverged {
+        /// The step that produced it.
+        step: u64,
+        /// The first layer group with a non-finite gradient.
+        layer: String,
+    },
+}
+
+impl StudyConfig {
+    /// Parses a study file's text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Self, TrainError> {
+        let config: StudyConfig =
+            serde_json::from_str(text).map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
+        config
+            .runs()
+            .map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
+        Ok(config)
+    }
+
+    /// Reads a study file.
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The base configuration: the preset with the overrides applied.
+    pub fn base(&self) -> Result<PretrainConfig, String> {
+        let preset = PretrainConfig::preset(&self.preset)?;
+        let mut value = serde_json::to_value(&preset).map_err(|e| e.to_string())?;
+        let fields = value.as_object_mut().ok_or("preset is not an object")?;
+        for (key, v) in &self.overrides {
+            if !fields.contains_key(key) {
+                let mut known: Vec<&String> = fields.keys().collect();
+                known.sort();
+                return Err(format!(
+                    "overrides: unknown field '{key}' (fields: {})",
+                    known
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            fields.insert(key.clone(), v.clone());
+        }
+        serde_json::from_value(value).map_err(|e| format!("overrides: {e}"))
+    }
+
+    /// Every run of the grid, in the order they run: by method, batch size, seed, learning
+    /// rate, then learned before frozen (so that each pair finishes together).
+    pub fn runs(&self) -> Result<Vec<StudyRun>, String> {
+        let base = self.base()?;
+        if self.base_lrs.is_empty() || self.patch_embed.is_empty() {
+            return Err("base_lrs and patch_embed need at least one value each".into());
+        }
+        if let Some(lr) = self
+            .base_lrs
+            .iter()
+            .find(|lr| !(**lr > 0.0 && lr.is_finite()))
+        {
+            return Err(format!("base_lrs: {lr} is not a positive learning rate"));
+        }
+        if !(self.dip_threshold >= 0.0 && self.spike_factor > 1.0 && self.spike_window >= 5) {
+            return Err(format!(
+                "need dip_threshold ≥ 0 (got {}), spike_factor > 1 (got {}), spike_window ≥ 5 (got {})",
+                self.dip_threshold, self.spike_factor, self.spike_window
+            ));
+        }
+        fn or<T: Clone>(v: &[T], d: T) -> Vec<T> {
+            if v.is_empty() {
+                vec![d]
+            } else {
+                v.to_vec()
+            }
+        }
+        let methods = or(&self.methods, base.method);
+        let batches = or(&self.batch_sizes, base.batch_size);
+        let seeds = or(&self.seeds, base.seed);
+        let mut runs = Vec::new();
+        for &method in &methods {
+            for &batch_size in &batches {
+                for &seed in &seeds {
+                    for &base_lr in &self.base_lrs {
+                        for &patch_embed in &self.patch_embed {
+                            let name = format!(
+                                "{method}-b{batch_size}-lr{}-{patch_embed}-s{seed}",
+                                format_lr(base_lr)
+                            );
+                            let config = base
+                                .clone()
+                                .with_method(method)
+                                .with_batch_size(batch_size)
+                                .with_seed(seed)
+                                .with_base_lr(base_lr)
+                                .with_freeze_patch_embed(patch_embed == PatchEmbed::Frozen)
+                                .with_dip_threshold(self.dip_threshold)
+                                .with_spike_factor(self.spike_factor)
+                                .with_spike_window(self.spike_window);
+                            config.validate().map_err(|e| format!("run {name}: {e}"))?;
+                            if patch_embed == PatchEmbed::Frozen && !config.arch.starts_with("vit")
+                            {
+                                return Err(format!(
+                                    "run {name}: a frozen patch projection needs a ViT, the preset trains {}",
+                                    config.arch
+                                ));
+                            }
+                            runs.push(StudyRun {
+                                name,
+                                method,
+                                batch_size,
+                                base_lr,
+                                patch_embed,
+                                seed,
+                                config,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if runs
+            .iter()
+            .any(|r| runs.iter().filter(|s| s.name == r.name).count() > 1)
+        {
+            return Err("the grid repeats a value (two runs would share a name)".into());
+        }
+        Ok(runs)
+    }
+}
+
+/// A learning rate in a run name: `1.5e-4`, `3e-3`.
+pub fn format_lr(lr: f64) -> String {
+    format!("{lr:e}")
+}
+
+/// How to run a study.
+#[derive(Clone, Debug, Default)]
+pub struct StudyOptions {
+    /// Set from elsewhere (Ctrl-C): the current run saves a checkpoint and the study stops.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// No progress lines from the runs (the study's own lines stay).
+    pub quiet: bool,
+    /// The command that was run, recorded in the report.
+    pub command: Option<String>,
+}
+
+/// What a study did in this invocation.
+#[derive(Clone, Debug, Default)]
+pub struct StudySummary {
+    /// Runs trained (to the end or to divergence) now.
+    pub ran: usize,
+    /// Runs found finished and skipped.
+    pub skipped: usize,
+    /// Runs that diverged (now or before).
+    pub diverged: usize,
+    /// Stopped early by the stop flag.
+    pub interrupted: bool,
+    /// `report.md`, when written.
+    pub report: Option<PathBuf>,
+}
+
+/// The recorded end of a run, if it has one.
+pub fn run_status(run_dir: &Path) -> Option<RunStatus> {
+    let text = std::fs::read_to_string(run_dir.join("study_status.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_status(run_dir: &Path, status: &RunStatus) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(status).expect("status");
+    moco_models::write_atomic(&run_dir.join("study_status.json"), text.as_bytes())?;
+    Ok(())
+}
+
+/// Runs (or continues) the study in `out` and writes its report. A study directory belongs to
+/// one grid: running a different configuration into it is refused.
+pub fn run_study<B: AutodiffBackend>(
+    study: &StudyConfig,
+    out: &Path,
+    options: &StudyOptions,
+    device: &B::Device,
+) -> Result<StudySummary, TrainError> {
+    let runs = study.runs().map_err(TrainError::Config)?;
+    std::fs::create_dir_all(out.join("runs"))
+        .map_err(|e| TrainError::Io(format!("{}: {e}", out.display())))?;
+    let study_path = out.join("study.json");
+    if let Ok(text) = std::fs::read_to_string(&study_path) {
+        let stored = StudyConfig::parse(&text, &study_path.display().to_string())?;
+        if stored != *study {
+            return Err(TrainError::Config(format!(
+                "{} holds a different study ({}): choose another output directory, or run that study file",
+                out.display(),
+                study_path.display()
+            )));
+        }
+    } else {
+        let text = serde_json::to_string_pretty(study).expect("study");
+        moco_models::write_atomic(&study_path, text.as_bytes())?;
+    }
+    let mut summary = StudySummary::default();
+    let started = Instant::now();
+    let (mut steps_done, mut steps_left) = (0u64, 0u64);
+    let total_steps = |r: &StudyRun| r.config.max_steps.or(r.config.steps);
+    for run in &runs {
+        if run_status(&out.join("runs").join(&run.name)).is_none() {
+            steps_left += total_steps(run).unwrap_or(0);
+        }
+    }
+    for (i, run) in runs.iter().enumerate() {
+        let dir = out.join("runs").join(&run.name);
+        if let Some(status) = run_status(&dir) {
+            summary.skipped += 1;
+            summary.diverged += matches!(status, RunStatus::Diverged { .. }) as usize;
+            println!(
+                "[{}/{}] {}: already {}",
+                i + 1,
+                runs.len(),
+                run.name,
+                describe(&status)
+            );
+            continue;
+        }
+        let resume = !crate::run_state::list_checkpoints(&dir).is_empty();
+        let eta = if steps_done > 0 {
+            let per_step = started.elapsed().as_secs_f64() / steps_done as f64;
+            format!(
+                ", study eta {}",
+                crate::trainer::format_eta(per_step * steps_left as f64)
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "[{}/{}] {}{}{}",
+            i + 1,
+            runs.len(),
+            run.name,
+            if resume { " (resuming)" } else { "" },
+            eta
+        );
+        let run_options = RunOptions {
+            resume,
+            stop: options.stop.clone(),
+            stop_after: None,
+            quiet: options.quiet,
+        };
+        let status = match pretrain::<B>(run.config.clone(), &dir, &run_options, device) {
+            Ok(s) if s.interrupted => {
+                summary.interrupted = true;
+                break;
+            }
+            Ok(s) => RunStatus::Complete { steps: s.steps },
+            Err(TrainError::NonFinite { step, layer, .. }) => {
+                summary.diverged += 1;
+                RunStatus::Diverged { step, layer }
+            }
+            Err(e) => return Err(TrainError::Config(format!("run {}: {e}", run.name))),
+        };
+        println!(
+            "[{}/{}] {}: {}",
+            i + 1,
+            runs.len(),
+            run.name,
+            describe(&status)
+        );
+        write_status(&dir, &status)?;
+        summary.ran += 1;
+        let planned = total_steps(run).unwrap_or(0);
+        steps_done += planned;
+        steps_left = steps_left.saturating_sub(planned);
+        if options
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::SeqCst))
+        {
+            summary.interrupted = true;
+            break;
+        }
+    }
+    summary.report = Some(crate::study_report::write_report(
+        out,
+        study,
+        options.command.as_deref(),
+    )?);
+    Ok(summary)
+}
+
+fn describe(status: &RunStatus) -> String {
+    match status {
+        RunStatus::Complete { steps } => format!("complete ({steps} steps)"),
+        RunStatus::Diverged { step, layer } => {
+            format!("diverged at step {step} (first non-finite gradient: {layer})")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_studies_parse_and_expand() {
+        let cpu = StudyConfig::parse(CPU_STUDY, "cpu").unwrap();
+        let runs = cpu.runs().unwrap();
+        assert_eq!(runs.len(), cpu.base_lrs.len() * 2);
+        assert!(runs[0].name.ends_with("-learned-s0"), "{}", runs[0].name);
+        assert!(!runs[0].config.freeze_patch_embed && runs[1].config.freeze_patch_embed);
+        let gpu = StudyConfig::parse(GPU_STUDY, "gpu").unwrap();
+        assert!(gpu.runs().unwrap().len() >= 4);
+        assert_eq!(format_lr(1.5e-4), "1.5e-4");
+        assert_eq!(format_lr(3e-3), "3e-3");
+    }
+
+    #[test]
+    fn bad_studies_are_refused_with_the_reason() {
+        let mut s = StudyConfig::parse(CPU_STUDY, "cpu").unwrap();
+        s.overrides.insert("stepz".into(), Value::from(3));
+        let e = s.runs().unwrap_err();
+        assert!(e.contains("unknown field 'stepz'"), "{e}");
+        let mut s = StudyConfig::parse(CPU_STUDY, "cpu").unwrap();
+        s.base_lrs = vec![1e-3, -1.0];
+        assert!(s.runs().unwrap_err().contains("-1"));
+        let mut s = StudyConfig::parse(CPU_STUDY, "cpu").unwrap();
+        s.base_lrs = vec![1e-3, 1e-3];
+        assert!(s.runs().unwrap_err().contains("repeats"));
+        let e = StudyConfig::parse(r#"{"name": "x", "preset": "fmnist-vit"}"#, "s.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s.json") && e.contains("base_lrs"), "{e}");
+    }
+}

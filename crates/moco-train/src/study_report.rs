@@ -1,0 +1,478 @@
+//! The study's report: per run the final and best kNN accuracy, the dips, the gradient spikes
+//! per layer group and the lag from a first-layer spike to the next last-layer spike; figures
+//! like the paper's (kNN curves learned vs frozen, first- and last-layer gradient norms with
+//! their spikes); `report.md` and `summary.json`. Everything is recomputed from the runs'
+//! `metrics.jsonl` with the study's thresholds, so a report can be redrawn with other
+//! thresholds without training again.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::method::Method;
+use crate::monitor::{DipDetector, DipEvent, SpikeDetector, SpikeEvent};
+use crate::plot::{side_by_side, Chart, Series, PALETTE};
+use crate::study::{format_lr, run_status, PatchEmbed, RunStatus, StudyConfig, StudyRun};
+use crate::TrainError;
+
+/// What one run of the study shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunAnalysis {
+    /// Run name.
+    pub name: String,
+    /// Method.
+    pub method: Method,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub base_lr: f64,
+    /// Patch projection.
+    pub patch_embed: PatchEmbed,
+    /// Seed.
+    pub seed: u64,
+    /// `complete`, `diverged`, `incomplete` or `not started`.
+    pub status: String,
+    /// Step of the divergence.
+    pub diverged_at: Option<u64>,
+    /// Steps logged.
+    pub steps: u64,
+    /// (step, kNN top-1 %).
+    pub knn: Vec<(u64, f64)>,
+    /// Last kNN top-1.
+    pub final_top1: Option<f64>,
+    /// Best kNN top-1.
+    pub best_top1: Option<f64>,
+    /// Loss of the last step.
+    pub final_loss: Option<f64>,
+    /// Drops of more than the threshold between consecutive evaluations.
+    pub dips: Vec<DipEvent>,
+    /// Largest drop between consecutive evaluations (points, 0 when it never dropped).
+    pub deepest_dip: f64,
+    /// Spikes of every layer group.
+    pub spikes: Vec<SpikeEvent>,
+    /// Spike count per layer group, first layer first.
+    pub spikes_per_layer: Vec<(String, usize)>,
+    /// The first trained layer group (the patch projection when it learns).
+    pub first_layer: String,
+    /// The last transformer block (or ResNet stage).
+    pub last_layer: String,
+    /// For each first-layer spike echoed by a last-layer spike within the lag window: the lag.
+    pub lags: Vec<u64>,
+    /// Median of `lags`.
+    pub median_lag: Option<f64>,
+    /// Gradient norm of the first layer per step.
+    #[serde(skip)]
+    pub grad_first: Vec<(u64, f64)>,
+    /// Gradient norm of the last layer per step.
+    #[serde(skip)]
+    pub grad_last: Vec<(u64, f64)>,
+}
+
+fn rank(group: &str) -> (u8, String) {
+    match group {
+        "patch_embed" | "stem" => (0, group.into()),
+        "tokens" => (1, group.into()),
+        g if g.starts_with("block") || g.starts_with("stage") => (2, g.into()),
+        "norm" => (3, group.into()),
+        "projector" => (4, group.into()),
+        "predictor" => (5, group.into()),
+        g => (6, g.into()),
+    }
+}
+
+/// Analyses the run directory of `run` with the study's thresholds.
+pub fn analyse_run(run_dir: &Path, run: &StudyRun, study: &StudyConfig) -> RunAnalysis {
+    let rows: Vec<Value> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let status = run_status(run_dir);
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let knn: Vec<(u64, f64)> = rows
+        .iter()
+        .filter(|r| r["type"] == "knn")
+        .map(|r| (r["step"].as_u64().unwrap_or(0), num(&r["top1"])))
+        .collect();
+    let steps: Vec<&Value> = rows.iter().filter(|r| r["type"] == "step").collect();
+    let mut groups: Vec<String> = Vec::new();
+    for r in &steps {
+        if let Some(m) = r["grad_norms"].as_object() {
+            for k in m.keys() {
+                if !groups.contains(k) {
+                    groups.push(k.clone());
+                }
+            }
+        }
+    }
+    groups.sort_by_key(|g| rank(g));
+    let first_layer = groups
+        .iter()
+        .find(|g| g.as_str() != "tokens")
+        .cloned()
+        .unwrap_or_default();
+    let last_layer = groups
+        .iter()
+        .rfind(|g| g.starts_with("block") || g.starts_with("stage"))
+        .cloned()
+        .unwrap_or_default();
+    let mut detector = SpikeDetector::new(study.spike_factor, study.spike_window);
+    let mut spikes = Vec::new();
+    let (mut grad_first, mut grad_last) = (Vec::new(), Vec::new());
+    for r in &steps {
+        let step = r["step"].as_u64().unwrap_or(0);
+        let norms: Vec<(String, f64)> = groups
+            .iter()
+            .filter_map(|g| r["grad_norms"][g].as_f64().map(|n| (g.clone(), n)))
+            .collect();
+        for (g, n) in &norms {
+            if *g == first_layer {
+                grad_first.push((step, *n));
+            }
+            if *g == last_layer {
+                grad_last.push((step, *n));
+            }
+        }
+        spikes.extend(detector.observe(step, &norms));
+    }
+    let mut dip_detector = DipDetector::new(study.dip_threshold);
+    let dips: Vec<DipEvent> = knn
+        .iter()
+        .filter_map(|&(s, t)| dip_detector.observe(s, t))
+        .collect();
+    let deepest_dip = knn.windows(2).map(|w| w[0].1 - w[1].1).fold(0f64, f64::max);
+    let spikes_per_layer: Vec<(String, usize)> = groups
+        .iter()
+        .map(|g| (g.clone(), spikes.iter().filter(|e| e.layer == *g).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let last_spikes: Vec<u64> = spikes
+        .iter()
+        .filter(|e| e.layer == last_layer)
+        .map(|e| e.step)
+        .collect();
+    let lags: Vec<u64> = spikes
+        .iter()
+        .filter(|e| e.layer == first_layer && first_layer != last_layer)
+        .filter_map(|e| {
+            last_spikes
+                .iter()
+                .find(|&&t| t >= e.step && t - e.step <= study.lag_window)
+                .map(|t| t - e.step)
+        })
+        .collect();
+    let median_lag = median(&lags.iter().map(|&l| l as f64).collect::<Vec<_>>());
+    let (status_text, diverged_at) = match (&status, steps.is_empty()) {
+        (Some(RunStatus::Complete { .. }), _) => ("complete", None),
+        (Some(RunStatus::Diverged { step, .. }), _) => ("diverged", Some(*step)),
+        (None, false) => ("incomplete", None),
+        (None, true) => ("not started", None),
+    };
+    RunAnalysis {
+        name: run.name.clone(),
+        method: run.method,
+        batch_size: run.batch_size,
+        base_lr: run.base_lr,
+        patch_embed: run.patch_embed,
+        seed: run.seed,
+        status: status_text.into(),
+        diverged_at,
+        steps: steps.last().and_then(|r| r["step"].as_u64()).unwrap_or(0),
+        final_top1: knn.last().map(|k| k.1),
+        best_top1: knn.iter().map(|k| k.1).reduce(f64::max),
+        final_loss: steps.last().map(|r| num(&r["loss"])),
+        knn,
+        dips,
+        deepest_dip,
+        spikes,
+        spikes_per_layer,
+        first_layer,
+        last_layer,
+        lags,
+        median_lag,
+        grad_first,
+        grad_last,
+    }
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    })
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let v: Vec<f64> = v.collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("–".into(), |x| format!("{x:.2}"))
+}
+
+/// Draws the figures and writes `report.md` and `summary.json` into `out`; returns the report.
+pub fn write_report(
+    out: &Path,
+    study: &StudyConfig,
+    command: Option<&str>,
+) -> Result<PathBuf, TrainError> {
+    let runs = study.runs().map_err(TrainError::Config)?;
+    let analyses: Vec<RunAnalysis> = runs
+        .iter()
+        .map(|r| analyse_run(&out.join("runs").join(&r.name), r, study))
+        .collect();
+    let figures = out.join("figures");
+    std::fs::create_dir_all(&figures)
+        .map_err(|e| TrainError::Io(format!("{}: {e}", figures.display())))?;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Stability study: {}\n", study.name);
+    if let Some(c) = command {
+        let _ = writeln!(md, "Command: `{c}`\n");
+    }
+    let base = study.base().map_err(TrainError::Config)?;
+    let _ = writeln!(
+        md,
+        "Preset `{}` with {}; {} runs. Thresholds: a **dip** is a kNN top-1 drop of more than \
+         {} points between two consecutive evaluations (every {} steps, {} evaluation images); \
+         a **spike** is a layer group's gradient norm above {}× the median of its previous {} \
+         steps (after {} steps of history); a last-layer spike within {} steps after a \
+         first-layer spike is counted as its echo (the lag).\n",
+        study.preset,
+        if study.overrides.is_empty() {
+            "no overrides".to_string()
+        } else {
+            format!("`{}`", Value::Object(study.overrides.clone()))
+        },
+        runs.len(),
+        study.dip_threshold,
+        base.knn_every,
+        base.knn_eval,
+        study.spike_factor,
+        study.spike_window,
+        (study.spike_window / 5).max(5),
+        study.lag_window
+    );
+
+    // Learned vs frozen, per method, batch, lr (averaged over seeds).
+    let _ = writeln!(md, "## Learned vs frozen patch projection\n");
+    let _ = writeln!(
+        md,
+        "kNN top-1 (%) at the end / best, dips, averaged over seeds; Δ = frozen − learned (final).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| method | batch | base lr | learned final / best | dips | frozen final / best | dips | Δ final |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let mut keys: Vec<(Method, usize)> = Vec::new();
+    for r in &runs {
+        if !keys.contains(&(r.method, r.batch_size)) {
+            keys.push((r.method, r.batch_size));
+        }
+    }
+    for &(method, batch) in &keys {
+        for &lr in &study.base_lrs {
+            let of = |p: PatchEmbed| -> Vec<&RunAnalysis> {
+                analyses
+                    .iter()
+                    .filter(|a| {
+                        a.method == method
+                            && a.batch_size == batch
+                            && a.base_lr == lr
+                            && a.patch_embed == p
+                    })
+                    .collect()
+            };
+            let cell = |v: &[&RunAnalysis]| -> (String, String, Option<f64>) {
+                if v.is_empty() {
+                    return ("–".into(), "–".into(), None);
+                }
+                if let Some(d) = v.iter().find_map(|a| a.diverged_at) {
+                    return (format!("diverged (step {d})"), "–".into(), None);
+                }
+                let fin = mean(v.iter().filter_map(|a| a.final_top1));
+                let best = mean(v.iter().filter_map(|a| a.best_top1));
+                let dips = mean(v.iter().map(|a| a.dips.len() as f64)).unwrap_or(0.0);
+                (
+                    format!("{} / {}", pct(fin), pct(best)),
+                    format!("{dips:.1}").trim_end_matches(".0").to_string(),
+                    fin,
+                )
+            };
+            let (l, ld, lf) = cell(&of(PatchEmbed::Learned));
+            let (f, fd, ff) = cell(&of(PatchEmbed::Frozen));
+            let delta = match (lf, ff) {
+                (Some(a), Some(b)) => format!("{:+.2}", b - a),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {method} | {batch} | {} | {l} | {ld} | {f} | {fd} | {delta} |",
+                format_lr(lr)
+            );
+        }
+    }
+
+    let _ = writeln!(md, "\n## Runs\n");
+    let _ = writeln!(
+        md,
+        "| run | status | steps | final kNN | best kNN | dips | deepest drop | spikes first / last layer | median lag (echoed) | spikes per layer group | final loss |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for a in &analyses {
+        let count = |l: &str| {
+            a.spikes_per_layer
+                .iter()
+                .find(|(g, _)| g == l)
+                .map_or(0, |p| p.1)
+        };
+        let per_layer = a
+            .spikes_per_layer
+            .iter()
+            .map(|(g, n)| format!("{g} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let status = match a.diverged_at {
+            Some(s) => format!("diverged at {s}"),
+            None => a.status.clone(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {status} | {} | {} | {} | {} | {:.2} | {} {} / {} {} | {} | {} | {} |",
+            a.name,
+            a.steps,
+            pct(a.final_top1),
+            pct(a.best_top1),
+            a.dips.len(),
+            a.deepest_dip,
+            a.first_layer,
+            count(&a.first_layer),
+            a.last_layer,
+            count(&a.last_layer),
+            a.median_lag.map_or("–".into(), |m| format!(
+                "{m:.0} ({}/{})",
+                a.lags.len(),
+                count(&a.first_layer)
+            )),
+            if per_layer.is_empty() {
+                "none".into()
+            } else {
+                per_layer
+            },
+            a.final_loss.map_or("–".into(), |l| format!("{l:.4}")),
+        );
+    }
+
+    let _ = writeln!(md, "\n## Figures\n");
+    let mut rows_y = (f64::MAX, f64::MIN);
+    for a in &analyses {
+        for &(_, t) in &a.knn {
+            if t.is_finite() {
+                rows_y = (rows_y.0.min(t), rows_y.1.max(t));
+            }
+        }
+    }
+    let y_range = (rows_y.0 <= rows_y.1).then_some((rows_y.0, rows_y.1));
+    for &(method, batch) in &keys {
+        let panel = |p: PatchEmbed| Chart {
+            title: format!("{method} batch {batch}, {p} patch proj.: kNN top-1 %"),
+            x_label: "iteration".into(),
+            log_y: false,
+            y_range,
+            series: analyses
+                .iter()
+                .filter(|a| a.method == method && a.batch_size == batch && a.patch_embed == p)
+                .enumerate()
+                .map(|(i, a)| Series {
+                    label: if study.seeds.len() > 1 {
+                        format!("lr {} s{}", format_lr(a.base_lr), a.seed)
+                    } else {
+                        format!("lr {}", format_lr(a.base_lr))
+                    },
+                    points: a.knn.iter().map(|&(s, t)| (s as f64, t)).collect(),
+                    color: PALETTE[i % PALETTE.len()],
+                })
+                .collect(),
+            markers: vec![],
+        };
+        let panels: Vec<_> = study
+            .patch_embed
+            .iter()
+            .map(|&p| panel(p).render())
+            .collect();
+        let name = format!("knn-{method}-b{batch}.png");
+        let path = figures.join(&name);
+        side_by_side(&panels)
+            .save(&path)
+            .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
+        let _ = writeln!(
+            md,
+            "kNN accuracy during training, {method}, batch {batch} (left to right: {}):\n\n![kNN {method} b{batch}](figures/{name})\n",
+            study.patch_embed.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    for a in analyses.iter().filter(|a| !a.grad_first.is_empty()) {
+        // Relative to the run's median, as the paper normalises each layer.
+        let rel = |v: &[(u64, f64)]| -> Vec<(f64, f64)> {
+            let m = median(&v.iter().map(|p| p.1).collect::<Vec<_>>())
+                .unwrap_or(1.0)
+                .max(1e-30);
+            v.iter().map(|&(s, n)| (s as f64, n / m)).collect()
+        };
+        let mut markers: Vec<(f64, [u8; 3])> = a
+            .spikes
+            .iter()
+            .filter_map(|e| {
+                if e.layer == a.first_layer {
+                    Some((e.step as f64, [255, 190, 110]))
+                } else if e.layer == a.last_layer {
+                    Some((e.step as f64, [160, 195, 255]))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        markers.extend(a.dips.iter().map(|d| (d.step as f64, [230, 60, 60])));
+        let chart = Chart {
+            title: format!("{}: grad norm / median (log)", a.name),
+            x_label: "iteration; spikes: orange first, blue last layer; red: kNN dip".into(),
+            log_y: true,
+            y_range: None,
+            series: vec![
+                Series {
+                    label: a.first_layer.clone(),
+                    points: rel(&a.grad_first),
+                    color: PALETTE[3],
+                },
+                Series {
+                    label: a.last_layer.clone(),
+                    points: rel(&a.grad_last),
+                    color: PALETTE[0],
+                },
+            ],
+            markers,
+        };
+        let name = format!("grad-{}.png", a.name);
+        chart.save(&figures.join(&name))?;
+        let _ = writeln!(
+            md,
+            "Gradient norm of the first ({}) and last ({}) layer, {}:\n\n![grad {}](figures/{name})\n",
+            a.first_layer, a.last_layer, a.name, a.name
+        );
+    }
+    let report = out.join("report.md");
+    moco_models::write_atomic(&report, md.as_bytes())?;
+    let json = serde_json::to_string_pretty(&analyses).expect("analyses");
+    moco_models::write_atomic(&out.join("summary.json"), json.as_bytes())?;
+    Ok(report)
+}

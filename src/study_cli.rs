@@ -1,0 +1,159 @@
+//! `moco study` and the `stability_study` example: the paper's instability study as a grid of
+//! short runs with a report (see [`moco_train::study`]).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use burn::backend::Autodiff;
+use burn::prelude::Backend;
+use clap::Args;
+use moco_train::study::{CPU_STUDY, GPU_STUDY};
+use moco_train::{run_study, StudyConfig, StudyOptions, StudySummary};
+
+use crate::device::{dispatch, BackendJob, DeviceSpec};
+
+/// Flags of `moco study`.
+#[derive(Args, Debug, Clone)]
+pub struct StudyArgs {
+    /// The study file (JSON); the built-in CPU study when absent (see --builtin).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A built-in study: `cpu` (Fashion-MNIST, small ViT, about an hour on 2 cores) or `gpu`
+    /// (ViT-S on an image folder given with --data).
+    #[arg(long, default_value = "cpu")]
+    pub builtin: String,
+    /// Print the study file and exit (start your own from it).
+    #[arg(long)]
+    pub print_config: bool,
+    /// Data for every run (sets `data` in the overrides).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// The study directory; running again continues it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Redraw the report of the runs already in --out with the study's thresholds; no training.
+    #[arg(long)]
+    pub report_only: bool,
+    /// Only the study's lines, not each run's progress.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+struct StudyJob {
+    study: StudyConfig,
+    out: PathBuf,
+    options: StudyOptions,
+}
+
+impl BackendJob for StudyJob {
+    type Output = Result<StudySummary, String>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        run_study::<Autodiff<B>>(&self.study, &self.out, &self.options, &device)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl StudyArgs {
+    /// The study these flags describe.
+    pub fn study(&self) -> Result<StudyConfig, String> {
+        let mut study = match &self.config {
+            Some(path) => StudyConfig::load(path).map_err(|e| e.to_string())?,
+            None => {
+                let text = match self.builtin.as_str() {
+                    "cpu" => CPU_STUDY,
+                    "gpu" => GPU_STUDY,
+                    other => return Err(format!("unknown --builtin '{other}': use cpu or gpu")),
+                };
+                StudyConfig::parse(text, &format!("built-in {} study", self.builtin))
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        if let Some(d) = &self.data {
+            study
+                .overrides
+                .insert("data".into(), serde_json::Value::from(d.clone()));
+        }
+        study.runs()?;
+        Ok(study)
+    }
+}
+
+/// Runs `moco study` (or the example) with `args`.
+pub fn run_study_cli(args: &StudyArgs) -> Result<(), String> {
+    let study = args.study()?;
+    if args.print_config {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&study).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(if args.config.is_none() {
+            format!("study-{}", args.builtin)
+        } else {
+            "study".to_string()
+        })
+    });
+    let command = std::env::args()
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ");
+    if args.report_only {
+        let report = moco_train::study_report::write_report(&out, &study, Some(&command))
+            .map_err(|e| e.to_string())?;
+        println!("report: {}", report.display());
+        return Ok(());
+    }
+    let runs = study.runs()?;
+    println!(
+        "study '{}': {} runs into {}",
+        study.name,
+        runs.len(),
+        out.display()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("second Ctrl-C: exiting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("Ctrl-C: saving a checkpoint after this step; run the same command again to continue");
+        });
+    }
+    let options = StudyOptions {
+        stop: Some(stop),
+        quiet: args.quiet,
+        command: Some(command),
+    };
+    let summary = dispatch(
+        &args.device,
+        StudyJob {
+            study,
+            out: out.clone(),
+            options,
+        },
+    )
+    .map_err(|e| e.to_string())??;
+    println!(
+        "study: {} runs trained, {} already done, {} diverged{}",
+        summary.ran,
+        summary.skipped,
+        summary.diverged,
+        if summary.interrupted {
+            " (interrupted: run the same command again to continue)"
+        } else {
+            ""
+        }
+    );
+    if let Some(r) = summary.report {
+        println!("report: {}", r.display());
+    }
+    Ok(())
+}

@@ -91,6 +91,14 @@ pub enum DeviceError {
     /// Not a device name.
     #[error("unknown device '{0}': use cpu, cuda[:N], rocm[:N], wgpu[:N], vulkan[:N], metal[:N] or cpu-mlir")]
     Unknown(String),
+    /// Devices of different backends in one list.
+    #[error("devices '{first}' and '{other}' belong to different backends: data parallelism needs one backend")]
+    Mixed {
+        /// The first device.
+        first: String,
+        /// The first device of another backend.
+        other: String,
+    },
     /// A backend this binary was built without.
     #[error("device '{spec}' needs the '{feature}' backend, which this build does not include: rebuild with `--features {feature}`")]
     NotCompiled {
@@ -165,6 +173,105 @@ pub fn dispatch<J: BackendJob>(spec: &DeviceSpec, job: J) -> Result<J::Output, D
     }
 }
 
+/// Work that runs on several devices of one backend (data parallelism).
+pub trait MultiDeviceJob {
+    /// What the job returns.
+    type Output;
+    /// Runs on backend `B` with `devices` (at least one).
+    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Self::Output;
+}
+
+/// A comma-separated device list (`cuda:0,cuda:1`).
+pub fn parse_devices(list: &str) -> Result<Vec<DeviceSpec>, DeviceError> {
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(str::parse)
+        .collect()
+}
+
+/// Runs `job` on the devices named by `specs`, which must all belong to one backend.
+pub fn dispatch_many<J: MultiDeviceJob>(
+    specs: &[DeviceSpec],
+    job: J,
+) -> Result<J::Output, DeviceError> {
+    let Some(first) = specs.first() else {
+        return Err(DeviceError::Unknown(String::new()));
+    };
+    if let Some(other) = specs.iter().find(|s| s.feature() != first.feature()) {
+        return Err(DeviceError::Mixed {
+            first: first.to_string(),
+            other: other.to_string(),
+        });
+    }
+    #[allow(unused_variables)]
+    let not_compiled = || DeviceError::NotCompiled {
+        spec: first.to_string(),
+        feature: first.feature(),
+    };
+    #[allow(unused_variables)]
+    let job = job;
+    match first {
+        DeviceSpec::Cpu => {
+            #[cfg(feature = "flex")]
+            return Ok(job.run::<burn::backend::Flex>(vec![Default::default(); specs.len()]));
+            #[cfg(not(feature = "flex"))]
+            return Err(not_compiled());
+        }
+        DeviceSpec::Cuda(_) => {
+            #[cfg(feature = "cuda")]
+            return Ok(job.run::<burn::backend::Cuda>(
+                specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::Cuda(i) => burn::backend::cuda::CudaDevice::new(*i),
+                        _ => unreachable!("checked above"),
+                    })
+                    .collect(),
+            ));
+            #[cfg(not(feature = "cuda"))]
+            return Err(not_compiled());
+        }
+        DeviceSpec::Rocm(_) => {
+            #[cfg(feature = "rocm")]
+            return Ok(job.run::<burn::backend::Rocm>(
+                specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::Rocm(i) => burn::backend::rocm::RocmDevice::new(*i),
+                        _ => unreachable!("checked above"),
+                    })
+                    .collect(),
+            ));
+            #[cfg(not(feature = "rocm"))]
+            return Err(not_compiled());
+        }
+        DeviceSpec::Wgpu(_) | DeviceSpec::Vulkan(_) | DeviceSpec::Metal(_) => {
+            #[cfg(feature = "wgpu")]
+            {
+                use burn::backend::wgpu::WgpuDevice;
+                let devices = specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::Wgpu(i) | DeviceSpec::Vulkan(i) | DeviceSpec::Metal(i) => i
+                            .map(WgpuDevice::DiscreteGpu)
+                            .unwrap_or(WgpuDevice::DefaultDevice),
+                        _ => unreachable!("checked above"),
+                    })
+                    .collect();
+                return Ok(job.run::<burn::backend::Wgpu>(devices));
+            }
+            #[cfg(not(feature = "wgpu"))]
+            return Err(not_compiled());
+        }
+        DeviceSpec::CpuMlir => {
+            #[cfg(feature = "cpu")]
+            return Ok(job.run::<burn::backend::Cpu>(vec![Default::default(); specs.len()]));
+            #[cfg(not(feature = "cpu"))]
+            return Err(not_compiled());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +291,20 @@ mod tests {
         );
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert_eq!(
+            parse_devices("cuda:0, cuda:1").unwrap(),
+            vec![DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)]
+        );
+        struct Nop;
+        impl MultiDeviceJob for Nop {
+            type Output = usize;
+            fn run<B: Backend>(self, devices: Vec<B::Device>) -> usize {
+                devices.len()
+            }
+        }
+        let mixed = [DeviceSpec::Cpu, DeviceSpec::Cuda(0)];
+        let err = dispatch_many(&mixed, Nop).unwrap_err().to_string();
+        assert!(err.contains("different backends"), "{err}");
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use burn::backend::Autodiff;
 use burn::prelude::Backend;
 use clap::Args;
-use moco_train::{pretrain, Method, PretrainConfig, RunOptions, RunSummary};
+use moco_train::{pretrain_data_parallel, Method, PretrainConfig, RunOptions, RunSummary};
 
-use crate::device::{dispatch, BackendJob, DeviceSpec};
+use crate::device::{dispatch_many, parse_devices, DeviceSpec, MultiDeviceJob};
 
 /// Flags of `moco pretrain` (every one overrides the preset).
 #[derive(Args, Debug, Clone)]
@@ -109,6 +109,11 @@ pub struct PretrainArgs {
     /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N].
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Data parallelism over several devices of one backend, e.g. `cuda:0,cuda:1,cuda:2,cuda:3`:
+    /// each computes its shard of every batch (keys gathered from all, SyncBN, gradients
+    /// averaged); overrides --device.
+    #[arg(long)]
+    pub devices: Option<String>,
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
@@ -167,10 +172,10 @@ struct PretrainJob {
     options: RunOptions,
 }
 
-impl BackendJob for PretrainJob {
+impl MultiDeviceJob for PretrainJob {
     type Output = Result<RunSummary, String>;
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        pretrain::<Autodiff<B>>(self.config, &self.out, &self.options, &device)
+    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Self::Output {
+        pretrain_data_parallel::<Autodiff<B>>(self.config, &self.out, &self.options, &devices)
             .map_err(|e| e.to_string())
     }
 }
@@ -214,8 +219,15 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
         stop_after: None,
         quiet: args.quiet,
     };
-    let summary = dispatch(
-        &args.device,
+    let devices = match &args.devices {
+        Some(list) => parse_devices(list).map_err(|e| format!("--devices: {e}"))?,
+        None => vec![args.device.clone()],
+    };
+    if devices.is_empty() {
+        return Err("--devices: no device given".into());
+    }
+    let summary = dispatch_many(
+        &devices,
         PretrainJob {
             config,
             out: out.clone(),

@@ -35,6 +35,7 @@ pub mod keys;
 pub mod moco;
 pub mod norm;
 pub mod precision;
+pub mod replica;
 pub mod resnet;
 pub mod state_dict;
 pub mod torch_save;
@@ -50,6 +51,7 @@ pub use import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
 pub use moco::{Backbone, BackboneConfig, Encoder, MoCo, MocoConfig, QueryOutput, PRESETS};
 pub use norm::{BatchNorm, BatchNormConfig};
 pub use precision::{autocast, Precision};
+pub use replica::{gather_rows, replicas, with_replicas, ReplicaGroup};
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stem};
 pub use vit::{Vit, VitConfig};
 

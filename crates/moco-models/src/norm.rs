@@ -82,9 +82,17 @@ impl<B: Backend> BatchNorm<B> {
                 .filter(|(i, _)| *i != 1)
                 .map(|(_, d)| d)
                 .product();
-            let mean = per_channel_sum(x.clone(), shape).div_scalar(count as f64);
+            // SyncBN under data parallelism: sums over the shards of every replica (equal
+            // shard sizes), with the gradient flowing back to every replica.
+            let group = crate::replica::replicas::<B>();
+            let sync = |s: Tensor<B, D>| match &group {
+                Some(g) if g.world_size() > 1 => g.sum(s.reshape([1, channels])).reshape(shape),
+                _ => s,
+            };
+            let count = count * group.as_ref().map_or(1, |g| g.world_size());
+            let mean = sync(per_channel_sum(x.clone(), shape)).div_scalar(count as f64);
             let centered = x.clone().sub(expand(mean.clone(), dims[0]));
-            let var = per_channel_sum(centered.square(), shape).div_scalar(count as f64);
+            let var = sync(per_channel_sum(centered.square(), shape)).div_scalar(count as f64);
             let unbiased = count as f64 / (count.max(2) - 1) as f64;
             let m = self.momentum;
             let new_mean = self

@@ -29,6 +29,7 @@ use std::path::PathBuf;
 
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod ema;
 pub mod eval;
 pub mod knn;
@@ -45,6 +46,7 @@ pub mod trainer;
 
 pub use config::{PretrainConfig, TRAIN_PRESETS};
 pub use data::{open_splits, prepare_data, RunData};
+pub use distributed::{CollectiveBackend, DataParallel};
 pub use ema::ema_update;
 pub use eval::{load_pretrained, open_eval_data, DataSpec, EvalData, Pretrained};
 pub use knn::{knn_classify, knn_evaluate, KnnConfig, KnnResult};
@@ -53,7 +55,7 @@ pub use optim::{Optim, OptimConfig, OptimState, OptimizerKind};
 pub use plot::plot_run;
 pub use step::{apply_step, forward_backward, measure_gradients};
 pub use study::{run_study, PatchEmbed, StudyConfig, StudyOptions, StudySummary};
-pub use trainer::{pretrain, RunOptions, RunSummary};
+pub use trainer::{pretrain, pretrain_data_parallel, RunOptions, RunSummary};
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]

@@ -114,7 +114,19 @@ impl<B: AutodiffBackend> Pretrain<B> for Siamese<B> {
             byol(q1.clone(), k2.clone()) + byol(q2.clone(), k1.clone())
         } else {
             let t = params.temperature;
-            infonce(q1.clone(), k2.clone(), t, 0) + infonce(q2.clone(), k1.clone(), t, 0)
+            // Under data parallelism the keys of every replica are the negatives, and this
+            // replica's positives sit at its rank's offset.
+            match moco_models::replicas::<B>() {
+                Some(g) => {
+                    let rank = g.rank();
+                    let k2_all = moco_models::gather_rows(g.as_ref(), k2.clone());
+                    let k1_all = moco_models::gather_rows(g.as_ref(), k1.clone());
+                    infonce(q1.clone(), k2_all, t, rank) + infonce(q2.clone(), k1_all, t, rank)
+                }
+                None => {
+                    infonce(q1.clone(), k2.clone(), t, 0) + infonce(q2.clone(), k1.clone(), t, 0)
+                }
+            }
         };
         (
             self,

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::PretrainConfig;
+use crate::distributed::CollectiveBackend;
 use crate::method::Method;
 use crate::trainer::{pretrain, RunOptions};
 use crate::TrainError;
@@ -308,7 +308,7 @@ fn write_status(run_dir: &Path, status: &RunStatus) -> Result<(), TrainError> {
 
 /// Runs (or continues) the study in `out` and writes its report. A study directory belongs to
 /// one grid: running a different configuration into it is refused.
-pub fn run_study<B: AutodiffBackend>(
+pub fn run_study<B: CollectiveBackend>(
     study: &StudyConfig,
     out: &Path,
     options: &StudyOptions,

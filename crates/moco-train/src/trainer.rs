@@ -10,11 +10,11 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 
 use crate::config::PretrainConfig;
 use crate::data::{prepare_data, RunData};
+use crate::distributed::{CollectiveBackend, DataParallel};
 use crate::knn::{knn_evaluate, KnnConfig, KnnResult};
 use crate::method::{Method, Pretrain, StepParams};
 use crate::monitor::{DipDetector, SpikeDetector};
@@ -63,12 +63,34 @@ pub struct RunSummary {
 
 /// Pretrains as `config` says, writing `config.json`, `metrics.jsonl` and checkpoints to
 /// `run_dir`. With `options.resume`, the stored configuration and newest checkpoint are used.
-pub fn pretrain<B: AutodiffBackend>(
+pub fn pretrain<B: CollectiveBackend>(
     config: PretrainConfig,
     run_dir: &Path,
     options: &RunOptions,
     device: &B::Device,
 ) -> Result<RunSummary, TrainError> {
+    pretrain_data_parallel::<B>(config, run_dir, options, std::slice::from_ref(device))
+}
+
+/// [`pretrain`] with one replica per device of `devices` (data parallelism: each device
+/// computes its shard of every batch, see [`crate::distributed`]); the first device holds the
+/// model that is evaluated and checkpointed. One device is the single-device run.
+pub fn pretrain_data_parallel<B: CollectiveBackend>(
+    config: PretrainConfig,
+    run_dir: &Path,
+    options: &RunOptions,
+    devices: &[B::Device],
+) -> Result<RunSummary, TrainError> {
+    let Some(device) = devices.first() else {
+        return Err(TrainError::Config("no device given".into()));
+    };
+    let world = devices.len();
+    let micro = config.batch_size / config.grad_accum.max(1);
+    if world > 1 && !micro.is_multiple_of(world) {
+        return Err(TrainError::Config(format!(
+            "the batch of {micro} images per micro-batch cannot be split evenly over {world} devices"
+        )));
+    }
     let config_path = run_dir.join("config.json");
     let config = if options.resume {
         let text = std::fs::read_to_string(&config_path).map_err(|e| {
@@ -114,24 +136,24 @@ pub fn pretrain<B: AutodiffBackend>(
             let model = Method::simclr::<B>(&model_config, device);
             run_loop(
                 model,
-                optim.init(),
+                || optim.init(),
                 &config,
                 &data,
                 run_dir,
                 options,
-                device,
+                devices,
             )
         }
         method => {
             let model = method.siamese::<B>(&model_config, device);
             run_loop(
                 model,
-                optim.init(),
+                || optim.init(),
                 &config,
                 &data,
                 run_dir,
                 options,
-                device,
+                devices,
             )
         }
     }
@@ -241,15 +263,24 @@ impl Metrics {
     }
 }
 
-fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
+fn run_loop<B, M, O>(
     mut model: M,
-    mut optim: O,
+    make_optim: impl Fn() -> O,
     config: &PretrainConfig,
     data: &RunData,
     run_dir: &Path,
     options: &RunOptions,
-    device: &B::Device,
-) -> Result<RunSummary, TrainError> {
+    devices: &[B::Device],
+) -> Result<RunSummary, TrainError>
+where
+    B: CollectiveBackend,
+    M: Pretrain<B> + 'static,
+    M::InnerModule: Send,
+    O: Optimizer<M, B> + Send + 'static,
+    O::Record: Send,
+{
+    let device = &devices[0];
+    let mut optim = make_optim();
     let mut pos = RunPosition {
         step: 0,
         epoch: 0,
@@ -270,6 +301,25 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
         }
         summary.checkpoint = Some(latest);
     }
+    let replicas = if devices.len() > 1 {
+        let dp = DataParallel::<B>::start(
+            &model,
+            &optim,
+            &make_optim,
+            devices,
+            config.precision.unwrap_or_default(),
+        )?;
+        if !options.quiet {
+            println!(
+                "data parallel over {} devices: {} images per device and micro-batch, SyncBN, keys gathered from every device",
+                devices.len(),
+                config.batch_size / config.grad_accum.max(1) / devices.len()
+            );
+        }
+        Some(dp)
+    } else {
+        None
+    };
     let mut metrics = Metrics::open(run_dir, options.resume.then_some(pos.step))?;
     let micro_per_epoch = data.train.batches_per_epoch();
     let accum = config.grad_accum;
@@ -385,7 +435,6 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                         "the loader produced one view, two are needed".into(),
                     ));
                 };
-                let (x1, x2) = (to_tensor(v1), to_tensor(v2));
                 // The EMA runs once per optimizer step.
                 let m = if micro == 0 {
                     schedule::momentum(epoch_f, config.momentum, epochs)
@@ -397,14 +446,19 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                     momentum: m,
                 };
                 let (value, grads);
-                (model, value, grads) = forward_backward(
-                    model,
-                    x1,
-                    x2,
-                    &params,
-                    1.0 / accum as f64,
-                    config.precision.unwrap_or_default(),
-                );
+                (model, value, grads) = match &replicas {
+                    Some(dp) => {
+                        dp.micro_step(model, [v1, v2], shape, &params, 1.0 / accum as f64, device)?
+                    }
+                    None => forward_backward(
+                        model,
+                        to_tensor(v1),
+                        to_tensor(v2),
+                        &params,
+                        1.0 / accum as f64,
+                        config.precision.unwrap_or_default(),
+                    ),
+                };
                 loss_sum += value;
                 accumulator.accumulate(&model, grads);
             }
@@ -412,6 +466,17 @@ fn run_loop<B: AutodiffBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
             let loss = loss_sum / accum as f64;
             let epoch_f = pos.epoch as f64 + pos.batch as f64 / micro_per_epoch as f64;
             let lr = schedule::learning_rate(epoch_f, lr_peak, warmup, epochs);
+            let (grads, loss) = match &replicas {
+                Some(dp) => dp.reduce(
+                    grads,
+                    loss,
+                    lr,
+                    config.clip_grad,
+                    config.skip_nonfinite,
+                    device,
+                )?,
+                None => (grads, loss),
+            };
             let (norms, global) = measure_gradients(&model, &grads);
             let step = pos.step + 1;
             if !loss.is_finite() || !global.is_finite() {

@@ -114,6 +114,23 @@ pub struct PretrainArgs {
     /// averaged); overrides --device.
     #[arg(long)]
     pub devices: Option<String>,
+    /// Machines of a multi-node run, experimental (each runs this command with its own
+    /// --node-rank and --node-address; `moco orchestrator` runs on one of them; see
+    /// docs/distributed.md).
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// This machine's index among --nodes (0 evaluates, logs and checkpoints).
+    #[arg(long)]
+    pub node_rank: Option<usize>,
+    /// Where the other nodes reach this one: ws://HOST:PORT (the port is opened here).
+    #[arg(long)]
+    pub node_address: Option<String>,
+    /// The orchestrator: ws://HOST:PORT.
+    #[arg(long)]
+    pub orchestrator: Option<String>,
+    /// Seconds to wait for every replica to join, or for a step to finish, before giving up.
+    #[arg(long, default_value_t = 1800)]
+    pub collective_timeout: u64,
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
@@ -213,11 +230,35 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
     if !args.quiet {
         println!("run directory: {}", out.display());
     }
+    let cluster = match (
+        args.nodes,
+        args.node_rank,
+        &args.node_address,
+        &args.orchestrator,
+    ) {
+        (None, None, None, None) => None,
+        (Some(nodes), Some(node_rank), Some(node_address), Some(orchestrator)) => {
+            Some(moco_train::distributed::Cluster {
+                nodes,
+                node_rank,
+                orchestrator: orchestrator.clone(),
+                node_address: node_address.clone(),
+            })
+        }
+        _ => return Err(
+            "a multi-node run needs all of --nodes, --node-rank, --node-address and --orchestrator"
+                .into(),
+        ),
+    };
     let options = RunOptions {
         resume: args.resume,
         stop: Some(stop),
         stop_after: None,
         quiet: args.quiet,
+        cluster,
+        collective_timeout: Some(std::time::Duration::from_secs(
+            args.collective_timeout.max(1),
+        )),
     };
     let devices = match &args.devices {
         Some(list) => parse_devices(list).map_err(|e| format!("--devices: {e}"))?,

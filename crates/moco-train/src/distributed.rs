@@ -9,9 +9,11 @@
 //! evaluates and checkpoints; replicas 1.. run on their own threads and receive their shards
 //! over channels. Collective calls block until every replica makes them, in the same order.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -110,31 +112,166 @@ impl<B: CollectiveBackend> ReplicaGroup<B> for CollectiveGroup {
     }
 }
 
-/// Joins the collective group of this process as replica `rank` of `world` on `device`
-/// (blocks until every replica has joined).
-pub fn join_group<B: AutodiffBackend>(
-    rank: usize,
-    world: usize,
-    device: &B::Device,
-) -> Result<(), TrainError> {
-    let config = CollectiveConfig::default().with_num_devices(world);
-    collective::register::<B::InnerBackend>(PeerId(rank as u32), device.clone(), config)
-        .map_err(|e| TrainError::Config(format!("replica {rank} cannot join the group: {e:?}")))
+/// The machines of a multi-node run (burn-collective's global mode): every node runs the same
+/// command with its own `node_rank` and `node_address`; one orchestrator (`moco orchestrator`)
+/// introduces them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    /// Number of machines.
+    pub nodes: usize,
+    /// This machine's index, `0..nodes`; node 0 evaluates, logs and checkpoints.
+    pub node_rank: usize,
+    /// The orchestrator, `ws://HOST:PORT`.
+    pub orchestrator: String,
+    /// Where the other nodes reach this one, `ws://HOST:PORT` (the port is opened here).
+    pub node_address: String,
 }
 
-/// Mean of the gradients over the replicas.
+impl Cluster {
+    /// Checks the addresses and returns the port of `node_address`.
+    pub fn data_port(&self) -> Result<u16, TrainError> {
+        if self.node_rank >= self.nodes {
+            return Err(TrainError::Config(format!(
+                "node rank {} is not below the number of nodes {}",
+                self.node_rank, self.nodes
+            )));
+        }
+        for (name, a) in [
+            ("orchestrator", &self.orchestrator),
+            ("node address", &self.node_address),
+        ] {
+            if !a.starts_with("ws://") {
+                return Err(TrainError::Config(format!(
+                    "{name} '{a}' must look like ws://HOST:PORT"
+                )));
+            }
+        }
+        self.node_address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+            .ok_or_else(|| {
+                TrainError::Config(format!(
+                    "node address '{}' has no port (ws://HOST:PORT)",
+                    self.node_address
+                ))
+            })
+    }
+}
+
+/// Where the replicas of a run are: `local` devices on this machine, on one or several nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Topology {
+    /// Replicas (devices) on this machine.
+    pub local: usize,
+    /// The machines, for a multi-node run.
+    pub cluster: Option<Cluster>,
+    /// Give up when the group has not formed, or no step has finished, for this long (a
+    /// missing or dead node would otherwise stall the others forever).
+    pub timeout: Duration,
+}
+
+impl Topology {
+    /// `local` replicas on this machine only.
+    pub fn single_node(local: usize) -> Self {
+        Topology {
+            local,
+            cluster: None,
+            timeout: Duration::from_secs(1800),
+        }
+    }
+
+    /// Replicas in all.
+    pub fn world(&self) -> usize {
+        self.local * self.cluster.as_ref().map_or(1, |c| c.nodes)
+    }
+
+    /// Global rank of local replica `local_rank`.
+    pub fn rank(&self, local_rank: usize) -> usize {
+        self.cluster.as_ref().map_or(0, |c| c.node_rank) * self.local + local_rank
+    }
+
+    /// Whether this machine evaluates, logs and checkpoints.
+    pub fn is_main(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.node_rank == 0)
+    }
+
+    fn config(&self) -> Result<CollectiveConfig, TrainError> {
+        let mut config = CollectiveConfig::default().with_num_devices(self.local);
+        if let Some(c) = &self.cluster {
+            let port = c.data_port()?;
+            let parse = |a: &str| {
+                a.parse::<burn_communication::Address>()
+                    .map_err(|e| TrainError::Config(format!("address '{a}': {e}")))
+            };
+            config = config
+                .with_num_nodes(c.nodes as u32)
+                .with_global_address(parse(&c.orchestrator)?)
+                .with_node_address(parse(&c.node_address)?)
+                .with_data_service_port(port);
+        }
+        Ok(config)
+    }
+}
+
+/// Joins the collective group as local replica `local_rank` on `device`; blocks until every
+/// replica of every node has joined, or fails after the topology's timeout.
+pub fn join_group<B: AutodiffBackend>(
+    local_rank: usize,
+    topology: &Topology,
+    device: &B::Device,
+) -> Result<(), TrainError> {
+    let config = topology.config()?;
+    let rank = topology.rank(local_rank);
+    let device = device.clone();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(collective::register::<B::InnerBackend>(
+            PeerId(rank as u32),
+            device,
+            config,
+        ));
+    });
+    match rx.recv_timeout(topology.timeout) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(TrainError::Config(format!(
+            "replica {rank} cannot join the group: {e:?}"
+        ))),
+        Err(_) => Err(TrainError::Config(match &topology.cluster {
+            Some(c) => format!(
+                "the group of {} replicas on {} nodes did not form within {} s: check that every node runs with --nodes {} and its own --node-rank, that the orchestrator at {} is running and reachable, and that port {} of {} is open to the other nodes",
+                topology.world(),
+                c.nodes,
+                topology.timeout.as_secs(),
+                c.nodes,
+                c.orchestrator,
+                c.data_port().unwrap_or(0),
+                c.node_address
+            ),
+            None => format!(
+                "the {} local replicas did not all join within {} s",
+                topology.local,
+                topology.timeout.as_secs()
+            ),
+        })),
+    }
+}
+
+/// Sum of the gradients over the replicas (each replica's loss is already divided by the
+/// number of replicas, so this is the gradient of the mean loss).
 pub fn all_reduce_gradients<B: AutodiffBackend>(
     rank: usize,
     grads: GradientsParams,
 ) -> Result<GradientsParams, TrainError> {
     grads
-        .all_reduce::<B::InnerBackend>(PeerId(rank as u32), ReduceOperation::Mean)
+        .all_reduce::<B::InnerBackend>(PeerId(rank as u32), ReduceOperation::Sum)
         .map_err(|e| TrainError::Config(format!("gradient all-reduce (replica {rank}): {e:?}")))
 }
 
-/// Mean of a scalar over the replicas.
+/// Mean of a scalar over `world` replicas.
 pub fn all_reduce_scalar<B: AutodiffBackend>(
     rank: usize,
+    world: usize,
     value: f64,
     device: &B::Device,
 ) -> Result<f64, TrainError> {
@@ -142,14 +279,13 @@ pub fn all_reduce_scalar<B: AutodiffBackend>(
     let out = collective::all_reduce::<B::InnerBackend>(
         PeerId(rank as u32),
         t.into_primitive().tensor(),
-        ReduceOperation::Mean,
+        ReduceOperation::Sum,
     )
     .map_err(|e| TrainError::Config(format!("all-reduce (replica {rank}): {e:?}")))?;
-    Ok(
-        Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(out))
-            .into_scalar()
-            .elem::<f64>(),
-    )
+    let sum = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(out))
+        .into_scalar()
+        .elem::<f64>();
+    Ok(sum / world as f64)
 }
 
 /// Leaves the group (every replica calls it) so that another group can form in this process.
@@ -215,25 +351,31 @@ pub fn flat_parameters<B: Backend, M: burn::module::Module<B>>(module: &M) -> Ve
     c.0
 }
 
-/// Replicas 1.. of a data-parallel run and the group of replica 0 (this thread).
+/// The local replicas 1.. of a data-parallel run, and the group of local replica 0 (this
+/// thread).
 pub struct DataParallel<B: CollectiveBackend> {
+    topology: Topology,
     group: Arc<CollectiveGroup>,
     senders: Vec<Sender<Command>>,
     done: Receiver<Result<(), String>>,
     handles: Vec<JoinHandle<()>>,
     precision: Precision,
+    progress: Arc<AtomicU64>,
+    stop_watchdog: Arc<AtomicBool>,
     _backend: std::marker::PhantomData<B>,
 }
 
 impl<B: CollectiveBackend> DataParallel<B> {
-    /// Starts replicas 1.. on `devices[1..]`, each a copy of `model` (same parameter ids, own
-    /// autodiff graph) with an optimizer from `make_optim` loaded with `optim`'s state, and
-    /// joins the group as replica 0 on `devices[0]`.
+    /// Starts local replicas 1.. on `devices[1..]`, each a copy of `model` (same parameter ids,
+    /// own autodiff graph) with an optimizer from `make_optim` loaded with `optim`'s state, and
+    /// joins the group as local replica 0 on `devices[0]`. `cluster` adds the other machines.
     pub fn start<M, O>(
         model: &M,
         optim: &O,
         make_optim: impl Fn() -> O,
         devices: &[B::Device],
+        cluster: Option<Cluster>,
+        timeout: Duration,
         precision: Precision,
     ) -> Result<Self, TrainError>
     where
@@ -242,31 +384,37 @@ impl<B: CollectiveBackend> DataParallel<B> {
         O: Optimizer<M, B> + Send + 'static,
         O::Record: Send,
     {
-        let world = devices.len();
-        if world == 0 {
+        if devices.is_empty() {
             return Err(TrainError::Config("no device given".into()));
         }
+        let topology = Topology {
+            local: devices.len(),
+            cluster,
+            timeout,
+        };
+        topology.config()?;
         collective::reset_collective::<B::InnerBackend>();
         let (done_tx, done) = channel();
         let mut senders = Vec::new();
         let mut handles = Vec::new();
-        for (rank, device) in devices.iter().enumerate().skip(1) {
+        for (local_rank, device) in devices.iter().enumerate().skip(1) {
             let (tx, rx) = channel::<Command>();
             let replica = model.valid();
             let mut replica_optim = make_optim();
             replica_optim = replica_optim.load_record(optim.to_record());
             let device = device.clone();
             let done_tx = done_tx.clone();
+            let topology = topology.clone();
             handles.push(
                 std::thread::Builder::new()
-                    .name(format!("replica-{rank}"))
+                    .name(format!("replica-{local_rank}"))
                     .spawn(move || {
                         // Forked as a trainable module: forking the inner module would drop
                         // which parameters take a gradient.
                         let model = M::from_inner(replica).fork(&device);
                         let result = worker::<B, M, O>(
-                            rank,
-                            world,
+                            local_rank,
+                            &topology,
                             model,
                             replica_optim,
                             device,
@@ -275,40 +423,54 @@ impl<B: CollectiveBackend> DataParallel<B> {
                         );
                         let _ = done_tx.send(result.map_err(|e| e.to_string()));
                     })
-                    .map_err(|e| TrainError::Io(format!("cannot start replica {rank}: {e}")))?,
+                    .map_err(|e| {
+                        TrainError::Io(format!("cannot start replica {local_rank}: {e}"))
+                    })?,
             );
             senders.push(tx);
         }
-        join_group::<B>(0, world, &devices[0])?;
+        join_group::<B>(0, &topology, &devices[0])?;
+        let progress = Arc::new(AtomicU64::new(0));
+        let stop_watchdog = Arc::new(AtomicBool::new(false));
+        spawn_watchdog(progress.clone(), stop_watchdog.clone(), topology.timeout);
         Ok(DataParallel {
-            group: Arc::new(CollectiveGroup::new(0, world)),
+            group: Arc::new(CollectiveGroup::new(topology.rank(0), topology.world())),
+            topology,
             senders,
             done,
             handles,
             precision,
+            progress,
+            stop_watchdog,
             _backend: std::marker::PhantomData,
         })
     }
 
-    /// Number of replicas.
+    /// Number of replicas on all machines.
     pub fn world_size(&self) -> usize {
-        self.group.world
+        self.topology.world()
     }
 
-    fn send(&self, rank: usize, command: Command) -> Result<(), TrainError> {
-        self.senders[rank - 1].send(command).map_err(|_| {
+    /// Whether this machine evaluates, logs and checkpoints.
+    pub fn is_main(&self) -> bool {
+        self.topology.is_main()
+    }
+
+    fn send(&self, local_rank: usize, command: Command) -> Result<(), TrainError> {
+        self.senders[local_rank - 1].send(command).map_err(|_| {
             let reason = self
                 .done
                 .try_recv()
                 .ok()
                 .and_then(|r| r.err())
                 .unwrap_or_else(|| "it stopped".into());
-            TrainError::Config(format!("replica {rank} is gone: {reason}"))
+            TrainError::Config(format!("replica {local_rank} is gone: {reason}"))
         })
     }
 
-    /// One micro-batch: shards 1.. go to the other replicas, shard 0 runs here. Returns this
-    /// replica's model, loss and (not yet reduced) gradients.
+    /// One micro-batch of the global batch `views` (every machine loads the same batch):
+    /// this machine's shards go to its replicas, the first of them runs here. Returns this
+    /// replica's model, its loss and its (not yet reduced) gradients.
     pub fn micro_step<M: Pretrain<B>>(
         &self,
         model: M,
@@ -321,18 +483,28 @@ impl<B: CollectiveBackend> DataParallel<B> {
         let world = self.world_size();
         if !shape[0].is_multiple_of(world) {
             return Err(TrainError::Config(format!(
-                "a batch of {} cannot be split over {world} devices",
+                "a batch of {} cannot be split over {world} replicas",
                 shape[0]
             )));
         }
+        // Each replica's loss is divided by the number of replicas: the summed gradients are
+        // those of the mean loss.
+        let scale = scale / world as f64;
+        let first = self.topology.rank(0);
         let [v1, v2] = views;
-        let mut s1 = shard(v1, shape, world).into_iter();
-        let mut s2 = shard(v2, shape, world).into_iter();
+        let mut s1 = shard(v1, shape, world)
+            .into_iter()
+            .skip(first)
+            .take(self.topology.local);
+        let mut s2 = shard(v2, shape, world)
+            .into_iter()
+            .skip(first)
+            .take(self.topology.local);
         let (x1, local_shape) = s1.next().expect("shard 0");
         let (x2, _) = s2.next().expect("shard 0");
-        for (rank, ((a, sh), (b, _))) in s1.zip(s2).enumerate() {
+        for (i, ((a, sh), (b, _))) in s1.zip(s2).enumerate() {
             self.send(
-                rank + 1,
+                i + 1,
                 Command::Micro {
                     x1: a,
                     x2: b,
@@ -354,21 +526,21 @@ impl<B: CollectiveBackend> DataParallel<B> {
         ))
     }
 
-    /// The parameters of replicas 1.. ([`flat_parameters`]), to check that they are the same
-    /// as replica 0's.
+    /// The parameters of local replicas 1.. ([`flat_parameters`]), to check that they are the
+    /// same as replica 0's.
     pub fn replica_parameters(&self) -> Result<Vec<Vec<f32>>, TrainError> {
         let mut out = Vec::new();
-        for rank in 1..self.world_size() {
+        for local_rank in 1..self.topology.local {
             let (tx, rx) = channel();
-            self.send(rank, Command::Parameters(tx))?;
+            self.send(local_rank, Command::Parameters(tx))?;
             out.push(rx.recv().map_err(|_| {
-                TrainError::Config(format!("replica {rank} stopped before answering"))
+                TrainError::Config(format!("replica {local_rank} stopped before answering"))
             })?);
         }
         Ok(out)
     }
 
-    /// Ends an optimizer step: the replicas are told the update, then the gradients (mean) and
+    /// Ends an optimizer step: the local replicas are told the update, then the gradients and
     /// the loss (mean) are reduced over all replicas. Every replica then applies the same
     /// update (or skips it, or stops, on a non-finite gradient, as this one will).
     pub fn reduce(
@@ -380,9 +552,9 @@ impl<B: CollectiveBackend> DataParallel<B> {
         skip_nonfinite: bool,
         device: &B::Device,
     ) -> Result<(GradientsParams, f64), TrainError> {
-        for rank in 1..self.world_size() {
+        for local_rank in 1..self.topology.local {
             self.send(
-                rank,
+                local_rank,
                 Command::Finish {
                     lr,
                     clip,
@@ -390,32 +562,58 @@ impl<B: CollectiveBackend> DataParallel<B> {
                 },
             )?;
         }
-        let grads = all_reduce_gradients::<B>(0, grads)?;
-        let loss = all_reduce_scalar::<B>(0, loss, device)?;
+        let rank = self.topology.rank(0);
+        let grads = all_reduce_gradients::<B>(rank, grads)?;
+        let loss = all_reduce_scalar::<B>(rank, self.world_size(), loss, device)?;
+        self.progress.fetch_add(1, Ordering::SeqCst);
         Ok((grads, loss))
     }
 }
 
+/// Ends the process when `progress` stops moving for `timeout`: a collective call waits for
+/// every replica without a deadline of its own, and a missing or dead node must not stall the
+/// others forever.
+fn spawn_watchdog(progress: Arc<AtomicU64>, stop: Arc<AtomicBool>, timeout: Duration) {
+    std::thread::spawn(move || {
+        let (mut seen, mut since) = (progress.load(Ordering::SeqCst), Instant::now());
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = progress.load(Ordering::SeqCst);
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            } else if since.elapsed() > timeout {
+                eprintln!(
+                    "error: no training step finished for {} s: a replica or node stopped answering; exiting (the newest checkpoint is kept; continue with --resume)",
+                    timeout.as_secs()
+                );
+                std::process::exit(3);
+            }
+        }
+    });
+}
+
 impl<B: CollectiveBackend> Drop for DataParallel<B> {
     fn drop(&mut self) {
+        self.stop_watchdog.store(true, Ordering::SeqCst);
         self.senders.clear();
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
-        leave_group::<B>(0);
+        leave_group::<B>(self.topology.rank(0));
     }
 }
 
 fn worker<B: CollectiveBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
-    rank: usize,
-    world: usize,
+    local_rank: usize,
+    topology: &Topology,
     mut model: M,
     mut optim: O,
     device: B::Device,
     commands: Receiver<Command>,
     precision: Precision,
 ) -> Result<(), TrainError> {
-    join_group::<B>(rank, world, &device)?;
+    join_group::<B>(local_rank, topology, &device)?;
+    let (rank, world) = (topology.rank(local_rank), topology.world());
     let group = Arc::new(CollectiveGroup::new(rank, world));
     let mut accumulator = GradientsAccumulator::<M>::new();
     let mut loss_sum = 0.0;
@@ -455,7 +653,8 @@ fn worker<B: CollectiveBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                 let grads =
                     std::mem::replace(&mut accumulator, GradientsAccumulator::new()).grads();
                 let grads = all_reduce_gradients::<B>(rank, grads)?;
-                let loss = all_reduce_scalar::<B>(rank, loss_sum / micros.max(1) as f64, &device)?;
+                let loss =
+                    all_reduce_scalar::<B>(rank, world, loss_sum / micros.max(1) as f64, &device)?;
                 (loss_sum, micros) = (0.0, 0);
                 let (_, global) = measure_gradients(&model, &grads);
                 if !loss.is_finite() || !global.is_finite() {

@@ -377,6 +377,7 @@ pub fn run_study<B: CollectiveBackend>(
             stop: options.stop.clone(),
             stop_after: None,
             quiet: options.quiet,
+            ..Default::default()
         };
         let status = match pretrain::<B>(run.config.clone(), &dir, &run_options, device) {
             Ok(s) if s.interrupted => {

@@ -34,6 +34,11 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// No progress lines.
     pub quiet: bool,
+    /// The other machines of a multi-node data-parallel run.
+    pub cluster: Option<crate::distributed::Cluster>,
+    /// How long a data-parallel run waits for its group to form, or for a step to finish,
+    /// before it gives up (30 minutes when absent).
+    pub collective_timeout: Option<std::time::Duration>,
 }
 
 /// What a run did.
@@ -84,7 +89,7 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
     let Some(device) = devices.first() else {
         return Err(TrainError::Config("no device given".into()));
     };
-    let world = devices.len();
+    let world = devices.len() * options.cluster.as_ref().map_or(1, |c| c.nodes);
     let micro = config.batch_size / config.grad_accum.max(1);
     if world > 1 && !micro.is_multiple_of(world) {
         return Err(TrainError::Config(format!(
@@ -228,11 +233,14 @@ impl Progress {
 }
 
 struct Metrics {
-    file: std::fs::File,
+    file: Option<std::fs::File>,
 }
 
 impl Metrics {
-    fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self, TrainError> {
+    fn open(run_dir: &Path, resume_step: Option<u64>, enabled: bool) -> Result<Self, TrainError> {
+        if !enabled {
+            return Ok(Metrics { file: None });
+        }
         let path = run_dir.join("metrics.jsonl");
         // On resume, drop what was logged after the checkpoint: those steps run again.
         let kept = match resume_step {
@@ -255,11 +263,13 @@ impl Metrics {
             .append(true)
             .open(&path)
             .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
-        Ok(Metrics { file })
+        Ok(Metrics { file: Some(file) })
     }
 
     fn log(&mut self, value: serde_json::Value) {
-        let _ = writeln!(self.file, "{value}");
+        if let Some(f) = &mut self.file {
+            let _ = writeln!(f, "{value}");
+        }
     }
 }
 
@@ -301,26 +311,33 @@ where
         }
         summary.checkpoint = Some(latest);
     }
-    let replicas = if devices.len() > 1 {
+    let replicas = if devices.len() > 1 || options.cluster.is_some() {
         let dp = DataParallel::<B>::start(
             &model,
             &optim,
             &make_optim,
             devices,
+            options.cluster.clone(),
+            options
+                .collective_timeout
+                .unwrap_or(std::time::Duration::from_secs(1800)),
             config.precision.unwrap_or_default(),
         )?;
         if !options.quiet {
             println!(
-                "data parallel over {} devices: {} images per device and micro-batch, SyncBN, keys gathered from every device",
-                devices.len(),
-                config.batch_size / config.grad_accum.max(1) / devices.len()
+                "data parallel over {} replicas{}: {} images per replica and micro-batch, SyncBN, keys gathered from every replica",
+                dp.world_size(),
+                options.cluster.as_ref().map(|c| format!(" on {} nodes (this is node {})", c.nodes, c.node_rank)).unwrap_or_default(),
+                config.batch_size / config.grad_accum.max(1) / dp.world_size()
             );
         }
         Some(dp)
     } else {
         None
     };
-    let mut metrics = Metrics::open(run_dir, options.resume.then_some(pos.step))?;
+    // Evaluation, metrics and checkpoints happen on the first machine only.
+    let main = replicas.as_ref().is_none_or(|dp| dp.is_main());
+    let mut metrics = Metrics::open(run_dir, options.resume.then_some(pos.step), main)?;
     let micro_per_epoch = data.train.batches_per_epoch();
     let accum = config.grad_accum;
     let steps_per_epoch = (micro_per_epoch / accum).max(1);
@@ -375,7 +392,7 @@ where
         Ok(())
     };
 
-    if !options.resume {
+    if !options.resume && main {
         evaluate(
             &mut progress,
             &model,
@@ -534,9 +551,10 @@ where
                 }
             }
             let epoch_end = pos.batch + accum > micro_per_epoch;
-            if (config.knn_every > 0 && step.is_multiple_of(config.knn_every))
-                || epoch_end
-                || step == total
+            if main
+                && ((config.knn_every > 0 && step.is_multiple_of(config.knn_every))
+                    || epoch_end
+                    || step == total)
             {
                 evaluate(
                     &mut progress,
@@ -552,7 +570,11 @@ where
                 .as_ref()
                 .is_some_and(|s| s.load(Ordering::SeqCst))
                 || options.stop_after.is_some_and(|s| step >= s);
-            if step.is_multiple_of(config.checkpoint_every.max(1)) || step == total || interrupted {
+            if main
+                && (step.is_multiple_of(config.checkpoint_every.max(1))
+                    || step == total
+                    || interrupted)
+            {
                 summary.checkpoint = Some(run_state::save(
                     run_dir,
                     &model,
@@ -570,6 +592,9 @@ where
     }
     summary.steps = pos.step;
     progress.finish();
+    if !main {
+        return Ok(summary);
+    }
     match crate::plot::plot_run(run_dir) {
         Ok(files) if !options.quiet => println!(
             "plots: {} ({} files)",

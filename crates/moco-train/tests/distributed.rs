@@ -10,7 +10,9 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use moco_models::{gather_rows, with_replicas, MocoConfig, Precision, ReplicaGroup, VitConfig};
-use moco_train::distributed::{flat_parameters, join_group, leave_group, CollectiveGroup};
+use moco_train::distributed::{
+    flat_parameters, join_group, leave_group, CollectiveGroup, Topology,
+};
 use moco_train::{
     apply_step, forward_backward, measure_gradients, pretrain, pretrain_data_parallel,
     DataParallel, Method, OptimConfig, PretrainConfig, RunOptions, Siamese, StepParams,
@@ -34,7 +36,7 @@ fn gather_places_each_replica_at_its_offset_and_sums_gradients_back() {
         .map(|rank| {
             std::thread::spawn(move || {
                 let device = Default::default();
-                join_group::<B>(rank, world, &device).unwrap();
+                join_group::<B>(rank, &Topology::single_node(world), &device).unwrap();
                 let group: Arc<dyn ReplicaGroup<B>> = Arc::new(CollectiveGroup::new(rank, world));
                 // Rows of rank r: r·10 + 0..6, shape [2, 3].
                 let x = Tensor::<B, 1, Int>::arange(0..6, &device)
@@ -158,8 +160,16 @@ fn step(world: usize, n: usize) -> StepResult {
     }
     let devices = vec![device; world];
     let model = Siamese::<B>::from_inner(model.valid());
-    let dp =
-        DataParallel::<B>::start(&model, &optim, make_optim, &devices, Precision::F32).unwrap();
+    let dp = DataParallel::<B>::start(
+        &model,
+        &optim,
+        make_optim,
+        &devices,
+        None,
+        std::time::Duration::from_secs(60),
+        Precision::F32,
+    )
+    .unwrap();
     let (model, local_loss, grads) = dp
         .micro_step(model, [v1, v2], shape, &params, 1.0, &devices[0])
         .unwrap();
@@ -260,7 +270,7 @@ fn a_data_parallel_run_follows_the_single_device_run() {
         quiet: true,
         ..Default::default()
     };
-    let device = burn_flex::FlexDevice::default();
+    let device = burn_flex::FlexDevice;
     let (a, b) = (Tmp::new("single"), Tmp::new("two"));
     let single = pretrain::<B>(config.clone(), &a.0, &quiet, &device).unwrap();
     let two = pretrain_data_parallel::<B>(config.clone(), &b.0, &quiet, &[device, device]).unwrap();

@@ -1,8 +1,8 @@
 //! The paper's instability study: learning rates from stable to unstable, learned vs frozen
 //! patch projection, kNN curves and gradient spikes, with a report.
 //!
-//! With no flags: the built-in CPU study (Fashion-MNIST, a 4-block ViT, about an hour on two
-//! cores) into `runs/study-cpu`; running it again continues where it stopped. Every
+//! With no flags: the built-in CPU study (Fashion-MNIST, a 4-block ViT, about 90 minutes on
+//! two cores) into `runs/study-cpu`; running it again continues where it stopped. Every
 //! `moco study` flag works here, e.g. `-- --config my-study.json --out runs/my-study`.
 
 use std::process::ExitCode;

@@ -19,7 +19,7 @@ pub struct StudyArgs {
     /// The study file (JSON); the built-in CPU study when absent (see --builtin).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// A built-in study: `cpu` (Fashion-MNIST, small ViT, about an hour on 2 cores) or `gpu`
+    /// A built-in study: `cpu` (Fashion-MNIST, small ViT, about 90 minutes on 2 cores) or `gpu`
     /// (ViT-S on an image folder given with --data).
     #[arg(long, default_value = "cpu")]
     pub builtin: String,

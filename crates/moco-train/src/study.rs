@@ -21,8 +21,8 @@ use crate::method::Method;
 use crate::trainer::{pretrain, RunOptions};
 use crate::TrainError;
 
-/// The study sized for a 2-core CPU: a small ViT on Fashion-MNIST, three learning rates from
-/// stable to unstable, learned vs frozen patch projection.
+/// The study sized for a 2-core CPU (about 90 minutes): a small ViT on Fashion-MNIST, four
+/// learning rates from stable to unstable, learned vs frozen patch projection.
 pub const CPU_STUDY: &str = include_str!("../studies/fmnist-vit.json");
 /// The study sized for one GPU: ViT-S on an image folder, two batch sizes.
 pub const GPU_STUDY: &str = include_str!("../studies/imagenet-vit-small.json");

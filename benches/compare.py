@@ -7,6 +7,9 @@ memory is each run's peak resident set size. Prints a Markdown table row per con
 and the raw JSON lines to `--out`.
 
     python benches/compare.py --moco target/release/moco --python /path/to/venv/bin/python
+
+With `--data`, the pairs are `moco bench data` and `benches/data_baseline.py` (one thread,
+the same JPEG files) and the table has one row per augmentation pipeline.
 """
 
 import argparse
@@ -35,6 +38,35 @@ def run(cmd):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def run_lines(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return {r["pipeline"]: r for r in map(json.loads, out.strip().splitlines())}
+
+
+def compare_data(args, here):
+    """Augmentation pipelines, one thread each side, `--pairs` alternating runs."""
+    jpegs = ["--jpeg-dir", args.jpeg_dir, "--images", "256"]
+    ours, theirs = [], []
+    for _ in range(args.pairs):
+        ours.append(run_lines([args.moco, "bench", "data", "--threads", "1", *jpegs]))
+        theirs.append(run_lines([args.python, str(here / "data_baseline.py"), *jpegs]))
+        if args.out:
+            with open(args.out, "a") as f:
+                for r in [*ours[-1].values(), *theirs[-1].values()]:
+                    f.write(json.dumps(r) + "\n")
+    # The decode-only row is Pillow either way; the pipelines say which library ran them.
+    backend = list(theirs[0].values())[-1].get("backend", "python")
+    print(f"| pipeline | moco img/s | {backend} img/s | ratio (median of pairs) |")
+    print("|---|---|---|---|")
+    for name in theirs[0]:
+        if name not in ours[0]:
+            continue
+        a = [o[name]["images_per_sec"] for o in ours]
+        b = [t[name]["images_per_sec"] for t in theirs]
+        ratio = statistics.median(x / y for x, y in zip(a, b))
+        print(f"| {name} | {statistics.median(a):.1f} | {statistics.median(b):.1f} | {ratio:.2f}× |", flush=True)
+
+
 def main():
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -46,7 +78,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="append every JSON result to this file")
+    ap.add_argument("--data", action="store_true", help="compare the augmentation pipelines instead")
+    ap.add_argument("--jpeg-dir", default="/tmp/moco-bench-jpegs")
     args = ap.parse_args()
+    if args.data:
+        return compare_data(args, here)
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     print("| config | moco img/s | PyTorch img/s | ratio (median of pairs) | moco peak MB | PyTorch peak MB |")
     print("|---|---|---|---|---|---|")

@@ -48,6 +48,10 @@ pub struct PretrainArgs {
     /// Warm-up epochs.
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
+    /// Length of the schedule in steps, whatever the dataset size (epochs and warm-up are
+    /// rescaled to span it, warm-up keeping its share).
+    #[arg(long)]
+    pub steps: Option<u64>,
     /// Stop after this many steps.
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -88,6 +92,19 @@ pub struct PretrainArgs {
     /// kNN evaluation every N steps (0: epoch ends only).
     #[arg(long)]
     pub knn_every: Option<u64>,
+    /// kNN neighbours.
+    #[arg(long)]
+    pub knn_k: Option<usize>,
+    /// At most this many training images form the kNN memory.
+    #[arg(long)]
+    pub knn_memory: Option<usize>,
+    /// At most this many evaluation images are classified by the kNN monitor.
+    #[arg(long)]
+    pub knn_eval: Option<usize>,
+    /// A kNN top-1 drop of more than this many points is a dip (default: two binomial
+    /// standard errors on the evaluation set).
+    #[arg(long)]
+    pub dip_threshold: Option<f64>,
     /// Checkpoint every N steps.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
@@ -157,13 +174,20 @@ impl PretrainArgs {
                      warmup_epochs => warmup_epochs, lr => base_lr, optimizer => optimizer, weight_decay => weight_decay,
                      temperature => temperature, momentum => momentum, crop_min => crop_min, seed => seed,
                      workers => workers, knn_every => knn_every, checkpoint_every => checkpoint_every,
+                     knn_k => knn_k, knn_memory => knn_memory, knn_eval => knn_eval,
         );
         if self.arch.is_some() {
             // A named architecture brings its own width, depth and heads.
             (c.embed_dim, c.depth, c.num_heads) = (None, None, None);
         }
+        if self.steps.is_some() {
+            c.steps = self.steps;
+        }
         if self.max_steps.is_some() {
             c.max_steps = self.max_steps;
+        }
+        if self.dip_threshold.is_some() {
+            c.dip_threshold = self.dip_threshold;
         }
         if self.clip_grad.is_some() {
             c.clip_grad = self.clip_grad;

@@ -60,13 +60,19 @@ pub fn sample_crop(
     }
 }
 
-/// Resampling weights of one axis: for each output index, the first input index and the
-/// normalised weights. Bilinear (triangle) filter, widened by the scale factor when
-/// downscaling, as PIL's antialiased resize does.
-fn axis_weights(in_len: usize, out_len: usize, offset: usize) -> Vec<(usize, Vec<f32>)> {
+/// Resampling weights of one axis: `taps` weights per output index in one flat array, the
+/// first input index of each. Bilinear (triangle) filter, widened by the scale factor when
+/// downscaling, as PIL's antialiased resize does; shorter filters are padded with zeros.
+struct AxisWeights {
+    starts: Vec<usize>,
+    taps: usize,
+    weights: Vec<f32>,
+}
+
+fn axis_weights(in_len: usize, out_len: usize, offset: usize) -> AxisWeights {
     let scale = in_len as f64 / out_len as f64;
     let support = scale.max(1.0);
-    (0..out_len)
+    let filters: Vec<(usize, Vec<f64>)> = (0..out_len)
         .map(|o| {
             let center = (o as f64 + 0.5) * scale;
             let lo = ((center - support).floor().max(0.0)) as usize;
@@ -81,9 +87,38 @@ fn axis_weights(in_len: usize, out_len: usize, offset: usize) -> Vec<(usize, Vec
             if sum > 0.0 {
                 w.iter_mut().for_each(|x| *x /= sum);
             }
-            (offset + lo, w.into_iter().map(|x| x as f32).collect())
+            (lo, w)
         })
-        .collect()
+        .collect();
+    let taps = filters
+        .iter()
+        .map(|(_, w)| w.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut starts = Vec::with_capacity(out_len);
+    let mut weights = vec![0f32; out_len * taps];
+    for (o, (lo, w)) in filters.into_iter().enumerate() {
+        // Shifted left where the padded filter would run past the end.
+        let start = lo.min(in_len.saturating_sub(taps));
+        for (k, x) in w.into_iter().enumerate() {
+            weights[o * taps + lo - start + k] = x as f32;
+        }
+        starts.push(offset + start);
+    }
+    AxisWeights {
+        starts,
+        taps,
+        weights,
+    }
+}
+
+/// `dst[x] += w · src[x]`, the row operation both separable passes reduce to.
+#[inline]
+fn axpy(dst: &mut [f32], w: f32, src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += w * s;
+    }
 }
 
 /// Crops `b` and resizes it to `out_h × out_w` (bilinear, antialiased when shrinking).
@@ -94,21 +129,30 @@ pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Imag
     let mut tmp = vec![0f32; b.height * out_w];
     for c in 0..img.channels {
         let plane = &img.data[c * img.plane()..(c + 1) * img.plane()];
+        // Horizontal: each output column a short dot product.
         for (r, y) in (b.top..b.top + b.height).enumerate() {
             let row = &plane[y * img.width..(y + 1) * img.width];
-            for (x, (start, ws)) in wx.iter().enumerate() {
-                tmp[r * out_w + x] = ws.iter().enumerate().map(|(k, w)| w * row[start + k]).sum();
+            let dst = &mut tmp[r * out_w..(r + 1) * out_w];
+            for ((d, &start), ws) in dst
+                .iter_mut()
+                .zip(&wx.starts)
+                .zip(wx.weights.chunks_exact(wx.taps))
+            {
+                *d = ws.iter().zip(&row[start..]).map(|(w, v)| w * v).sum();
             }
         }
+        // Vertical: whole rows scaled and added (vectorised, cache friendly).
         let dst = &mut out.data[c * out_h * out_w..(c + 1) * out_h * out_w];
-        for (y, (start, ws)) in wy.iter().enumerate() {
+        for ((row, &start), ws) in dst
+            .chunks_exact_mut(out_w)
+            .zip(&wy.starts)
+            .zip(wy.weights.chunks_exact(wy.taps))
+        {
             let base = start - b.top;
-            for x in 0..out_w {
-                dst[y * out_w + x] = ws
-                    .iter()
-                    .enumerate()
-                    .map(|(k, w)| w * tmp[(base + k) * out_w + x])
-                    .sum();
+            for (k, &w) in ws.iter().enumerate() {
+                if w != 0.0 {
+                    axpy(row, w, &tmp[(base + k) * out_w..(base + k + 1) * out_w]);
+                }
             }
         }
     }
@@ -147,20 +191,6 @@ pub fn grayscale(img: &mut Image) {
     }
 }
 
-/// `x ← clamp(factor·x + (1 − factor)·other[p])` for every channel of pixel `p`.
-fn blend_planes(img: &mut Image, factor: f32, other: &[f32]) {
-    let n = img.plane();
-    for plane in img.data.chunks_exact_mut(n) {
-        for (x, o) in plane.iter_mut().zip(other) {
-            *x = (factor * *x + (1.0 - factor) * o).clamp(0.0, 1.0);
-        }
-    }
-}
-
-fn luma_plane(img: &Image) -> Vec<f32> {
-    (0..img.plane()).map(|p| luma(img, p)).collect()
-}
-
 /// Multiplies by `factor`, clamped.
 pub fn adjust_brightness(img: &mut Image, factor: f32) {
     img.data
@@ -171,8 +201,15 @@ pub fn adjust_brightness(img: &mut Image, factor: f32) {
 /// Blends with the mean of the grayscale image.
 pub fn adjust_contrast(img: &mut Image, factor: f32) {
     let n = img.plane();
-    let mean = (0..n).map(|p| luma(img, p)).sum::<f32>() / n as f32;
-    blend_planes(img, factor, &vec![mean; n]);
+    let mean = if img.channels == 1 {
+        img.data.iter().sum::<f32>() / n as f32
+    } else {
+        (0..n).map(|p| luma(img, p)).sum::<f32>() / n as f32
+    };
+    let offset = (1.0 - factor) * mean;
+    img.data
+        .iter_mut()
+        .for_each(|x| *x = (factor * *x + offset).clamp(0.0, 1.0));
 }
 
 /// Blends with the grayscale image (no-op on one channel).
@@ -180,8 +217,15 @@ pub fn adjust_saturation(img: &mut Image, factor: f32) {
     if img.channels == 1 {
         return;
     }
-    let gray = luma_plane(img);
-    blend_planes(img, factor, &gray);
+    let n = img.plane();
+    let (r, gb) = img.data.split_at_mut(n);
+    let (g, b) = gb.split_at_mut(n);
+    for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
+        let gray = (1.0 - factor) * (0.299 * *r + 0.587 * *g + 0.114 * *b);
+        *r = (factor * *r + gray).clamp(0.0, 1.0);
+        *g = (factor * *g + gray).clamp(0.0, 1.0);
+        *b = (factor * *b + gray).clamp(0.0, 1.0);
+    }
 }
 
 /// Rotates the hue by `shift` turns (in `[-0.5, 0.5]`) through HSV (no-op on one channel).
@@ -190,37 +234,50 @@ pub fn adjust_hue(img: &mut Image, shift: f32) {
         return;
     }
     let n = img.plane();
-    for p in 0..n {
-        let (r, g, b) = (img.data[p], img.data[n + p], img.data[2 * n + p]);
-        let max = r.max(g).max(b);
-        let min = r.min(g).min(b);
+    let (rs, gb) = img.data.split_at_mut(n);
+    let (gs, bs) = gb.split_at_mut(n);
+    for ((r, g), b) in rs.iter_mut().zip(gs.iter_mut()).zip(bs.iter_mut()) {
+        let (rv, gv, bv) = (*r, *g, *b);
+        let max = rv.max(gv).max(bv);
+        let min = rv.min(gv).min(bv);
         let delta = max - min;
+        if delta == 0.0 {
+            // Gray: hue undefined, nothing to rotate.
+            continue;
+        }
         let v = max;
-        let s = if max > 0.0 { delta / max } else { 0.0 };
-        let mut h = if delta == 0.0 {
-            0.0
-        } else if max == r {
-            ((g - b) / delta).rem_euclid(6.0) / 6.0
-        } else if max == g {
-            ((b - r) / delta + 2.0) / 6.0
+        let s = delta / max;
+        // Hue in sixths of a turn, in [0, 6).
+        let mut h6 = if max == rv {
+            let x = (gv - bv) / delta;
+            if x < 0.0 {
+                x + 6.0
+            } else {
+                x
+            }
+        } else if max == gv {
+            (bv - rv) / delta + 2.0
         } else {
-            ((r - g) / delta + 4.0) / 6.0
+            (rv - gv) / delta + 4.0
         };
-        h = (h + shift).rem_euclid(1.0);
-        let i = (h * 6.0).floor();
-        let f = h * 6.0 - i;
-        let (pp, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
-        let (r, g, b) = match i as i32 % 6 {
-            0 => (v, t, pp),
-            1 => (q, v, pp),
-            2 => (pp, v, t),
-            3 => (pp, q, v),
-            4 => (t, pp, v),
-            _ => (v, pp, q),
+        h6 += shift * 6.0;
+        if h6 < 0.0 {
+            h6 += 6.0;
+        } else if h6 >= 6.0 {
+            h6 -= 6.0;
+        }
+        // Truncation is the floor here: h6 ≥ 0 (rounding can land exactly on 6).
+        let i = (h6 as i32).min(5);
+        let f = h6 - i as f32;
+        let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+        (*r, *g, *b) = match i {
+            0 => (v, t, p),
+            1 => (q, v, p),
+            2 => (p, v, t),
+            3 => (p, q, v),
+            4 => (t, p, v),
+            _ => (v, p, q),
         };
-        img.data[p] = r;
-        img.data[n + p] = g;
-        img.data[2 * n + p] = b;
     }
 }
 
@@ -262,25 +319,27 @@ pub fn gaussian_blur(img: &mut Image, sigma: f32) {
     // plain dot products.
     let cols: Vec<usize> = (0..w + 2 * radius).map(|i| reflect(i, w)).collect();
     let rows: Vec<usize> = (0..h + 2 * radius).map(|i| reflect(i, h)).collect();
-    let mut line = vec![0f32; (w.max(h)) + 2 * radius];
+    let mut line = vec![0f32; w + 2 * radius];
     let mut tmp = vec![0f32; h * w];
     for c in 0..img.channels {
         let plane = &mut img.data[c * h * w..(c + 1) * h * w];
-        for y in 0..h {
+        // Horizontal: the padded row, then one scaled add per tap.
+        for (y, dst) in tmp.chunks_exact_mut(w).enumerate() {
             let row = &plane[y * w..(y + 1) * w];
-            for (dst, &src) in line.iter_mut().zip(&cols) {
-                *dst = row[src];
+            for (d, &src) in line.iter_mut().zip(&cols) {
+                *d = row[src];
             }
-            for x in 0..w {
-                tmp[y * w + x] = kernel.iter().zip(&line[x..]).map(|(k, v)| k * v).sum();
+            dst.fill(0.0);
+            for (k, &kv) in kernel.iter().enumerate() {
+                axpy(dst, kv, &line[k..k + w]);
             }
         }
-        for x in 0..w {
-            for (dst, &src) in line.iter_mut().zip(&rows) {
-                *dst = tmp[src * w + x];
-            }
-            for y in 0..h {
-                plane[y * w + x] = kernel.iter().zip(&line[y..]).map(|(k, v)| k * v).sum();
+        // Vertical: whole reflected rows of the horizontal result, scaled and added.
+        for (y, dst) in plane.chunks_exact_mut(w).enumerate() {
+            dst.fill(0.0);
+            for (k, &kv) in kernel.iter().enumerate() {
+                let src = rows[y + k];
+                axpy(dst, kv, &tmp[src * w..(src + 1) * w]);
             }
         }
     }

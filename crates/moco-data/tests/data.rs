@@ -523,3 +523,123 @@ fn fast_blur_matches_the_reference() {
         assert!(err < 1e-5, "{h}x{w} sigma {sigma}: {err}");
     }
 }
+
+/// PIL's antialiased bilinear resize of a crop written as one 2-D sum per output pixel, the
+/// reference for the separable, padded-weight implementation.
+fn naive_resized_crop(img: &Image, b: CropBox, oh: usize, ow: usize) -> Image {
+    let weights = |in_len: usize, out_len: usize, o: usize| -> Vec<(usize, f64)> {
+        let scale = in_len as f64 / out_len as f64;
+        let support = scale.max(1.0);
+        let center = (o as f64 + 0.5) * scale;
+        let w: Vec<(usize, f64)> = (0..in_len)
+            .map(|i| {
+                let d = ((i as f64 + 0.5 - center) / support).abs();
+                (i, (1.0 - d).max(0.0))
+            })
+            .filter(|&(_, w)| w > 0.0)
+            .collect();
+        let s: f64 = w.iter().map(|x| x.1).sum();
+        w.into_iter().map(|(i, x)| (i, x / s)).collect()
+    };
+    let mut out = Image::zeros(img.channels, oh, ow);
+    for c in 0..img.channels {
+        for y in 0..oh {
+            for x in 0..ow {
+                let mut v = 0f64;
+                for (i, wy) in weights(b.height, oh, y) {
+                    for (j, wx) in weights(b.width, ow, x) {
+                        v += wy * wx * img.at(c, b.top + i, b.left + j) as f64;
+                    }
+                }
+                out.data[(c * oh + y) * ow + x] = v as f32;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn resized_crop_matches_the_reference() {
+    let src = img(3, 37, 53, |c, y, x| {
+        ((c * 29 + y * 11 + x * 7) % 23) as f32 / 22.0
+    });
+    let mut rng = Rng::for_sample(3, 0, 0, 1);
+    for (oh, ow) in [(16, 16), (40, 40), (7, 12), (53, 37)] {
+        for _ in 0..10 {
+            let b = sample_crop(&mut rng, 37, 53, (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0));
+            let fast = resized_crop(&src, b, oh, ow);
+            let slow = naive_resized_crop(&src, b, oh, ow);
+            let err = fast
+                .data
+                .iter()
+                .zip(&slow.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-5, "{b:?} -> {oh}x{ow}: {err}");
+        }
+    }
+}
+
+/// torchvision's hue adjustment through HSV in f64 (the `colorsys` formulas), one pixel.
+fn naive_hue(r: f64, g: f64, b: f64, shift: f64) -> [f64; 3] {
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    if max == min {
+        return [r, g, b];
+    }
+    let (v, s, d) = (max, (max - min) / max, max - min);
+    let (rc, gc, bc) = ((max - r) / d, (max - g) / d, (max - b) / d);
+    let h = if r == max {
+        bc - gc
+    } else if g == max {
+        2.0 + rc - bc
+    } else {
+        4.0 + gc - rc
+    };
+    let h = ((h / 6.0).rem_euclid(1.0) + shift).rem_euclid(1.0);
+    let i = (h * 6.0).floor();
+    let f = h * 6.0 - i;
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    match i as i32 % 6 {
+        0 => [v, t, p],
+        1 => [q, v, p],
+        2 => [p, v, t],
+        3 => [p, q, v],
+        4 => [t, p, v],
+        _ => [v, p, q],
+    }
+}
+
+#[test]
+fn colour_jitter_matches_per_pixel_references() {
+    let src = img(3, 9, 13, |c, y, x| {
+        ((c * 37 + y * 17 + x * 5) % 31) as f32 / 30.0
+    });
+    let n = src.plane();
+    for shift in [-0.5f32, -0.31, -0.02, 0.0, 0.07, 0.25, 0.5] {
+        let mut fast = src.clone();
+        adjust_hue(&mut fast, shift);
+        for p in 0..n {
+            let [r, g, b] = [0, 1, 2].map(|c| src.data[c * n + p] as f64);
+            let want = naive_hue(r, g, b, shift as f64);
+            for (c, w) in want.into_iter().enumerate() {
+                let got = fast.data[c * n + p] as f64;
+                assert!(
+                    (got - w).abs() < 1e-5,
+                    "hue {shift}, pixel {p}: {got} vs {w}"
+                );
+            }
+        }
+    }
+    for factor in [0.0f32, 0.8, 1.2] {
+        let mut fast = src.clone();
+        adjust_saturation(&mut fast, factor);
+        for p in 0..n {
+            let [r, g, b] = [0, 1, 2].map(|c| src.data[c * n + p]);
+            let gray = 0.299 * r + 0.587 * g + 0.114 * b;
+            for (c, v) in [r, g, b].into_iter().enumerate() {
+                let want = (factor * v + (1.0 - factor) * gray).clamp(0.0, 1.0);
+                assert!((fast.data[c * n + p] - want).abs() < 1e-6);
+            }
+        }
+    }
+}

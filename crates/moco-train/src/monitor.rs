@@ -173,19 +173,50 @@ pub struct DipEvent {
     pub after: f64,
 }
 
-/// Flags a kNN top-1 drop larger than `threshold` points.
+/// Flags a kNN top-1 drop larger than a threshold: fixed, or scaled to the evaluation set.
 #[derive(Clone, Debug)]
 pub struct DipDetector {
-    threshold: f64,
+    threshold: DipThreshold,
     last: Option<f64>,
 }
+
+#[derive(Clone, Copy, Debug)]
+enum DipThreshold {
+    Points(f64),
+    /// Evaluation-set size.
+    Scaled(usize),
+}
+
+/// The smallest scaled threshold (points): near 0 % or 100 % the binomial error vanishes.
+const MIN_SCALED_DIP: f64 = 0.5;
 
 impl DipDetector {
     /// Dips are drops of more than `threshold` points.
     pub fn new(threshold: f64) -> Self {
         DipDetector {
-            threshold,
+            threshold: DipThreshold::Points(threshold),
             last: None,
+        }
+    }
+
+    /// Dips are drops larger than two binomial standard errors of the previous top-1 on
+    /// `eval_images` images, `2 · 100 · sqrt(p (1 − p) / n)` points, at least 0.5: what a
+    /// re-evaluation of an unchanged network on another sample of that size could move.
+    pub fn scaled(eval_images: usize) -> Self {
+        DipDetector {
+            threshold: DipThreshold::Scaled(eval_images.max(1)),
+            last: None,
+        }
+    }
+
+    /// The threshold (points) for a drop from `before` (%).
+    pub fn threshold(&self, before: f64) -> f64 {
+        match self.threshold {
+            DipThreshold::Points(points) => points,
+            DipThreshold::Scaled(n) => {
+                let p = (before / 100.0).clamp(0.0, 1.0);
+                (200.0 * (p * (1.0 - p) / n as f64).sqrt()).max(MIN_SCALED_DIP)
+            }
         }
     }
 
@@ -193,7 +224,7 @@ impl DipDetector {
     pub fn observe(&mut self, step: u64, top1: f64) -> Option<DipEvent> {
         let event = self
             .last
-            .filter(|b| b - top1 > self.threshold)
+            .filter(|&b| b - top1 > self.threshold(b))
             .map(|before| DipEvent {
                 step,
                 before,
@@ -263,6 +294,14 @@ mod tests {
         let e = d.observe(10, &[("a".into(), 5.0)]);
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].layer, "a");
+        let scaled = DipDetector::scaled(2000);
+        assert!((scaled.threshold(70.0) - 2.0494).abs() < 1e-4);
+        assert!((DipDetector::scaled(10_000).threshold(70.0) - 0.9165).abs() < 1e-4);
+        assert_eq!(DipDetector::scaled(10_000).threshold(99.9), 0.5);
+        let mut s = DipDetector::scaled(2000);
+        assert!(s.observe(0, 70.0).is_none());
+        assert!(s.observe(1, 68.0).is_none());
+        assert!(s.observe(2, 65.5).is_some());
         let mut dips = DipDetector::new(2.0);
         assert!(dips.observe(0, 50.0).is_none());
         assert!(dips.observe(1, 49.0).is_none());

@@ -228,7 +228,7 @@ impl StudyConfig {
                                 .with_seed(seed)
                                 .with_base_lr(base_lr)
                                 .with_freeze_patch_embed(patch_embed == PatchEmbed::Frozen)
-                                .with_dip_threshold(self.dip_threshold)
+                                .with_dip_threshold(Some(self.dip_threshold))
                                 .with_spike_factor(self.spike_factor)
                                 .with_spike_window(self.spike_window);
                             config.validate().map_err(|e| format!("run {name}: {e}"))?;

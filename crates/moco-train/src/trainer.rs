@@ -360,7 +360,10 @@ where
         chunk: 512,
     };
     let mut spikes = SpikeDetector::new(config.spike_factor, config.spike_window);
-    let mut dips = DipDetector::new(config.dip_threshold);
+    let mut dips = match config.dip_threshold {
+        Some(points) => DipDetector::new(points),
+        None => DipDetector::scaled(data.eval.dataset().len()),
+    };
     summary.skipped_steps = pos.skipped_steps;
 
     let mut progress = Progress::new(options.quiet);

@@ -26,6 +26,8 @@ pub enum DeviceSpec {
     Metal(Option<usize>),
     /// Burn's MLIR CPU backend (`cpu-mlir`).
     CpuMlir,
+    /// Burn's older `ndarray` CPU backend, for comparison with `flex`.
+    NdArray,
 }
 
 impl DeviceSpec {
@@ -39,6 +41,7 @@ impl DeviceSpec {
             DeviceSpec::Vulkan(_) => "vulkan",
             DeviceSpec::Metal(_) => "metal",
             DeviceSpec::CpuMlir => "cpu",
+            DeviceSpec::NdArray => "ndarray",
         }
     }
 }
@@ -54,6 +57,7 @@ impl fmt::Display for DeviceSpec {
             DeviceSpec::Vulkan(i) => write!(f, "vulkan{}", idx(i)),
             DeviceSpec::Metal(i) => write!(f, "metal{}", idx(i)),
             DeviceSpec::CpuMlir => write!(f, "cpu-mlir"),
+            DeviceSpec::NdArray => write!(f, "ndarray"),
         }
     }
 }
@@ -80,6 +84,7 @@ impl FromStr for DeviceSpec {
             "vulkan" => DeviceSpec::Vulkan(index),
             "metal" => DeviceSpec::Metal(index),
             "cpu-mlir" if index.is_none() => DeviceSpec::CpuMlir,
+            "ndarray" if index.is_none() => DeviceSpec::NdArray,
             _ => return Err(DeviceError::Unknown(s.to_string())),
         })
     }
@@ -89,7 +94,7 @@ impl FromStr for DeviceSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// Not a device name.
-    #[error("unknown device '{0}': use cpu, cuda[:N], rocm[:N], wgpu[:N], vulkan[:N], metal[:N] or cpu-mlir")]
+    #[error("unknown device '{0}': use cpu, cuda[:N], rocm[:N], wgpu[:N], vulkan[:N], metal[:N], cpu-mlir or ndarray")]
     Unknown(String),
     /// Devices of different backends in one list.
     #[error("devices '{first}' and '{other}' belong to different backends: data parallelism needs one backend")]
@@ -168,6 +173,12 @@ pub fn dispatch<J: BackendJob>(spec: &DeviceSpec, job: J) -> Result<J::Output, D
             #[cfg(feature = "cpu")]
             return Ok(job.run::<burn::backend::Cpu>(Default::default()));
             #[cfg(not(feature = "cpu"))]
+            return Err(not_compiled());
+        }
+        DeviceSpec::NdArray => {
+            #[cfg(feature = "ndarray")]
+            return Ok(job.run::<burn::backend::NdArray>(Default::default()));
+            #[cfg(not(feature = "ndarray"))]
             return Err(not_compiled());
         }
     }
@@ -267,6 +278,12 @@ pub fn dispatch_many<J: MultiDeviceJob>(
             #[cfg(feature = "cpu")]
             return Ok(job.run::<burn::backend::Cpu>(vec![Default::default(); specs.len()]));
             #[cfg(not(feature = "cpu"))]
+            return Err(not_compiled());
+        }
+        DeviceSpec::NdArray => {
+            #[cfg(feature = "ndarray")]
+            return Ok(job.run::<burn::backend::NdArray>(vec![Default::default(); specs.len()]));
+            #[cfg(not(feature = "ndarray"))]
             return Err(not_compiled());
         }
     }

@@ -50,10 +50,16 @@ enum Command {
     /// Benchmark full training steps on synthetic data (`moco bench --arch vit_tiny …`), or
     /// the data pipeline (`moco bench data`).
     Bench(BenchCmd),
-    /// Draw PNG plots of a run (loss, lr and momentum, kNN curve, gradient norms per layer).
+    /// Draw PNG plots of a run (loss, lr and momentum, kNN curve, gradient norms per layer),
+    /// or compare several runs' kNN curves and losses (`--out DIR`).
     Plot {
-        /// The run directory (holding metrics.jsonl).
-        run_dir: PathBuf,
+        /// The run directory (holding metrics.jsonl); several to compare their kNN curves and
+        /// losses on one chart each.
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
+        /// Where the comparison charts go (needed with several runs).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Check the models against PyTorch reference vectors: `DIR/TAG` or every case in `DIR`.
     Parity {
@@ -190,13 +196,22 @@ fn main() -> ExitCode {
         Command::Probe(args) => moco::eval_cli::run_probe(args),
         Command::Finetune(args) => moco::eval_cli::run_finetune(args),
         Command::Features(args) => moco::eval_cli::run_features(args),
-        Command::Plot { run_dir } => moco::train::plot_run(&run_dir)
-            .map_err(|e| e.to_string())
-            .map(|files| {
+        Command::Plot { run_dirs, out } => {
+            let written = match (run_dirs.as_slice(), out) {
+                ([one], None) => moco::train::plot_run(one).map_err(|e| e.to_string()),
+                (_, Some(out)) => {
+                    moco::train::plot_compare(&run_dirs, &out).map_err(|e| e.to_string())
+                }
+                (_, None) => {
+                    Err("several runs are compared into one folder: give --out DIR".into())
+                }
+            };
+            written.map(|files| {
                 for f in files {
                     println!("wrote {}", f.display());
                 }
-            }),
+            })
+        }
         Command::Parity { target, device } => run_on(&device, ParityJob { target }),
         Command::Inspect { file, heads } => inspect_cmd(&file, heads),
         Command::Import {

@@ -52,7 +52,7 @@ pub use eval::{load_pretrained, open_eval_data, DataSpec, EvalData, Pretrained};
 pub use knn::{knn_classify, knn_evaluate, KnnConfig, KnnResult};
 pub use method::{Method, Pretrain, Siamese, SimClr, StepOutput, StepParams};
 pub use optim::{Optim, OptimConfig, OptimState, OptimizerKind};
-pub use plot::plot_run;
+pub use plot::{plot_compare, plot_run};
 pub use step::{apply_step, forward_backward, measure_gradients};
 pub use study::{run_study, PatchEmbed, StudyConfig, StudyOptions, StudySummary};
 pub use trainer::{pretrain, pretrain_data_parallel, RunOptions, RunSummary};

@@ -240,13 +240,7 @@ pub fn side_by_side(charts: &[RgbImage]) -> RgbImage {
 /// Writes `loss.png`, `schedule.png`, `knn.png` and `grad_norms.png` for the run in
 /// `run_dir` (from its `metrics.jsonl`) into `run_dir/plots`. Returns the files written.
 pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
-    let path = run_dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
-    let rows: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let rows = read_metrics(run_dir)?;
     fn rows_of<'a>(
         rows: &'a [serde_json::Value],
         kind: &'a str,
@@ -392,4 +386,124 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
         },
     )?;
     Ok(written)
+}
+
+/// Rows of `run_dir/metrics.jsonl`.
+fn read_metrics(run_dir: &Path) -> Result<Vec<serde_json::Value>, TrainError> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Compares runs: `knn.png` (kNN top-1 of every run) and `loss.png` (training loss, mean of
+/// the last 20 steps) in `out`, one line per run labelled by its directory name. Returns the
+/// files written.
+pub fn plot_compare(run_dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    const SMOOTH: usize = 20;
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let mut knn = Vec::new();
+    let mut loss = Vec::new();
+    for (i, dir) in run_dirs.iter().enumerate() {
+        let rows = read_metrics(dir)?;
+        let label: String = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string())
+            .chars()
+            .take(20)
+            .collect();
+        let color = PALETTE[i % PALETTE.len()];
+        let of = |kind: &'static str| rows.iter().filter(move |r| r["type"] == kind);
+        knn.push(Series {
+            label: label.clone(),
+            points: of("knn")
+                .map(|r| (num(&r["step"]), num(&r["top1"])))
+                .collect(),
+            color,
+        });
+        let raw: Vec<(f64, f64)> = of("step")
+            .map(|r| (num(&r["step"]), num(&r["loss"])))
+            .collect();
+        let points = (0..raw.len())
+            .map(|j| {
+                let window = &raw[j.saturating_sub(SMOOTH - 1)..=j];
+                let mean = window.iter().map(|p| p.1).sum::<f64>() / window.len() as f64;
+                (raw[j].0, mean)
+            })
+            .collect();
+        loss.push(Series {
+            label,
+            points,
+            color,
+        });
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainError::Io(format!("{}: {e}", out.display())))?;
+    let charts = [
+        ("knn.png", "kNN top-1 accuracy (%)", knn),
+        (
+            "loss.png",
+            "training loss (mean of the last 20 steps)",
+            loss,
+        ),
+    ];
+    let mut written = Vec::new();
+    for (name, title, series) in charts {
+        let path = out.join(name);
+        Chart {
+            title: title.into(),
+            x_label: "iteration".into(),
+            log_y: false,
+            series,
+            markers: vec![],
+            y_range: None,
+        }
+        .save(&path)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_compared_on_one_chart() {
+        let root = std::env::temp_dir().join(format!("moco-plot-compare-{}", std::process::id()));
+        let mut dirs = Vec::new();
+        for (name, base) in [("mocov3", 70.0), ("simclr", 72.0)] {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut text = String::new();
+            for step in 0..50u64 {
+                let loss = 4.0 - step as f64 * 0.02;
+                text += &format!("{{\"type\":\"step\",\"step\":{step},\"loss\":{loss}}}\n");
+                if step % 10 == 0 {
+                    let top1 = base + step as f64 * 0.1;
+                    text += &format!("{{\"type\":\"knn\",\"step\":{step},\"top1\":{top1}}}\n");
+                }
+            }
+            std::fs::write(dir.join("metrics.jsonl"), text).unwrap();
+            dirs.push(dir);
+        }
+        let out = root.join("compare");
+        let files = plot_compare(&dirs, &out).unwrap();
+        assert_eq!(files, vec![out.join("knn.png"), out.join("loss.png")]);
+        for f in &files {
+            let img = image::open(f).unwrap();
+            assert_eq!((img.width(), img.height()), (W, H));
+        }
+        // The two runs are drawn in their own colours.
+        let knn = image::open(&files[0]).unwrap().to_rgb8();
+        for color in &PALETTE[..2] {
+            assert!(knn.pixels().any(|p| p.0 == *color));
+        }
+        let missing = plot_compare(&[root.join("absent")], &out).unwrap_err();
+        assert!(missing.to_string().contains("absent"), "{missing}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

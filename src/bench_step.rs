@@ -64,7 +64,7 @@ pub struct StepBenchArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N].
+    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N] (cpu-mlir, ndarray when built in).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }

@@ -33,7 +33,7 @@ pub struct ModelArgs {
     /// Evaluate the checkpoint's architecture at a fresh random initialisation (the baseline).
     #[arg(long)]
     pub random_init: bool,
-    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N].
+    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N] (cpu-mlir, ndarray when built in).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }

@@ -123,7 +123,7 @@ pub struct PretrainArgs {
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N].
+    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N] (cpu-mlir, ndarray when built in).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
     /// Data parallelism over several devices of one backend, e.g. `cuda:0,cuda:1,cuda:2,cuda:3`:

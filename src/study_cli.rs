@@ -38,7 +38,7 @@ pub struct StudyArgs {
     /// Only the study's lines, not each run's progress.
     #[arg(long)]
     pub quiet: bool,
-    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N].
+    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N] (cpu-mlir, ndarray when built in).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }

@@ -65,7 +65,7 @@ enum Command {
     Parity {
         /// A case (`tests/golden/vit_tiny_p8_32`) or a folder of cases.
         target: PathBuf,
-        /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N].
+        /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N] (cpu-mlir, ndarray when built in).
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
     },

@@ -27,7 +27,7 @@ CONFIGS = {
     ],
     # ResNet-50 (ImageNet stem), 32 px, batch 32, LARS.
     "resnet50": [
-        "--arch", "resnet50", "--img-size", "32", "--in-chans", "3",
+        "--arch", "resnet50", "--stem", "imagenet", "--img-size", "32", "--in-chans", "3",
         "--mlp-dim", "1024", "--out-dim", "256", "--batch", "32", "--optimizer", "lars",
     ],
 }

@@ -170,6 +170,8 @@ def main():
     ap.add_argument("--img-size", type=int, default=32)
     ap.add_argument("--patch-size", type=int, default=4)
     ap.add_argument("--in-chans", type=int, default=3)
+    ap.add_argument("--stem", choices=["imagenet", "small"], default="imagenet",
+                    help="ResNet stem: torchvision's 7x7/2 + max-pool, or 3x3/1 without max-pool")
     ap.add_argument("--mlp-dim", type=int, default=1024)
     ap.add_argument("--out-dim", type=int, default=256)
     ap.add_argument("--batch", type=int, default=64)
@@ -195,7 +197,10 @@ def main():
 
         def backbone_fn():
             net = getattr(torchvision.models, args.arch)(zero_init_residual=True)
-            if args.in_chans != 3:
+            if args.stem == "small":
+                net.conv1 = nn.Conv2d(args.in_chans, 64, 3, 1, 1, bias=False)
+                net.maxpool = nn.Identity()
+            elif args.in_chans != 3:
                 net.conv1 = nn.Conv2d(args.in_chans, 64, 7, 2, 3, bias=False)
             net.num_features = net.fc.in_features
             net.fc = nn.Identity()

@@ -37,6 +37,9 @@ pub struct StepBenchArgs {
     /// Input channels.
     #[arg(long)]
     pub in_chans: Option<usize>,
+    /// ResNet input stem: imagenet or small (default: small for images of 64 px or less).
+    #[arg(long)]
+    pub stem: Option<moco_models::Stem>,
     /// Projector / predictor hidden width.
     #[arg(long)]
     pub mlp_dim: Option<usize>,
@@ -84,6 +87,9 @@ pub struct StepBench {
     pub optimizer: String,
     /// Backbone precision.
     pub precision: String,
+    /// ResNet input stem (absent for ViTs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stem: Option<String>,
     /// Images per step.
     pub batch: usize,
     /// Input side.
@@ -108,10 +114,30 @@ pub struct StepBench {
     pub step_ms_median: f64,
     /// Fastest step.
     pub step_ms_min: f64,
+    /// Median time of each part of the step: `forward_backward` (both views, loss,
+    /// backward), `gradient_norms` (the per-layer monitor), `optimizer` (clipping and update).
+    pub phase_ms: PhaseMs,
     /// Peak resident memory of the process (MB).
     pub peak_rss_mb: f64,
     /// Loss of the first and the last step (sanity: finite, moving).
     pub loss: [f64; 2],
+}
+
+/// Median milliseconds of the parts of a step.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PhaseMs {
+    /// Both views forward, the loss and backward.
+    pub forward_backward: f64,
+    /// Per-layer gradient norms.
+    pub gradient_norms: f64,
+    /// Clipping and the optimizer update.
+    pub optimizer: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Peak resident set size of this process in MB (Linux), 0 elsewhere.
@@ -151,6 +177,9 @@ pub fn bench_config(a: &StepBenchArgs) -> Result<PretrainConfig, String> {
     }
     if let Some(v) = a.in_chans {
         c.in_chans = v;
+    }
+    if a.stem.is_some() {
+        c.stem = a.stem;
     }
     if let Some(v) = a.mlp_dim {
         c.mlp_dim = v;
@@ -233,6 +262,7 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
     let lr = moco_train::schedule::scaled_lr(c.base_lr, c.batch_size);
     let n_params = model.num_params();
     let mut times = Vec::new();
+    let mut phases = [Vec::new(), Vec::new(), Vec::new()];
     let mut losses = Vec::new();
     for i in 0..job.args.warmup + job.args.steps {
         let start = Instant::now();
@@ -245,13 +275,21 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
             1.0,
             c.precision.unwrap_or_default(),
         );
+        let t1 = Instant::now();
         let (_, global) = measure_gradients(&model, &grads);
+        let t2 = Instant::now();
         model = apply_step(model, &mut optim, grads, global, lr, c.clip_grad);
+        // Wait for queued work (GPU backends run asynchronously).
+        let _ = B::sync(device);
+        let t3 = Instant::now();
         if !loss.is_finite() {
             return Err(format!("step {}: non-finite loss {loss}", i + 1));
         }
         if i >= job.args.warmup {
-            times.push(start.elapsed().as_secs_f64());
+            times.push((t3 - start).as_secs_f64());
+            for (p, d) in phases.iter_mut().zip([t1 - start, t2 - t1, t3 - t2]) {
+                p.push(1e3 * d.as_secs_f64());
+            }
             losses.push(loss);
         }
     }
@@ -268,6 +306,12 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
         method: c.method.to_string(),
         optimizer: c.optimizer.clone(),
         precision: c.precision.unwrap_or_default().to_string(),
+        stem: match c.model_config().map(|m| m.backbone) {
+            Ok(moco_models::BackboneConfig::ResNet(r)) => {
+                Some(format!("{:?}", r.stem).to_ascii_lowercase())
+            }
+            _ => None,
+        },
         batch: c.batch_size,
         img_size: c.img_size,
         mlp_dim: c.mlp_dim,
@@ -280,6 +324,11 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
         step_ms: 1e3 * seconds / steps as f64,
         step_ms_median: 1e3 * sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
         step_ms_min: 1e3 * sorted.first().copied().unwrap_or(0.0),
+        phase_ms: PhaseMs {
+            forward_backward: median(&phases[0]),
+            gradient_norms: median(&phases[1]),
+            optimizer: median(&phases[2]),
+        },
         peak_rss_mb: peak_rss_mb(),
         loss: [
             losses.first().copied().unwrap_or(f64::NAN),

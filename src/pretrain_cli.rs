@@ -76,6 +76,10 @@ pub struct PretrainArgs {
     /// Global gradient-norm clipping.
     #[arg(long)]
     pub clip_grad: Option<f64>,
+    /// ResNet input stem: imagenet (7×7 stride 2, max-pool) or small (3×3 stride 1); default:
+    /// small for images of 64 px or less.
+    #[arg(long)]
+    pub stem: Option<moco_models::Stem>,
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -191,6 +195,9 @@ impl PretrainArgs {
         }
         if self.clip_grad.is_some() {
             c.clip_grad = self.clip_grad;
+        }
+        if self.stem.is_some() {
+            c.stem = self.stem;
         }
         if self.data.is_some() {
             c.data = self.data.clone();

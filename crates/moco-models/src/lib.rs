@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 pub mod checkpoint;
 pub mod export;
+pub mod gemm_conv;
 pub mod heads;
 pub mod import;
 pub mod keys;

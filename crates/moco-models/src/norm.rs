@@ -82,39 +82,74 @@ impl<B: Backend> BatchNorm<B> {
                 .filter(|(i, _)| *i != 1)
                 .map(|(_, d)| d)
                 .product();
-            // SyncBN under data parallelism: sums over the shards of every replica (equal
-            // shard sizes), with the gradient flowing back to every replica.
-            let group = crate::replica::replicas::<B>();
-            let sync = |s: Tensor<B, D>| match &group {
-                Some(g) if g.world_size() > 1 => g.sum(s.reshape([1, channels])).reshape(shape),
-                _ => s,
-            };
-            let count = count * group.as_ref().map_or(1, |g| g.world_size());
-            let mean = sync(per_channel_sum(x.clone(), shape)).div_scalar(count as f64);
-            let centered = x.clone().sub(expand(mean.clone(), dims[0]));
-            let var = sync(per_channel_sum(centered.square(), shape)).div_scalar(count as f64);
-            let unbiased = count as f64 / (count.max(2) - 1) as f64;
-            let m = self.momentum;
-            let new_mean = self
-                .running_mean
-                .value_sync()
-                .mul_scalar(1.0 - m)
-                .add(mean.clone().detach().reshape([channels]).mul_scalar(m));
-            let new_var = self.running_var.value_sync().mul_scalar(1.0 - m).add(
-                var.clone()
-                    .detach()
-                    .reshape([channels])
-                    .mul_scalar(m * unbiased),
-            );
-            self.running_mean.update(new_mean.detach());
-            self.running_var.update(new_var.detach());
-            (mean.reshape([channels]), var.reshape([channels]))
+            let count = count * world_size::<B>();
+            let mean = sync(per_channel_sum(x.clone(), shape).reshape([channels]))
+                .div_scalar(count as f64);
+            let centered = x.clone().sub(expand(mean.clone().reshape(shape), dims[0]));
+            let var = sync(per_channel_sum(centered.square(), shape).reshape([channels]))
+                .div_scalar(count as f64);
+            self.update_running(mean.clone(), var.clone(), count);
+            (mean, var)
         } else {
             (
                 self.running_mean.value_sync(),
                 self.running_var.value_sync(),
             )
         };
+        let (scale, shift) = self.scale_shift(mean, var);
+        let n = dims[0];
+        x.mul(expand(scale.reshape(shape), n))
+            .add(expand(shift.reshape(shape), n))
+    }
+
+    /// Normalises a channel-major `x` of shape `[channels, ...]` (the layout of the CPU
+    /// convolution path): every channel is one contiguous row, so the statistics are row
+    /// reductions and the scale and shift per-row scalars.
+    pub fn forward_cm<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let channels = dims[0];
+        let rows: Tensor<B, 2> = x.reshape([channels, dims[1..].iter().product::<usize>()]);
+        let (mean, var) = if B::ad_enabled(&rows.device()) {
+            let count = rows.dims()[1] * world_size::<B>();
+            let mean = sync(rows.clone().sum_dim(1).reshape([channels])).div_scalar(count as f64);
+            let centered = rows.clone().sub(mean.clone().reshape([channels, 1]));
+            let var =
+                sync(centered.square().sum_dim(1).reshape([channels])).div_scalar(count as f64);
+            self.update_running(mean.clone(), var.clone(), count);
+            (mean, var)
+        } else {
+            (
+                self.running_mean.value_sync(),
+                self.running_var.value_sync(),
+            )
+        };
+        let (scale, shift) = self.scale_shift(mean, var);
+        rows.mul(scale.reshape([channels, 1]))
+            .add(shift.reshape([channels, 1]))
+            .reshape(dims)
+    }
+
+    /// Moves the running statistics towards the batch's (`var` biased over `count` values;
+    /// the running variance is unbiased, as PyTorch keeps it).
+    fn update_running(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>, count: usize) {
+        let unbiased = count as f64 / (count.max(2) - 1) as f64;
+        let m = self.momentum;
+        let new_mean = self
+            .running_mean
+            .value_sync()
+            .mul_scalar(1.0 - m)
+            .add(mean.detach().mul_scalar(m));
+        let new_var = self
+            .running_var
+            .value_sync()
+            .mul_scalar(1.0 - m)
+            .add(var.detach().mul_scalar(m * unbiased));
+        self.running_mean.update(new_mean.detach());
+        self.running_var.update(new_var.detach());
+    }
+
+    /// Per-channel `scale = γ / √(var + ε)` and `shift = β − mean · scale`.
+    fn scale_shift(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>) -> (Tensor<B, 1>, Tensor<B, 1>) {
         let inv_std = var.add_scalar(self.epsilon).sqrt().recip();
         let scale = match &self.gamma {
             Some(g) => g.val().mul(inv_std),
@@ -125,9 +160,22 @@ impl<B: Backend> BatchNorm<B> {
             Some(b) => shift.add(b.val()),
             None => shift,
         };
-        let n = dims[0];
-        x.mul(expand(scale.reshape(shape), n))
-            .add(expand(shift.reshape(shape), n))
+        (scale, shift)
+    }
+}
+
+/// Replicas in the enclosing data-parallel group (1 without one).
+fn world_size<B: Backend>() -> usize {
+    crate::replica::replicas::<B>().map_or(1, |g| g.world_size())
+}
+
+/// SyncBN under data parallelism: per-channel sums added over the shards of every replica
+/// (equal shard sizes), with the gradient flowing back to every replica.
+fn sync<B: Backend>(s: Tensor<B, 1>) -> Tensor<B, 1> {
+    let channels = s.dims()[0];
+    match crate::replica::replicas::<B>() {
+        Some(g) if g.world_size() > 1 => g.sum(s.reshape([1, channels])).reshape([channels]),
+        _ => s,
     }
 }
 

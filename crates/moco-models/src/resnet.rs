@@ -9,6 +9,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
 use serde::{Deserialize, Serialize};
 
+use crate::gemm_conv::{conv2d_cm, prefers_gemm_conv, swap_batch_channels};
 use crate::norm::{BatchNorm, BatchNormConfig};
 use crate::precision::{conv2d, in_f32, to_f32};
 use crate::ModelError;
@@ -41,6 +42,17 @@ pub enum Stem {
     ImageNet,
     /// 3×3 stride-1 convolution, no max-pool: keeps 28–32 px inputs from shrinking to nothing.
     Small,
+}
+
+impl std::str::FromStr for Stem {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "imagenet" => Ok(Stem::ImageNet),
+            "small" => Ok(Stem::Small),
+            _ => Err(format!("unknown stem '{s}': use imagenet or small")),
+        }
+    }
 }
 
 /// Configuration of a [`ResNet`].
@@ -185,20 +197,48 @@ pub struct ResNet<B: Backend> {
 
 impl<B: Backend> ResNet<B> {
     /// `[batch, C, H, W]` images to `[batch, features]`.
+    ///
+    /// On the CPU backends the feature maps are kept channel-major (`[C, batch, H, W]`) and
+    /// the convolutions run as single matrix products (see [`crate::gemm_conv`]); elsewhere
+    /// the backend's own convolutions run on the usual layout. Both compute the same function.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = relu(in_f32(conv2d(&self.conv1, x, false), |x| {
-            self.bn1.forward(x)
-        }));
+        let cm = prefers_gemm_conv::<B>(&x.device());
+        let x = if cm { swap_batch_channels(x) } else { x };
+        let mut x = relu(conv_bn(&self.conv1, &self.bn1, x, cm));
         if self.maxpool {
+            // Pooling acts on each plane alone: the layout does not matter.
             x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
         }
         for stage in &self.stages {
             for block in stage {
-                x = block.forward(x);
+                x = block.forward(x, cm);
             }
         }
-        let [b, c, h, w] = x.dims();
-        to_f32(x).reshape([b, c, h * w]).mean_dim(2).reshape([b, c])
+        let [d0, d1, h, w] = x.dims();
+        let pooled = to_f32(x)
+            .reshape([d0, d1, h * w])
+            .mean_dim(2)
+            .reshape([d0, d1]);
+        if cm {
+            pooled.transpose()
+        } else {
+            pooled
+        }
+    }
+}
+
+/// A convolution followed by its BatchNorm (in f32), on the batch-major (`cm` false) or
+/// channel-major (`cm` true) layout.
+fn conv_bn<B: Backend>(
+    conv: &Conv2d<B>,
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+    cm: bool,
+) -> Tensor<B, 4> {
+    if cm {
+        in_f32(conv2d_cm(conv, x, false), |x| bn.forward_cm(x))
+    } else {
+        in_f32(conv2d(conv, x, false), |x| bn.forward(x))
     }
 }
 
@@ -273,17 +313,15 @@ impl<B: Backend> ResidualBlock<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<B, 4>, cm: bool) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(ds) => in_f32(conv2d(&ds.conv, x.clone(), false), |x| ds.bn.forward(x)),
+            Some(ds) => conv_bn(&ds.conv, &ds.bn, x.clone(), cm),
             None => x.clone(),
         };
-        let mut out = relu(in_f32(conv2d(&self.conv1, x, false), |x| {
-            self.bn1.forward(x)
-        }));
-        out = in_f32(conv2d(&self.conv2, out, false), |x| self.bn2.forward(x));
+        let mut out = relu(conv_bn(&self.conv1, &self.bn1, x, cm));
+        out = conv_bn(&self.conv2, &self.bn2, out, cm);
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            out = in_f32(conv2d(conv3, relu(out), false), |x| bn3.forward(x));
+            out = conv_bn(conv3, bn3, relu(out), cm);
         }
         relu(out + identity)
     }

@@ -4,7 +4,7 @@
 use burn::config::Config;
 use moco_data::{AugmentConfig, DatasetKind};
 use moco_models::Precision;
-use moco_models::{BackboneConfig, MocoConfig, ModelError};
+use moco_models::{BackboneConfig, MocoConfig, ModelError, Stem};
 
 use crate::method::Method;
 use crate::optim::OptimConfig;
@@ -52,6 +52,10 @@ pub struct PretrainConfig {
     /// ResNet width override (stem and first stage; 64 is the standard width).
     #[config(default = "None")]
     pub width: Option<usize>,
+    /// ResNet input stem; unset: the small-image stem for inputs of 64 px or less, the
+    /// ImageNet stem (7×7 stride 2 and max-pool) above.
+    #[config(default = "None")]
+    pub stem: Option<Stem>,
     /// Hidden width of the projector and predictor.
     #[config(default = 4096)]
     pub mlp_dim: usize,
@@ -273,8 +277,13 @@ impl PretrainConfig {
             Some(self.in_chans),
             None,
         );
-        if let (BackboneConfig::ResNet(r), Some(w)) = (&mut backbone, self.width) {
-            r.width = w;
+        if let BackboneConfig::ResNet(r) = &mut backbone {
+            if let Some(w) = self.width {
+                r.width = w;
+            }
+            if let Some(stem) = self.stem {
+                r.stem = stem;
+            }
         }
         if let BackboneConfig::Vit(v) = &mut backbone {
             v.patch_size = self.patch_size;

@@ -1,0 +1,148 @@
+//! The channel-major matrix-product convolution and BatchNorm agree with the backend's own
+//! convolution and the batch-major BatchNorm, forward and backward.
+
+use burn::backend::{Autodiff, Flex};
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::{Distribution, Tensor};
+use moco_models::gemm_conv::{conv2d_cm, prefers_gemm_conv, swap_batch_channels};
+use moco_models::BatchNormConfig;
+
+type AD = Autodiff<Flex>;
+
+fn max_abs_diff<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).abs().max().into_scalar()
+}
+
+fn max_abs<const D: usize>(a: Tensor<Flex, D>) -> f32 {
+    a.abs().max().into_scalar()
+}
+
+#[test]
+fn cpu_backends_choose_the_matrix_product_convolution() {
+    if std::env::var("MOCO_CONV").is_err() {
+        assert!(prefers_gemm_conv::<AD>(&Default::default()));
+        assert!(prefers_gemm_conv::<Flex>(&Default::default()));
+    }
+}
+
+#[test]
+fn matches_the_backend_convolution_and_its_gradients() {
+    let device = Default::default();
+    // (in, out, kernel, stride, padding (top, left, bottom, right), bias, height, width)
+    let cases = [
+        (8, 16, 1, 1, (0, 0, 0, 0), false, 4, 4),
+        (8, 12, 1, 2, (0, 0, 0, 0), false, 5, 4),
+        (6, 10, 3, 1, (1, 1, 1, 1), false, 6, 5),
+        (6, 10, 3, 2, (1, 1, 1, 1), true, 7, 8),
+        (3, 8, 7, 2, (3, 3, 3, 3), false, 16, 16),
+        (4, 5, 3, 1, (0, 0, 0, 0), true, 5, 6),
+        (4, 5, 3, 2, (0, 1, 2, 1), false, 6, 6),
+        (16, 8, 3, 1, (1, 1, 1, 1), false, 1, 1),
+    ];
+    for (case, &(cin, cout, k, s, (t, l, b, r), bias, h, w)) in cases.iter().enumerate() {
+        let conv = Conv2dConfig::new([cin, cout], [k, k])
+            .with_stride([s, s])
+            .with_padding(PaddingConfig2d::Explicit(t, l, b, r))
+            .with_bias(bias)
+            .init::<AD>(&device);
+        let n = 3;
+        let x = Tensor::<Flex, 4>::random([n, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+
+        let x_native = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
+        let y_native = conv.forward(x_native.clone());
+        let x_gemm = Tensor::<AD, 4>::from_inner(x).require_grad();
+        let y_gemm =
+            swap_batch_channels(conv2d_cm(&conv, swap_batch_channels(x_gemm.clone()), false));
+        let r = Tensor::<AD, 4>::random(y_native.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let scale = max_abs(y_native.clone().inner());
+        let diff = max_abs_diff(y_native.clone().inner(), y_gemm.clone().inner());
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "case {case}: output differs by {diff}"
+        );
+
+        let g_native = (y_native * r.clone()).sum().backward();
+        let g_gemm = (y_gemm * r).sum().backward();
+        let pairs = [
+            (
+                "input",
+                x_native.grad(&g_native).unwrap(),
+                x_gemm.grad(&g_gemm).unwrap(),
+            ),
+            (
+                "weight",
+                conv.weight.val().grad(&g_native).unwrap(),
+                conv.weight.val().grad(&g_gemm).unwrap(),
+            ),
+        ];
+        for (what, a, b) in pairs {
+            let scale = max_abs(a.clone());
+            let diff = max_abs_diff(a, b);
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "case {case}: {what} gradient differs by {diff} (scale {scale})"
+            );
+        }
+        if let Some(bias) = &conv.bias {
+            let a = bias.val().grad(&g_native).unwrap();
+            let b = bias.val().grad(&g_gemm).unwrap();
+            let diff = max_abs_diff(a.clone(), b);
+            assert!(
+                diff <= 1e-4 * max_abs(a).max(1.0),
+                "case {case}: bias gradient differs by {diff}"
+            );
+        }
+    }
+}
+
+#[test]
+fn frozen_weights_receive_no_gradient() {
+    let device = Default::default();
+    let conv = Conv2dConfig::new([3, 4], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init::<AD>(&device);
+    let x = Tensor::<AD, 4>::random([3, 2, 5, 5], Distribution::Normal(0.0, 1.0), &device)
+        .require_grad();
+    let grads = conv2d_cm(&conv, x.clone(), true).sum().backward();
+    assert!(conv.weight.val().grad(&grads).is_none());
+    assert!(x.grad(&grads).is_some());
+}
+
+#[test]
+fn channel_major_batch_norm_matches_the_batch_major_one() {
+    let device = Default::default();
+    let x = Tensor::<Flex, 4>::random([4, 6, 3, 5], Distribution::Normal(1.5, 2.0), &device);
+    let make = || {
+        let mut bn = BatchNormConfig::new(6).init::<AD>(&device);
+        bn.gamma = Some(burn::module::Param::from_tensor(Tensor::from_floats(
+            [0.5, 1.0, 1.5, 2.0, -1.0, 0.0],
+            &device,
+        )));
+        bn
+    };
+    let (bn_a, bn_b) = (make(), make());
+    let xa = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
+    let xb = Tensor::<AD, 4>::from_inner(x).require_grad();
+    let ya = bn_a.forward(xa.clone());
+    let yb = swap_batch_channels(bn_b.forward_cm(swap_batch_channels(xb.clone())));
+    assert!(max_abs_diff(ya.clone().inner(), yb.clone().inner()) < 1e-5);
+    let r = Tensor::<AD, 4>::random(ya.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let ga = (ya * r.clone()).sum().backward();
+    let gb = (yb * r).sum().backward();
+    let (gxa, gxb) = (xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
+    assert!(max_abs_diff(gxa, gxb) < 1e-5);
+    let gamma =
+        |bn: &moco_models::BatchNorm<AD>, g| bn.gamma.as_ref().unwrap().val().grad(g).unwrap();
+    assert!(max_abs_diff(gamma(&bn_a, &ga), gamma(&bn_b, &gb)) < 1e-4);
+    let ra = bn_a.running_var.value_sync().inner();
+    let rb = bn_b.running_var.value_sync().inner();
+    assert!(max_abs_diff(ra.clone(), rb) < 1e-6);
+    // The unbiased batch variance of a N(1.5, 2²) sample of 60 values, moved 10 % of the way.
+    let v: f32 = ra.mean().into_scalar();
+    assert!((v - (0.9 + 0.1 * 4.0)).abs() < 0.2, "running variance {v}");
+    let ma = bn_a.running_mean.value_sync().inner();
+    let mb = bn_b.running_mean.value_sync().inner();
+    assert!(max_abs_diff(ma, mb) < 1e-6);
+}

@@ -118,8 +118,20 @@ pub fn in_f32<B: Backend, const D: usize>(
     }
 }
 
-/// A linear layer in the compute dtype: its weights cast on use.
+/// A linear layer in the compute dtype (its weights cast on use), on inputs of any rank.
+///
+/// Inputs of rank > 2 are flattened to `[rows, features]` first: one matrix product instead
+/// of one per leading index, and a weight gradient from a single product instead of a
+/// per-index stack of products summed afterwards.
 pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    if D > 2 {
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let y = linear(layer, x.reshape([rows, dims[D - 1]]));
+        let mut out = dims;
+        out[D - 1] = y.dims()[1];
+        return y.reshape(out);
+    }
     match compute_dtype() {
         None => layer.forward(x),
         Some(dt) => {

@@ -458,22 +458,28 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
+    /// Queries, keys and values come from three products with column blocks of the fused
+    /// `qkv` weight (the scale folded into the query block), each reshaped to heads as a
+    /// strided view that the batched products read directly: no copies of the activations.
     fn forward(&self, x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let hd = d / num_heads;
-        let qkv = linear(&self.qkv, x)
-            .reshape([b, n, 3, num_heads, hd])
-            .permute([2, 0, 3, 1, 4]);
-        let part = |i: usize| {
-            qkv.clone()
-                .slice([i..i + 1, 0..b, 0..num_heads, 0..n, 0..hd])
-                .reshape([b, num_heads, n, hd])
-        };
-        let (q, k, v) = (part(0), part(1), part(2));
         let scale = (hd as f64).powf(-0.5);
-        let attn = in_f32(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), |s| {
-            softmax(s, 3)
-        });
+        let rows = to_compute(x).reshape([b * n, d]);
+        let weight = to_compute(self.qkv.weight.val());
+        let bias = self.qkv.bias.as_ref().map(|b| to_compute(b.val()));
+        let heads = |i: usize, s: f64| {
+            let scaled = |t: Tensor<B, 2>| if s == 1.0 { t } else { t.mul_scalar(s) };
+            let w = scaled(weight.clone().slice([0..d, i * d..(i + 1) * d]));
+            let y = rows.clone().matmul(w);
+            let y = match &bias {
+                Some(bias) => y + scaled(bias.clone().slice([i * d..(i + 1) * d]).unsqueeze()),
+                None => y,
+            };
+            y.reshape([b, n, num_heads, hd]).swap_dims(1, 2)
+        };
+        let (q, k, v) = (heads(0, scale), heads(1, 1.0), heads(2, 1.0));
+        let attn = in_f32(q.matmul(k.swap_dims(2, 3)), |s| softmax(s, 3));
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
         linear(&self.proj, out)
     }

@@ -22,10 +22,7 @@ pub fn prefers_gemm_conv<B: Backend>(device: &B::Device) -> bool {
     match std::env::var("MOCO_CONV").as_deref() {
         Ok("native") => false,
         Ok("gemm") => true,
-        _ => {
-            let name = B::name(device);
-            name.contains("flex") || name.contains("ndarray")
-        }
+        _ => crate::cpu::is_cpu_backend::<B>(device),
     }
 }
 

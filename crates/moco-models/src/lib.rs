@@ -28,6 +28,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod checkpoint;
+pub mod cpu;
 pub mod export;
 pub mod gemm_conv;
 pub mod heads;

@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, relu, softmax};
+use burn::tensor::activation::{relu, softmax};
 
 use crate::norm::{BatchNorm, BatchNormConfig};
 use crate::precision::{conv2d, in_f32, linear, to_compute, to_f32};
@@ -473,7 +473,7 @@ impl<B: Backend> Attention<B> {
             let w = scaled(weight.clone().slice([0..d, i * d..(i + 1) * d]));
             let y = rows.clone().matmul(w);
             let y = match &bias {
-                Some(bias) => y + scaled(bias.clone().slice([i * d..(i + 1) * d]).unsqueeze()),
+                Some(bias) => y + scaled(bias.clone().narrow(0, i * d, d).unsqueeze()),
                 None => y,
             };
             y.reshape([b, n, num_heads, hd]).swap_dims(1, 2)
@@ -496,6 +496,6 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear(&self.fc2, gelu(linear(&self.fc1, x)))
+        linear(&self.fc2, crate::cpu::gelu(linear(&self.fc1, x)))
     }
 }

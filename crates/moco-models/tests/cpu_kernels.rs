@@ -1,5 +1,5 @@
-//! The channel-major matrix-product convolution and BatchNorm agree with the backend's own
-//! convolution and the batch-major BatchNorm, forward and backward.
+//! The CPU formulations agree with Burn's own operations, forward and backward: the
+//! channel-major matrix-product convolution and BatchNorm, and the fast exact GELU.
 
 use burn::backend::{Autodiff, Flex};
 use burn::nn::conv::Conv2dConfig;
@@ -145,4 +145,26 @@ fn channel_major_batch_norm_matches_the_batch_major_one() {
     let ma = bn_a.running_mean.value_sync().inner();
     let mb = bn_b.running_mean.value_sync().inner();
     assert!(max_abs_diff(ma, mb) < 1e-6);
+}
+
+#[test]
+fn fast_gelu_matches_the_exact_gelu_and_its_gradient() {
+    let device = Default::default();
+    let x = Tensor::<Flex, 2>::random([300, 70], Distribution::Normal(0.0, 3.0), &device);
+    let xa = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+    let xb = Tensor::<AD, 2>::from_inner(x).require_grad();
+    let ya = burn::tensor::activation::gelu(xa.clone());
+    let yb = moco_models::cpu::gelu(xb.clone());
+    let diff = max_abs_diff(ya.clone().inner(), yb.clone().inner());
+    assert!(diff < 2e-6, "GELU differs by {diff}");
+    let r = Tensor::<AD, 2>::random([300, 70], Distribution::Normal(0.0, 1.0), &device);
+    let ga = (ya * r.clone()).sum().backward();
+    let gb = (yb * r).sum().backward();
+    let diff = max_abs_diff(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
+    assert!(diff < 2e-6, "GELU gradient differs by {diff}");
+    // Without autodiff (evaluation) the values come straight from the kernel.
+    let x = Tensor::<Flex, 1>::from_floats([-3.0, -1.0, 0.0, 0.5, 2.0], &device);
+    let y = moco_models::cpu::gelu(x.clone());
+    let exact = burn::tensor::activation::gelu(x);
+    assert!(max_abs_diff(y, exact) < 1e-6);
 }

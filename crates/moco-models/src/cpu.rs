@@ -93,7 +93,7 @@ fn cdf_pdf(x: f32) -> (f32, f32) {
             + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
     let gauss = exp(-0.5 * x * x);
     let erf_abs = 1.0 - poly * gauss;
-    let erf = if x < 0.0 { -erf_abs } else { erf_abs };
+    let erf = erf_abs.copysign(x);
     (0.5 + 0.5 * erf, INV_SQRT_2PI * gauss)
 }
 
@@ -107,14 +107,18 @@ fn exp(x: f32) -> f32 {
     // Round to nearest without a library call: adding 1.5·2^23 pushes the fraction out.
     const ROUND: f32 = 12_582_912.0;
     let x = x.max(-87.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    // The integer n sits in the low mantissa bits of `shifted`: read it with integer
+    // arithmetic (a float-to-int `as` saturates and would not vectorise).
+    let n_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(((n_int + 127) as u32) << 23)
 }
 
 #[cfg(test)]

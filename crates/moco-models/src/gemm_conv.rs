@@ -15,14 +15,17 @@ use burn::tensor::TensorData;
 
 use crate::precision::{compute_dtype, to_compute};
 
-/// Whether models on backend `B` should run their convolutions through [`conv2d_cm`]: true on
-/// the CPU backends (flex, ndarray), false on GPU backends, whose own convolutions are fast.
+/// Whether a ResNet on backend `B` whose first stage sees `area` positions (height × width
+/// after the stem) should run its convolutions through [`conv2d_cm`]: on the CPU backends
+/// (flex, ndarray) for maps of at most 16×16, where the backend's per-image products are
+/// small. On larger maps its own convolution is about as fast and the saved `im2col`
+/// matrices would double the memory; GPU backends always use their own.
 /// `MOCO_CONV=native` or `MOCO_CONV=gemm` overrides the choice (for measurements).
-pub fn prefers_gemm_conv<B: Backend>(device: &B::Device) -> bool {
+pub fn prefers_gemm_conv<B: Backend>(device: &B::Device, area: usize) -> bool {
     match std::env::var("MOCO_CONV").as_deref() {
         Ok("native") => false,
         Ok("gemm") => true,
-        _ => crate::cpu::is_cpu_backend::<B>(device),
+        _ => crate::cpu::is_cpu_backend::<B>(device) && area <= 16 * 16,
     }
 }
 

@@ -198,11 +198,18 @@ pub struct ResNet<B: Backend> {
 impl<B: Backend> ResNet<B> {
     /// `[batch, C, H, W]` images to `[batch, features]`.
     ///
-    /// On the CPU backends the feature maps are kept channel-major (`[C, batch, H, W]`) and
-    /// the convolutions run as single matrix products (see [`crate::gemm_conv`]); elsewhere
-    /// the backend's own convolutions run on the usual layout. Both compute the same function.
+    /// On the CPU backends, for first-stage maps of at most 16×16, the feature maps are kept
+    /// channel-major (`[C, batch, H, W]`) and the convolutions run as single matrix products
+    /// (see [`crate::gemm_conv`]); otherwise the backend's own convolutions run on the usual
+    /// layout. Both compute the same function.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let cm = prefers_gemm_conv::<B>(&x.device());
+        let [_, _, h, w] = x.dims();
+        let area = match self.maxpool {
+            // Stride-2 convolution, then stride-2 pooling.
+            true => h.div_ceil(4) * w.div_ceil(4),
+            false => h * w,
+        };
+        let cm = prefers_gemm_conv::<B>(&x.device(), area);
         let x = if cm { swap_batch_channels(x) } else { x };
         let mut x = relu(conv_bn(&self.conv1, &self.bn1, x, cm));
         if self.maxpool {

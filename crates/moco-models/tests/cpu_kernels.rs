@@ -20,10 +20,13 @@ fn max_abs<const D: usize>(a: Tensor<Flex, D>) -> f32 {
 }
 
 #[test]
-fn cpu_backends_choose_the_matrix_product_convolution() {
+fn cpu_backends_choose_the_matrix_product_convolution_for_small_maps() {
     if std::env::var("MOCO_CONV").is_err() {
-        assert!(prefers_gemm_conv::<AD>(&Default::default()));
-        assert!(prefers_gemm_conv::<Flex>(&Default::default()));
+        // ResNet-50 on 32 px images (8×8 after the ImageNet stem): matrix products.
+        assert!(prefers_gemm_conv::<AD>(&Default::default(), 8 * 8));
+        assert!(prefers_gemm_conv::<Flex>(&Default::default(), 16 * 16));
+        // 28 px maps behind the small stem: the backend's convolution.
+        assert!(!prefers_gemm_conv::<AD>(&Default::default(), 28 * 28));
     }
 }
 

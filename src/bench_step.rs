@@ -16,7 +16,7 @@ use moco_train::{
 };
 use serde::Serialize;
 
-use crate::device::{dispatch, BackendJob, DeviceSpec};
+use crate::device::{dispatch, select, BackendJob, DeviceSpec};
 
 /// Flags of `moco bench` (the step benchmark).
 #[derive(Args, Debug, Clone)]
@@ -64,11 +64,20 @@ pub struct StepBenchArgs {
     /// Backbone precision: f32, bf16 or f16 (parameters, optimizer, heads and loss in f32).
     #[arg(long)]
     pub precision: Option<moco_models::Precision>,
+    /// The ViT's GELU: erf (Burn's tensor operations) or host-pass (one pass over the values
+    /// on the host); default: the device's (host-pass on the CPU backends).
+    #[arg(long)]
+    pub gelu_kernel: Option<moco_models::GeluKernel>,
+    /// The ResNet's convolutions: backend, matrix-product, or matrix-product:N (up to N
+    /// first-stage positions); default: the device's (matrix-product:256 on the CPU backends).
+    #[arg(long)]
+    pub conv_kernel: Option<moco_models::ConvKernel>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N] (cpu-mlir, ndarray when built in).
-    #[arg(long, default_value = "cpu")]
+    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N], rocm[:N],
+    /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
+    #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
 }
 
@@ -199,6 +208,8 @@ pub fn bench_config(a: &StepBenchArgs) -> Result<PretrainConfig, String> {
     if a.precision.is_some() {
         c.precision = a.precision;
     }
+    c.gelu_kernel = a.gelu_kernel.or(c.gelu_kernel);
+    c.conv_kernel = a.conv_kernel.or(c.conv_kernel);
     c.grad_accum = 1;
     c.model_config().map_err(|e| e.to_string())?;
     Ok(c)
@@ -349,12 +360,14 @@ pub fn run_step_bench(args: &StepBenchArgs) -> Result<StepBench, String> {
             .map_err(|e| format!("--threads: {e}"))?;
     }
     let config = bench_config(args)?;
+    // The report names the device that ran, also when `auto` chose it.
+    let mut args = args.clone();
+    args.device = select(&args.device).map_err(|e| e.to_string())?.spec;
+    let device = args.device.clone();
     dispatch(
-        &args.device,
-        StepJob {
-            config,
-            args: args.clone(),
-        },
+        &device,
+        config.precision.unwrap_or_default(),
+        StepJob { config, args },
     )
     .map_err(|e| e.to_string())?
 }

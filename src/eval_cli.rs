@@ -33,8 +33,9 @@ pub struct ModelArgs {
     /// Evaluate the checkpoint's architecture at a fresh random initialisation (the baseline).
     #[arg(long)]
     pub random_init: bool,
-    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N] (cpu-mlir, ndarray when built in).
-    #[arg(long, default_value = "cpu")]
+    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N], rocm[:N],
+    /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
+    #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
 }
 
@@ -441,7 +442,7 @@ impl BackendJob for FeaturesJob {
 }
 
 fn on<J: BackendJob<Output = CmdResult>>(device: &DeviceSpec, job: J) -> CmdResult {
-    dispatch(device, job).map_err(|e| e.to_string())?
+    dispatch(device, moco_models::Precision::F32, job).map_err(|e| e.to_string())?
 }
 
 /// Runs `moco knn`.

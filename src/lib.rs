@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod bench_step;
+pub mod crosscheck;
 pub mod device;
 pub mod eval_cli;
 pub mod parity;

@@ -127,8 +127,9 @@ pub struct PretrainArgs {
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N] (cpu-mlir, ndarray when built in).
-    #[arg(long, default_value = "cpu")]
+    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N], rocm[:N],
+    /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
+    #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
     /// Data parallelism over several devices of one backend, e.g. `cuda:0,cuda:1,cuda:2,cuda:3`:
     /// each computes its shard of every batch (keys gathered from all, SyncBN, gradients
@@ -223,6 +224,9 @@ struct PretrainJob {
 impl MultiDeviceJob for PretrainJob {
     type Output = Result<RunSummary, String>;
     fn run<B: Backend>(self, devices: Vec<B::Device>) -> Self::Output {
+        if !self.options.quiet {
+            println!("run directory: {}", self.out.display());
+        }
         pretrain_data_parallel::<Autodiff<B>>(self.config, &self.out, &self.options, &devices)
             .map_err(|e| e.to_string())
     }
@@ -257,9 +261,6 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
             }
             eprintln!("Ctrl-C: saving a checkpoint after this step (press again to exit now)");
         });
-    }
-    if !args.quiet {
-        println!("run directory: {}", out.display());
     }
     let cluster = match (
         args.nodes,
@@ -298,8 +299,15 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
     if devices.is_empty() {
         return Err("--devices: no device given".into());
     }
+    // On --resume the run keeps the precision it was started with.
+    let precision = if args.resume {
+        stored_precision(&out)
+    } else {
+        config.precision
+    };
     let summary = dispatch_many(
         &devices,
+        precision.unwrap_or_default(),
         PretrainJob {
             config,
             out: out.clone(),
@@ -311,6 +319,15 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
         print_summary(&summary, &out);
     }
     Ok(summary)
+}
+
+/// The precision recorded in `RUN_DIR/config.json` (`None` when unreadable: the run then
+/// reports the error itself).
+fn stored_precision(run_dir: &Path) -> Option<moco_models::Precision> {
+    let text = std::fs::read_to_string(run_dir.join("config.json")).ok()?;
+    serde_json::from_str::<PretrainConfig>(&text)
+        .ok()?
+        .precision
 }
 
 /// Prints the kNN curve from `RUN_DIR/metrics.jsonl` and the run's outcome.

@@ -38,8 +38,9 @@ pub struct StudyArgs {
     /// Only the study's lines, not each run's progress.
     #[arg(long)]
     pub quiet: bool,
-    /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N] (cpu-mlir, ndarray when built in).
-    #[arg(long, default_value = "cpu")]
+    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N], rocm[:N],
+    /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
+    #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
 }
 
@@ -134,6 +135,7 @@ pub fn run_study_cli(args: &StudyArgs) -> Result<(), String> {
     };
     let summary = dispatch(
         &args.device,
+        moco_models::Precision::F32,
         StudyJob {
             study,
             out: out.clone(),

@@ -51,13 +51,18 @@ fn every_golden_case_matches_pytorch() {
                 check.max_abs
             );
         }
-        // The frozen patch projection has no gradient, as in PyTorch.
-        assert!(
-            !names
-                .iter()
-                .any(|n| n.starts_with("grad.base_encoder.patch_embed")),
-            "{tag}"
-        );
+        // The frozen linear patch projection has no gradient, as in PyTorch; a ConvStem is
+        // trained whatever `stop_grad_conv1` says.
+        let stem_grads = names
+            .iter()
+            .filter(|n| n.starts_with("grad.base_encoder.patch_embed"))
+            .count();
+        if tag.contains("convstem") {
+            // Five convolutions, four BNs with scale and shift, the last conv's bias.
+            assert_eq!(stem_grads, 5 + 4 * 2 + 1, "{tag}");
+        } else {
+            assert_eq!(stem_grads, 0, "{tag}");
+        }
     }
     let misc = run_misc::<Flex>(&dir, &Default::default()).unwrap();
     println!("{misc}");
@@ -79,7 +84,7 @@ fn cli_passes_on_the_golden_cases_and_fails_on_a_wrong_vector() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
 
     // A copy of one case with a perturbed expected output must fail with a non-zero exit.
     let tmp = std::env::temp_dir().join(format!("moco-parity-{}", std::process::id()));

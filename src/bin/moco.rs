@@ -7,6 +7,7 @@ use burn::prelude::Backend;
 use clap::{Parser, Subcommand, ValueEnum};
 use moco::device::{dispatch, BackendJob, DeviceSpec};
 use moco::models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
+use moco::models::Precision;
 use moco::models::{
     export_backbone, export_deit, export_moco, save_backbone_checkpoint, save_checkpoint,
     BackboneConfig,
@@ -65,10 +66,38 @@ enum Command {
     Parity {
         /// A case (`tests/golden/vit_tiny_p8_32`) or a folder of cases.
         target: PathBuf,
-        /// Device: cpu, cuda[:N], wgpu[:N], vulkan, metal, rocm[:N] (cpu-mlir, ndarray when built in).
-        #[arg(long, default_value = "cpu")]
+        /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N], rocm[:N],
+        /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
+        #[arg(long, default_value = "auto")]
         device: DeviceSpec,
     },
+    /// The differential test of a backend: the same weights and images on --device and on the
+    /// CPU backend (proven against PyTorch) over a grid of models and input sizes; one MoCo v3
+    /// step compared tensor by tensor with the parity tolerances.
+    Crosscheck {
+        /// small (7 cases) or full (the grid of input sizes 28–72 px, stage lists, widths, batches).
+        #[arg(long, value_enum, default_value = "small")]
+        grid: moco::crosscheck::Grid,
+        /// Only the cases whose name contains this text (e.g. `resnet 40px`).
+        #[arg(long)]
+        only: Option<String>,
+        /// Seed of the weights and images.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print every tensor's check, not only those of failing cases.
+        #[arg(long)]
+        verbose: bool,
+        /// The formulations the device runs: backend (Burn's kernels), gpu (Burn's, with
+        /// matrix-product convolutions) or cpu (the host formulations); default: the device's.
+        #[arg(long)]
+        kernels: Option<KernelSet>,
+        /// The device under test.
+        #[arg(long, default_value = "auto")]
+        device: DeviceSpec,
+    },
+    /// List the backends of this build, whether each one's device works on this machine (a
+    /// test kernel runs on CUDA and ROCm), and the device `--device auto` takes.
+    Devices,
     /// Show what a weight file holds and the architecture inferred from it.
     Inspect {
         /// `.pth.tar` (official MoCo v3, linear-probe, DeiT-style) or `.safetensors`.
@@ -88,7 +117,7 @@ enum Command {
         /// ViT attention heads, when the width has no preset.
         #[arg(long)]
         heads: Option<usize>,
-        /// Device used while converting.
+        /// Device used while converting (the CPU unless named).
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
     },
@@ -110,7 +139,7 @@ enum Command {
         /// ViT attention heads, when the width has no preset.
         #[arg(long)]
         heads: Option<usize>,
-        /// Device used while converting.
+        /// Device used while converting (the CPU unless named).
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
     },
@@ -213,6 +242,31 @@ fn main() -> ExitCode {
             })
         }
         Command::Parity { target, device } => run_on(&device, ParityJob { target }),
+        Command::Crosscheck {
+            grid,
+            only,
+            seed,
+            verbose,
+            kernels,
+            device,
+        } => run_on(
+            &device,
+            CrosscheckJob {
+                grid,
+                only,
+                seed,
+                verbose,
+                kernels: kernels.map(|k| match k {
+                    KernelSet::Backend => moco::models::Kernels::BACKEND,
+                    KernelSet::Gpu => moco::models::Kernels::GPU,
+                    KernelSet::Cpu => moco::models::Kernels::CPU,
+                }),
+            },
+        ),
+        Command::Devices => {
+            println!("{}", moco::device::describe_devices());
+            Ok(())
+        }
         Command::Inspect { file, heads } => inspect_cmd(&file, heads),
         Command::Import {
             file,
@@ -254,7 +308,7 @@ fn print_step_bench(args: &moco::bench_step::StepBenchArgs) -> CmdResult {
 }
 
 fn run_on<J: BackendJob<Output = CmdResult>>(device: &DeviceSpec, job: J) -> CmdResult {
-    dispatch(device, job).map_err(|e| e.to_string())?
+    dispatch(device, Precision::F32, job).map_err(|e| e.to_string())?
 }
 
 struct ParityJob {
@@ -294,6 +348,73 @@ impl BackendJob for ParityJob {
             Ok(())
         } else {
             Err(format!("parity failed for: {}", failed.join(", ")))
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KernelSet {
+    Backend,
+    Gpu,
+    Cpu,
+}
+
+struct CrosscheckJob {
+    grid: moco::crosscheck::Grid,
+    only: Option<String>,
+    seed: u64,
+    verbose: bool,
+    kernels: Option<moco::models::Kernels>,
+}
+
+impl BackendJob for CrosscheckJob {
+    type Output = CmdResult;
+    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+        let cases: Vec<_> = self
+            .grid
+            .cases()
+            .into_iter()
+            .filter(|c| {
+                self.only
+                    .as_ref()
+                    .is_none_or(|o| c.name.contains(o.as_str()))
+            })
+            .collect();
+        if cases.is_empty() {
+            return Err("no case of the grid matches --only".into());
+        }
+        let mut failed = Vec::new();
+        for case in &cases {
+            let start = std::time::Instant::now();
+            let report =
+                moco::crosscheck::run_cross_case::<B>(case, self.seed, self.kernels, &device)
+                    .map_err(|e| format!("{}: {e}", case.name))?;
+            let secs = start.elapsed().as_secs_f64();
+            let worst = report.worst().map_or(String::new(), |c| match &c.error {
+                Some(e) => format!("{}: {e}", c.name),
+                None => format!("worst {} at {:.2} of its tolerance", c.name, c.worst),
+            });
+            let verdict = if report.passed() { "pass" } else { "FAIL" };
+            println!("{verdict}  {:<52} {secs:>6.1}s  {worst}", case.name);
+            if self.verbose || !report.passed() {
+                print!("{report}");
+            }
+            if !report.passed() {
+                failed.push(case.name.clone());
+            }
+        }
+        println!(
+            "{} passed, {} failed",
+            cases.len() - failed.len(),
+            failed.len()
+        );
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the device differs from the CPU on: {}",
+                failed.join("; ")
+            ))
         }
     }
 }

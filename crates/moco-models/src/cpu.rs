@@ -1,4 +1,4 @@
-//! Kernels for the CPU backends where Burn's own are slow.
+//! Kernels for the CPU backends where Burn's own are slow (chosen through [`crate::kernels`]).
 //!
 //! The exact (erf) GELU of the CPU backends evaluates a scalar `erff` per element on one
 //! thread, forward and again backward. [`gelu`] evaluates Φ(x) and φ(x) in one vectorisable,
@@ -7,32 +7,21 @@
 //! and autodiff records two element-wise operations instead of the GELU and its backward.
 
 use burn::prelude::*;
-use burn::tensor::activation;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
-/// Whether backend `B` computes on the CPU (flex, ndarray), where reading values back is
-/// free and the model prefers its own CPU formulations.
-pub fn is_cpu_backend<B: Backend>(device: &B::Device) -> bool {
-    let name = B::name(device);
-    name.contains("flex") || name.contains("ndarray")
-}
-
-/// The exact GELU, `x · Φ(x)` with Φ the standard normal CDF; on the CPU backends for f32
-/// tensors through the fast pass described in the module docs, elsewhere Burn's `gelu`.
-/// `MOCO_GELU=native` selects Burn's everywhere (for measurements).
+/// The exact GELU, `x · Φ(x)` with Φ the standard normal CDF, through the host pass described
+/// in the module docs (f32 tensors; other dtypes go through [`crate::activation::gelu_erf`]).
+/// Meant for the backends whose tensors live in host memory, where reading values back is free.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if x.dtype() != DType::F32
-        || !is_cpu_backend::<B>(&x.device())
-        || std::env::var("MOCO_GELU").as_deref() == Ok("native")
-    {
-        return activation::gelu(x);
+    if x.dtype() != DType::F32 {
+        return crate::activation::gelu_erf(x);
     }
     let device = x.device();
     let shape = x.shape();
     let values = match x.clone().detach().into_data().into_vec::<f32>() {
         Ok(v) => v,
-        Err(_) => return activation::gelu(x),
+        Err(_) => return crate::activation::gelu_erf(x),
     };
     let tensor =
         |v: Vec<f32>| Tensor::<B, D>::from_data(TensorData::new(v, shape.clone()), &device);

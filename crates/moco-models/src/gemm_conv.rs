@@ -15,20 +15,6 @@ use burn::tensor::TensorData;
 
 use crate::precision::{compute_dtype, to_compute};
 
-/// Whether a ResNet on backend `B` whose first stage sees `area` positions (height × width
-/// after the stem) should run its convolutions through [`conv2d_cm`]: on the CPU backends
-/// (flex, ndarray) for maps of at most 16×16, where the backend's per-image products are
-/// small. On larger maps its own convolution is about as fast and the saved `im2col`
-/// matrices would double the memory; GPU backends always use their own.
-/// `MOCO_CONV=native` or `MOCO_CONV=gemm` overrides the choice (for measurements).
-pub fn prefers_gemm_conv<B: Backend>(device: &B::Device, area: usize) -> bool {
-    match std::env::var("MOCO_CONV").as_deref() {
-        Ok("native") => false,
-        Ok("gemm") => true,
-        _ => crate::cpu::is_cpu_backend::<B>(device) && area <= 16 * 16,
-    }
-}
-
 /// `[N, C, H, W]` to channel-major `[C, N, H, W]` (and back: the permutation is its own
 /// inverse).
 pub fn swap_batch_channels<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -95,13 +81,7 @@ pub fn conv2d_cm<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) ->
         // `[C·taps, N·H'·W']` matrix whose rows are ordered (channel, ky, kx) like the
         // flattened weight's columns.
         let index = im2col_index(n, hp, wp, kh, kw, sh, sw, ho, wo);
-        let index = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(index, [n * kh * kw * ho * wo]),
-            &x.device(),
-        );
-        x.reshape([c, n * hp * wp])
-            .select(1, index)
-            .reshape([c * kh * kw, n * ho * wo])
+        gather_columns(x.reshape([c, n * hp * wp]), &index).reshape([c * kh * kw, n * ho * wo])
     };
     let y = weight.reshape([out_c, in_c * kh * kw]).matmul(cols);
     let y = match &conv.bias {
@@ -113,6 +93,26 @@ pub fn conv2d_cm<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) ->
         None => y,
     };
     y.reshape([out_c, n, ho, wo])
+}
+
+/// Most indices one `select` takes: the gradient of a `select` of 65,536 or more indices along
+/// an axis is wrong on Burn 0.21's wgpu backend (docs/backends.md), so longer gathers are
+/// split into selects of at most this many and concatenated.
+pub const MAX_SELECT: usize = 32_768;
+
+/// The columns `index` of `x` (`[rows, cols]`), as `select(1, index)` in pieces of at most
+/// [`MAX_SELECT`] indices.
+fn gather_columns<B: Backend>(x: Tensor<B, 2>, index: &[i64]) -> Tensor<B, 2> {
+    let device = x.device();
+    let select = |part: &[i64]| {
+        let part =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(part.to_vec(), [part.len()]), &device);
+        x.clone().select(1, part)
+    };
+    if index.len() <= MAX_SELECT {
+        return select(index);
+    }
+    Tensor::cat(index.chunks(MAX_SELECT).map(select).collect(), 1)
 }
 
 /// Positions in a flattened `[N, H_p, W_p]` padded map read by each (tap, image, output

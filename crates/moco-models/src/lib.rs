@@ -27,12 +27,14 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod activation;
 pub mod checkpoint;
 pub mod cpu;
 pub mod export;
 pub mod gemm_conv;
 pub mod heads;
 pub mod import;
+pub mod kernels;
 pub mod keys;
 pub mod moco;
 pub mod norm;
@@ -50,6 +52,7 @@ pub use checkpoint::{
 pub use export::{export_backbone, export_deit, export_moco};
 pub use heads::{MlpHead, MlpHeadConfig};
 pub use import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
+pub use kernels::{ConvKernel, GeluKernel, Kernels};
 pub use moco::{Backbone, BackboneConfig, Encoder, MoCo, MocoConfig, QueryOutput, PRESETS};
 pub use norm::{BatchNorm, BatchNormConfig};
 pub use precision::{autocast, Precision};

@@ -9,7 +9,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
 use serde::{Deserialize, Serialize};
 
-use crate::gemm_conv::{conv2d_cm, prefers_gemm_conv, swap_batch_channels};
+use crate::gemm_conv::{conv2d_cm, swap_batch_channels};
+use crate::kernels::{ConvKernel, Kernels};
 use crate::norm::{BatchNorm, BatchNormConfig};
 use crate::precision::{conv2d, in_f32, to_f32};
 use crate::ModelError;
@@ -75,6 +76,9 @@ pub struct ResNetConfig {
     /// Start each residual branch at zero (last BN scale 0), as MoCo v3 does.
     #[config(default = true)]
     pub zero_init_residual: bool,
+    /// How the convolutions run (the same function either way); `None`: the default of the
+    /// device the model is built on ([`Kernels::for_device`]).
+    pub conv_kernel: Option<ConvKernel>,
 }
 
 impl ResNetConfig {
@@ -159,6 +163,9 @@ impl ResNetConfig {
             bn1: BatchNormConfig::new(self.width).init(device),
             stages,
             maxpool: self.stem == Stem::ImageNet,
+            conv_kernel: self
+                .conv_kernel
+                .unwrap_or_else(|| Kernels::for_device::<B>(device).conv),
         }
     }
 }
@@ -193,15 +200,16 @@ pub struct ResNet<B: Backend> {
     /// Stages (`layer1`, `layer2`, ... in torchvision).
     pub stages: Vec<Vec<ResidualBlock<B>>>,
     maxpool: bool,
+    conv_kernel: ConvKernel,
 }
 
 impl<B: Backend> ResNet<B> {
     /// `[batch, C, H, W]` images to `[batch, features]`.
     ///
-    /// On the CPU backends, for first-stage maps of at most 16×16, the feature maps are kept
-    /// channel-major (`[C, batch, H, W]`) and the convolutions run as single matrix products
-    /// (see [`crate::gemm_conv`]); otherwise the backend's own convolutions run on the usual
-    /// layout. Both compute the same function.
+    /// With matrix-product convolutions (the CPU default for first-stage maps of at most
+    /// 16×16, see [`ConvKernel`]) the feature maps are kept channel-major (`[C, batch, H, W]`)
+    /// and every convolution is a single matrix product ([`crate::gemm_conv`]); otherwise the
+    /// backend's own convolutions run on the usual layout. Both compute the same function.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let [_, _, h, w] = x.dims();
         let area = match self.maxpool {
@@ -209,7 +217,7 @@ impl<B: Backend> ResNet<B> {
             true => h.div_ceil(4) * w.div_ceil(4),
             false => h * w,
         };
-        let cm = prefers_gemm_conv::<B>(&x.device(), area);
+        let cm = self.conv_kernel.matrix_product_at(area);
         let x = if cm { swap_batch_channels(x) } else { x };
         let mut x = relu(conv_bn(&self.conv1, &self.bn1, x, cm));
         if self.maxpool {

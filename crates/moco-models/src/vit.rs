@@ -7,6 +7,8 @@ use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig, Pa
 use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
 
+use crate::activation;
+use crate::kernels::{GeluKernel, Kernels};
 use crate::norm::{BatchNorm, BatchNormConfig};
 use crate::precision::{conv2d, in_f32, linear, to_compute, to_f32};
 use crate::ModelError;
@@ -41,12 +43,17 @@ pub struct VitConfig {
     /// Bias in the fused `qkv` projection.
     #[config(default = true)]
     pub qkv_bias: bool,
-    /// The paper's stability fix: the patch projection stays at its random initialisation.
+    /// The paper's stability fix: the linear patch projection stays at its random
+    /// initialisation (MoCo v3's `stop_grad_conv1`). It applies to the linear projection only:
+    /// a ConvStem is always trained, as in the official code, whatever this says.
     #[config(default = true)]
     pub freeze_patch_embed: bool,
     /// Replace the patchify convolution by MoCo v3's ConvStem (`vit_conv_*`).
     #[config(default = false)]
     pub conv_stem: bool,
+    /// How the GELU runs (the same function either way); `None`: the default of the device
+    /// the model is built on ([`Kernels::for_device`]).
+    pub gelu_kernel: Option<GeluKernel>,
 }
 
 impl VitConfig {
@@ -84,6 +91,12 @@ impl VitConfig {
     /// ViT-Base with the ConvStem and one block fewer.
     pub fn vit_conv_base() -> Self {
         Self::vit_base().with_depth(11).with_conv_stem(true)
+    }
+
+    /// Whether the patch embedding is frozen: the linear projection with
+    /// `freeze_patch_embed`; never a ConvStem.
+    pub fn patch_embed_frozen(&self) -> bool {
+        self.freeze_patch_embed && !self.conv_stem
     }
 
     /// Number of patches along each side.
@@ -170,7 +183,7 @@ impl VitConfig {
             proj.bias = Some(Param::from_tensor(Tensor::zeros([d], device)));
             PatchEmbed::Patchify(Patchify { proj })
         };
-        let patch_embed = if self.freeze_patch_embed {
+        let patch_embed = if self.patch_embed_frozen() {
             patch_embed.no_grad()
         } else {
             patch_embed
@@ -197,7 +210,10 @@ impl VitConfig {
                 .with_epsilon(LAYER_NORM_EPS)
                 .init(device),
             num_heads: self.num_heads,
-            freeze_patch_embed: self.freeze_patch_embed,
+            freeze_patch_embed: self.patch_embed_frozen(),
+            gelu: self
+                .gelu_kernel
+                .unwrap_or_else(|| Kernels::for_device::<B>(device).gelu),
         }
     }
 }
@@ -241,6 +257,7 @@ pub struct Vit<B: Backend> {
     pub norm: LayerNorm<B>,
     num_heads: usize,
     freeze_patch_embed: bool,
+    gelu: GeluKernel,
 }
 
 impl<B: Backend> Vit<B> {
@@ -279,12 +296,12 @@ impl<B: Backend> Vit<B> {
             } else {
                 0.0
             };
-            x = block.forward(x, self.num_heads, p);
+            x = block.forward(x, self.num_heads, self.gelu, p);
         }
         in_f32(x, |x| self.norm.forward(x))
     }
 
-    /// Whether the patch projection is frozen.
+    /// Whether the patch projection is frozen (never for a ConvStem).
     pub fn patch_embed_frozen(&self) -> bool {
         self.freeze_patch_embed
     }
@@ -409,11 +426,17 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 3>, num_heads: usize, drop_path: f64) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        num_heads: usize,
+        gelu: GeluKernel,
+        drop_path: f64,
+    ) -> Tensor<B, 3> {
         let h = in_f32(x.clone(), |x| self.norm1.forward(x));
         let x = x + drop_path_branch(self.attn.forward(h, num_heads), drop_path);
         let h = in_f32(x.clone(), |x| self.norm2.forward(x));
-        x + drop_path_branch(self.mlp.forward(h), drop_path)
+        x + drop_path_branch(self.mlp.forward(h, gelu), drop_path)
     }
 }
 
@@ -495,7 +518,7 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear(&self.fc2, crate::cpu::gelu(linear(&self.fc1, x)))
+    fn forward(&self, x: Tensor<B, 3>, gelu: GeluKernel) -> Tensor<B, 3> {
+        linear(&self.fc2, activation::gelu(linear(&self.fc1, x), gelu))
     }
 }

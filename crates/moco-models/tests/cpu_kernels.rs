@@ -5,8 +5,8 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Distribution, Tensor};
-use moco_models::gemm_conv::{conv2d_cm, prefers_gemm_conv, swap_batch_channels};
-use moco_models::BatchNormConfig;
+use moco_models::gemm_conv::{conv2d_cm, swap_batch_channels};
+use moco_models::{BatchNormConfig, ConvKernel, GeluKernel, Kernels};
 
 type AD = Autodiff<Flex>;
 
@@ -20,14 +20,20 @@ fn max_abs<const D: usize>(a: Tensor<Flex, D>) -> f32 {
 }
 
 #[test]
-fn cpu_backends_choose_the_matrix_product_convolution_for_small_maps() {
-    if std::env::var("MOCO_CONV").is_err() {
-        // ResNet-50 on 32 px images (8×8 after the ImageNet stem): matrix products.
-        assert!(prefers_gemm_conv::<AD>(&Default::default(), 8 * 8));
-        assert!(prefers_gemm_conv::<Flex>(&Default::default(), 16 * 16));
-        // 28 px maps behind the small stem: the backend's convolution.
-        assert!(!prefers_gemm_conv::<AD>(&Default::default(), 28 * 28));
-    }
+fn cpu_backends_default_to_the_host_formulations() {
+    assert_eq!(Kernels::for_device::<AD>(&Default::default()), Kernels::CPU);
+    assert_eq!(
+        Kernels::for_device::<Flex>(&Default::default()),
+        Kernels::CPU
+    );
+    let conv = Kernels::CPU.conv;
+    // ResNet-50 on 32 px images (8×8 after the ImageNet stem): matrix products.
+    assert!(conv.matrix_product_at(8 * 8));
+    assert!(conv.matrix_product_at(16 * 16));
+    // 28 px maps behind the small stem: the backend's convolution.
+    assert!(!conv.matrix_product_at(28 * 28));
+    assert!(!ConvKernel::Backend.matrix_product_at(1));
+    assert!(ConvKernel::MatrixProduct.matrix_product_at(1 << 20));
 }
 
 #[test]
@@ -165,9 +171,46 @@ fn fast_gelu_matches_the_exact_gelu_and_its_gradient() {
     let gb = (yb * r).sum().backward();
     let diff = max_abs_diff(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
     assert!(diff < 2e-6, "GELU gradient differs by {diff}");
+    // The erf composition every backend can run: the same values and gradient.
+    let xa = Tensor::<AD, 2>::from_inner(xa.inner()).require_grad();
+    let xc = Tensor::<AD, 2>::from_inner(xa.clone().inner()).require_grad();
+    let ya = burn::tensor::activation::gelu(xa.clone());
+    let yc = moco_models::activation::gelu(xc.clone(), GeluKernel::Erf);
+    let diff = max_abs_diff(ya.clone().inner(), yc.clone().inner());
+    assert!(diff < 2e-6, "erf GELU differs by {diff}");
+    let r = Tensor::<AD, 2>::random([300, 70], Distribution::Normal(0.0, 1.0), &device);
+    let ga = (ya * r.clone()).sum().backward();
+    let gc = (yc * r).sum().backward();
+    let diff = max_abs_diff(xa.grad(&ga).unwrap(), xc.grad(&gc).unwrap());
+    assert!(diff < 2e-6, "erf GELU gradient differs by {diff}");
     // Without autodiff (evaluation) the values come straight from the kernel.
     let x = Tensor::<Flex, 1>::from_floats([-3.0, -1.0, 0.0, 0.5, 2.0], &device);
     let y = moco_models::cpu::gelu(x.clone());
     let exact = burn::tensor::activation::gelu(x);
     assert!(max_abs_diff(y, exact) < 1e-6);
+}
+
+#[test]
+fn long_im2col_gathers_are_split_and_match_the_backend_convolution() {
+    // 8 images of 32×32, 3×3 taps: 73,728 gathered columns, more than one select takes.
+    let device = Default::default();
+    let conv = Conv2dConfig::new([2, 3], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .init::<AD>(&device);
+    let x = Tensor::<Flex, 4>::random([8, 2, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    assert!(8 * 9 * 32 * 32 > moco_models::gemm_conv::MAX_SELECT);
+    let xa = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
+    let xb = Tensor::<AD, 4>::from_inner(swap_batch_channels(x)).require_grad();
+    let ya = conv.forward(xa.clone());
+    let yb = swap_batch_channels(conv2d_cm(&conv, xb.clone(), false));
+    assert!(max_abs_diff(ya.clone().inner(), yb.clone().inner()) < 1e-5);
+    let r = Tensor::<AD, 4>::random(ya.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let ga = (ya * r.clone()).sum().backward();
+    let gb = (yb * r).sum().backward();
+    let (da, db) = (
+        xa.grad(&ga).unwrap(),
+        swap_batch_channels(xb.grad(&gb).unwrap()),
+    );
+    assert!(max_abs_diff(da, db) < 1e-5);
 }

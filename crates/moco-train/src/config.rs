@@ -3,8 +3,8 @@
 
 use burn::config::Config;
 use moco_data::{AugmentConfig, DatasetKind};
-use moco_models::Precision;
 use moco_models::{BackboneConfig, MocoConfig, ModelError, Stem};
+use moco_models::{ConvKernel, GeluKernel, Precision};
 
 use crate::method::Method;
 use crate::optim::OptimConfig;
@@ -163,6 +163,13 @@ pub struct PretrainConfig {
     /// files written before this field existed still load.
     #[config(default = "None")]
     pub precision: Option<Precision>,
+    /// How the ViT computes its GELU; `None`: the device's default (see
+    /// [`moco_models::Kernels::for_device`]).
+    #[config(default = "None")]
+    pub gelu_kernel: Option<GeluKernel>,
+    /// How the ResNet runs its convolutions; `None`: the device's default.
+    #[config(default = "None")]
+    pub conv_kernel: Option<ConvKernel>,
 }
 
 impl PretrainConfig {
@@ -284,10 +291,12 @@ impl PretrainConfig {
             if let Some(stem) = self.stem {
                 r.stem = stem;
             }
+            r.conv_kernel = self.conv_kernel;
         }
         if let BackboneConfig::Vit(v) = &mut backbone {
             v.patch_size = self.patch_size;
             v.freeze_patch_embed = self.freeze_patch_embed;
+            v.gelu_kernel = self.gelu_kernel;
             if let Some(d) = self.embed_dim {
                 v.embed_dim = d;
             }
@@ -392,7 +401,9 @@ mod tests {
     fn configs_without_newer_fields_load() {
         let config = PretrainConfig::preset("fmnist-vit").unwrap();
         let mut value = serde_json::to_value(&config).unwrap();
-        value.as_object_mut().unwrap().remove("precision");
+        for newer in ["precision", "gelu_kernel", "conv_kernel"] {
+            value.as_object_mut().unwrap().remove(newer);
+        }
         let loaded: PretrainConfig = serde_json::from_value(value).unwrap();
         assert_eq!(loaded.precision, None);
         assert_eq!(loaded, config);

@@ -232,11 +232,16 @@ impl StudyConfig {
                                 .with_spike_factor(self.spike_factor)
                                 .with_spike_window(self.spike_window);
                             config.validate().map_err(|e| format!("run {name}: {e}"))?;
-                            if patch_embed == PatchEmbed::Frozen && !config.arch.starts_with("vit")
+                            if patch_embed == PatchEmbed::Frozen && !has_linear_projection(&config)
                             {
                                 return Err(format!(
-                                    "run {name}: a frozen patch projection needs a ViT, the preset trains {}",
-                                    config.arch
+                                    "run {name}: a frozen patch projection needs a ViT with a linear patch projection; the preset trains {}{}",
+                                    config.arch,
+                                    if config.arch.starts_with("vit_conv") {
+                                        " (a ConvStem, which is always trained)"
+                                    } else {
+                                        ""
+                                    }
                                 ));
                             }
                             runs.push(StudyRun {
@@ -261,6 +266,15 @@ impl StudyConfig {
         }
         Ok(runs)
     }
+}
+
+/// Whether the run's backbone is a ViT with a linear patch projection, the one part the
+/// paper's fix freezes.
+fn has_linear_projection(config: &PretrainConfig) -> bool {
+    matches!(
+        config.model_config().map(|m| m.backbone),
+        Ok(moco_models::BackboneConfig::Vit(v)) if !v.conv_stem
+    )
 }
 
 /// A learning rate in a run name: `1.5e-4`, `3e-3`.

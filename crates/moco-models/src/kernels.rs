@@ -1,0 +1,162 @@
+//! Which formulation of an operation a model runs, chosen once when the model is built.
+//!
+//! Every choice computes the same function; they differ in speed and memory on a backend.
+//! [`Kernels::for_device`] gives the default: the host formulations of [`crate::cpu`] and
+//! [`crate::gemm_conv`] on the CPU backends (flex, ndarray); on the GPU backends Burn's own
+//! (fused) kernels, except for the ResNet's convolutions, which run as matrix products there
+//! too: the gradients of Burn 0.21's GPU convolution are wrong on some devices
+//! (docs/backends.md), its matrix product is not. A configuration can fix the choice instead (`VitConfig::gelu_kernel`,
+//! `ResNetConfig::conv_kernel`), e.g. to measure one formulation against another.
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// How the ViT's MLP computes the exact (erf) GELU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeluKernel {
+    /// `x · Φ(x)` with `Φ(x) = (1 + erf(x/√2)) / 2` from Burn's `erf`: exact in value and
+    /// gradient on every backend (Burn's `gelu` on the CubeCL backends differentiates the tanh
+    /// approximation instead).
+    Erf,
+    /// One vectorised, multi-threaded pass over the values on the host ([`crate::cpu::gelu`]):
+    /// for backends whose tensors live in host memory.
+    HostPass,
+}
+
+/// How the ResNet runs its convolutions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvKernel {
+    /// The backend's convolution on `[N, C, H, W]` maps.
+    Backend,
+    /// Channel-major maps, each convolution one matrix product ([`crate::gemm_conv`]).
+    MatrixProduct,
+    /// [`ConvKernel::MatrixProduct`] when the first stage sees at most this many positions
+    /// (height × width), [`ConvKernel::Backend`] on larger maps, where the backend's
+    /// convolution is as fast and the saved `im2col` matrices would double the memory.
+    MatrixProductUpTo(usize),
+}
+
+impl ConvKernel {
+    /// Whether a ResNet whose first stage sees `positions` positions runs channel-major
+    /// matrix-product convolutions.
+    pub fn matrix_product_at(self, positions: usize) -> bool {
+        match self {
+            ConvKernel::Backend => false,
+            ConvKernel::MatrixProduct => true,
+            ConvKernel::MatrixProductUpTo(max) => positions <= max,
+        }
+    }
+}
+
+/// The formulations a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kernels {
+    /// The ViT's GELU.
+    pub gelu: GeluKernel,
+    /// The ResNet's convolutions.
+    pub conv: ConvKernel,
+}
+
+/// Largest first-stage map (positions) on which the CPU default uses matrix-product
+/// convolutions: 16 × 16 (measured in docs/performance.md).
+pub const CPU_MATRIX_CONV_MAX_POSITIONS: usize = 16 * 16;
+
+impl Kernels {
+    /// Burn's own kernels everywhere.
+    pub const BACKEND: Kernels = Kernels {
+        gelu: GeluKernel::Erf,
+        conv: ConvKernel::Backend,
+    };
+
+    /// What the GPU backends run: Burn's kernels, convolutions as matrix products.
+    pub const GPU: Kernels = Kernels {
+        gelu: GeluKernel::Erf,
+        conv: ConvKernel::MatrixProduct,
+    };
+
+    /// The host formulations of the CPU backends.
+    pub const CPU: Kernels = Kernels {
+        gelu: GeluKernel::HostPass,
+        conv: ConvKernel::MatrixProductUpTo(CPU_MATRIX_CONV_MAX_POSITIONS),
+    };
+
+    /// The host formulations at every map size.
+    pub const CPU_EVERYWHERE: Kernels = Kernels {
+        gelu: GeluKernel::HostPass,
+        conv: ConvKernel::MatrixProduct,
+    };
+
+    /// The default for `device`: [`Kernels::CPU`] on the CPU backends (flex, ndarray),
+    /// [`Kernels::GPU`] elsewhere.
+    pub fn for_device<B: Backend>(device: &B::Device) -> Kernels {
+        if is_host_backend::<B>(device) {
+            Kernels::CPU
+        } else {
+            Kernels::GPU
+        }
+    }
+}
+
+/// Whether backend `B` keeps its tensors in host memory and computes on the CPU (flex,
+/// ndarray), where reading values back costs nothing.
+pub fn is_host_backend<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device);
+    name.contains("flex") || name.contains("ndarray")
+}
+
+impl std::str::FromStr for GeluKernel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "erf" => Ok(GeluKernel::Erf),
+            "host-pass" | "host" => Ok(GeluKernel::HostPass),
+            _ => Err(format!("unknown GELU kernel '{s}': use erf or host-pass")),
+        }
+    }
+}
+
+impl std::str::FromStr for ConvKernel {
+    type Err = String;
+    /// `backend`, `matrix-product`, or `matrix-product:N` (up to N first-stage positions).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase().replace('_', "-");
+        let err = || {
+            format!(
+                "unknown convolution kernel '{s}': use backend, matrix-product or matrix-product:N"
+            )
+        };
+        match lower.split_once(':') {
+            Some(("matrix-product", n)) => n
+                .parse()
+                .map(ConvKernel::MatrixProductUpTo)
+                .map_err(|_| err()),
+            None if lower == "backend" => Ok(ConvKernel::Backend),
+            None if lower == "matrix-product" => Ok(ConvKernel::MatrixProduct),
+            _ => Err(err()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_names() {
+        assert_eq!("erf".parse::<GeluKernel>(), Ok(GeluKernel::Erf));
+        assert_eq!("host-pass".parse::<GeluKernel>(), Ok(GeluKernel::HostPass));
+        assert_eq!("backend".parse::<ConvKernel>(), Ok(ConvKernel::Backend));
+        assert_eq!(
+            "matrix-product".parse::<ConvKernel>(),
+            Ok(ConvKernel::MatrixProduct)
+        );
+        assert_eq!(
+            "matrix-product:64".parse::<ConvKernel>(),
+            Ok(ConvKernel::MatrixProductUpTo(64))
+        );
+        assert!("gemm".parse::<ConvKernel>().is_err());
+        assert!("matrix-product:x".parse::<ConvKernel>().is_err());
+    }
+}

@@ -157,7 +157,7 @@ struct BenchCmd {
 #[derive(Subcommand)]
 enum BenchWhat {
     /// Full training steps (the default of `moco bench`).
-    Step(moco::bench_step::StepBenchArgs),
+    Step(Box<moco::bench_step::StepBenchArgs>),
     /// Throughput of the two-view augmentation pipeline (per thread, and with the loader).
     Data {
         /// Folder of the JPEG test set (written on first use).

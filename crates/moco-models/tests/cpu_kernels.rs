@@ -199,7 +199,7 @@ fn long_im2col_gathers_are_split_and_match_the_backend_convolution() {
         .with_bias(false)
         .init::<AD>(&device);
     let x = Tensor::<Flex, 4>::random([8, 2, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    assert!(8 * 9 * 32 * 32 > moco_models::gemm_conv::MAX_SELECT);
+    const { assert!(8 * 9 * 32 * 32 > moco_models::gemm_conv::MAX_SELECT) };
     let xa = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
     let xb = Tensor::<AD, 4>::from_inner(swap_batch_channels(x)).require_grad();
     let ya = conv.forward(xa.clone());

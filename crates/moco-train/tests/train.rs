@@ -100,6 +100,30 @@ fn every_method_runs_end_to_end() {
     }
 }
 
+/// MoCo v3's ConvStem is always trained, whatever `freeze_patch_embed` says: its gradient norm
+/// shows in the monitor's `patch_embed` group.
+#[test]
+fn a_conv_stem_is_trained() {
+    let _turn = serial();
+    let dir = Tmp::new("convstem");
+    let config = tiny(Method::MocoV3)
+        .with_arch("vit_conv_small".into())
+        .with_img_size(32)
+        .with_patch_size(16)
+        .with_freeze_patch_embed(true)
+        .with_max_steps(Some(2))
+        .with_knn_every(0);
+    pretrain::<B>(config, &dir.0, &quiet(), &Default::default()).unwrap();
+    let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();
+    let step = metrics
+        .lines()
+        .find(|l| l.contains("\"type\":\"step\""))
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_str(step).unwrap();
+    let norm = record["grad_norms"]["patch_embed"].as_f64();
+    assert!(norm.is_some_and(|n| n > 0.0), "{step}");
+}
+
 #[test]
 fn resume_continues_exactly() {
     let _turn = serial();

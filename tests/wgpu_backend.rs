@@ -5,13 +5,15 @@
 //!
 //! The ignored tests fail on Burn 0.21.0 (checked on Mesa's lavapipe Vulkan driver): they
 //! document a bug of the backend, not of this repository, and show when a Burn release fixes it.
-//! With `--features wgpu,autotune` the matrix-product test fails too.
+//! The others pass and guard what the models rely on; with `--features wgpu,autotune` the
+//! matrix-product test fails.
 #![cfg(feature = "wgpu")]
 
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
 
 type G = Autodiff<Wgpu>;
@@ -53,37 +55,74 @@ fn matmul_with_a_transposed_operand_of_inner_size_8() {
     assert!(d < 1e-4, "matrix product off by {d}");
 }
 
-/// Gradients of Burn's own 3×3 convolution (stride 1, padding 1) on a ResNet-sized map. The
-/// forward agrees; the input and weight gradients do not. The ResNet runs its convolutions as
-/// matrix products on GPU backends (`ConvKernel::MatrixProduct`) because of this.
+/// Output, input gradient and weight gradient of Burn's convolution of `[n, c, h, h]` to `o`
+/// channels (`k × k`, stride `s`, padding `p`).
+fn conv<B: AutodiffBackend>([n, c, h]: [usize; 3], [o, k, s, p]: [usize; 4]) -> [Vec<f32>; 3] {
+    let device = Default::default();
+    let mut conv = Conv2dConfig::new([c, o], [k, k])
+        .with_stride([s, s])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_bias(false)
+        .init::<B>(&device);
+    conv.weight = conv
+        .weight
+        .map(|_| tensor::<B, 4>([o, c, k, k], 3).require_grad());
+    let x = tensor::<B, 4>([n, c, h, h], 4).require_grad();
+    let y = conv.forward(x.clone());
+    let r = tensor::<B, 4>(y.dims(), 5);
+    let g = y.clone().mul(r).sum().backward();
+    [
+        to_vec(y.inner()),
+        to_vec(x.grad(&g).unwrap()),
+        to_vec(conv.weight.val().grad(&g).unwrap()),
+    ]
+}
+
+/// The ResNet's convolutions other than the strided 1×1 (stem, 3×3 with and without stride,
+/// 1×1): the GPU backends run Burn's convolution for them.
 #[test]
-#[ignore = "Burn 0.21.0 wgpu: wrong convolution gradients"]
-fn conv2d_gradients() {
-    fn grads<B: burn::tensor::backend::AutodiffBackend>() -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let device = Default::default();
-        let mut conv = Conv2dConfig::new([16, 16], [3, 3])
-            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .with_bias(false)
-            .init::<B>(&device);
-        conv.weight = conv
-            .weight
-            .map(|_| tensor::<B, 4>([16, 16, 3, 3], 3).require_grad());
-        let x = tensor::<B, 4>([8, 16, 8, 8], 4).require_grad();
-        let y = conv.forward(x.clone());
-        let r = tensor::<B, 4>(y.dims(), 5);
-        let g = y.clone().mul(r).sum().backward();
-        let gx = x.grad(&g).unwrap();
-        let gw = conv.weight.val().grad(&g).unwrap();
-        (to_vec(y.inner()), to_vec(gx), to_vec(gw))
+fn convolutions_and_their_gradients() {
+    for (input, conv_shape) in [
+        ([8, 3, 32], [8, 7, 2, 3]),
+        ([8, 16, 8], [16, 3, 1, 1]),
+        ([8, 16, 8], [16, 3, 2, 1]),
+        ([8, 64, 2], [64, 3, 2, 1]),
+        ([8, 128, 2], [64, 1, 1, 0]),
+        ([8, 16, 32], [16, 3, 1, 1]),
+    ] {
+        let [gy, gx, gw] = conv::<G>(input, conv_shape);
+        let [cy, cx, cw] = conv::<C>(input, conv_shape);
+        // The weight gradient sums over N·H·W products: wgpu's order of summation leaves
+        // errors of a few 1e-6 of the largest value at 8 × 32 × 32 (flex: 2e-7).
+        let scale = cw.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (dy, dx, dw) = (max_diff(gy, cy), max_diff(gx, cx), max_diff(gw, cw) / scale);
+        assert!(
+            dy < 1e-3 && dx < 1e-3 && dw < 2e-5,
+            "{input:?} {conv_shape:?}: output off by {dy}, input gradient {dx}, weight gradient {dw} of its largest value"
+        );
     }
-    let (yg, gxg, gwg) = grads::<G>();
-    let (yc, gxc, gwc) = grads::<C>();
-    let (dy, dx, dw) = (max_diff(yg, yc), max_diff(gxg, gxc), max_diff(gwg, gwc));
-    assert!(dy < 1e-3, "forward off by {dy}");
-    assert!(
-        dx < 1e-3 && dw < 1e-2,
-        "input gradient off by {dx}, weight gradient by {dw}"
-    );
+}
+
+/// A 1×1 convolution with stride 2 (a ResNet's downsampling shortcut): the forward and the
+/// weight gradient agree, the input gradient is zero on wgpu — even for one channel of one
+/// 2×2 image, where it should be the weight at the top-left position. `precision::conv2d`
+/// runs it as the stride-1 convolution of a stepped slice.
+#[test]
+#[ignore = "Burn 0.21.0 wgpu: zero input gradient of a strided 1×1 convolution"]
+fn strided_pointwise_convolution_input_gradient() {
+    for (input, conv_shape) in [([1, 1, 2], [1, 1, 2, 0]), ([8, 16, 8], [32, 1, 2, 0])] {
+        let [gy, gx, gw] = conv::<G>(input, conv_shape);
+        let [cy, cx, cw] = conv::<C>(input, conv_shape);
+        let (dy, dx, dw) = (max_diff(gy, cy), max_diff(gx, cx), max_diff(gw, cw));
+        assert!(
+            dy < 1e-3 && dw < 1e-2,
+            "{input:?}: output {dy}, weight gradient {dw}"
+        );
+        assert!(
+            dx < 1e-3,
+            "{input:?} {conv_shape:?}: input gradient off by {dx}"
+        );
+    }
 }
 
 /// The gradient of `select` along an axis with 65,536 indices (65,535 are fine): the
@@ -92,7 +131,7 @@ fn conv2d_gradients() {
 #[test]
 #[ignore = "Burn 0.21.0 wgpu: wrong select gradient from 65,536 indices"]
 fn select_gradient_with_65536_indices() {
-    fn grad<B: burn::tensor::backend::AutodiffBackend>(len: usize) -> Vec<f32> {
+    fn grad<B: AutodiffBackend>(len: usize) -> Vec<f32> {
         let device = Default::default();
         let x = tensor::<B, 2>([4, 1000], 6).require_grad();
         let index: Vec<i64> = (0..len).map(|i| ((i * 7) % 1000) as i64).collect();

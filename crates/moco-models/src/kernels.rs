@@ -2,11 +2,10 @@
 //!
 //! Every choice computes the same function; they differ in speed and memory on a backend.
 //! [`Kernels::for_device`] gives the default: the host formulations of [`crate::cpu`] and
-//! [`crate::gemm_conv`] on the CPU backends (flex, ndarray); on the GPU backends Burn's own
-//! (fused) kernels, except for the ResNet's convolutions, which run as matrix products there
-//! too: the gradients of Burn 0.21's GPU convolution are wrong on some devices
-//! (docs/backends.md), its matrix product is not. A configuration can fix the choice instead (`VitConfig::gelu_kernel`,
-//! `ResNetConfig::conv_kernel`), e.g. to measure one formulation against another.
+//! [`crate::gemm_conv`] on the CPU backends (flex, ndarray), Burn's own (fused) kernels on the
+//! GPU backends, with the exact GELU written with `erf`. A configuration can fix the choice
+//! instead (`VitConfig::gelu_kernel`, `ResNetConfig::conv_kernel`), e.g. to measure one
+//! formulation against another.
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -70,10 +69,10 @@ impl Kernels {
         conv: ConvKernel::Backend,
     };
 
-    /// What the GPU backends run: Burn's kernels, convolutions as matrix products.
+    /// What the GPU backends run: Burn's kernels, the exact GELU from `erf`.
     pub const GPU: Kernels = Kernels {
         gelu: GeluKernel::Erf,
-        conv: ConvKernel::MatrixProduct,
+        conv: ConvKernel::Backend,
     };
 
     /// The host formulations of the CPU backends.

@@ -8,9 +8,9 @@
 use std::cell::Cell;
 
 use burn::nn::conv::Conv2d;
-use burn::nn::Linear;
+use burn::nn::{Linear, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::{DType, FloatDType};
+use burn::tensor::{DType, FloatDType, Slice};
 use serde::{Deserialize, Serialize};
 
 /// The precision of the backbone's forward and backward.
@@ -145,7 +145,20 @@ pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) ->
 
 /// A convolution in the compute dtype (weights cast on use); with `frozen`, its weights are
 /// detached so no gradient reaches them.
+///
+/// A 1×1 convolution with a stride (a ResNet's downsampling shortcut) reads every stride-th
+/// position and nothing else: it runs as the stride-1 convolution of those positions, taken
+/// with a stepped slice. The same function on every backend; on Burn 0.21's wgpu backend the
+/// strided 1×1 convolution's input gradient is zero (docs/backends.md).
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
+    if conv.kernel_size == [1, 1] && conv.stride != [1, 1] && unpadded(&conv.padding) {
+        let [sh, sw] = conv.stride.map(|s| s as isize);
+        let full = Slice::full();
+        let x = x.slice([full, full, Slice::new(0, None, sh), Slice::new(0, None, sw)]);
+        let mut c = conv.clone();
+        c.stride = [1, 1];
+        return conv2d(&c, x, frozen);
+    }
     let dt = compute_dtype();
     if !frozen && dt.is_none() {
         return conv.forward(x);
@@ -169,4 +182,13 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Te
         })
     });
     c.forward(to_compute(x))
+}
+
+/// Whether `padding` adds nothing around the map.
+fn unpadded(padding: &PaddingConfig2d) -> bool {
+    match padding {
+        PaddingConfig2d::Valid => true,
+        PaddingConfig2d::Explicit(t, l, b, r) => (t, l, b, r) == (&0, &0, &0, &0),
+        PaddingConfig2d::Same => false,
+    }
 }

@@ -2,7 +2,7 @@
 //! channel-major matrix-product convolution and BatchNorm, and the fast exact GELU.
 
 use burn::backend::{Autodiff, Flex};
-use burn::nn::conv::Conv2dConfig;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Distribution, Tensor};
 use moco_models::gemm_conv::{conv2d_cm, swap_batch_channels};
@@ -36,6 +36,62 @@ fn cpu_backends_default_to_the_host_formulations() {
     assert!(ConvKernel::MatrixProduct.matrix_product_at(1 << 20));
 }
 
+/// `formulation` of `conv` against the backend's `conv.forward` on a random `[3, C, h, w]`
+/// input: output, input, weight and bias gradients.
+fn check_against_backend(
+    case: usize,
+    conv: &Conv2d<AD>,
+    [h, w]: [usize; 2],
+    formulation: impl Fn(&Conv2d<AD>, Tensor<AD, 4>) -> Tensor<AD, 4>,
+) {
+    let device = Default::default();
+    let cin = conv.weight.dims()[1];
+    let x = Tensor::<Flex, 4>::random([3, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let x_native = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
+    let y_native = conv.forward(x_native.clone());
+    let x_other = Tensor::<AD, 4>::from_inner(x).require_grad();
+    let y_other = formulation(conv, x_other.clone());
+    let r = Tensor::<AD, 4>::random(y_native.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let scale = max_abs(y_native.clone().inner());
+    let diff = max_abs_diff(y_native.clone().inner(), y_other.clone().inner());
+    assert!(
+        diff <= 1e-5 * scale.max(1.0),
+        "case {case}: output differs by {diff}"
+    );
+
+    let g_native = (y_native * r.clone()).sum().backward();
+    let g_other = (y_other * r).sum().backward();
+    let pairs = [
+        (
+            "input",
+            x_native.grad(&g_native).unwrap(),
+            x_other.grad(&g_other).unwrap(),
+        ),
+        (
+            "weight",
+            conv.weight.val().grad(&g_native).unwrap(),
+            conv.weight.val().grad(&g_other).unwrap(),
+        ),
+    ];
+    for (what, a, b) in pairs {
+        let scale = max_abs(a.clone());
+        let diff = max_abs_diff(a, b);
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "case {case}: {what} gradient differs by {diff} (scale {scale})"
+        );
+    }
+    if let Some(bias) = &conv.bias {
+        let a = bias.val().grad(&g_native).unwrap();
+        let b = bias.val().grad(&g_other).unwrap();
+        let diff = max_abs_diff(a.clone(), b);
+        assert!(
+            diff <= 1e-4 * max_abs(a).max(1.0),
+            "case {case}: bias gradient differs by {diff}"
+        );
+    }
+}
+
 #[test]
 fn matches_the_backend_convolution_and_its_gradients() {
     let device = Default::default();
@@ -56,53 +112,32 @@ fn matches_the_backend_convolution_and_its_gradients() {
             .with_padding(PaddingConfig2d::Explicit(t, l, b, r))
             .with_bias(bias)
             .init::<AD>(&device);
-        let n = 3;
-        let x = Tensor::<Flex, 4>::random([n, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+        check_against_backend(case, &conv, [h, w], |conv, x| {
+            swap_batch_channels(conv2d_cm(conv, swap_batch_channels(x), false))
+        });
+    }
+}
 
-        let x_native = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
-        let y_native = conv.forward(x_native.clone());
-        let x_gemm = Tensor::<AD, 4>::from_inner(x).require_grad();
-        let y_gemm =
-            swap_batch_channels(conv2d_cm(&conv, swap_batch_channels(x_gemm.clone()), false));
-        let r = Tensor::<AD, 4>::random(y_native.dims(), Distribution::Normal(0.0, 1.0), &device);
-        let scale = max_abs(y_native.clone().inner());
-        let diff = max_abs_diff(y_native.clone().inner(), y_gemm.clone().inner());
-        assert!(
-            diff <= 1e-5 * scale.max(1.0),
-            "case {case}: output differs by {diff}"
-        );
-
-        let g_native = (y_native * r.clone()).sum().backward();
-        let g_gemm = (y_gemm * r).sum().backward();
-        let pairs = [
-            (
-                "input",
-                x_native.grad(&g_native).unwrap(),
-                x_gemm.grad(&g_gemm).unwrap(),
-            ),
-            (
-                "weight",
-                conv.weight.val().grad(&g_native).unwrap(),
-                conv.weight.val().grad(&g_gemm).unwrap(),
-            ),
-        ];
-        for (what, a, b) in pairs {
-            let scale = max_abs(a.clone());
-            let diff = max_abs_diff(a, b);
-            assert!(
-                diff <= 1e-5 * scale.max(1.0),
-                "case {case}: {what} gradient differs by {diff} (scale {scale})"
-            );
-        }
-        if let Some(bias) = &conv.bias {
-            let a = bias.val().grad(&g_native).unwrap();
-            let b = bias.val().grad(&g_gemm).unwrap();
-            let diff = max_abs_diff(a.clone(), b);
-            assert!(
-                diff <= 1e-4 * max_abs(a).max(1.0),
-                "case {case}: bias gradient differs by {diff}"
-            );
-        }
+/// A strided 1×1 convolution runs as the stride-1 convolution of every stride-th position.
+#[test]
+fn strided_pointwise_convolutions_match_the_backend() {
+    let device = Default::default();
+    // (in, out, stride (rows, columns), bias, height, width): even, odd and one-pixel maps.
+    let cases = [
+        (8, 12, [2, 2], false, 8, 8),
+        (8, 12, [2, 2], true, 7, 5),
+        (3, 4, [3, 2], false, 10, 9),
+        (16, 32, [2, 2], false, 1, 1),
+        (4, 4, [2, 2], false, 2, 3),
+    ];
+    for (case, &(cin, cout, stride, bias, h, w)) in cases.iter().enumerate() {
+        let conv = Conv2dConfig::new([cin, cout], [1, 1])
+            .with_stride(stride)
+            .with_bias(bias)
+            .init::<AD>(&device);
+        check_against_backend(case, &conv, [h, w], |conv, x| {
+            moco_models::precision::conv2d(conv, x, false)
+        });
     }
 }
 

@@ -124,9 +124,14 @@ pub struct PretrainArgs {
     /// Run directory (default: runs/PRESET-METHOD-TIME).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its newest checkpoint.
+    /// Continue the run in --out from its newest checkpoint, with the configuration it was
+    /// started with.
     #[arg(long)]
     pub resume: bool,
+    /// Stop after this many steps with a checkpoint, as Ctrl-C would (e.g. a time-boxed job);
+    /// `--resume` continues from there.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
     /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N], rocm[:N],
     /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
     #[arg(long, default_value = "auto")]
@@ -285,7 +290,7 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
     let options = RunOptions {
         resume: args.resume,
         stop: Some(stop),
-        stop_after: None,
+        stop_after: args.stop_after,
         quiet: args.quiet,
         cluster,
         collective_timeout: Some(std::time::Duration::from_secs(

@@ -111,7 +111,7 @@ enum Command {
     Import {
         /// The `.pth.tar` (or `.safetensors`) file.
         file: PathBuf,
-        /// Where to write the checkpoint.
+        /// Where to write the checkpoint (`.mpk` is appended when missing).
         #[arg(long)]
         out: PathBuf,
         /// ViT attention heads, when the width has no preset.
@@ -472,7 +472,17 @@ struct ImportJob {
 
 impl BackendJob for ImportJob {
     type Output = CmdResult;
-    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+    fn run<B: Backend>(mut self, device: B::Device) -> CmdResult {
+        // The other commands recognise our checkpoints by their `.mpk` extension.
+        if !self
+            .out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("mpk"))
+        {
+            let mut name = self.out.clone().into_os_string();
+            name.push(".mpk");
+            self.out = name.into();
+        }
         let opts = options(self.heads);
         let inspected = inspect(&self.file, &opts).map_err(|e| e.to_string())?;
         let what = match inspected.layout {

@@ -10,7 +10,8 @@ use std::cell::Cell;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::{DType, FloatDType, Slice};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, FloatDType};
 use serde::{Deserialize, Serialize};
 
 /// The precision of the backbone's forward and backward.
@@ -135,6 +136,7 @@ pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) ->
     match compute_dtype() {
         None => layer.forward(x),
         Some(dt) => {
+            initialise(&layer.weight);
             let mut cast = layer.clone();
             cast.weight = cast.weight.map(|w| w.cast(dt));
             cast.bias = cast.bias.map(|b| b.map(|b| b.cast(dt)));
@@ -147,21 +149,53 @@ pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) ->
 /// detached so no gradient reaches them.
 ///
 /// A 1×1 convolution with a stride (a ResNet's downsampling shortcut) reads every stride-th
-/// position and nothing else: it runs as the stride-1 convolution of those positions, taken
-/// with a stepped slice. The same function on every backend; on Burn 0.21's wgpu backend the
+/// position and nothing else: it runs as the stride-1 convolution of those positions, gathered
+/// with `select`. The same function on every backend; on Burn 0.21's wgpu backend the
 /// strided 1×1 convolution's input gradient is zero (docs/backends.md).
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
     if conv.kernel_size == [1, 1] && conv.stride != [1, 1] && unpadded(&conv.padding) {
-        let [sh, sw] = conv.stride.map(|s| s as isize);
-        let full = Slice::full();
-        let x = x.slice([full, full, Slice::new(0, None, sh), Slice::new(0, None, sw)]);
-        let mut c = conv.clone();
-        c.stride = [1, 1];
-        return conv2d(&c, x, frozen);
+        let [_, _, h, w] = x.dims();
+        let device = x.device();
+        // Every `step`-th of `len` positions, from the first.
+        let every = |len: usize, step: usize| {
+            let index: Vec<i64> = (0..len).step_by(step).map(|i| i as i64).collect();
+            let n = index.len();
+            Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(index, [n]), &device)
+        };
+        let x = x
+            .select(2, every(h, conv.stride[0]))
+            .select(3, every(w, conv.stride[1]));
+        // The module's own parameters (a clone of a module whose parameters are not yet
+        // initialised would draw its own random weights).
+        let prepare = |t: Tensor<B, 4>| {
+            let t = if frozen { t.detach() } else { t };
+            match compute_dtype() {
+                Some(dt) => t.cast(dt),
+                None => t,
+            }
+        };
+        let bias = conv.bias.as_ref().map(|b| {
+            let b = if frozen { b.val().detach() } else { b.val() };
+            match compute_dtype() {
+                Some(dt) => b.cast(dt),
+                None => b,
+            }
+        });
+        let options = ConvOptions::new([1, 1], [0, 0], conv.dilation, conv.groups);
+        return burn::tensor::module::conv2d(
+            to_compute(x),
+            prepare(conv.weight.val()),
+            bias,
+            options,
+        );
     }
     let dt = compute_dtype();
     if !frozen && dt.is_none() {
         return conv.forward(x);
+    }
+    initialise(&conv.weight);
+    if let Some(b) = &conv.bias {
+        initialise(b);
     }
     let mut c = conv.clone();
     let prepare = |t: Tensor<B, 4>| {
@@ -182,6 +216,13 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Te
         })
     });
     c.forward(to_compute(x))
+}
+
+/// Draws a lazily initialised parameter's value now, so that clones of its module share it:
+/// Burn clones a parameter that was never read with its initialiser, and each clone then
+/// draws its own random values.
+fn initialise<B: Backend, const D: usize>(param: &burn::module::Param<Tensor<B, D>>) {
+    let _ = param.val();
 }
 
 /// Whether `padding` adds nothing around the map.

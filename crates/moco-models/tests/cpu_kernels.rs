@@ -249,3 +249,20 @@ fn long_im2col_gathers_are_split_and_match_the_backend_convolution() {
     );
     assert!(max_abs_diff(da, db) < 1e-5);
 }
+
+/// A module whose parameters were never read is initialised lazily: every formulation must
+/// compute with the module's own weights, not with a clone that draws its own.
+#[test]
+fn fresh_modules_compute_with_their_own_weights() {
+    let device = Default::default();
+    for (stride, frozen) in [([2, 2], false), ([1, 1], true), ([2, 2], true)] {
+        let conv = Conv2dConfig::new([4, 6], [1, 1])
+            .with_stride(stride)
+            .init::<Flex>(&device);
+        let x = Tensor::<Flex, 4>::random([2, 4, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        let first = moco_models::precision::conv2d(&conv, x.clone(), frozen);
+        let reference = conv.forward(x);
+        let diff = max_abs_diff(first, reference);
+        assert!(diff < 1e-6, "stride {stride:?}, frozen {frozen}: {diff}");
+    }
+}

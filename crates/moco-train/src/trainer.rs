@@ -434,6 +434,9 @@ where
             let mut accumulator = burn::optim::GradientsAccumulator::<M>::new();
             let mut loss_sum = 0f64;
             let mut images = 0usize;
+            // MoCo v3 takes the learning rate and the momentum of iteration i of an epoch of N
+            // at the fractional epoch `epoch + i/N`: where the step's first batch starts.
+            let mut step_epoch = 0f64;
             for micro in 0..accum {
                 let wait = Instant::now();
                 let Some(batch) = batches.next() else {
@@ -457,6 +460,7 @@ where
                 };
                 // The EMA runs once per optimizer step.
                 let m = if micro == 0 {
+                    step_epoch = epoch_f;
                     schedule::momentum(epoch_f, config.momentum, epochs)
                 } else {
                     1.0
@@ -484,7 +488,7 @@ where
             }
             let grads = accumulator.grads();
             let loss = loss_sum / accum as f64;
-            let epoch_f = pos.epoch as f64 + pos.batch as f64 / micro_per_epoch as f64;
+            let epoch_f = step_epoch;
             let lr = schedule::learning_rate(epoch_f, lr_peak, warmup, epochs);
             let (grads, loss) = match &replicas {
                 Some(dp) => dp.reduce(

@@ -100,6 +100,47 @@ fn every_method_runs_end_to_end() {
     }
 }
 
+/// The loop takes the learning rate and the momentum of iteration i at `epoch + i/N`, as MoCo
+/// v3's `main_moco.py` does: the first warm-up step has learning rate 0.
+#[test]
+fn the_schedule_is_taken_where_each_step_starts() {
+    let _turn = serial();
+    let dir = Tmp::new("schedule");
+    let config = tiny(Method::MocoV3)
+        .with_steps(None)
+        .with_epochs(2.0)
+        .with_warmup_epochs(1.0)
+        .with_max_steps(Some(3))
+        .with_knn_every(0);
+    let (base_lr, batch, m0) = (config.base_lr, config.batch_size, config.momentum);
+    pretrain::<B>(config, &dir.0, &quiet(), &Default::default()).unwrap();
+    let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = metrics
+        .lines()
+        .filter(|l| l.contains("\"type\":\"step\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(steps.len(), 3);
+    // Iteration i of an epoch of N batches starts at epoch i/N.
+    let per_batch = steps[1]["epoch"].as_f64().unwrap();
+    assert!(per_batch > 0.0 && per_batch < 0.01, "{per_batch}");
+    let peak = base_lr * batch as f64 / 256.0;
+    for (i, step) in steps.iter().enumerate() {
+        let epoch = step["epoch"].as_f64().unwrap();
+        assert!(
+            (epoch - i as f64 * per_batch).abs() < 1e-12,
+            "step {}: {epoch}",
+            i + 1
+        );
+        let lr = step["lr"].as_f64().unwrap();
+        assert!((lr - peak * epoch).abs() < 1e-15, "step {}: lr {lr}", i + 1);
+        let m = step["momentum"].as_f64().unwrap();
+        let expected = 1.0 - 0.5 * (1.0 + (std::f64::consts::PI * epoch / 2.0).cos()) * (1.0 - m0);
+        assert!((m - expected).abs() < 1e-12, "step {}: momentum {m}", i + 1);
+    }
+    assert_eq!(steps[0]["lr"].as_f64(), Some(0.0));
+}
+
 /// MoCo v3's ConvStem is always trained, whatever `freeze_patch_embed` says: its gradient norm
 /// shows in the monitor's `patch_embed` group.
 #[test]

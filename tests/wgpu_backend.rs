@@ -106,7 +106,7 @@ fn convolutions_and_their_gradients() {
 /// A 1×1 convolution with stride 2 (a ResNet's downsampling shortcut): the forward and the
 /// weight gradient agree, the input gradient is zero on wgpu — even for one channel of one
 /// 2×2 image, where it should be the weight at the top-left position. `precision::conv2d`
-/// runs it as the stride-1 convolution of a stepped slice.
+/// runs it as the stride-1 convolution of every stride-th row and column.
 #[test]
 #[ignore = "Burn 0.21.0 wgpu: zero input gradient of a strided 1×1 convolution"]
 fn strided_pointwise_convolution_input_gradient() {

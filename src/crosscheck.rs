@@ -263,7 +263,7 @@ pub fn run_cross_case<B: Backend>(
     let mut reference =
         with_kernels(&case.config, Kernels::CPU_EVERYWHERE).init::<Autodiff<Flex>>(&cpu);
     for encoder in [&mut reference.base_encoder, &mut reference.momentum_encoder] {
-        if let moco_models::Backbone::ResNet(r) = &mut encoder.backbone {
+        if let moco_models::AnyBackbone::ResNet(r) = &mut encoder.backbone {
             residual_scale(r, 0.25, &cpu);
         }
     }

@@ -232,8 +232,31 @@ impl MultiDeviceJob for PretrainJob {
         if !self.options.quiet {
             println!("run directory: {}", self.out.display());
         }
-        pretrain_data_parallel::<Autodiff<B>>(self.config, &self.out, &self.options, &devices)
-            .map_err(|e| e.to_string())
+        let main = self
+            .options
+            .cluster
+            .as_ref()
+            .is_none_or(|c| c.node_rank == 0);
+        let summary =
+            pretrain_data_parallel::<Autodiff<B>>(self.config, &self.out, &self.options, &devices)
+                .map_err(|e| e.to_string())?;
+        if main {
+            draw_plots(&self.out, self.options.quiet);
+        }
+        Ok(summary)
+    }
+}
+
+/// The run's plots, from its `metrics.jsonl` (a failure is a warning: training succeeded).
+fn draw_plots(run_dir: &Path, quiet: bool) {
+    match moco_train::plot_run(run_dir) {
+        Ok(files) if !quiet => println!(
+            "plots: {} ({} files)",
+            run_dir.join("plots").display(),
+            files.len()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: plots not written: {e}"),
     }
 }
 

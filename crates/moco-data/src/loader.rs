@@ -148,6 +148,11 @@ impl Loader {
         &self.stats
     }
 
+    /// Samples per batch.
+    pub fn batch_size(&self) -> usize {
+        self.config.batch_size
+    }
+
     /// Batches in one epoch.
     pub fn batches_per_epoch(&self) -> usize {
         let n = self.dataset.len();

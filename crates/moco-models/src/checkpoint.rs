@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 
-use crate::moco::{Backbone, BackboneConfig, BackboneRecord, MoCo, MoCoRecord, MocoConfig};
+use crate::moco::{AnyBackbone, AnyBackboneRecord, BackboneConfig, MoCo, MoCoRecord, MocoConfig};
 use crate::{write_atomic, ModelError};
 
 /// File layout version of [`save_checkpoint`].
@@ -21,7 +21,7 @@ pub struct CheckpointRecord<B: Backend> {
     /// The model configuration as JSON.
     pub config: String,
     /// The model's tensors (f32).
-    pub model: MoCoRecord<B>,
+    pub model: MoCoRecord<B, AnyBackbone<B>>,
 }
 
 /// Saves `model` and its configuration to `path` (conventionally `*.mpk`), atomically.
@@ -83,12 +83,12 @@ pub struct BackboneCheckpointRecord<B: Backend> {
     /// The backbone configuration as JSON.
     pub backbone_config: String,
     /// The backbone's tensors (f32).
-    pub backbone: BackboneRecord<B>,
+    pub backbone: AnyBackboneRecord<B>,
 }
 
 /// Saves a backbone alone and its configuration to `path` (`*.mpk`), atomically.
 pub fn save_backbone_checkpoint<B: Backend>(
-    backbone: &Backbone<B>,
+    backbone: &AnyBackbone<B>,
     config: &BackboneConfig,
     path: &Path,
 ) -> Result<(), ModelError> {
@@ -107,7 +107,7 @@ pub fn save_backbone_checkpoint<B: Backend>(
 pub fn load_backbone_checkpoint<B: Backend>(
     path: &Path,
     device: &B::Device,
-) -> Result<(Backbone<B>, BackboneConfig), ModelError> {
+) -> Result<(AnyBackbone<B>, BackboneConfig), ModelError> {
     let bytes =
         std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
     let record: BackboneCheckpointRecord<B> = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()

@@ -11,7 +11,7 @@ use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 
 use crate::import::family_of_config;
 use crate::keys::{burn_to_torch, Family};
-use crate::moco::{Backbone, BackboneConfig, MoCo, MocoConfig};
+use crate::moco::{AnyBackbone, BackboneConfig, MoCo, MocoConfig};
 use crate::{write_atomic, ModelError};
 
 /// Every tensor of `module` under its PyTorch name, as f32 data in PyTorch's layout.
@@ -68,7 +68,7 @@ pub fn to_safetensors(
 /// with `strict=False` for torchvision's `fc`. The architecture is stored as JSON metadata
 /// under `moco_backbone`.
 pub fn export_backbone<B: Backend>(
-    backbone: &Backbone<B>,
+    backbone: &AnyBackbone<B>,
     config: &BackboneConfig,
     path: &Path,
 ) -> Result<usize, ModelError> {
@@ -106,7 +106,7 @@ pub fn export_moco<B: Backend>(
 /// timm names, for DeiT / MAE-style fine-tuning scripts (`--finetune FILE`). The classifier is
 /// absent: those scripts create a fresh head. Returns the tensor count.
 pub fn export_deit<B: Backend>(
-    backbone: &Backbone<B>,
+    backbone: &AnyBackbone<B>,
     config: &BackboneConfig,
     path: &Path,
 ) -> Result<usize, ModelError> {

@@ -12,7 +12,7 @@ use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, Ten
 
 use crate::heads::MlpHeadConfig;
 use crate::keys::{burn_to_torch, Family};
-use crate::moco::{Backbone, BackboneConfig, MoCo, MocoConfig};
+use crate::moco::{AnyBackbone, BackboneConfig, MoCo, MocoConfig};
 use crate::resnet::{BlockKind, ResNetConfig, Stem};
 use crate::state_dict::{read_metadata, read_state_dict, shape_of, sub_dict, StateDict};
 use crate::vit::VitConfig;
@@ -318,7 +318,7 @@ pub fn load_backbone<B: Backend>(
     path: &Path,
     options: &ImportOptions,
     device: &B::Device,
-) -> Result<(Backbone<B>, BackboneConfig), ModelError> {
+) -> Result<(AnyBackbone<B>, BackboneConfig), ModelError> {
     let weights = inspect(path, options)?;
     let config = weights.backbone_config;
     let mut model = config.init::<B>(device);

@@ -1,10 +1,13 @@
 //! MoCo v3 backbones and heads on Burn, numerically matching the PyTorch reference.
 //!
+//! - [`backbone`]: the [`Backbone`] trait: any Burn module from images to features can be
+//!   pretrained; the ViT and ResNet below implement it;
 //! - [`vit`]: the Vision Transformer with the fixed sin-cos position embedding and the
 //!   frozen random patch projection (the paper's stability fix, on by default);
 //! - [`resnet`]: torchvision's ResNets with a width multiplier and a small-image stem;
 //! - [`heads`]: the projector and predictor MLPs;
-//! - [`moco`]: the whole model, base and momentum encoders plus predictor;
+//! - [`moco`]: the whole model, base and momentum encoders plus predictor, around any
+//!   backbone ([`Heads::init`]);
 //! - [`import`], [`export`], [`checkpoint`]: official MoCo v3 checkpoints in, timm /
 //!   torchvision safetensors out, and our own checkpoints.
 //!
@@ -28,6 +31,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod activation;
+pub mod backbone;
 pub mod checkpoint;
 pub mod cpu;
 pub mod export;
@@ -45,6 +49,7 @@ pub mod state_dict;
 pub mod torch_save;
 pub mod vit;
 
+pub use backbone::Backbone;
 pub use checkpoint::{
     is_backbone_checkpoint, load_backbone_checkpoint, load_checkpoint, save_backbone_checkpoint,
     save_checkpoint,
@@ -53,7 +58,9 @@ pub use export::{export_backbone, export_deit, export_moco};
 pub use heads::{MlpHead, MlpHeadConfig};
 pub use import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
 pub use kernels::{ConvKernel, GeluKernel, Kernels};
-pub use moco::{Backbone, BackboneConfig, Encoder, MoCo, MocoConfig, QueryOutput, PRESETS};
+pub use moco::{
+    AnyBackbone, BackboneConfig, Encoder, Heads, MoCo, MocoConfig, QueryOutput, PRESETS,
+};
 pub use norm::{BatchNorm, BatchNormConfig};
 pub use precision::{autocast, Precision};
 pub use replica::{gather_rows, replicas, with_replicas, ReplicaGroup};

@@ -5,6 +5,7 @@ use burn::prelude::*;
 use burn_store::ModuleSnapshot;
 use serde::{Deserialize, Serialize};
 
+use crate::backbone::Backbone;
 use crate::heads::{MlpHead, MlpHeadConfig};
 use crate::resnet::{BlockKind, ResNet, ResNetConfig, Stem};
 use crate::vit::{Vit, VitConfig};
@@ -113,10 +114,10 @@ impl BackboneConfig {
     }
 
     /// Builds the backbone.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Backbone<B> {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> AnyBackbone<B> {
         match self {
-            Self::Vit(c) => Backbone::Vit(c.init(device)),
-            Self::ResNet(c) => Backbone::ResNet(c.init(device)),
+            Self::Vit(c) => AnyBackbone::Vit(c.init(device)),
+            Self::ResNet(c) => AnyBackbone::ResNet(c.init(device)),
         }
     }
 
@@ -148,21 +149,21 @@ impl BackboneConfig {
     }
 }
 
-/// A ViT or ResNet backbone.
+/// The ViT or ResNet a [`BackboneConfig`] builds.
 #[derive(Module, Debug)]
-pub enum Backbone<B: Backend> {
+pub enum AnyBackbone<B: Backend> {
     /// Vision Transformer.
     Vit(Vit<B>),
     /// ResNet.
     ResNet(ResNet<B>),
 }
 
-impl<B: Backend> Backbone<B> {
+impl<B: Backend> AnyBackbone<B> {
     /// `[batch, C, H, W]` images to `[batch, features]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {
-            Backbone::Vit(m) => m.forward(x),
-            Backbone::ResNet(m) => m.forward(x),
+            AnyBackbone::Vit(m) => m.forward(x),
+            AnyBackbone::ResNet(m) => m.forward(x),
         }
     }
 
@@ -170,16 +171,16 @@ impl<B: Backend> Backbone<B> {
     /// [`Vit::forward_drop_path`]); a ResNet ignores it.
     pub fn forward_drop_path(&self, x: Tensor<B, 4>, drop_path: f64) -> Tensor<B, 2> {
         match self {
-            Backbone::Vit(m) => m.forward_drop_path(x, drop_path),
-            Backbone::ResNet(m) => m.forward(x),
+            AnyBackbone::Vit(m) => m.forward_drop_path(x, drop_path),
+            AnyBackbone::ResNet(m) => m.forward(x),
         }
     }
 
     /// Transformer blocks of a ViT (for layer-wise learning-rate decay); 0 for a ResNet.
     pub fn depth(&self) -> usize {
         match self {
-            Backbone::Vit(m) => m.blocks.len(),
-            Backbone::ResNet(_) => 0,
+            AnyBackbone::Vit(m) => m.blocks.len(),
+            AnyBackbone::ResNet(_) => 0,
         }
     }
 }
@@ -258,12 +259,69 @@ impl MocoConfig {
         if let Err(e) = self.validate() {
             panic!("{e}");
         }
+        self.heads().init(|| self.backbone.init(device), device)
+    }
+
+    /// The projector and predictor of this configuration.
+    pub fn heads(&self) -> Heads {
+        Heads {
+            projector: self.projector.clone(),
+            predictor: self.predictor.clone(),
+        }
+    }
+}
+
+/// MoCo v3's projector and predictor, to put on any [`Backbone`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Heads {
+    /// Projector on top of the backbone (both encoders).
+    pub projector: MlpHeadConfig,
+    /// Predictor on top of the base encoder.
+    pub predictor: MlpHeadConfig,
+}
+
+impl Heads {
+    /// MoCo v3's heads for a ViT on `features`-wide features: projector 3 layers
+    /// `features → mlp → mlp → out`, predictor 2 layers `out → mlp → out`, both ending in BN.
+    pub fn vit(features: usize, mlp_dim: usize, out_dim: usize) -> Self {
+        Heads {
+            projector: MlpHeadConfig::new(3, features, mlp_dim, out_dim),
+            predictor: MlpHeadConfig::new(2, out_dim, mlp_dim, out_dim),
+        }
+    }
+
+    /// MoCo v3's heads for a ResNet: projector 2 layers ending in BN, predictor 2 layers
+    /// without the final BN.
+    pub fn resnet(features: usize, mlp_dim: usize, out_dim: usize) -> Self {
+        Heads {
+            projector: MlpHeadConfig::new(2, features, mlp_dim, out_dim),
+            predictor: MlpHeadConfig::new(2, out_dim, mlp_dim, out_dim).with_last_bn(false),
+        }
+    }
+
+    /// Builds MoCo v3 around the backbone `make` builds. `make` is called twice, for the
+    /// base and the momentum encoder (each gets its own parameter ids and BN state); the
+    /// momentum encoder then takes the base encoder's weights and no gradient.
+    ///
+    /// # Panics
+    /// When the projector's input width is not the backbone's feature width.
+    pub fn init<B: Backend, N: Backbone<B>>(
+        &self,
+        make: impl Fn() -> N,
+        device: &B::Device,
+    ) -> MoCo<B, N> {
         let base_encoder = Encoder {
-            backbone: self.backbone.init(device),
+            backbone: make(),
             projector: self.projector.init(device),
         };
+        let features = base_encoder.backbone.num_features();
+        assert_eq!(
+            self.projector.input_dim, features,
+            "the projector takes {} features, the backbone gives {features}",
+            self.projector.input_dim
+        );
         let mut momentum_encoder = Encoder {
-            backbone: self.backbone.init(device),
+            backbone: make(),
             projector: self.projector.init(device),
         };
         copy_weights(&base_encoder, &mut momentum_encoder);
@@ -286,14 +344,14 @@ pub fn copy_weights<B: Backend, M: Module<B>>(src: &M, dst: &mut M) {
 
 /// Backbone plus projector.
 #[derive(Module, Debug)]
-pub struct Encoder<B: Backend> {
+pub struct Encoder<B: Backend, N = AnyBackbone<B>> {
     /// Feature extractor.
-    pub backbone: Backbone<B>,
+    pub backbone: N,
     /// Projection head (`head` of a ViT, `fc` of a ResNet in MoCo v3's checkpoints).
     pub projector: MlpHead<B>,
 }
 
-impl<B: Backend> Encoder<B> {
+impl<B: Backend, N: Backbone<B>> Encoder<B, N> {
     /// Backbone features and their projection.
     pub fn forward(&self, x: Tensor<B, 4>) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let features = self.backbone.forward(x);
@@ -314,17 +372,18 @@ pub struct QueryOutput<B: Backend> {
 }
 
 /// MoCo v3: a base encoder with predictor producing queries, a momentum encoder producing keys.
+/// `N` is the backbone: this crate's ViT or ResNet by default, or any [`Backbone`].
 #[derive(Module, Debug)]
-pub struct MoCo<B: Backend> {
+pub struct MoCo<B: Backend, N = AnyBackbone<B>> {
     /// Trained encoder.
-    pub base_encoder: Encoder<B>,
+    pub base_encoder: Encoder<B, N>,
     /// Exponential moving average of the base encoder; never takes a gradient.
-    pub momentum_encoder: Encoder<B>,
+    pub momentum_encoder: Encoder<B, N>,
     /// Predictor on top of the base encoder's projection.
     pub predictor: MlpHead<B>,
 }
 
-impl<B: Backend> MoCo<B> {
+impl<B: Backend, N: Backbone<B>> MoCo<B, N> {
     /// Runs the base encoder and predictor.
     pub fn forward_query(&self, x: Tensor<B, 4>) -> QueryOutput<B> {
         let (features, projection) = self.base_encoder.forward(x);

@@ -33,8 +33,8 @@ fn golden(name: &str) -> std::path::PathBuf {
 
 fn vit_of<Bk: burn::prelude::Backend>(model: &MoCo<Bk>) -> &Vit<Bk> {
     match &model.base_encoder.backbone {
-        Backbone::Vit(v) => v,
-        Backbone::ResNet(_) => panic!("expected a ViT"),
+        AnyBackbone::Vit(v) => v,
+        AnyBackbone::ResNet(_) => panic!("expected a ViT"),
     }
 }
 
@@ -324,7 +324,7 @@ fn momentum_encoder_is_a_separate_gradient_free_copy() {
     let device = Default::default();
     let model = MocoConfig::vit(small_vit(), 32, 16).init::<AD>(&device);
     let base = vit_of(&model);
-    let Backbone::Vit(momentum) = &model.momentum_encoder.backbone else {
+    let AnyBackbone::Vit(momentum) = &model.momentum_encoder.backbone else {
         panic!()
     };
     assert_ne!(
@@ -444,7 +444,7 @@ fn autocast_half_precision_keeps_f32_parameters_and_gradients() {
     ];
     for config in configs {
         <AD as burn::tensor::backend::Backend>::seed(&device, 1);
-        let net: Backbone<AD> = config.init(&device);
+        let net: AnyBackbone<AD> = config.init(&device);
         let x = Tensor::<AD, 4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
         let grads_of = |precision: Precision| {
             let y = autocast(precision, || net.forward(x.clone()));
@@ -500,7 +500,7 @@ fn autocast_half_precision_keeps_f32_parameters_and_gradients() {
             };
             // The first and the last weight matrix of each network.
             match &net {
-                Backbone::Vit(v) => {
+                AnyBackbone::Vit(v) => {
                     for (name, w) in [
                         ("qkv", &v.blocks[0].attn.qkv.weight),
                         ("fc2", &v.blocks[1].mlp.fc2.weight),
@@ -509,7 +509,7 @@ fn autocast_half_precision_keeps_f32_parameters_and_gradients() {
                         visit(name, get(&g32), get(&gh));
                     }
                 }
-                Backbone::ResNet(r) => {
+                AnyBackbone::ResNet(r) => {
                     let w = &r.conv1.weight;
                     let flat = |g: &GradientsParams| {
                         let t: Tensor<B, 4> = g.get(w.id).unwrap();

@@ -8,6 +8,8 @@ use moco_models::{ConvKernel, GeluKernel, Precision};
 
 use crate::method::Method;
 use crate::optim::OptimConfig;
+use crate::schedule::{scaled_lr, Schedule};
+use crate::trainer::LoopSettings;
 
 /// Names accepted by [`PretrainConfig::preset`].
 pub const TRAIN_PRESETS: &[&str] = &[
@@ -318,6 +320,48 @@ impl PretrainConfig {
             "adamw" => Ok(OptimConfig::adamw(self.weight_decay)),
             "lars" => Ok(OptimConfig::lars(self.weight_decay)),
             other => Err(format!("unknown optimizer '{other}': use adamw or lars")),
+        }
+    }
+
+    /// The configuration stored in a run directory's `config.json` (any version this crate
+    /// wrote: fields added later take their defaults).
+    pub fn load_run(path: &std::path::Path) -> Result<Self, crate::TrainError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| crate::TrainError::Io(format!("{}: cannot read: {e}", path.display())))?;
+        serde_json::from_str(&text)
+            .map_err(|e| crate::TrainError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The schedule over a loader of `batches_per_epoch` micro-batches: `epochs` with
+    /// `warmup_epochs`, or both rescaled to span `steps`; peak learning rate
+    /// `base_lr · batch / 256`.
+    pub fn schedule(&self, batches_per_epoch: usize) -> Schedule {
+        let schedule = Schedule {
+            epochs: self.epochs,
+            warmup_epochs: self.warmup_epochs,
+            peak_lr: scaled_lr(self.base_lr, self.batch_size),
+            base_momentum: self.momentum,
+            batches_per_epoch,
+            grad_accum: self.grad_accum,
+        };
+        match self.steps {
+            Some(steps) => schedule.spanning(steps),
+            None => schedule,
+        }
+    }
+
+    /// The loop's settings over a loader of `batches_per_epoch` micro-batches.
+    pub fn loop_settings(&self, batches_per_epoch: usize) -> LoopSettings {
+        LoopSettings {
+            schedule: self.schedule(batches_per_epoch),
+            max_steps: self.max_steps,
+            temperature: self.temperature,
+            clip_grad: self.clip_grad,
+            skip_nonfinite: self.skip_nonfinite,
+            precision: self.precision.unwrap_or_default(),
+            log_every: self.log_every,
+            spike_factor: self.spike_factor,
+            spike_window: self.spike_window,
         }
     }
 

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use moco_data::{
-    default_fashion_mnist, open_dataset, DatasetKind, ImageDataset, Loader, LoaderConfig,
-    SharedDataset, Split, Subset, Views,
+    default_fashion_mnist, open_dataset, AugmentConfig, DatasetKind, ImageDataset, Loader,
+    LoaderConfig, SharedDataset, Split, Subset, Views,
 };
 
 use crate::config::PretrainConfig;
@@ -16,10 +16,12 @@ use crate::TrainError;
 pub struct RunData {
     /// Two-view loader of the pretraining set.
     pub train: Loader,
-    /// Eval-view loader of the kNN memory.
-    pub memory: Loader,
-    /// Eval-view loader of the kNN queries.
-    pub eval: Loader,
+    /// The kNN memory (training images).
+    pub memory: SharedDataset,
+    /// The kNN queries (held-out images).
+    pub eval: SharedDataset,
+    /// The augmentations (the kNN monitor uses their evaluation view).
+    pub augment: Arc<AugmentConfig>,
     /// Which data is used.
     pub note: String,
 }
@@ -102,8 +104,6 @@ pub fn prepare_data(config: &PretrainConfig) -> Result<RunData, TrainError> {
     let mut train_cfg = LoaderConfig::train(micro, config.seed);
     train_cfg.workers = config.workers;
     train_cfg.strict = config.strict;
-    let mut eval_cfg = LoaderConfig::eval(256);
-    eval_cfg.workers = config.workers;
     let memory_set: Arc<dyn ImageDataset> = if train.len() > config.knn_memory {
         Arc::new(Subset::split(train.clone(), config.knn_memory, 7).0)
     } else {
@@ -116,8 +116,9 @@ pub fn prepare_data(config: &PretrainConfig) -> Result<RunData, TrainError> {
     };
     Ok(RunData {
         train: Loader::new(train, Views::Two(aug.clone()), train_cfg)?,
-        memory: Loader::new(memory_set, Views::Eval(aug.clone()), eval_cfg.clone())?,
-        eval: Loader::new(eval_set, Views::Eval(aug), eval_cfg)?,
+        memory: memory_set,
+        eval: eval_set,
+        augment: aug,
         note,
     })
 }

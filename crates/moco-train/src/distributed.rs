@@ -28,7 +28,7 @@ use burn::tensor::TensorPrimitive;
 use moco_models::{with_replicas, Precision, ReplicaGroup};
 
 use crate::method::{Pretrain, StepParams};
-use crate::step::{apply_step, forward_backward, measure_gradients};
+use crate::step::{forward_backward, measure_gradients, update, Update};
 use crate::TrainError;
 
 /// An autodiff backend whose tensors can be summed over the replicas of a collective group
@@ -656,14 +656,22 @@ fn worker<B: CollectiveBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                 let loss =
                     all_reduce_scalar::<B>(rank, world, loss_sum / micros.max(1) as f64, &device)?;
                 (loss_sum, micros) = (0.0, 0);
-                let (_, global) = measure_gradients(&model, &grads);
-                if !loss.is_finite() || !global.is_finite() {
-                    if skip_nonfinite {
-                        continue;
-                    }
-                    break;
-                }
-                model = apply_step(model, &mut optim, grads, global, lr, clip);
+                let (norms, global) = measure_gradients(&model, &grads);
+                let outcome = update(
+                    model,
+                    &mut optim,
+                    grads,
+                    loss,
+                    (&norms, global),
+                    lr,
+                    clip,
+                    skip_nonfinite,
+                );
+                model = match outcome {
+                    Update::Applied(m) | Update::Skipped(m) => m,
+                    // The main replica stops the run with the error.
+                    Update::NonFinite { .. } => break,
+                };
             }
         }
     }

@@ -38,8 +38,8 @@ pub struct KnnResult {
 
 /// L2-normalised backbone features of every sample the loader yields (eval mode: pass a
 /// module on a backend without autodiff, e.g. `backbone.valid()`), with their labels.
-pub fn extract_features<B: Backend>(
-    backbone: &Backbone<B>,
+pub fn extract_features<B: Backend, N: Backbone<B>>(
+    backbone: &N,
     loader: &Loader,
     device: &B::Device,
 ) -> Result<(Tensor<B, 2>, Vec<usize>), DataError> {
@@ -130,8 +130,8 @@ pub fn knn_classify<B: Backend>(
 }
 
 /// Encodes the memory and evaluation sets with `backbone` and classifies the evaluation set.
-pub fn knn_evaluate<B: Backend>(
-    backbone: &Backbone<B>,
+pub fn knn_evaluate<B: Backend, N: Backbone<B>>(
+    backbone: &N,
     memory: &Loader,
     eval: &Loader,
     config: &KnnConfig,

@@ -33,11 +33,16 @@ pub mod distributed;
 pub mod ema;
 pub mod eval;
 pub mod knn;
+pub mod knn_monitor;
 pub mod method;
+pub mod metrics;
 pub mod monitor;
 pub mod optim;
 pub mod plot;
+pub mod pretrain;
+pub mod progress;
 pub mod run_state;
+pub mod runner;
 pub mod schedule;
 pub mod step;
 pub mod study;
@@ -50,12 +55,16 @@ pub use distributed::{CollectiveBackend, DataParallel};
 pub use ema::ema_update;
 pub use eval::{load_pretrained, open_eval_data, DataSpec, EvalData, Pretrained};
 pub use knn::{knn_classify, knn_evaluate, KnnConfig, KnnResult};
+pub use knn_monitor::KnnMonitor;
 pub use method::{Method, Pretrain, Siamese, SimClr, StepOutput, StepParams};
+pub use metrics::{Event, JsonlSink, MemorySink, MetricSink, StepRecord};
 pub use optim::{Optim, OptimConfig, OptimState, OptimizerKind};
 pub use plot::{plot_compare, plot_run};
-pub use step::{apply_step, forward_backward, measure_gradients};
+pub use pretrain::{pretrain, pretrain_data_parallel, RunOptions};
+pub use schedule::Schedule;
+pub use step::{apply_step, forward_backward, measure_gradients, update, Update};
 pub use study::{run_study, PatchEmbed, StudyConfig, StudyOptions, StudySummary};
-pub use trainer::{pretrain, pretrain_data_parallel, RunOptions, RunSummary};
+pub use trainer::{LoopSettings, RunDirectory, RunSummary, Trainer};
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use moco_loss::{byol, infonce, nt_xent};
-use moco_models::{Backbone, Encoder, MoCo, MocoConfig};
+use moco_models::{AnyBackbone, Backbone, Encoder, MoCo, MocoConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::ema::ema_update;
@@ -71,8 +71,13 @@ pub struct StepOutput<B: Backend> {
     pub k2: Option<Tensor<B, 2>>,
 }
 
-/// A model that can be pretrained with one of the [`Method`]s.
+/// A model that can be pretrained with one of the [`Method`]s: [`Siamese`] (MoCo v3, BYOL)
+/// and [`SimClr`], around any [`Backbone`].
 pub trait Pretrain<B: AutodiffBackend>: AutodiffModule<B> + Clone + Send {
+    /// The backbone being pretrained; its inference copy (on the inner backend) is what the
+    /// kNN monitor evaluates.
+    type Net: Backbone<B> + AutodiffModule<B, InnerModule: Backbone<B::InnerBackend>>;
+
     /// Forwards both views, updates the target network if there is one, and returns the
     /// model with the loss.
     fn forward_loss(
@@ -82,19 +87,42 @@ pub trait Pretrain<B: AutodiffBackend>: AutodiffModule<B> + Clone + Send {
         params: &StepParams,
     ) -> (Self, StepOutput<B>);
     /// The backbone being pretrained (the base / online encoder's).
-    fn backbone(&self) -> &Backbone<B>;
+    fn backbone(&self) -> &Self::Net;
+
+    /// The layer group of a parameter of the model, from its path of field names, for the
+    /// gradient monitor: `projector` and `predictor` for the heads, the backbone's own groups
+    /// ([`Backbone::layer_group`]) inside it.
+    fn layer_group(&self, path: &[String]) -> String {
+        let has = |name: &str| path.iter().any(|p| p == name);
+        if has("predictor") {
+            return "predictor".into();
+        }
+        if has("projector") {
+            return "projector".into();
+        }
+        match path.iter().position(|p| p == "backbone") {
+            Some(i) => self.backbone().layer_group(&path[i + 1..]),
+            None => "other".into(),
+        }
+    }
 }
 
 /// MoCo v3 or BYOL: both use a base encoder with predictor and a momentum encoder.
 #[derive(Module, Debug)]
-pub struct Siamese<B: Backend> {
+pub struct Siamese<B: Backend, N = AnyBackbone<B>> {
     /// The networks, in MoCo v3's layout.
-    pub model: MoCo<B>,
+    pub model: MoCo<B, N>,
     /// MoCo v3's InfoNCE (`false`) or BYOL's regression (`true`).
     pub byol: bool,
 }
 
-impl<B: AutodiffBackend> Pretrain<B> for Siamese<B> {
+impl<B, N> Pretrain<B> for Siamese<B, N>
+where
+    B: AutodiffBackend,
+    N: Backbone<B> + AutodiffModule<B, InnerModule: Backbone<B::InnerBackend>>,
+{
+    type Net = N;
+
     fn forward_loss(
         mut self,
         x1: Tensor<B, 4>,
@@ -140,19 +168,25 @@ impl<B: AutodiffBackend> Pretrain<B> for Siamese<B> {
         )
     }
 
-    fn backbone(&self) -> &Backbone<B> {
+    fn backbone(&self) -> &N {
         &self.model.base_encoder.backbone
     }
 }
 
 /// SimCLR: one encoder with projector.
 #[derive(Module, Debug)]
-pub struct SimClr<B: Backend> {
+pub struct SimClr<B: Backend, N = AnyBackbone<B>> {
     /// Backbone and projector.
-    pub encoder: Encoder<B>,
+    pub encoder: Encoder<B, N>,
 }
 
-impl<B: AutodiffBackend> Pretrain<B> for SimClr<B> {
+impl<B, N> Pretrain<B> for SimClr<B, N>
+where
+    B: AutodiffBackend,
+    N: Backbone<B> + AutodiffModule<B, InnerModule: Backbone<B::InnerBackend>>,
+{
+    type Net = N;
+
     fn forward_loss(
         self,
         x1: Tensor<B, 4>,
@@ -174,8 +208,20 @@ impl<B: AutodiffBackend> Pretrain<B> for SimClr<B> {
         )
     }
 
-    fn backbone(&self) -> &Backbone<B> {
+    fn backbone(&self) -> &N {
         &self.encoder.backbone
+    }
+}
+
+impl<B: Backend, N> Siamese<B, N> {
+    /// MoCo v3 on a model built around any backbone (see [`moco_models::Heads::init`]).
+    pub fn moco_v3(model: MoCo<B, N>) -> Self {
+        Siamese { model, byol: false }
+    }
+
+    /// BYOL on a model built around any backbone.
+    pub fn byol(model: MoCo<B, N>) -> Self {
+        Siamese { model, byol: true }
     }
 }
 

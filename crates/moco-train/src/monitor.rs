@@ -10,8 +10,10 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-/// The layer group of a parameter path (Burn field names): `patch_embed`, `tokens` (CLS and
-/// position embedding), `block00`…, `norm`, `stem`, `stage1`…, `projector`, `predictor`.
+/// The layer group of a parameter path (Burn field names) of this crate's models around the
+/// built-in backbones: `patch_embed`, `tokens` (CLS and position embedding), `block00`…,
+/// `norm`, `stem`, `stage1`…, `projector`, `predictor`. A model's own grouping is
+/// [`crate::Pretrain::layer_group`].
 pub fn layer_group(path: &[String]) -> String {
     let has = |name: &str| path.iter().any(|p| p == name);
     if has("predictor") {
@@ -20,33 +22,18 @@ pub fn layer_group(path: &[String]) -> String {
     if has("projector") {
         return "projector".into();
     }
-    if has("patch_embed") {
-        return "patch_embed".into();
-    }
-    for (i, seg) in path.iter().enumerate() {
-        let index = path.get(i + 1).and_then(|s| s.parse::<usize>().ok());
-        match (seg.as_str(), index) {
-            ("blocks", Some(n)) => return format!("block{n:02}"),
-            ("stages", Some(n)) => return format!("stage{}", n + 1),
-            _ => {}
-        }
-    }
-    match path.last().map(String::as_str) {
-        Some("cls_token" | "pos_embed") => "tokens".into(),
-        _ if has("conv1") || has("bn1") => "stem".into(),
-        _ if has("norm") => "norm".into(),
-        _ => "other".into(),
-    }
+    moco_models::backbone::builtin_layer_group(path)
 }
 
-struct GradNorms<'a, B: AutodiffBackend> {
+struct GradNorms<'a, B: AutodiffBackend, G: Fn(&[String]) -> String> {
     grads: &'a GradientsParams,
+    group: G,
     stack: Vec<String>,
     order: Vec<String>,
     sums: BTreeMap<String, Tensor<B::InnerBackend, 1>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorms<'_, B> {
+impl<B: AutodiffBackend, G: Fn(&[String]) -> String> ModuleVisitor<B> for GradNorms<'_, B, G> {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.stack.push(name.to_string());
     }
@@ -59,7 +46,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorms<'_, B> {
         };
         let n = g.shape().num_elements();
         let sq = g.reshape([n]).square().sum();
-        let group = layer_group(&self.stack);
+        let group = (self.group)(&self.stack);
         if !self.order.contains(&group) {
             self.order.push(group.clone());
         }
@@ -74,13 +61,16 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorms<'_, B> {
     }
 }
 
-/// L2 norm of the gradient of each layer group, in the model's order (first layer first).
+/// L2 norm of the gradient of each layer group (`group` of a parameter's path), in the
+/// model's order (first layer first).
 pub fn gradient_norms<B: AutodiffBackend, M: Module<B>>(
     model: &M,
     grads: &GradientsParams,
+    group: impl Fn(&[String]) -> String,
 ) -> Vec<(String, f64)> {
-    let mut v = GradNorms::<B> {
+    let mut v = GradNorms::<B, _> {
         grads,
+        group,
         stack: Vec::new(),
         order: Vec::new(),
         sums: BTreeMap::new(),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 
 /// Where a run is in its schedule and its data.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunPosition {
     /// Optimizer steps taken.
     pub step: u64,

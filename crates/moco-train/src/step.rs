@@ -65,11 +65,11 @@ pub fn forward_backward<B: AutodiffBackend, M: Pretrain<B>>(
 }
 
 /// Gradient norm per layer group (first layer first) and the global norm.
-pub fn measure_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+pub fn measure_gradients<B: AutodiffBackend, M: Pretrain<B>>(
     model: &M,
     grads: &GradientsParams,
 ) -> (Vec<(String, f64)>, f64) {
-    let norms = gradient_norms::<B, M>(model, grads);
+    let norms = gradient_norms::<B, M>(model, grads, |path| model.layer_group(path));
     let global = norms.iter().map(|(_, n)| n * n).sum::<f64>().sqrt();
     (norms, global)
 }
@@ -89,4 +89,47 @@ pub fn apply_step<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
         None => grads,
     };
     optim.step(lr, model, grads)
+}
+
+/// What the update of a step did.
+pub enum Update<M> {
+    /// The optimizer stepped.
+    Applied(M),
+    /// A non-finite loss or gradient, and the run skips such steps: nothing changed.
+    Skipped(M),
+    /// A non-finite loss or gradient, and the run stops: nothing changed.
+    NonFinite {
+        /// The model, unchanged.
+        model: M,
+        /// First layer group (from the input side) with a non-finite gradient.
+        layer: Option<String>,
+    },
+}
+
+/// The update of a step, with the one rule for non-finite values that every replica of a
+/// run applies alike: a NaN or infinite loss or gradient norm never reaches the optimizer; the
+/// step is skipped with `skip_nonfinite`, and stops the run without. `norms` and `global` are
+/// [`measure_gradients`]'s.
+#[allow(clippy::too_many_arguments)]
+pub fn update<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+    model: M,
+    optim: &mut O,
+    grads: GradientsParams,
+    loss: f64,
+    (norms, global): (&[(String, f64)], f64),
+    lr: f64,
+    clip: Option<f64>,
+    skip_nonfinite: bool,
+) -> Update<M> {
+    if loss.is_finite() && global.is_finite() {
+        return Update::Applied(apply_step(model, optim, grads, global, lr, clip));
+    }
+    if skip_nonfinite {
+        return Update::Skipped(model);
+    }
+    let layer = norms
+        .iter()
+        .find(|(_, n)| !n.is_finite())
+        .map(|(l, _)| l.clone());
+    Update::NonFinite { model, layer }
 }

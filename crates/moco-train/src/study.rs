@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::config::PretrainConfig;
 use crate::distributed::CollectiveBackend;
 use crate::method::Method;
-use crate::trainer::{pretrain, RunOptions};
+use crate::pretrain::{pretrain, RunOptions};
 use crate::TrainError;
 
 /// The study sized for a 2-core CPU (about 90 minutes): a small ViT on Fashion-MNIST, four
@@ -373,7 +373,7 @@ pub fn run_study<B: CollectiveBackend>(
             let per_step = started.elapsed().as_secs_f64() / steps_done as f64;
             format!(
                 ", study eta {}",
-                crate::trainer::format_eta(per_step * steps_left as f64)
+                crate::progress::format_eta(per_step * steps_left as f64)
             )
         } else {
             String::new()

@@ -1,44 +1,106 @@
-//! The pretraining loop: schedules, the monitors, metrics, checkpoints, exact resume and the
-//! non-finite guard.
+//! The training loop, for any model a [`Method`](crate::Method) trains and any dataset: one
+//! optimizer step at a time over the loader's two-view batches (gradient accumulation, data
+//! parallelism), the schedule taken where each step starts, the one non-finite rule, and the
+//! parts that watch the run — the kNN monitor, the gradient-spike detector, metric sinks,
+//! progress, checkpoints — each in its own type.
+//!
+//! ```no_run
+//! # use burn::backend::{Autodiff, Flex};
+//! # use moco_train::{Trainer, LoopSettings, Schedule, Pretrain, OptimConfig};
+//! # fn run<M: Pretrain<Autodiff<Flex>> + 'static>(model: M, train: moco_data::Loader)
+//! # where M::InnerModule: Send {
+//! let schedule = Schedule {
+//!     epochs: 10.0, warmup_epochs: 1.0, peak_lr: 1e-3, base_momentum: 0.99,
+//!     batches_per_epoch: train.batches_per_epoch(), grad_accum: 1,
+//! };
+//! let optim = OptimConfig::adamw(0.1).init();
+//! let (model, summary) = Trainer::<Autodiff<Flex>, _, _>::new(
+//!     model, optim, train, LoopSettings::new(schedule), Default::default(),
+//! )
+//! .run()
+//! .unwrap();
+//! # }
+//! ```
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
-use burn::optim::Optimizer;
-use burn::prelude::*;
-use serde_json::json;
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use moco_data::{BatchIter, Loader};
+use moco_models::{Backbone, Precision};
 
-use crate::config::PretrainConfig;
-use crate::data::{prepare_data, RunData};
-use crate::distributed::{CollectiveBackend, DataParallel};
-use crate::knn::{knn_evaluate, KnnConfig, KnnResult};
-use crate::method::{Method, Pretrain, StepParams};
-use crate::monitor::{DipDetector, SpikeDetector};
+use crate::distributed::{Cluster, CollectiveBackend, DataParallel};
+use crate::knn::KnnResult;
+use crate::knn_monitor::KnnMonitor;
+use crate::method::{Pretrain, StepParams};
+use crate::metrics::{Event, JsonlSink, MetricSink, StepRecord};
+use crate::monitor::SpikeDetector;
+use crate::progress::{format_eta, Progress};
 use crate::run_state::{self, RunPosition};
-use crate::schedule;
-use crate::step::{apply_step, forward_backward, measure_gradients};
+use crate::runner::StepRunner;
+use crate::schedule::Schedule;
+use crate::step::{measure_gradients, update, Update};
 use crate::TrainError;
 
-/// How to run (as opposed to what to train, which is the [`PretrainConfig`]).
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// Continue from the newest checkpoint of the run directory.
-    pub resume: bool,
-    /// Set from elsewhere (Ctrl-C) to save a checkpoint and stop after the current step.
-    pub stop: Option<Arc<AtomicBool>>,
-    /// Stop (with a checkpoint) after this many steps, as an interruption would.
-    pub stop_after: Option<u64>,
-    /// No progress lines.
-    pub quiet: bool,
-    /// The other machines of a multi-node data-parallel run.
-    pub cluster: Option<crate::distributed::Cluster>,
-    /// How long a data-parallel run waits for its group to form, or for a step to finish,
-    /// before it gives up (30 minutes when absent).
-    pub collective_timeout: Option<std::time::Duration>,
+/// How the loop steps: the schedule and the per-step rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopSettings {
+    /// Learning rate and momentum per step.
+    pub schedule: Schedule,
+    /// Stop after this many steps (the schedule's length by default).
+    pub max_steps: Option<u64>,
+    /// InfoNCE / NT-Xent temperature.
+    pub temperature: f64,
+    /// Global gradient-norm clipping.
+    pub clip_grad: Option<f64>,
+    /// Skip steps with a non-finite loss or gradient (counted) instead of stopping.
+    pub skip_nonfinite: bool,
+    /// Precision of the backbone's forward and backward.
+    pub precision: Precision,
+    /// A progress line every this many steps.
+    pub log_every: u64,
+    /// A gradient norm over this multiple of its running median is a spike...
+    pub spike_factor: f64,
+    /// ...of the last this many steps.
+    pub spike_window: usize,
+}
+
+impl LoopSettings {
+    /// MoCo v3's defaults around `schedule`: temperature 0.2, no clipping, stop on a
+    /// non-finite value, f32, a line every 10 steps, spikes at 3× the median of 100 steps.
+    pub fn new(schedule: Schedule) -> Self {
+        LoopSettings {
+            schedule,
+            max_steps: None,
+            temperature: 0.2,
+            clip_grad: None,
+            skip_nonfinite: false,
+            precision: Precision::F32,
+            log_every: 10,
+            spike_factor: 3.0,
+            spike_window: 100,
+        }
+    }
+
+    /// Steps this run takes.
+    pub fn total_steps(&self) -> u64 {
+        let all = self.schedule.total_steps();
+        self.max_steps.map_or(all, |m| m.min(all))
+    }
+}
+
+/// A run directory: checkpoints under `checkpoints/` and every event in `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunDirectory {
+    /// The folder.
+    pub path: PathBuf,
+    /// A checkpoint every this many steps (and at the end, and when stopped).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
 }
 
 /// What a run did.
@@ -66,222 +128,34 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
 }
 
-/// Pretrains as `config` says, writing `config.json`, `metrics.jsonl` and checkpoints to
-/// `run_dir`. With `options.resume`, the stored configuration and newest checkpoint are used.
-pub fn pretrain<B: CollectiveBackend>(
-    config: PretrainConfig,
-    run_dir: &Path,
-    options: &RunOptions,
-    device: &B::Device,
-) -> Result<RunSummary, TrainError> {
-    pretrain_data_parallel::<B>(config, run_dir, options, std::slice::from_ref(device))
+type MakeOptim<O> = Box<dyn Fn() -> O>;
+
+struct ParallelSetup<B: CollectiveBackend, O> {
+    devices: Vec<B::Device>,
+    make_optim: MakeOptim<O>,
+    cluster: Option<Cluster>,
+    timeout: Duration,
 }
 
-/// [`pretrain`] with one replica per device of `devices` (data parallelism: each device
-/// computes its shard of every batch, see [`crate::distributed`]); the first device holds the
-/// model that is evaluated and checkpointed. One device is the single-device run.
-pub fn pretrain_data_parallel<B: CollectiveBackend>(
-    config: PretrainConfig,
-    run_dir: &Path,
-    options: &RunOptions,
-    devices: &[B::Device],
-) -> Result<RunSummary, TrainError> {
-    let Some(device) = devices.first() else {
-        return Err(TrainError::Config("no device given".into()));
-    };
-    let world = devices.len() * options.cluster.as_ref().map_or(1, |c| c.nodes);
-    let micro = config.batch_size / config.grad_accum.max(1);
-    if world > 1 && !micro.is_multiple_of(world) {
-        return Err(TrainError::Config(format!(
-            "the batch of {micro} images per micro-batch cannot be split evenly over {world} devices"
-        )));
-    }
-    let config_path = run_dir.join("config.json");
-    let config = if options.resume {
-        let text = std::fs::read_to_string(&config_path).map_err(|e| {
-            TrainError::Io(format!("{}: cannot resume: {e}", config_path.display()))
-        })?;
-        serde_json::from_str::<PretrainConfig>(&text)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", config_path.display())))?
-    } else {
-        if !run_state::list_checkpoints(run_dir).is_empty() {
-            return Err(TrainError::Config(format!(
-                "{} already holds checkpoints: pass --resume to continue it, or choose another --out",
-                run_dir.display()
-            )));
-        }
-        config
-    };
-    config.validate().map_err(TrainError::Config)?;
-    let precision = config.precision.unwrap_or_default();
-    if !precision.supported_on::<B>(device) {
-        return Err(TrainError::Config(format!(
-            "this device cannot compute in {precision}: use --precision f32"
-        )));
-    }
-    std::fs::create_dir_all(run_dir)
-        .map_err(|e| TrainError::Io(format!("{}: {e}", run_dir.display())))?;
-    if !options.resume {
-        moco_models::write_atomic(
-            &config_path,
-            serde_json::to_string_pretty(&config)
-                .expect("config")
-                .as_bytes(),
-        )?;
-    }
-    let data = prepare_data(&config)?;
-    if !options.quiet {
-        println!("{}", data.note);
-    }
-    B::seed(device, config.seed);
-    let model_config = config.model_config()?;
-    let optim = config.optim_config().map_err(TrainError::Config)?;
-    match config.method {
-        Method::SimClr => {
-            let model = Method::simclr::<B>(&model_config, device);
-            run_loop(
-                model,
-                || optim.init(),
-                &config,
-                &data,
-                run_dir,
-                options,
-                devices,
-            )
-        }
-        method => {
-            let model = method.siamese::<B>(&model_config, device);
-            run_loop(
-                model,
-                || optim.init(),
-                &config,
-                &data,
-                run_dir,
-                options,
-                devices,
-            )
-        }
-    }
-}
-
-pub(crate) fn format_eta(seconds: f64) -> String {
-    let s = seconds.max(0.0) as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
-}
-
-/// Progress output: one self-updating status line with a bar on a terminal, plain lines
-/// otherwise.
-struct Progress {
+/// The training loop of one run, assembled from its parts; [`Trainer::run`] runs it.
+pub struct Trainer<B: CollectiveBackend, M, O> {
+    model: M,
+    optim: O,
+    settings: LoopSettings,
+    train: Loader,
+    device: B::Device,
+    knn: Option<KnnMonitor>,
+    sinks: Vec<Box<dyn MetricSink>>,
+    run_dir: Option<RunDirectory>,
+    parallel: Option<ParallelSetup<B, O>>,
+    stop: Option<Arc<AtomicBool>>,
+    stop_after: Option<u64>,
     quiet: bool,
-    tty: bool,
-    open: bool,
+    pos: RunPosition,
+    resumed_from: Option<PathBuf>,
 }
 
-impl Progress {
-    fn new(quiet: bool) -> Self {
-        use std::io::IsTerminal;
-        Progress {
-            quiet,
-            tty: std::io::stdout().is_terminal(),
-            open: false,
-        }
-    }
-
-    /// A permanent line (ends the status line first).
-    fn line(&mut self, text: &str) {
-        if self.quiet {
-            return;
-        }
-        if self.open {
-            println!();
-            self.open = false;
-        }
-        println!("{text}");
-    }
-
-    /// Ends the status line, if one is showing.
-    fn finish(&mut self) {
-        if self.open {
-            println!();
-            self.open = false;
-        }
-    }
-
-    /// The status line: redrawn in place on a terminal, printed when `log` otherwise.
-    fn status(&mut self, done: u64, total: u64, text: &str, log: bool) {
-        if self.quiet {
-            return;
-        }
-        if self.tty {
-            let width = 24;
-            let filled = (width as u64 * done / total.max(1)) as usize;
-            print!(
-                "\r\x1b[K[{}{}] {text}",
-                "#".repeat(filled),
-                ".".repeat(width - filled)
-            );
-            let _ = std::io::stdout().flush();
-            self.open = true;
-        } else if log {
-            println!("{text}");
-        }
-    }
-}
-
-struct Metrics {
-    file: Option<std::fs::File>,
-}
-
-impl Metrics {
-    fn open(run_dir: &Path, resume_step: Option<u64>, enabled: bool) -> Result<Self, TrainError> {
-        if !enabled {
-            return Ok(Metrics { file: None });
-        }
-        let path = run_dir.join("metrics.jsonl");
-        // On resume, drop what was logged after the checkpoint: those steps run again.
-        let kept = match resume_step {
-            Some(step) => std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                        .is_some_and(|s| s <= step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect::<String>(),
-            None => String::new(),
-        };
-        std::fs::write(&path, kept)
-            .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
-        Ok(Metrics { file: Some(file) })
-    }
-
-    fn log(&mut self, value: serde_json::Value) {
-        if let Some(f) = &mut self.file {
-            let _ = writeln!(f, "{value}");
-        }
-    }
-}
-
-fn run_loop<B, M, O>(
-    mut model: M,
-    make_optim: impl Fn() -> O,
-    config: &PretrainConfig,
-    data: &RunData,
-    run_dir: &Path,
-    options: &RunOptions,
-    devices: &[B::Device],
-) -> Result<RunSummary, TrainError>
+impl<B, M, O> Trainer<B, M, O>
 where
     B: CollectiveBackend,
     M: Pretrain<B> + 'static,
@@ -289,327 +163,557 @@ where
     O: Optimizer<M, B> + Send + 'static,
     O::Record: Send,
 {
-    let device = &devices[0];
-    let mut optim = make_optim();
-    let mut pos = RunPosition {
-        step: 0,
-        epoch: 0,
-        batch: 0,
-        skipped_steps: 0,
-    };
-    let mut summary = RunSummary::default();
-    if options.resume {
-        let Some(latest) = run_state::list_checkpoints(run_dir).pop() else {
-            return Err(TrainError::Config(format!(
-                "{}: no checkpoint to resume from",
-                run_dir.display()
-            )));
-        };
-        (model, optim, pos) = run_state::load(&latest, model, optim, device)?;
-        if !options.quiet {
-            println!("resuming from {} (step {})", latest.display(), pos.step);
+    /// Trains `model` with `optim` on the two-view batches of `train` (a loader with
+    /// [`moco_data::Views::Two`]), on `device`.
+    pub fn new(
+        model: M,
+        optim: O,
+        train: Loader,
+        settings: LoopSettings,
+        device: B::Device,
+    ) -> Self {
+        Trainer {
+            model,
+            optim,
+            settings,
+            train,
+            device,
+            knn: None,
+            sinks: Vec::new(),
+            run_dir: None,
+            parallel: None,
+            stop: None,
+            stop_after: None,
+            quiet: false,
+            pos: RunPosition::default(),
+            resumed_from: None,
         }
-        summary.checkpoint = Some(latest);
     }
-    let replicas = if devices.len() > 1 || options.cluster.is_some() {
-        let dp = DataParallel::<B>::start(
-            &model,
-            &optim,
-            &make_optim,
+
+    /// Evaluates the backbone with `monitor` before training and as it says.
+    pub fn with_knn(mut self, monitor: KnnMonitor) -> Self {
+        self.knn = Some(monitor);
+        self
+    }
+
+    /// Hands every event to `sink` too.
+    pub fn with_sink(mut self, sink: impl MetricSink + 'static) -> Self {
+        self.sinks.push(Box::new(sink));
+        self
+    }
+
+    /// Writes checkpoints and `metrics.jsonl` to `dir`.
+    pub fn with_run_directory(mut self, dir: RunDirectory) -> Self {
+        self.run_dir = Some(dir);
+        self
+    }
+
+    /// Saves a checkpoint and stops after the current step once `flag` is set (Ctrl-C).
+    pub fn with_stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
+    }
+
+    /// Saves a checkpoint and stops after `steps` steps, as an interruption would.
+    pub fn with_stop_after(mut self, steps: Option<u64>) -> Self {
+        self.stop_after = steps;
+        self
+    }
+
+    /// No progress lines.
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// One replica per device of `devices` (the first is where this trainer's model lives),
+    /// with `cluster` adding other machines; see [`crate::distributed`].
+    pub fn data_parallel(
+        mut self,
+        devices: Vec<B::Device>,
+        make_optim: impl Fn() -> O + 'static,
+        cluster: Option<Cluster>,
+        timeout: Duration,
+    ) -> Self {
+        self.parallel = Some(ParallelSetup {
             devices,
-            options.cluster.clone(),
-            options
-                .collective_timeout
-                .unwrap_or(std::time::Duration::from_secs(1800)),
-            config.precision.unwrap_or_default(),
-        )?;
-        if !options.quiet {
+            make_optim: Box::new(make_optim),
+            cluster,
+            timeout,
+        });
+        self
+    }
+
+    /// Continues from the checkpoint folder `checkpoint`: model, optimizer state and the
+    /// position in the schedule and the data.
+    pub fn resume(mut self, checkpoint: PathBuf) -> Result<Self, TrainError> {
+        let (model, optim, pos) =
+            run_state::load(&checkpoint, self.model, self.optim, &self.device)?;
+        (self.model, self.optim, self.pos) = (model, optim, pos);
+        if !self.quiet {
             println!(
-                "data parallel over {} replicas{}: {} images per replica and micro-batch, SyncBN, keys gathered from every replica",
-                dp.world_size(),
-                options.cluster.as_ref().map(|c| format!(" on {} nodes (this is node {})", c.nodes, c.node_rank)).unwrap_or_default(),
-                config.batch_size / config.grad_accum.max(1) / dp.world_size()
+                "resuming from {} (step {})",
+                checkpoint.display(),
+                self.pos.step
             );
         }
-        Some(dp)
-    } else {
-        None
-    };
-    // Evaluation, metrics and checkpoints happen on the first machine only.
-    let main = replicas.as_ref().is_none_or(|dp| dp.is_main());
-    let mut metrics = Metrics::open(run_dir, options.resume.then_some(pos.step), main)?;
-    let micro_per_epoch = data.train.batches_per_epoch();
-    let accum = config.grad_accum;
-    let steps_per_epoch = (micro_per_epoch / accum).max(1);
-    // The schedule in epochs; `steps` rescales it to a fixed number of steps.
-    let (epochs, warmup) = match config.steps {
-        Some(s) => {
-            let e = s as f64 / steps_per_epoch as f64;
-            (e, config.warmup_epochs * e / config.epochs)
-        }
-        None => (config.epochs, config.warmup_epochs),
-    };
-    let schedule_steps = (epochs * steps_per_epoch as f64).round() as u64;
-    let total = config
-        .max_steps
-        .map_or(schedule_steps, |m| m.min(schedule_steps));
-    let lr_peak = schedule::scaled_lr(config.base_lr, config.batch_size);
-    let knn_cfg = KnnConfig {
-        k: config.knn_k,
-        temperature: config.knn_temperature,
-        chunk: 512,
-    };
-    let mut spikes = SpikeDetector::new(config.spike_factor, config.spike_window);
-    let mut dips = match config.dip_threshold {
-        Some(points) => DipDetector::new(points),
-        None => DipDetector::scaled(data.eval.dataset().len()),
-    };
-    summary.skipped_steps = pos.skipped_steps;
-
-    let mut progress = Progress::new(options.quiet);
-    let evaluate = |progress: &mut Progress,
-                    model: &M,
-                    step: u64,
-                    summary: &mut RunSummary,
-                    metrics: &mut Metrics,
-                    dips: &mut DipDetector|
-     -> Result<(), TrainError> {
-        let started = Instant::now();
-        let backbone = model.backbone().valid();
-        let r =
-            knn_evaluate::<B::InnerBackend>(&backbone, &data.memory, &data.eval, &knn_cfg, device)?;
-        metrics.log(json!({"type": "knn", "step": step, "top1": r.top1, "top5": r.top5, "seconds": started.elapsed().as_secs_f64()}));
-        if let Some(d) = dips.observe(step, r.top1) {
-            metrics
-                .log(json!({"type": "dip", "step": d.step, "before": d.before, "after": d.after}));
-            summary.dips += 1;
-        }
-        summary.best_top1 = Some(summary.best_top1.map_or(r.top1, |b: f64| b.max(r.top1)));
-        summary.final_knn = Some(r);
-        progress.line(&format!(
-            "knn @ step {step}: top-1 {:.2}%, top-5 {:.2}% ({:.1}s)",
-            r.top1,
-            r.top5,
-            started.elapsed().as_secs_f64()
-        ));
-        Ok(())
-    };
-
-    if !options.resume && main {
-        evaluate(
-            &mut progress,
-            &model,
-            0,
-            &mut summary,
-            &mut metrics,
-            &mut dips,
-        )?;
-        summary.initial_knn = summary.final_knn;
+        self.resumed_from = Some(checkpoint);
+        Ok(self)
     }
-    if !options.quiet {
+
+    /// Where the run is (after [`Trainer::resume`], the checkpoint's position).
+    pub fn position(&self) -> &RunPosition {
+        &self.pos
+    }
+
+    /// Runs to the end of the schedule (or `max_steps`, or a stop); returns the trained model
+    /// and what happened.
+    pub fn run(self) -> Result<(M, RunSummary), TrainError> {
+        let runner = match &self.parallel {
+            None => StepRunner::Single {
+                precision: self.settings.precision,
+            },
+            Some(p) => StepRunner::Parallel(DataParallel::start(
+                &self.model,
+                &self.optim,
+                &p.make_optim,
+                &p.devices,
+                p.cluster.clone(),
+                p.timeout,
+                self.settings.precision,
+            )?),
+        };
+        let main = runner.is_main();
+        let mut sinks = if main { self.sinks } else { Vec::new() };
+        if let (Some(dir), true) = (&self.run_dir, main) {
+            let resumed = self.resumed_from.as_ref().map(|_| self.pos.step);
+            sinks.push(Box::new(JsonlSink::open(
+                &dir.path.join("metrics.jsonl"),
+                resumed,
+            )?));
+        }
+        let settings = self.settings;
+        let summary = RunSummary {
+            skipped_steps: self.pos.skipped_steps,
+            checkpoint: self.resumed_from.clone(),
+            ..Default::default()
+        };
+        let run = Run {
+            spikes: SpikeDetector::new(settings.spike_factor, settings.spike_window),
+            total: settings.total_steps(),
+            optim: self.optim,
+            settings,
+            train: self.train,
+            device: self.device,
+            knn: if main { self.knn } else { None },
+            sinks,
+            run_dir: if main { self.run_dir } else { None },
+            runner,
+            stop: self.stop,
+            stop_after: self.stop_after,
+            pos: self.pos,
+            summary,
+            progress: Progress::new(self.quiet),
+            window: Window::new(),
+            started: Instant::now(),
+        };
+        run.execute(self.model, self.resumed_from.is_some())
+    }
+}
+
+/// Throughput since the last speed report.
+struct Window {
+    start: Instant,
+    images: usize,
+    wait: f64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            start: Instant::now(),
+            images: 0,
+            wait: 0.0,
+        }
+    }
+}
+
+/// The gradients of one optimizer step, before their reduction over replicas.
+struct StepGradients {
+    grads: GradientsParams,
+    loss: f64,
+    images: usize,
+    epoch: f64,
+}
+
+/// What the loop does after a step.
+enum Flow {
+    Continue,
+    EpochEnd,
+    Stop,
+}
+
+/// A running loop: the parts of the [`Trainer`] and the state they share.
+struct Run<B: CollectiveBackend, O> {
+    optim: O,
+    settings: LoopSettings,
+    total: u64,
+    train: Loader,
+    device: B::Device,
+    knn: Option<KnnMonitor>,
+    sinks: Vec<Box<dyn MetricSink>>,
+    run_dir: Option<RunDirectory>,
+    runner: StepRunner<B>,
+    stop: Option<Arc<AtomicBool>>,
+    stop_after: Option<u64>,
+    pos: RunPosition,
+    summary: RunSummary,
+    spikes: SpikeDetector,
+    progress: Progress,
+    window: Window,
+    started: Instant,
+}
+
+impl<B, O> Run<B, O>
+where
+    B: CollectiveBackend,
+{
+    fn execute<M>(mut self, mut model: M, resumed: bool) -> Result<(M, RunSummary), TrainError>
+    where
+        M: Pretrain<B>,
+        O: Optimizer<M, B>,
+    {
+        if !resumed {
+            self.evaluate(&model, 0)?;
+            self.summary.initial_knn = self.summary.final_knn;
+        }
+        self.banner(&model);
+        let start_step = self.pos.step;
+        'epochs: while self.pos.step < self.total {
+            let mut batches = self.train.epoch(self.pos.epoch, self.pos.batch);
+            while self.pos.step < self.total {
+                let flow;
+                (model, flow) = self.step(model, &mut batches, start_step)?;
+                match flow {
+                    Flow::Continue => {}
+                    Flow::EpochEnd => break,
+                    Flow::Stop => break 'epochs,
+                }
+            }
+            if self.pos.step < self.total {
+                self.pos.epoch += 1;
+                self.pos.batch = 0;
+            }
+        }
+        self.summary.steps = self.pos.step;
+        self.progress.finish();
+        Ok((model, self.summary))
+    }
+
+    fn banner<M: Pretrain<B>>(&self, model: &M) {
+        if self.progress_quiet() {
+            return;
+        }
+        let s = &self.settings.schedule;
+        let world = self.runner.world_size();
+        if world > 1 {
+            println!(
+                "data parallel over {world} replicas: {} images per replica and micro-batch, SyncBN, keys gathered from every replica",
+                self.train_batch() / world
+            );
+        }
+        let frozen = model.backbone().frozen_groups();
         println!(
-            "training {} steps ({} per epoch, batch {}{}), lr {:.2e}, {} parameters",
-            total,
-            steps_per_epoch,
-            config.batch_size,
-            if accum > 1 {
-                format!(" in {accum} micro-batches")
+            "training {} steps ({} per epoch, batch {}{}), lr {:.2e}, {} parameters{}",
+            self.total,
+            s.steps_per_epoch(),
+            self.train_batch() * s.grad_accum,
+            if s.grad_accum > 1 {
+                format!(" in {} micro-batches", s.grad_accum)
             } else {
                 String::new()
             },
-            lr_peak,
-            model.num_params()
+            s.peak_lr,
+            model.num_params(),
+            if frozen.is_empty() {
+                String::new()
+            } else {
+                format!(", frozen: {}", frozen.join(", "))
+            }
         );
     }
-    let started = Instant::now();
-    let start_step = pos.step;
-    let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0f64);
-    'epochs: while pos.step < total {
-        let mut batches = data.train.epoch(pos.epoch, pos.batch);
-        loop {
-            if pos.step >= total {
-                break 'epochs;
+
+    fn progress_quiet(&self) -> bool {
+        self.progress.is_quiet()
+    }
+
+    fn train_batch(&self) -> usize {
+        self.train.batch_size()
+    }
+
+    /// One optimizer step: gradients, reduction, update, reports, evaluation, checkpoint.
+    fn step<M>(
+        &mut self,
+        model: M,
+        batches: &mut BatchIter,
+        start_step: u64,
+    ) -> Result<(M, Flow), TrainError>
+    where
+        M: Pretrain<B>,
+        O: Optimizer<M, B>,
+    {
+        let g = match self.gradients(model, batches)? {
+            (model, None) => return Ok((model, Flow::EpochEnd)),
+            (model, Some(g)) => (model, g),
+        };
+        let (model, g) = g;
+        let lr = self.settings.schedule.lr(g.epoch);
+        let s = &self.settings;
+        let (grads, loss) = self.runner.reduce(
+            g.grads,
+            g.loss,
+            (lr, s.clip_grad, s.skip_nonfinite),
+            &self.device,
+        )?;
+        let (norms, global) = measure_gradients(&model, &grads);
+        let step = self.pos.step + 1;
+        let outcome = update(
+            model,
+            &mut self.optim,
+            grads,
+            loss,
+            (&norms, global),
+            lr,
+            s.clip_grad,
+            s.skip_nonfinite,
+        );
+        let model = match outcome {
+            Update::Applied(model) => model,
+            Update::Skipped(model) => {
+                self.non_finite(step, loss, &norms);
+                self.pos.skipped_steps += 1;
+                self.summary.skipped_steps = self.pos.skipped_steps;
+                self.pos.step = step;
+                return Ok((model, Flow::Continue));
             }
-            // One optimizer step over `accum` micro-batches.
-            let mut accumulator = burn::optim::GradientsAccumulator::<M>::new();
-            let mut loss_sum = 0f64;
-            let mut images = 0usize;
-            // MoCo v3 takes the learning rate and the momentum of iteration i of an epoch of N
-            // at the fractional epoch `epoch + i/N`: where the step's first batch starts.
-            let mut step_epoch = 0f64;
-            for micro in 0..accum {
-                let wait = Instant::now();
-                let Some(batch) = batches.next() else {
-                    pos.epoch += 1;
-                    pos.batch = 0;
-                    continue 'epochs;
-                };
-                let batch = batch?;
-                window_wait += wait.elapsed().as_secs_f64();
-                pos.batch += 1;
-                images += batch.shape[0];
-                let epoch_f = pos.epoch as f64 + (pos.batch - 1) as f64 / micro_per_epoch as f64;
-                let shape = batch.shape;
-                let to_tensor =
-                    |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), device);
-                let mut views = batch.views.into_iter();
-                let (Some(v1), Some(v2)) = (views.next(), views.next()) else {
-                    return Err(TrainError::Config(
-                        "the loader produced one view, two are needed".into(),
-                    ));
-                };
-                // The EMA runs once per optimizer step.
-                let m = if micro == 0 {
-                    step_epoch = epoch_f;
-                    schedule::momentum(epoch_f, config.momentum, epochs)
-                } else {
-                    1.0
-                };
-                let params = StepParams {
-                    temperature: config.temperature,
-                    momentum: m,
-                };
-                let (value, grads);
-                (model, value, grads) = match &replicas {
-                    Some(dp) => {
-                        dp.micro_step(model, [v1, v2], shape, &params, 1.0 / accum as f64, device)?
-                    }
-                    None => forward_backward(
-                        model,
-                        to_tensor(v1),
-                        to_tensor(v2),
-                        &params,
-                        1.0 / accum as f64,
-                        config.precision.unwrap_or_default(),
-                    ),
-                };
-                loss_sum += value;
-                accumulator.accumulate(&model, grads);
-            }
-            let grads = accumulator.grads();
-            let loss = loss_sum / accum as f64;
-            let epoch_f = step_epoch;
-            let lr = schedule::learning_rate(epoch_f, lr_peak, warmup, epochs);
-            let (grads, loss) = match &replicas {
-                Some(dp) => dp.reduce(
-                    grads,
-                    loss,
-                    lr,
-                    config.clip_grad,
-                    config.skip_nonfinite,
-                    device,
-                )?,
-                None => (grads, loss),
-            };
-            let (norms, global) = measure_gradients(&model, &grads);
-            let step = pos.step + 1;
-            if !loss.is_finite() || !global.is_finite() {
-                let layer = norms
-                    .iter()
-                    .find(|(_, n)| !n.is_finite())
-                    .map(|(l, _)| l.clone());
-                metrics.log(json!({"type": "nonfinite", "step": step, "loss": loss.to_string(), "layer": layer}));
-                if config.skip_nonfinite {
-                    pos.skipped_steps += 1;
-                    summary.skipped_steps = pos.skipped_steps;
-                    pos.step = step;
-                    continue;
-                }
+            Update::NonFinite { layer, .. } => {
+                self.non_finite(step, loss, &norms);
                 return Err(TrainError::NonFinite {
                     step,
                     loss,
                     layer: layer.unwrap_or_else(|| "none (the loss itself)".into()),
-                    checkpoint: run_state::list_checkpoints(run_dir).pop(),
+                    checkpoint: self
+                        .run_dir
+                        .as_ref()
+                        .and_then(|d| run_state::list_checkpoints(&d.path).pop()),
                 });
             }
-            model = apply_step(model, &mut optim, grads, global, lr, config.clip_grad);
-            pos.step = step;
-            summary.losses.push(loss);
-            window_images += images;
-            for e in spikes.observe(step, &norms) {
-                metrics.log(json!({"type": "spike", "step": e.step, "layer": e.layer, "norm": e.norm, "median": e.median}));
-                summary.spikes += 1;
-            }
-            let norm_map: serde_json::Map<String, serde_json::Value> =
-                norms.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            let momentum = schedule::momentum(epoch_f, config.momentum, epochs);
-            metrics.log(json!({
-                "type": "step", "step": step, "epoch": epoch_f, "lr": lr, "momentum": momentum,
-                "loss": loss, "grad_norm": global, "grad_norms": norm_map,
-            }));
-            let log = step.is_multiple_of(config.log_every.max(1)) || step == total;
-            if log || progress.tty {
-                let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-                let rate = window_images as f64 / secs;
-                let per_step = started.elapsed().as_secs_f64() / (step - start_step) as f64;
-                let knn = summary
-                    .final_knn
-                    .map(|r| format!(" | knn {:.1}", r.top1))
-                    .unwrap_or_default();
-                let text = format!(
-                    "step {step}/{total} | epoch {epoch_f:.2} | loss {loss:.4} | lr {lr:.2e} | m {momentum:.4} | {rate:.0} img/s | data wait {:.0}% | eta {}{knn}",
-                    100.0 * window_wait / secs,
-                    format_eta(per_step * (total - step) as f64)
-                );
-                progress.status(step, total, &text, log);
-                if log {
-                    metrics.log(json!({"type": "speed", "step": step, "images_per_sec": rate, "data_wait_s": window_wait}));
-                    (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
-                }
-            }
-            let epoch_end = pos.batch + accum > micro_per_epoch;
-            if main
-                && ((config.knn_every > 0 && step.is_multiple_of(config.knn_every))
-                    || epoch_end
-                    || step == total)
-            {
-                evaluate(
-                    &mut progress,
-                    &model,
-                    step,
-                    &mut summary,
-                    &mut metrics,
-                    &mut dips,
-                )?;
-            }
-            let interrupted = options
-                .stop
-                .as_ref()
-                .is_some_and(|s| s.load(Ordering::SeqCst))
-                || options.stop_after.is_some_and(|s| step >= s);
-            if main
-                && (step.is_multiple_of(config.checkpoint_every.max(1))
-                    || step == total
-                    || interrupted)
-            {
-                summary.checkpoint = Some(run_state::save(
-                    run_dir,
-                    &model,
-                    &optim,
-                    &pos,
-                    config.keep_checkpoints,
-                )?);
-            }
-            if interrupted && step < total {
-                summary.interrupted = true;
-                progress.line(&format!("stopped at step {step}; continue with --resume"));
-                break 'epochs;
-            }
+        };
+        self.pos.step = step;
+        self.summary.losses.push(loss);
+        self.window.images += g.images;
+        self.report_step(step, g.epoch, lr, loss, &norms, global, start_step);
+        let epoch_end = self.pos.batch + self.settings.schedule.grad_accum
+            > self.settings.schedule.batches_per_epoch;
+        let last = step == self.total;
+        if self
+            .knn
+            .as_ref()
+            .is_some_and(|k| k.due(step, epoch_end, last))
+        {
+            self.evaluate(&model, step)?;
+        }
+        let flow = self.checkpoint_or_stop(&model, step)?;
+        Ok((model, flow))
+    }
+
+    /// Forward and backward of the step's micro-batches; `None` when the epoch has too few
+    /// batches left for a whole step.
+    fn gradients<M: Pretrain<B>>(
+        &mut self,
+        mut model: M,
+        batches: &mut BatchIter,
+    ) -> Result<(M, Option<StepGradients>), TrainError> {
+        let accum = self.settings.schedule.grad_accum.max(1);
+        if self.pos.batch + accum > self.settings.schedule.batches_per_epoch {
+            return Ok((model, None));
+        }
+        // MoCo v3 takes the learning rate and the momentum of iteration i of an epoch of N
+        // at the fractional epoch `epoch + i/N`: where the step's first batch starts.
+        let epoch = self
+            .settings
+            .schedule
+            .epoch_at(self.pos.epoch, self.pos.batch);
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let (mut loss, mut images) = (0.0, 0);
+        for micro in 0..accum {
+            let wait = Instant::now();
+            let batch = batches.next().ok_or_else(|| {
+                TrainError::Data(moco_data::DataError::Invalid(format!(
+                    "the loader ended its epoch after {} batches, {} were expected",
+                    self.pos.batch, self.settings.schedule.batches_per_epoch
+                )))
+            })??;
+            self.window.wait += wait.elapsed().as_secs_f64();
+            self.pos.batch += 1;
+            images += batch.shape[0];
+            // The momentum update runs once per optimizer step, with its first micro-batch.
+            let params = StepParams {
+                temperature: self.settings.temperature,
+                momentum: if micro == 0 {
+                    self.settings.schedule.momentum(epoch)
+                } else {
+                    1.0
+                },
+            };
+            let (value, grads);
+            (model, value, grads) =
+                self.runner
+                    .micro_step(model, batch, &params, 1.0 / accum as f64, &self.device)?;
+            loss += value;
+            accumulator.accumulate(&model, grads);
+        }
+        let g = StepGradients {
+            grads: accumulator.grads(),
+            loss: loss / accum as f64,
+            images,
+            epoch,
+        };
+        Ok((model, Some(g)))
+    }
+
+    fn emit(&mut self, event: Event) {
+        for sink in &mut self.sinks {
+            sink.record(&event);
         }
     }
-    summary.steps = pos.step;
-    progress.finish();
-    if !main {
-        return Ok(summary);
+
+    fn non_finite(&mut self, step: u64, loss: f64, norms: &[(String, f64)]) {
+        let layer = norms
+            .iter()
+            .find(|(_, n)| !n.is_finite())
+            .map(|(l, _)| l.clone());
+        self.emit(Event::NonFinite {
+            step,
+            loss: loss.to_string(),
+            layer,
+        });
     }
-    match crate::plot::plot_run(run_dir) {
-        Ok(files) if !options.quiet => println!(
-            "plots: {} ({} files)",
-            run_dir.join("plots").display(),
-            files.len()
-        ),
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: plots not written: {e}"),
+
+    /// The step's metrics, spikes and progress line.
+    #[allow(clippy::too_many_arguments)]
+    fn report_step(
+        &mut self,
+        step: u64,
+        epoch: f64,
+        lr: f64,
+        loss: f64,
+        norms: &[(String, f64)],
+        global: f64,
+        start_step: u64,
+    ) {
+        for e in self.spikes.observe(step, norms) {
+            self.summary.spikes += 1;
+            self.emit(Event::Spike {
+                step: e.step,
+                layer: e.layer,
+                norm: e.norm,
+                median: e.median,
+            });
+        }
+        let momentum = self.settings.schedule.momentum(epoch);
+        self.emit(Event::Step(StepRecord {
+            step,
+            epoch,
+            lr,
+            momentum,
+            loss,
+            grad_norm: global,
+            grad_norms: norms
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                .collect(),
+        }));
+        let log = step.is_multiple_of(self.settings.log_every.max(1)) || step == self.total;
+        if !(log || self.progress.tty) {
+            return;
+        }
+        let secs = self.window.start.elapsed().as_secs_f64().max(1e-9);
+        let rate = self.window.images as f64 / secs;
+        let per_step = self.started.elapsed().as_secs_f64() / (step - start_step) as f64;
+        let knn = self
+            .summary
+            .final_knn
+            .map(|r| format!(" | knn {:.1}", r.top1))
+            .unwrap_or_default();
+        let text = format!(
+            "step {step}/{} | epoch {epoch:.2} | loss {loss:.4} | lr {lr:.2e} | m {momentum:.4} | {rate:.0} img/s | data wait {:.0}% | eta {}{knn}",
+            self.total,
+            100.0 * self.window.wait / secs,
+            format_eta(per_step * (self.total - step) as f64)
+        );
+        self.progress.status(step, self.total, &text, log);
+        if log {
+            let data_wait_s = self.window.wait;
+            self.emit(Event::Speed {
+                step,
+                images_per_sec: rate,
+                data_wait_s,
+            });
+            self.window = Window::new();
+        }
     }
-    Ok(summary)
+
+    /// The kNN monitor's evaluation of the backbone after `step` steps (if there is one).
+    fn evaluate<M: Pretrain<B>>(&mut self, model: &M, step: u64) -> Result<(), TrainError> {
+        let Some(knn) = &mut self.knn else {
+            return Ok(());
+        };
+        let backbone = model.backbone().valid();
+        let (r, events) = knn.evaluate::<B::InnerBackend, _>(&backbone, step, &self.device)?;
+        let seconds = match events.first() {
+            Some(Event::Knn { seconds, .. }) => *seconds,
+            _ => 0.0,
+        };
+        self.summary.dips += events.len() - 1;
+        for e in events {
+            self.emit(e);
+        }
+        self.summary.best_top1 = Some(self.summary.best_top1.map_or(r.top1, |b| b.max(r.top1)));
+        self.summary.final_knn = Some(r);
+        self.progress.line(&format!(
+            "knn @ step {step}: top-1 {:.2}%, top-5 {:.2}% ({seconds:.1}s)",
+            r.top1, r.top5
+        ));
+        Ok(())
+    }
+
+    /// Saves a checkpoint when one is due or the run stops here; stops when asked to.
+    fn checkpoint_or_stop<M>(&mut self, model: &M, step: u64) -> Result<Flow, TrainError>
+    where
+        M: AutodiffModule<B>,
+        O: Optimizer<M, B>,
+    {
+        let interrupted = self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+            || self.stop_after.is_some_and(|s| step >= s);
+        if let Some(dir) = &self.run_dir {
+            if step.is_multiple_of(dir.checkpoint_every.max(1)) || step == self.total || interrupted
+            {
+                self.summary.checkpoint = Some(run_state::save(
+                    &dir.path,
+                    model,
+                    &self.optim,
+                    &self.pos,
+                    dir.keep_checkpoints,
+                )?);
+            }
+        }
+        if interrupted && step < self.total {
+            self.summary.interrupted = true;
+            self.progress
+                .line(&format!("stopped at step {step}; continue with --resume"));
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
 }

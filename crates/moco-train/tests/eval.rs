@@ -89,7 +89,7 @@ fn tiny_resnet() -> BackboneConfig {
     )
 }
 
-fn tensors<Bk: Backend>(b: &Backbone<Bk>, c: &BackboneConfig) -> Vec<(String, Vec<f32>)> {
+fn tensors<Bk: Backend>(b: &AnyBackbone<Bk>, c: &BackboneConfig) -> Vec<(String, Vec<f32>)> {
     torch_state_dict(b, family_of_config(c))
         .into_iter()
         .map(|(k, d)| (k, d.to_vec::<f32>().unwrap()))
@@ -103,9 +103,9 @@ fn probe_keeps_a_bn_backbone_frozen_and_learns() {
     let data = small_data();
     let config = tiny_resnet();
     B::seed(&device, 3);
-    let backbone: Backbone<B> = config.init(&device);
+    let backbone: AnyBackbone<B> = config.init(&device);
     // Give the BN layers the running statistics of real images, as a pretrained network has.
-    let warm: Backbone<AB> = Backbone::<AB>::from_inner(backbone.clone());
+    let warm: AnyBackbone<AB> = AnyBackbone::<AB>::from_inner(backbone.clone());
     let loader = data.eval_loader(&data.train, 128).unwrap();
     for batch in loader.epoch(0, 0).take(4) {
         let batch = batch.unwrap();
@@ -151,7 +151,7 @@ fn probe_of_a_random_vit_beats_chance() {
     let data = small_data();
     let config = tiny_vit();
     B::seed(&device, 4);
-    let backbone: Backbone<B> = config.init(&device);
+    let backbone: AnyBackbone<B> = config.init(&device);
     for cached in [true, false] {
         let probe = ProbeConfig {
             epochs: 3,
@@ -176,7 +176,7 @@ fn finetune_with_layer_decay_and_drop_path_trains_every_group() {
     let data = small_data();
     let config = tiny_vit();
     B::seed(&device, 5);
-    let backbone: Backbone<AB> = config.init(&device);
+    let backbone: AnyBackbone<AB> = config.init(&device);
     let before = tensors(&backbone.valid(), &config);
     let tmp = Tmp::new("finetune");
     let ft = FinetuneConfig {
@@ -228,7 +228,7 @@ fn knn_features_and_raw_pixels_on_the_bundled_split() {
     let data = small_data();
     let config = tiny_vit();
     B::seed(&device, 7);
-    let backbone: Backbone<B> = config.init(&device);
+    let backbone: AnyBackbone<B> = config.init(&device);
     let knn = KnnConfig {
         k: 20,
         ..KnnConfig::default()
@@ -341,7 +341,7 @@ fn every_checkpoint_kind_loads_and_mismatches_are_clear() {
     let tmp = Tmp::new("kinds");
     let config = tiny_resnet();
     B::seed(&device, 9);
-    let backbone: Backbone<B> = config.init(&device);
+    let backbone: AnyBackbone<B> = config.init(&device);
     let x = Tensor::<B, 4>::random([2, 1, 28, 28], burn::tensor::Distribution::Default, &device);
     let want = backbone.forward(x.clone()).into_data();
     let check = |p: &moco_train::Pretrained<B>| {

@@ -87,6 +87,7 @@ fn every_method_runs_end_to_end() {
         );
         assert!(metrics.contains("\"block00\""), "{method}");
         assert!(dir.0.join("config.json").is_file());
+        moco_train::plot_run(&dir.0).unwrap();
         for plot in ["loss.png", "schedule.png", "knn.png", "grad_norms.png"] {
             let img = image::open(dir.0.join("plots").join(plot)).unwrap();
             assert_eq!((img.width(), img.height()), (900, 420), "{plot}");

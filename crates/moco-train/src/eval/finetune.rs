@@ -12,7 +12,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use moco_loss::cross_entropy_smoothed;
-use moco_models::{Backbone, BackboneConfig};
+use moco_models::{AnyBackbone, BackboneConfig};
 
 use super::probe::{accuracy, init_classifier, save_classifier_model, EpochResult};
 use super::EvalData;
@@ -71,7 +71,7 @@ impl Default for FinetuneConfig {
 #[derive(Module, Debug)]
 pub struct Classifier<B: Backend> {
     /// The pretrained feature extractor.
-    pub backbone: Backbone<B>,
+    pub backbone: AnyBackbone<B>,
     /// The fresh head.
     pub head: Linear<B>,
 }
@@ -148,7 +148,7 @@ pub struct FinetuneReport {
 /// Fine-tunes `backbone` with a fresh head on `data`, evaluating on the test split after every
 /// epoch.
 pub fn finetune<B: AutodiffBackend>(
-    backbone: Backbone<B>,
+    backbone: AnyBackbone<B>,
     backbone_config: &BackboneConfig,
     data: &EvalData,
     config: &FinetuneConfig,

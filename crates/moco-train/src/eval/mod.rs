@@ -17,7 +17,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use moco_data::{AugmentConfig, DatasetKind, Loader, LoaderConfig, SharedDataset, Subset, Views};
 use moco_models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
 use moco_models::{
-    is_backbone_checkpoint, load_backbone_checkpoint, load_checkpoint, Backbone, BackboneConfig,
+    is_backbone_checkpoint, load_backbone_checkpoint, load_checkpoint, AnyBackbone, BackboneConfig,
     MlpHead, MoCo, MocoConfig,
 };
 
@@ -32,7 +32,7 @@ use crate::TrainError;
 #[derive(Debug)]
 pub struct Pretrained<B: Backend> {
     /// The backbone (the base / online encoder's).
-    pub backbone: Backbone<B>,
+    pub backbone: AnyBackbone<B>,
     /// Its architecture.
     pub backbone_config: BackboneConfig,
     /// The projector, when the file holds one.
@@ -60,7 +60,7 @@ impl<B: Backend> Pretrained<B> {
         }
     }
 
-    fn from_backbone(backbone: Backbone<B>, config: BackboneConfig, source: String) -> Self {
+    fn from_backbone(backbone: AnyBackbone<B>, config: BackboneConfig, source: String) -> Self {
         Pretrained {
             backbone,
             backbone_config: config,
@@ -364,7 +364,7 @@ pub fn limit(set: &SharedDataset, limit: Option<usize>, seed: u64) -> SharedData
 /// the queries; both optionally limited to a fixed random subset. The backbone runs as given
 /// (pass a module of a backend without autodiff for eval mode).
 pub fn evaluate_knn<B: Backend>(
-    backbone: &Backbone<B>,
+    backbone: &AnyBackbone<B>,
     data: &EvalData,
     knn: &KnnConfig,
     memory_limit: Option<usize>,

@@ -18,7 +18,7 @@ use moco_loss::cross_entropy;
 use moco_models::export::{to_safetensors, torch_state_dict};
 use moco_models::import::family_of_config;
 use moco_models::keys::Family;
-use moco_models::{write_atomic, Backbone, BackboneConfig};
+use moco_models::{write_atomic, AnyBackbone, BackboneConfig};
 use serde::{Deserialize, Serialize};
 
 use super::EvalData;
@@ -153,7 +153,7 @@ pub fn accuracy<B: Backend>(logits: Tensor<B, 2>, labels: &[usize]) -> (f64, f64
 /// The tensors of a backbone, used to check that probing changed none of them (parameters and
 /// BN running statistics), as MoCo v3's `sanity_check` does.
 fn fingerprint<B: Backend>(
-    backbone: &Backbone<B>,
+    backbone: &AnyBackbone<B>,
     config: &BackboneConfig,
 ) -> Vec<(String, Vec<u8>)> {
     torch_state_dict(backbone, family_of_config(config))
@@ -171,7 +171,7 @@ fn labels_tensor<B: Backend>(labels: &[usize], device: &B::Device) -> Tensor<B, 
 /// runs in eval mode and takes no gradient) and evaluates them on the test split after every
 /// epoch. Fails if any backbone tensor changed.
 pub fn linear_probe<B: AutodiffBackend>(
-    backbone: &Backbone<B::InnerBackend>,
+    backbone: &AnyBackbone<B::InnerBackend>,
     backbone_config: &BackboneConfig,
     data: &EvalData,
     config: &ProbeConfig,
@@ -337,7 +337,7 @@ pub fn classifier_tensors<B: Backend>(
 /// layout of a linear-probe or fine-tuned checkpoint, loadable with `num_classes` set in
 /// PyTorch and importable here.
 pub fn save_classifier_model<B: Backend>(
-    backbone: &Backbone<B>,
+    backbone: &AnyBackbone<B>,
     config: &BackboneConfig,
     classifier: &Linear<B>,
     path: &Path,

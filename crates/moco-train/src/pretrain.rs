@@ -1,0 +1,193 @@
+//! Pretraining as a [`PretrainConfig`] describes it, in a run directory: `config.json`,
+//! `metrics.jsonl` and checkpoints, exact resume. This is what `moco pretrain` runs; it builds
+//! the model, optimizer, data and monitors from the configuration and hands them to the
+//! [`Trainer`].
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burn::optim::Optimizer;
+
+use crate::config::PretrainConfig;
+use crate::data::{prepare_data, RunData};
+use crate::distributed::{Cluster, CollectiveBackend};
+use crate::knn_monitor::KnnMonitor;
+use crate::method::{Method, Pretrain};
+use crate::run_state;
+use crate::trainer::{RunDirectory, RunSummary, Trainer};
+use crate::TrainError;
+
+/// How to run (as opposed to what to train, which is the [`PretrainConfig`]).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Continue from the newest checkpoint of the run directory.
+    pub resume: bool,
+    /// Set from elsewhere (Ctrl-C) to save a checkpoint and stop after the current step.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Stop (with a checkpoint) after this many steps, as an interruption would.
+    pub stop_after: Option<u64>,
+    /// No progress lines.
+    pub quiet: bool,
+    /// The other machines of a multi-node data-parallel run.
+    pub cluster: Option<Cluster>,
+    /// How long a data-parallel run waits for its group to form, or for a step to finish,
+    /// before it gives up (30 minutes when absent).
+    pub collective_timeout: Option<Duration>,
+}
+
+/// Pretrains as `config` says, writing `config.json`, `metrics.jsonl` and checkpoints to
+/// `run_dir`. With `options.resume`, the stored configuration and newest checkpoint are used.
+pub fn pretrain<B: CollectiveBackend>(
+    config: PretrainConfig,
+    run_dir: &Path,
+    options: &RunOptions,
+    device: &B::Device,
+) -> Result<RunSummary, TrainError> {
+    pretrain_data_parallel::<B>(config, run_dir, options, std::slice::from_ref(device))
+}
+
+/// [`pretrain`] with one replica per device of `devices` (data parallelism: each device
+/// computes its shard of every batch, see [`crate::distributed`]); the first device holds the
+/// model that is evaluated and checkpointed. One device is the single-device run.
+pub fn pretrain_data_parallel<B: CollectiveBackend>(
+    config: PretrainConfig,
+    run_dir: &Path,
+    options: &RunOptions,
+    devices: &[B::Device],
+) -> Result<RunSummary, TrainError> {
+    let Some(device) = devices.first() else {
+        return Err(TrainError::Config("no device given".into()));
+    };
+    let world = devices.len() * options.cluster.as_ref().map_or(1, |c| c.nodes);
+    let micro = config.batch_size / config.grad_accum.max(1);
+    if world > 1 && !micro.is_multiple_of(world) {
+        return Err(TrainError::Config(format!(
+            "the batch of {micro} images per micro-batch cannot be split evenly over {world} devices"
+        )));
+    }
+    let config = run_config(config, run_dir, options)?;
+    let precision = config.precision.unwrap_or_default();
+    if !precision.supported_on::<B>(device) {
+        return Err(TrainError::Config(format!(
+            "this device cannot compute in {precision}: use --precision f32"
+        )));
+    }
+    let data = prepare_data(&config)?;
+    if !options.quiet {
+        println!("{}", data.note);
+    }
+    B::seed(device, config.seed);
+    let model_config = config.model_config()?;
+    let optim = config.optim_config().map_err(TrainError::Config)?;
+    match config.method {
+        Method::SimClr => {
+            let model = Method::simclr::<B>(&model_config, device);
+            let make_optim = move || optim.init();
+            train(model, make_optim, &config, data, run_dir, options, devices)
+        }
+        method => {
+            let model = method.siamese::<B>(&model_config, device);
+            let make_optim = move || optim.init();
+            train(model, make_optim, &config, data, run_dir, options, devices)
+        }
+    }
+}
+
+/// The configuration of the run: `config` for a new run (written to `config.json`, refused
+/// where checkpoints already are), the stored one to resume.
+fn run_config(
+    config: PretrainConfig,
+    run_dir: &Path,
+    options: &RunOptions,
+) -> Result<PretrainConfig, TrainError> {
+    let path = run_dir.join("config.json");
+    if options.resume {
+        let config = PretrainConfig::load_run(&path)?;
+        config.validate().map_err(TrainError::Config)?;
+        return Ok(config);
+    }
+    if !run_state::list_checkpoints(run_dir).is_empty() {
+        return Err(TrainError::Config(format!(
+            "{} already holds checkpoints: pass --resume to continue it, or choose another --out",
+            run_dir.display()
+        )));
+    }
+    config.validate().map_err(TrainError::Config)?;
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| TrainError::Io(format!("{}: {e}", run_dir.display())))?;
+    let json = serde_json::to_string_pretty(&config).expect("a configuration serialises");
+    moco_models::write_atomic(&path, json.as_bytes())?;
+    Ok(config)
+}
+
+/// Assembles the [`Trainer`] of a configured run and runs it.
+fn train<B, M, O>(
+    model: M,
+    make_optim: impl Fn() -> O + Clone + 'static,
+    config: &PretrainConfig,
+    data: RunData,
+    run_dir: &Path,
+    options: &RunOptions,
+    devices: &[B::Device],
+) -> Result<RunSummary, TrainError>
+where
+    B: CollectiveBackend,
+    M: Pretrain<B> + 'static,
+    M::InnerModule: Send,
+    O: Optimizer<M, B> + Send + 'static,
+    O::Record: Send,
+{
+    let settings = config.loop_settings(data.train.batches_per_epoch());
+    let mut knn = KnnMonitor::new(
+        data.memory,
+        data.eval,
+        data.augment,
+        config.knn_every,
+        config.workers,
+    )?
+    .with_knn(config.knn_k, config.knn_temperature);
+    if let Some(points) = config.dip_threshold {
+        knn = knn.with_dip_threshold(points);
+    }
+    let mut trainer = Trainer::new(
+        model,
+        make_optim(),
+        data.train,
+        settings,
+        devices[0].clone(),
+    )
+    .with_knn(knn)
+    .with_run_directory(RunDirectory {
+        path: run_dir.to_path_buf(),
+        checkpoint_every: config.checkpoint_every,
+        keep_checkpoints: config.keep_checkpoints,
+    })
+    .with_stop_after(options.stop_after)
+    .quiet(options.quiet);
+    if let Some(flag) = &options.stop {
+        trainer = trainer.with_stop_flag(flag.clone());
+    }
+    if options.resume {
+        let Some(latest) = run_state::list_checkpoints(run_dir).pop() else {
+            return Err(TrainError::Config(format!(
+                "{}: no checkpoint to resume from",
+                run_dir.display()
+            )));
+        };
+        trainer = trainer.resume(latest)?;
+    }
+    if devices.len() > 1 || options.cluster.is_some() {
+        let timeout = options
+            .collective_timeout
+            .unwrap_or(Duration::from_secs(1800));
+        trainer = trainer.data_parallel(
+            devices.to_vec(),
+            make_optim,
+            options.cluster.clone(),
+            timeout,
+        );
+    }
+    Ok(trainer.run()?.1)
+}

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod augment;
+pub mod burn_dataset;
 pub mod dataset;
 pub mod formats;
 pub mod image;
@@ -32,6 +33,7 @@ pub mod rng;
 pub mod transforms;
 
 pub use augment::{AugmentConfig, ViewConfig};
+pub use burn_dataset::FromBurn;
 pub use dataset::{ArrayDataset, BurnDataset, DataError, ImageDataset, Sample, Subset};
 pub use formats::{detect, open_dataset, DatasetKind, ImageFolder, Split};
 pub use image::Image;

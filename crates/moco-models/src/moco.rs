@@ -74,6 +74,14 @@ impl BackboneConfig {
         }
     }
 
+    /// Channels of the input images.
+    pub fn in_chans(&self) -> usize {
+        match self {
+            Self::Vit(c) => c.in_chans,
+            Self::ResNet(c) => c.in_chans,
+        }
+    }
+
     /// Sets the input image side, channel count and (ViT) patch size; `None` keeps a value.
     pub fn with_input(
         mut self,

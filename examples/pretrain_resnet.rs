@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use moco::pretrain_cli::{run_pretrain, PretrainArgs};
+use moco_cli::pretrain_cli::{run_pretrain, PretrainArgs};
 
 #[derive(Parser)]
 #[command(about = "Pretrain a ResNet with MoCo v3 (default: fmnist-resnet18 on the CPU)")]

@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use moco::study_cli::{run_study_cli, StudyArgs};
+use moco_cli::study_cli::{run_study_cli, StudyArgs};
 
 #[derive(Parser)]
 #[command(about = "Run the instability study (default: the built-in CPU study)")]

@@ -1,7 +1,16 @@
-//! MoCo v3 self-supervised pretraining of Vision Transformers and ResNets on Burn.
+//! MoCo v3 self-supervised pretraining of Vision Transformers and ResNets on Burn, as a
+//! library: this facade re-exports the workspace crates.
 //!
-//! This facade re-exports the workspace crates and holds what the `moco` command line needs:
-//! device selection ([`device`]) and the PyTorch parity harness ([`parity`]).
+//! - [`models`]: the [`Backbone`](models::Backbone) trait, the ViT and ResNet, MoCo v3's
+//!   heads around any backbone, official-checkpoint import and export;
+//! - [`loss`]: InfoNCE with batch negatives, NT-Xent, BYOL's regression;
+//! - [`data`]: datasets (any Burn `Dataset` through [`data::FromBurn`]), the two-view
+//!   augmentations and the loader;
+//! - [`train`]: the methods, optimizers and schedules, the [`Trainer`](train::Trainer) with
+//!   the kNN and gradient monitors, checkpoints and exact resume, evaluation.
+//!
+//! The `moco` command line lives in the `moco-cli` crate; `docs/library.md` shows the
+//! library calls behind it.
 //!
 //! ```
 //! use moco::models::{BackboneConfig, MocoConfig};
@@ -13,15 +22,7 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod bench;
-pub mod bench_step;
-pub mod crosscheck;
-pub mod device;
-pub mod eval_cli;
-pub mod parity;
-pub mod pretrain_cli;
-pub mod study_cli;
-
+pub use burn;
 pub use moco_data as data;
 pub use moco_loss as loss;
 pub use moco_models as models;

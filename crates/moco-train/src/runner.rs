@@ -8,37 +8,62 @@ use burn::prelude::*;
 use moco_data::Batch;
 use moco_models::Precision;
 
-use crate::distributed::{CollectiveBackend, DataParallel};
+use std::marker::PhantomData;
+
+use crate::distributed::CollectiveBackend;
+#[cfg(feature = "distributed")]
+use crate::distributed::DataParallel;
 use crate::method::{Pretrain, StepParams};
 use crate::step::forward_backward;
 use crate::TrainError;
 
 /// One device, or a data-parallel group whose replica 0 runs here.
-pub enum StepRunner<B: CollectiveBackend> {
-    /// Everything on one device.
-    Single {
-        /// Precision of the backbone.
-        precision: Precision,
-    },
-    /// Replicas on several devices or machines.
-    Parallel(DataParallel<B>),
+pub struct StepRunner<B: CollectiveBackend> {
+    precision: Precision,
+    #[cfg(feature = "distributed")]
+    parallel: Option<DataParallel<B>>,
+    _backend: PhantomData<B>,
 }
 
 impl<B: CollectiveBackend> StepRunner<B> {
+    /// Everything on one device, the backbone in `precision`.
+    pub fn single(precision: Precision) -> Self {
+        StepRunner {
+            precision,
+            #[cfg(feature = "distributed")]
+            parallel: None,
+            _backend: PhantomData,
+        }
+    }
+
+    /// The replicas of `group`.
+    #[cfg(feature = "distributed")]
+    pub fn parallel(group: DataParallel<B>, precision: Precision) -> Self {
+        StepRunner {
+            precision,
+            parallel: Some(group),
+            _backend: PhantomData,
+        }
+    }
+
+    #[cfg(feature = "distributed")]
+    fn group(&self) -> Option<&DataParallel<B>> {
+        self.parallel.as_ref()
+    }
+
+    #[cfg(not(feature = "distributed"))]
+    fn group(&self) -> Option<&NoGroup> {
+        None
+    }
+
     /// Whether this process evaluates, logs and checkpoints (the only one on one device).
     pub fn is_main(&self) -> bool {
-        match self {
-            StepRunner::Single { .. } => true,
-            StepRunner::Parallel(dp) => dp.is_main(),
-        }
+        self.group().is_none_or(|g| g.is_main())
     }
 
     /// Replicas in the run.
     pub fn world_size(&self) -> usize {
-        match self {
-            StepRunner::Single { .. } => 1,
-            StepRunner::Parallel(dp) => dp.world_size(),
-        }
+        self.group().map_or(1, |g| g.world_size())
     }
 
     /// Forward and backward of one micro-batch (both views); `scale` multiplies the loss
@@ -58,22 +83,18 @@ impl<B: CollectiveBackend> StepRunner<B> {
                 "the loader produced one view, two are needed".into(),
             ));
         };
-        match self {
-            StepRunner::Single { precision } => {
-                let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), device);
-                Ok(forward_backward(
-                    model,
-                    t(v1),
-                    t(v2),
-                    params,
-                    scale,
-                    *precision,
-                ))
-            }
-            StepRunner::Parallel(dp) => {
-                dp.micro_step(model, [v1, v2], shape, params, scale, device)
-            }
+        if let Some(group) = self.group() {
+            return group.micro_step(model, [v1, v2], shape, params, scale, device);
         }
+        let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), device);
+        Ok(forward_backward(
+            model,
+            t(v1),
+            t(v2),
+            params,
+            scale,
+            self.precision,
+        ))
     }
 
     /// The step's gradients and loss, averaged over the replicas (unchanged on one device);
@@ -85,9 +106,45 @@ impl<B: CollectiveBackend> StepRunner<B> {
         (lr, clip, skip_nonfinite): (f64, Option<f64>, bool),
         device: &B::Device,
     ) -> Result<(GradientsParams, f64), TrainError> {
-        match self {
-            StepRunner::Single { .. } => Ok((grads, loss)),
-            StepRunner::Parallel(dp) => dp.reduce(grads, loss, lr, clip, skip_nonfinite, device),
+        match self.group() {
+            None => Ok((grads, loss)),
+            Some(group) => group.reduce(grads, loss, lr, clip, skip_nonfinite, device),
         }
+    }
+}
+
+/// Without the `distributed` feature there is no group; this type has no value.
+#[cfg(not(feature = "distributed"))]
+enum NoGroup {}
+
+#[cfg(not(feature = "distributed"))]
+impl NoGroup {
+    fn is_main(&self) -> bool {
+        match *self {}
+    }
+    fn world_size(&self) -> usize {
+        match *self {}
+    }
+    fn micro_step<B: CollectiveBackend, M: Pretrain<B>>(
+        &self,
+        _: M,
+        _: [Vec<f32>; 2],
+        _: [usize; 4],
+        _: &StepParams,
+        _: f64,
+        _: &B::Device,
+    ) -> Result<(M, f64, GradientsParams), TrainError> {
+        match *self {}
+    }
+    fn reduce<D>(
+        &self,
+        _: GradientsParams,
+        _: f64,
+        _: f64,
+        _: Option<f64>,
+        _: bool,
+        _: &D,
+    ) -> Result<(GradientsParams, f64), TrainError> {
+        match *self {}
     }
 }

@@ -32,7 +32,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use moco_data::{BatchIter, Loader};
 use moco_models::{Backbone, Precision};
 
-use crate::distributed::{Cluster, CollectiveBackend, DataParallel};
+use crate::distributed::{Cluster, CollectiveBackend};
 use crate::knn::KnnResult;
 use crate::knn_monitor::KnnMonitor;
 use crate::method::{Pretrain, StepParams};
@@ -130,6 +130,7 @@ pub struct RunSummary {
 
 type MakeOptim<O> = Box<dyn Fn() -> O>;
 
+#[cfg_attr(not(feature = "distributed"), allow(dead_code))]
 struct ParallelSetup<B: CollectiveBackend, O> {
     devices: Vec<B::Device>,
     make_optim: MakeOptim<O>,
@@ -266,23 +267,36 @@ where
         &self.pos
     }
 
-    /// Runs to the end of the schedule (or `max_steps`, or a stop); returns the trained model
-    /// and what happened.
-    pub fn run(self) -> Result<(M, RunSummary), TrainError> {
-        let runner = match &self.parallel {
-            None => StepRunner::Single {
-                precision: self.settings.precision,
-            },
-            Some(p) => StepRunner::Parallel(DataParallel::start(
+    /// One device, or the replicas of [`Trainer::data_parallel`] started from this model.
+    fn runner(&self) -> Result<StepRunner<B>, TrainError> {
+        let precision = self.settings.precision;
+        let Some(p) = &self.parallel else {
+            return Ok(StepRunner::single(precision));
+        };
+        #[cfg(feature = "distributed")]
+        {
+            let group = crate::distributed::DataParallel::start(
                 &self.model,
                 &self.optim,
                 &p.make_optim,
                 &p.devices,
                 p.cluster.clone(),
                 p.timeout,
-                self.settings.precision,
-            )?),
-        };
+                precision,
+            )?;
+            Ok(StepRunner::parallel(group, precision))
+        }
+        #[cfg(not(feature = "distributed"))]
+        Err(TrainError::Config(format!(
+            "data parallelism over {} devices needs the `distributed` feature of moco-train",
+            p.devices.len()
+        )))
+    }
+
+    /// Runs to the end of the schedule (or `max_steps`, or a stop); returns the trained model
+    /// and what happened.
+    pub fn run(self) -> Result<(M, RunSummary), TrainError> {
+        let runner = self.runner()?;
         let main = runner.is_main();
         let mut sinks = if main { self.sinks } else { Vec::new() };
         if let (Some(dir), true) = (&self.run_dir, main) {

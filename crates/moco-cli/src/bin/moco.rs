@@ -5,14 +5,14 @@ use std::process::ExitCode;
 
 use burn::prelude::Backend;
 use clap::{Parser, Subcommand, ValueEnum};
-use moco::device::{dispatch, BackendJob, DeviceSpec};
-use moco::models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
-use moco::models::Precision;
-use moco::models::{
+use moco_cli::device::{dispatch, BackendJob, DeviceSpec};
+use moco_cli::models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
+use moco_cli::models::Precision;
+use moco_cli::models::{
     export_backbone, export_deit, export_moco, save_backbone_checkpoint, save_checkpoint,
     BackboneConfig,
 };
-use moco::parity;
+use moco_cli::parity;
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +29,7 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 enum Command {
     /// Pretrain a backbone (MoCo v3, SimCLR or BYOL) with the kNN and gradient monitors.
-    Pretrain(moco::pretrain_cli::PretrainArgs),
+    Pretrain(moco_cli::pretrain_cli::PretrainArgs),
     /// Introduce the nodes of a multi-node run to each other (run it on one machine; every
     /// node's `moco pretrain --orchestrator ws://HOST:PORT` points here). Stops on Ctrl-C.
     Orchestrator {
@@ -39,15 +39,15 @@ enum Command {
     },
     /// The instability study: a grid of short runs (learning rate × learned/frozen patch
     /// projection × batch × method × seed) with kNN curves, gradient spikes and a report.
-    Study(moco::study_cli::StudyArgs),
+    Study(moco_cli::study_cli::StudyArgs),
     /// Weighted kNN accuracy of a checkpoint's backbone features (train split as memory).
-    Knn(moco::eval_cli::KnnArgs),
+    Knn(moco_cli::eval_cli::KnnArgs),
     /// Linear probing with MoCo v3's protocol (frozen backbone in eval mode, SGD, cosine).
-    Probe(moco::eval_cli::ProbeArgs),
+    Probe(moco_cli::eval_cli::ProbeArgs),
     /// End-to-end fine-tuning with a fresh head (AdamW, warm-up + cosine, label smoothing).
-    Finetune(moco::eval_cli::FinetuneArgs),
+    Finetune(moco_cli::eval_cli::FinetuneArgs),
     /// Write backbone features (and head outputs) of a dataset or of your tensors.
-    Features(moco::eval_cli::FeaturesArgs),
+    Features(moco_cli::eval_cli::FeaturesArgs),
     /// Benchmark full training steps on synthetic data (`moco bench --arch vit_tiny …`), or
     /// the data pipeline (`moco bench data`).
     Bench(BenchCmd),
@@ -77,7 +77,7 @@ enum Command {
     Crosscheck {
         /// small (7 cases) or full (the grid of input sizes 28–72 px, stage lists, widths, batches).
         #[arg(long, value_enum, default_value = "small")]
-        grid: moco::crosscheck::Grid,
+        grid: moco_cli::crosscheck::Grid,
         /// Only the cases whose name contains this text (e.g. `resnet 40px`).
         #[arg(long)]
         only: Option<String>,
@@ -151,13 +151,13 @@ struct BenchCmd {
     #[command(subcommand)]
     what: Option<BenchWhat>,
     #[command(flatten)]
-    step: moco::bench_step::StepBenchArgs,
+    step: moco_cli::bench_step::StepBenchArgs,
 }
 
 #[derive(Subcommand)]
 enum BenchWhat {
     /// Full training steps (the default of `moco bench`).
-    Step(Box<moco::bench_step::StepBenchArgs>),
+    Step(Box<moco_cli::bench_step::StepBenchArgs>),
     /// Throughput of the two-view augmentation pipeline (per thread, and with the loader).
     Data {
         /// Folder of the JPEG test set (written on first use).
@@ -201,9 +201,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pretrain(args) => {
-            moco::pretrain_cli::run_pretrain(&args, "fmnist-vit").map(|_| ())
+            moco_cli::pretrain_cli::run_pretrain(&args, "fmnist-vit").map(|_| ())
         }
-        Command::Study(args) => moco::study_cli::run_study_cli(&args),
+        Command::Study(args) => moco_cli::study_cli::run_study_cli(&args),
         Command::Orchestrator { port } => run_orchestrator(port),
         Command::Bench(BenchCmd { what, step }) => match what {
             Some(BenchWhat::Data {
@@ -211,8 +211,8 @@ fn main() -> ExitCode {
                 images,
                 threads,
             }) => {
-                let dir = jpeg_dir.unwrap_or_else(moco::bench::default_jpeg_dir);
-                moco::bench::bench_data(&dir, images, threads).map(|results| {
+                let dir = jpeg_dir.unwrap_or_else(moco_cli::bench::default_jpeg_dir);
+                moco_cli::bench::bench_data(&dir, images, threads).map(|results| {
                     for r in results {
                         println!("{}", serde_json::to_string(&r).expect("serialises"));
                     }
@@ -221,15 +221,15 @@ fn main() -> ExitCode {
             Some(BenchWhat::Step(args)) => print_step_bench(&args),
             None => print_step_bench(&step),
         },
-        Command::Knn(args) => moco::eval_cli::run_knn(args),
-        Command::Probe(args) => moco::eval_cli::run_probe(args),
-        Command::Finetune(args) => moco::eval_cli::run_finetune(args),
-        Command::Features(args) => moco::eval_cli::run_features(args),
+        Command::Knn(args) => moco_cli::eval_cli::run_knn(args),
+        Command::Probe(args) => moco_cli::eval_cli::run_probe(args),
+        Command::Finetune(args) => moco_cli::eval_cli::run_finetune(args),
+        Command::Features(args) => moco_cli::eval_cli::run_features(args),
         Command::Plot { run_dirs, out } => {
             let written = match (run_dirs.as_slice(), out) {
-                ([one], None) => moco::train::plot_run(one).map_err(|e| e.to_string()),
+                ([one], None) => moco_cli::train::plot_run(one).map_err(|e| e.to_string()),
                 (_, Some(out)) => {
-                    moco::train::plot_compare(&run_dirs, &out).map_err(|e| e.to_string())
+                    moco_cli::train::plot_compare(&run_dirs, &out).map_err(|e| e.to_string())
                 }
                 (_, None) => {
                     Err("several runs are compared into one folder: give --out DIR".into())
@@ -257,14 +257,14 @@ fn main() -> ExitCode {
                 seed,
                 verbose,
                 kernels: kernels.map(|k| match k {
-                    KernelSet::Backend => moco::models::Kernels::BACKEND,
-                    KernelSet::Gpu => moco::models::Kernels::GPU,
-                    KernelSet::Cpu => moco::models::Kernels::CPU,
+                    KernelSet::Backend => moco_cli::models::Kernels::BACKEND,
+                    KernelSet::Gpu => moco_cli::models::Kernels::GPU,
+                    KernelSet::Cpu => moco_cli::models::Kernels::CPU,
                 }),
             },
         ),
         Command::Devices => {
-            println!("{}", moco::device::describe_devices());
+            println!("{}", moco_cli::device::describe_devices());
             Ok(())
         }
         Command::Inspect { file, heads } => inspect_cmd(&file, heads),
@@ -301,8 +301,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_step_bench(args: &moco::bench_step::StepBenchArgs) -> CmdResult {
-    let r = moco::bench_step::run_step_bench(args)?;
+fn print_step_bench(args: &moco_cli::bench_step::StepBenchArgs) -> CmdResult {
+    let r = moco_cli::bench_step::run_step_bench(args)?;
     println!("{}", serde_json::to_string(&r).expect("serialises"));
     Ok(())
 }
@@ -360,11 +360,11 @@ enum KernelSet {
 }
 
 struct CrosscheckJob {
-    grid: moco::crosscheck::Grid,
+    grid: moco_cli::crosscheck::Grid,
     only: Option<String>,
     seed: u64,
     verbose: bool,
-    kernels: Option<moco::models::Kernels>,
+    kernels: Option<moco_cli::models::Kernels>,
 }
 
 impl BackendJob for CrosscheckJob {
@@ -387,7 +387,7 @@ impl BackendJob for CrosscheckJob {
         for case in &cases {
             let start = std::time::Instant::now();
             let report =
-                moco::crosscheck::run_cross_case::<B>(case, self.seed, self.kernels, &device)
+                moco_cli::crosscheck::run_cross_case::<B>(case, self.seed, self.kernels, &device)
                     .map_err(|e| format!("{}: {e}", case.name))?;
             let secs = start.elapsed().as_secs_f64();
             let worst = report.worst().map_or(String::new(), |c| match &c.error {
@@ -439,7 +439,7 @@ fn inspect_cmd(file: &Path, heads: Option<usize>) -> CmdResult {
     );
     println!("backbone: {}", w.backbone_config.describe());
     if let Some(c) = &w.moco_config {
-        let head = |h: &moco::models::MlpHeadConfig| {
+        let head = |h: &moco_cli::models::MlpHeadConfig| {
             format!(
                 "{} layers {}→{}→{}{}",
                 h.num_layers,
@@ -526,7 +526,7 @@ struct ExportJob {
 impl BackendJob for ExportJob {
     type Output = CmdResult;
     fn run<B: Backend>(self, device: B::Device) -> CmdResult {
-        let loaded = moco::train::load_pretrained::<B>(&self.checkpoint, self.heads, &device)
+        let loaded = moco_cli::train::load_pretrained::<B>(&self.checkpoint, self.heads, &device)
             .map_err(|e| e.to_string())?;
         check_format(self.format, &loaded.backbone_config)?;
         let n = match (self.what, self.format) {

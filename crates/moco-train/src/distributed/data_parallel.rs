@@ -1,13 +1,6 @@
-//! Data-parallel pretraining on Burn's collective engine (`burn::collective`): one replica of
-//! the model per device, each on its shard of every batch; keys gathered from every replica
-//! before the InfoNCE loss (targets offset by rank, as MoCo v3's `concat_all_gather`);
-//! BatchNorm statistics summed over the replicas (SyncBN, every BN layer, with the gradient
-//! flowing back to every replica); gradients all-reduced (mean) before the update; the same
-//! update and momentum-encoder step on every replica.
-//!
-//! Replica 0 runs on the calling thread and is the model the training loop monitors,
-//! evaluates and checkpoints; replicas 1.. run on their own threads and receive their shards
-//! over channels. Collective calls block until every replica makes them, in the same order.
+//! The replicas of a data-parallel run: replica 0 on the calling thread, replicas 1.. on
+//! their own threads fed over channels, each on its shard of every batch, all applying the
+//! same update.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -15,283 +8,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
-use burn::backend::Autodiff;
-use burn::collective::{self, CollectiveConfig, PeerId, ReduceOperation};
+use burn::collective;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::TensorPrimitive;
 use moco_models::{with_replicas, Precision, ReplicaGroup};
 
+use super::cluster::{Cluster, Topology};
+use super::collective::{
+    all_reduce_gradients, all_reduce_scalar, join_group, leave_group, CollectiveBackend,
+    CollectiveGroup,
+};
 use crate::method::{Pretrain, StepParams};
 use crate::step::{forward_backward, measure_gradients, update, Update};
 use crate::TrainError;
-
-/// An autodiff backend whose tensors can be summed over the replicas of a collective group
-/// with a gradient (the sum's backward is again a sum over the replicas).
-pub trait CollectiveBackend: AutodiffBackend {
-    /// Sum of `x` over the peers of the group `peer` belongs to.
-    fn collective_sum<const D: usize>(peer: PeerId, x: Tensor<Self, D>) -> Tensor<Self, D>;
-}
-
-#[derive(Debug)]
-struct SumOverPeers {
-    peer: PeerId,
-}
-
-fn all_reduce_or_panic<I: Backend>(
-    peer: PeerId,
-    x: I::FloatTensorPrimitive,
-) -> I::FloatTensorPrimitive {
-    collective::all_reduce::<I>(peer, x, ReduceOperation::Sum).unwrap_or_else(|e| {
-        panic!(
-            "data parallelism: the all-reduce of replica {} failed: {e:?}",
-            peer.0
-        )
-    })
-}
-
-impl<I: Backend> Backward<I, 1> for SumOverPeers {
-    type State = ();
-
-    fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let peer = self.peer;
-        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
-            all_reduce_or_panic::<I>(peer, grad)
-        });
-    }
-}
-
-impl<I: Backend, C: CheckpointStrategy> CollectiveBackend for Autodiff<I, C> {
-    fn collective_sum<const D: usize>(peer: PeerId, x: Tensor<Self, D>) -> Tensor<Self, D> {
-        let input = x.into_primitive().tensor();
-        let summed = all_reduce_or_panic::<I>(peer, input.primitive.clone());
-        let op = SumOverPeers { peer };
-        let output = match op
-            .prepare::<C>([input.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((), summed),
-            OpsKind::UnTracked(prep) => prep.finish(summed),
-        };
-        Tensor::from_primitive(TensorPrimitive::Float(output))
-    }
-}
-
-/// The collective group as the models see it ([`moco_models::replica`]).
-pub struct CollectiveGroup {
-    rank: usize,
-    world: usize,
-}
-
-impl CollectiveGroup {
-    /// Replica `rank` of `world`; its peer id is its rank.
-    pub fn new(rank: usize, world: usize) -> Self {
-        CollectiveGroup { rank, world }
-    }
-
-    fn peer(&self) -> PeerId {
-        PeerId(self.rank as u32)
-    }
-}
-
-impl<B: CollectiveBackend> ReplicaGroup<B> for CollectiveGroup {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-    fn world_size(&self) -> usize {
-        self.world
-    }
-    fn sum(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        B::collective_sum(self.peer(), x)
-    }
-}
-
-/// The machines of a multi-node run (burn-collective's global mode): every node runs the same
-/// command with its own `node_rank` and `node_address`; one orchestrator (`moco orchestrator`)
-/// introduces them.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Cluster {
-    /// Number of machines.
-    pub nodes: usize,
-    /// This machine's index, `0..nodes`; node 0 evaluates, logs and checkpoints.
-    pub node_rank: usize,
-    /// The orchestrator, `ws://HOST:PORT`.
-    pub orchestrator: String,
-    /// Where the other nodes reach this one, `ws://HOST:PORT` (the port is opened here).
-    pub node_address: String,
-}
-
-impl Cluster {
-    /// Checks the addresses and returns the port of `node_address`.
-    pub fn data_port(&self) -> Result<u16, TrainError> {
-        if self.node_rank >= self.nodes {
-            return Err(TrainError::Config(format!(
-                "node rank {} is not below the number of nodes {}",
-                self.node_rank, self.nodes
-            )));
-        }
-        for (name, a) in [
-            ("orchestrator", &self.orchestrator),
-            ("node address", &self.node_address),
-        ] {
-            if !a.starts_with("ws://") {
-                return Err(TrainError::Config(format!(
-                    "{name} '{a}' must look like ws://HOST:PORT"
-                )));
-            }
-        }
-        self.node_address
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
-            .ok_or_else(|| {
-                TrainError::Config(format!(
-                    "node address '{}' has no port (ws://HOST:PORT)",
-                    self.node_address
-                ))
-            })
-    }
-}
-
-/// Where the replicas of a run are: `local` devices on this machine, on one or several nodes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Topology {
-    /// Replicas (devices) on this machine.
-    pub local: usize,
-    /// The machines, for a multi-node run.
-    pub cluster: Option<Cluster>,
-    /// Give up when the group has not formed, or no step has finished, for this long (a
-    /// missing or dead node would otherwise stall the others forever).
-    pub timeout: Duration,
-}
-
-impl Topology {
-    /// `local` replicas on this machine only.
-    pub fn single_node(local: usize) -> Self {
-        Topology {
-            local,
-            cluster: None,
-            timeout: Duration::from_secs(1800),
-        }
-    }
-
-    /// Replicas in all.
-    pub fn world(&self) -> usize {
-        self.local * self.cluster.as_ref().map_or(1, |c| c.nodes)
-    }
-
-    /// Global rank of local replica `local_rank`.
-    pub fn rank(&self, local_rank: usize) -> usize {
-        self.cluster.as_ref().map_or(0, |c| c.node_rank) * self.local + local_rank
-    }
-
-    /// Whether this machine evaluates, logs and checkpoints.
-    pub fn is_main(&self) -> bool {
-        self.cluster.as_ref().is_none_or(|c| c.node_rank == 0)
-    }
-
-    fn config(&self) -> Result<CollectiveConfig, TrainError> {
-        let mut config = CollectiveConfig::default().with_num_devices(self.local);
-        if let Some(c) = &self.cluster {
-            let port = c.data_port()?;
-            let parse = |a: &str| {
-                a.parse::<burn_communication::Address>()
-                    .map_err(|e| TrainError::Config(format!("address '{a}': {e}")))
-            };
-            config = config
-                .with_num_nodes(c.nodes as u32)
-                .with_global_address(parse(&c.orchestrator)?)
-                .with_node_address(parse(&c.node_address)?)
-                .with_data_service_port(port);
-        }
-        Ok(config)
-    }
-}
-
-/// Joins the collective group as local replica `local_rank` on `device`; blocks until every
-/// replica of every node has joined, or fails after the topology's timeout.
-pub fn join_group<B: AutodiffBackend>(
-    local_rank: usize,
-    topology: &Topology,
-    device: &B::Device,
-) -> Result<(), TrainError> {
-    let config = topology.config()?;
-    let rank = topology.rank(local_rank);
-    let device = device.clone();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(collective::register::<B::InnerBackend>(
-            PeerId(rank as u32),
-            device,
-            config,
-        ));
-    });
-    match rx.recv_timeout(topology.timeout) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(TrainError::Config(format!(
-            "replica {rank} cannot join the group: {e:?}"
-        ))),
-        Err(_) => Err(TrainError::Config(match &topology.cluster {
-            Some(c) => format!(
-                "the group of {} replicas on {} nodes did not form within {} s: check that every node runs with --nodes {} and its own --node-rank, that the orchestrator at {} is running and reachable, and that port {} of {} is open to the other nodes",
-                topology.world(),
-                c.nodes,
-                topology.timeout.as_secs(),
-                c.nodes,
-                c.orchestrator,
-                c.data_port().unwrap_or(0),
-                c.node_address
-            ),
-            None => format!(
-                "the {} local replicas did not all join within {} s",
-                topology.local,
-                topology.timeout.as_secs()
-            ),
-        })),
-    }
-}
-
-/// Sum of the gradients over the replicas (each replica's loss is already divided by the
-/// number of replicas, so this is the gradient of the mean loss).
-pub fn all_reduce_gradients<B: AutodiffBackend>(
-    rank: usize,
-    grads: GradientsParams,
-) -> Result<GradientsParams, TrainError> {
-    grads
-        .all_reduce::<B::InnerBackend>(PeerId(rank as u32), ReduceOperation::Sum)
-        .map_err(|e| TrainError::Config(format!("gradient all-reduce (replica {rank}): {e:?}")))
-}
-
-/// Mean of a scalar over `world` replicas.
-pub fn all_reduce_scalar<B: AutodiffBackend>(
-    rank: usize,
-    world: usize,
-    value: f64,
-    device: &B::Device,
-) -> Result<f64, TrainError> {
-    let t = Tensor::<B::InnerBackend, 1>::from_floats([value as f32], device);
-    let out = collective::all_reduce::<B::InnerBackend>(
-        PeerId(rank as u32),
-        t.into_primitive().tensor(),
-        ReduceOperation::Sum,
-    )
-    .map_err(|e| TrainError::Config(format!("all-reduce (replica {rank}): {e:?}")))?;
-    let sum = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(out))
-        .into_scalar()
-        .elem::<f64>();
-    Ok(sum / world as f64)
-}
-
-/// Leaves the group (every replica calls it) so that another group can form in this process.
-pub fn leave_group<B: AutodiffBackend>(rank: usize) {
-    let _ = collective::finish_collective::<B::InnerBackend>(PeerId(rank as u32));
-}
 
 /// One replica's part of the gradient computation: its shard forward and backward with the
 /// group active (SyncBN, gathered keys).
@@ -392,7 +121,7 @@ impl<B: CollectiveBackend> DataParallel<B> {
             cluster,
             timeout,
         };
-        topology.config()?;
+        super::collective::collective_config(&topology)?;
         collective::reset_collective::<B::InnerBackend>();
         let (done_tx, done) = channel();
         let mut senders = Vec::new();

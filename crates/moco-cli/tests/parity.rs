@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::backend::Flex;
-use moco::models::export::to_safetensors;
-use moco::models::state_dict::read_state_dict;
-use moco::parity::{case_tags, run_case, run_misc};
+use moco_cli::models::export::to_safetensors;
+use moco_cli::models::state_dict::read_state_dict;
+use moco_cli::parity::{case_tags, run_case, run_misc};
 
 fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden")
 }
 
 #[test]

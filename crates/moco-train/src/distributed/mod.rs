@@ -1,0 +1,40 @@
+//! Data-parallel pretraining on Burn's collective engine (`burn::collective`): one replica of
+//! the model per device, each on its shard of every batch; keys gathered from every replica
+//! before the InfoNCE loss (targets offset by rank, as MoCo v3's `concat_all_gather`);
+//! BatchNorm statistics summed over the replicas (SyncBN, every BN layer, with the gradient
+//! flowing back to every replica); gradients all-reduced (mean) before the update; the same
+//! update and momentum-encoder step on every replica.
+//!
+//! Replica 0 runs on the calling thread and is the model the training loop monitors,
+//! evaluates and checkpoints; replicas 1.. run on their own threads and receive their shards
+//! over channels. Collective calls block until every replica makes them, in the same order.
+//!
+//! - [`cluster`]: where the replicas are (devices of this machine, other machines);
+//! - [`collective`]: the collective group (sums with a gradient, all-reduce, joining);
+//! - [`data_parallel`]: the replicas of a run and their step.
+//!
+//! The collective engine is compiled with the `distributed` feature; without it, a run has
+//! one device and [`CollectiveBackend`] is every autodiff backend.
+
+pub mod cluster;
+#[cfg(feature = "distributed")]
+pub mod collective;
+#[cfg(feature = "distributed")]
+pub mod data_parallel;
+
+pub use cluster::{Cluster, Topology};
+#[cfg(feature = "distributed")]
+pub use collective::{
+    all_reduce_gradients, all_reduce_scalar, join_group, leave_group, CollectiveBackend,
+    CollectiveGroup,
+};
+#[cfg(feature = "distributed")]
+pub use data_parallel::{flat_parameters, replica_forward_backward, shard, DataParallel};
+
+/// Every autodiff backend: without the `distributed` feature no tensor is summed over
+/// replicas.
+#[cfg(not(feature = "distributed"))]
+pub trait CollectiveBackend: burn::tensor::backend::AutodiffBackend {}
+
+#[cfg(not(feature = "distributed"))]
+impl<B: burn::tensor::backend::AutodiffBackend> CollectiveBackend for B {}

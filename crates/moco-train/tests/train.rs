@@ -248,3 +248,64 @@ fn non_finite_values_stop_the_run_or_are_skipped() {
     assert!(summary.skipped_steps >= 1);
     assert_eq!(summary.steps, 6);
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn stored(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/runs")
+        .join(name)
+}
+
+/// A run directory written by an earlier version (4346e2c, before the loop became a
+/// `Trainer` and the backbone a trait: `config.json`, `metrics.jsonl` and the checkpoint at
+/// step 2 of 4, stopped with `--stop-after 2`) resumes to its end, with the losses that
+/// version logged for steps 3 and 4 when it ran the 4 steps without stopping.
+#[test]
+fn a_run_directory_of_an_earlier_version_resumes() {
+    let _turn = serial();
+    let dir = Tmp::new("old-run");
+    copy_dir(&stored("v0.1-4346e2c"), &dir.0);
+    let options = RunOptions {
+        resume: true,
+        quiet: true,
+        ..Default::default()
+    };
+    let summary =
+        pretrain::<B>(PretrainConfig::new(), &dir.0, &options, &Default::default()).unwrap();
+    assert_eq!((summary.steps, summary.losses.len()), (4, 2));
+    for (loss, then) in summary.losses.iter().zip([2.3573126792907715, 2.5339436531066895]) {
+        assert!((loss - then).abs() < 1e-5, "{:?}", summary.losses);
+    }
+    let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();
+    let steps = metrics
+        .lines()
+        .filter(|l| l.contains("\"type\":\"step\""))
+        .count();
+    assert_eq!(steps, 4);
+    assert!(dir.0.join("checkpoints/step-00000004/model.mpk").is_file());
+}
+
+/// The `config.json` of the first version (without `steps`, `stem`, `precision` and the
+/// kernel fields, and with a plain number as `dip_threshold`) loads and validates.
+#[test]
+fn the_first_versions_config_loads() {
+    let path = stored("config-c91a573.json");
+    let config = PretrainConfig::load_run(&path).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.steps, None);
+    assert_eq!(config.precision, None);
+    assert_eq!(config.dip_threshold, Some(1.0));
+    assert_eq!(config.embed_dim, Some(32));
+}

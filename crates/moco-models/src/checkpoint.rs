@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 
 use crate::moco::{AnyBackbone, AnyBackboneRecord, BackboneConfig, MoCo, MoCoRecord, MocoConfig};
+use crate::weights::{sniff, WeightFile};
 use crate::{write_atomic, ModelError};
 
 /// File layout version of [`save_checkpoint`].
@@ -24,7 +25,46 @@ pub struct CheckpointRecord<B: Backend> {
     pub model: MoCoRecord<B, AnyBackbone<B>>,
 }
 
-/// Saves `model` and its configuration to `path` (conventionally `*.mpk`), atomically.
+/// Encodes `record` with full precision and writes it to `path` atomically.
+fn write_record<B: Backend, R: burn::record::Record<B>>(
+    record: R,
+    path: &Path,
+) -> Result<(), ModelError> {
+    let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+        .record(record, ())
+        .map_err(|e| ModelError::file(path, format!("cannot encode the checkpoint: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a record of ours from `path`, with the configuration it stores (JSON) validated by
+/// `validate`. `version` and `config` are the record's own fields.
+fn read_record<B: Backend, R: burn::record::Record<B>, C: serde::de::DeserializeOwned>(
+    path: &Path,
+    device: &B::Device,
+    fields: impl FnOnce(&R) -> (u32, &str),
+    validate: impl FnOnce(&C) -> Result<(), ModelError>,
+) -> Result<(R, C), ModelError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+    let record: R = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+        .load(bytes, device)
+        .map_err(|e| ModelError::file(path, format!("not a readable moco checkpoint: {e}")))?;
+    let (version, config) = fields(&record);
+    if version != CHECKPOINT_VERSION {
+        return Err(ModelError::file(
+            path,
+            format!(
+                "checkpoint version {version} is not supported (expected {CHECKPOINT_VERSION})"
+            ),
+        ));
+    }
+    let config: C = serde_json::from_str(config)
+        .map_err(|e| ModelError::file(path, format!("the stored configuration is invalid: {e}")))?;
+    validate(&config).map_err(|e| ModelError::file(path, e.to_string()))?;
+    Ok((record, config))
+}
+
+/// Saves `model` and its configuration to `path` (any name), atomically.
 pub fn save_checkpoint<B: Backend>(
     model: &MoCo<B>,
     config: &MocoConfig,
@@ -35,10 +75,7 @@ pub fn save_checkpoint<B: Backend>(
         config: serde_json::to_string(config).expect("config serialises"),
         model: model.clone().into_record(),
     };
-    let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
-        .record(record, ())
-        .map_err(|e| ModelError::file(path, format!("cannot encode the checkpoint: {e}")))?;
-    write_atomic(path, &bytes)
+    write_record::<B, _>(record, path)
 }
 
 /// Loads a checkpoint written by [`save_checkpoint`].
@@ -46,25 +83,12 @@ pub fn load_checkpoint<B: Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<(MoCo<B>, MocoConfig), ModelError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
-    let record: CheckpointRecord<B> = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
-        .load(bytes, device)
-        .map_err(|e| ModelError::file(path, format!("not a readable moco checkpoint: {e}")))?;
-    if record.version != CHECKPOINT_VERSION {
-        return Err(ModelError::file(
-            path,
-            format!(
-                "checkpoint version {} is not supported (expected {CHECKPOINT_VERSION})",
-                record.version
-            ),
-        ));
-    }
-    let config: MocoConfig = serde_json::from_str(&record.config)
-        .map_err(|e| ModelError::file(path, format!("the stored configuration is invalid: {e}")))?;
-    config
-        .validate()
-        .map_err(|e| ModelError::file(path, e.to_string()))?;
+    let (record, config): (CheckpointRecord<B>, MocoConfig) = read_record(
+        path,
+        device,
+        |r: &CheckpointRecord<B>| (r.version, &r.config),
+        MocoConfig::validate,
+    )?;
     let model = config.init::<B>(device).load_record(record.model);
     // Loading adopts the stored parameter ids; the momentum encoder stays gradient-free.
     let model = MoCo {
@@ -86,7 +110,7 @@ pub struct BackboneCheckpointRecord<B: Backend> {
     pub backbone: AnyBackboneRecord<B>,
 }
 
-/// Saves a backbone alone and its configuration to `path` (`*.mpk`), atomically.
+/// Saves a backbone alone and its configuration to `path` (any name), atomically.
 pub fn save_backbone_checkpoint<B: Backend>(
     backbone: &AnyBackbone<B>,
     config: &BackboneConfig,
@@ -97,10 +121,7 @@ pub fn save_backbone_checkpoint<B: Backend>(
         backbone_config: serde_json::to_string(config).expect("config serialises"),
         backbone: backbone.clone().into_record(),
     };
-    let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
-        .record(record, ())
-        .map_err(|e| ModelError::file(path, format!("cannot encode the checkpoint: {e}")))?;
-    write_atomic(path, &bytes)
+    write_record::<B, _>(record, path)
 }
 
 /// Loads a checkpoint written by [`save_backbone_checkpoint`].
@@ -108,37 +129,18 @@ pub fn load_backbone_checkpoint<B: Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<(AnyBackbone<B>, BackboneConfig), ModelError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
-    let record: BackboneCheckpointRecord<B> = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
-        .load(bytes, device)
-        .map_err(|e| ModelError::file(path, format!("not a readable moco checkpoint: {e}")))?;
-    if record.version != CHECKPOINT_VERSION {
-        return Err(ModelError::file(
-            path,
-            format!(
-                "checkpoint version {} is not supported (expected {CHECKPOINT_VERSION})",
-                record.version
-            ),
-        ));
-    }
-    let config: BackboneConfig = serde_json::from_str(&record.backbone_config)
-        .map_err(|e| ModelError::file(path, format!("the stored configuration is invalid: {e}")))?;
-    config
-        .validate()
-        .map_err(|e| ModelError::file(path, e.to_string()))?;
-    Ok((
-        config.init::<B>(device).load_record(record.backbone),
-        config,
-    ))
+    let (record, config): (BackboneCheckpointRecord<B>, BackboneConfig) = read_record(
+        path,
+        device,
+        |r: &BackboneCheckpointRecord<B>| (r.version, &r.backbone_config),
+        BackboneConfig::validate,
+    )?;
+    let backbone = config.init::<B>(device).load_record(record.backbone);
+    Ok((backbone, config))
 }
 
-/// Whether `path` holds a backbone-only checkpoint rather than a whole model (a cheap look at
-/// the field names, without decoding tensors).
+/// Whether `path` holds a backbone-only checkpoint rather than a whole model (see
+/// [`crate::weights::sniff`]: the record's own field names say so).
 pub fn is_backbone_checkpoint(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = Vec::with_capacity(4096);
-    let read = std::fs::File::open(path).and_then(|f| f.take(4096).read_to_end(&mut head));
-    let needle = b"backbone_config";
-    read.is_ok() && head.windows(needle.len()).any(|w| w == needle)
+    matches!(sniff(path), Ok(WeightFile::BackboneCheckpoint))
 }

@@ -299,8 +299,26 @@ pub fn load_moco<B: Backend>(
     options: &ImportOptions,
     device: &B::Device,
 ) -> Result<(MoCo<B>, MocoConfig), ModelError> {
-    let weights = inspect(path, options)?;
-    let Some(config) = weights.moco_config else {
+    moco_from(&inspect(path, options)?, path, device)
+}
+
+/// Loads a backbone alone: from a MoCo checkpoint its base encoder, from a linear-probe,
+/// DeiT-style or exported file the backbone (a classifier there is left out).
+pub fn load_backbone<B: Backend>(
+    path: &Path,
+    options: &ImportOptions,
+    device: &B::Device,
+) -> Result<(AnyBackbone<B>, BackboneConfig), ModelError> {
+    backbone_from(&inspect(path, options)?, path, device)
+}
+
+/// The whole MoCo model of weights already read from `path` by [`inspect`].
+pub fn moco_from<B: Backend>(
+    weights: &InspectedWeights,
+    path: &Path,
+    device: &B::Device,
+) -> Result<(MoCo<B>, MocoConfig), ModelError> {
+    let Some(config) = weights.moco_config.clone() else {
         return Err(ModelError::file(
             path,
             "holds a backbone only (no projector, predictor or momentum encoder): load it as a backbone",
@@ -312,15 +330,13 @@ pub fn load_moco<B: Backend>(
     Ok((model, config))
 }
 
-/// Loads a backbone alone: from a MoCo checkpoint its base encoder, from a linear-probe,
-/// DeiT-style or exported file the backbone (a classifier there is left out).
-pub fn load_backbone<B: Backend>(
+/// The backbone of weights already read from `path` by [`inspect`].
+pub fn backbone_from<B: Backend>(
+    weights: &InspectedWeights,
     path: &Path,
-    options: &ImportOptions,
     device: &B::Device,
 ) -> Result<(AnyBackbone<B>, BackboneConfig), ModelError> {
-    let weights = inspect(path, options)?;
-    let config = weights.backbone_config;
+    let config = weights.backbone_config.clone();
     let mut model = config.init::<B>(device);
     apply_state_dict(
         &mut model,

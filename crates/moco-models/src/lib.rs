@@ -9,7 +9,8 @@
 //! - [`moco`]: the whole model, base and momentum encoders plus predictor, around any
 //!   backbone ([`Heads::init`]);
 //! - [`import`], [`export`], [`checkpoint`]: official MoCo v3 checkpoints in, timm /
-//!   torchvision safetensors out, and our own checkpoints.
+//!   torchvision safetensors out, and our own checkpoints; [`weights`] tells them apart by
+//!   content.
 //!
 //! ```
 //! use burn::backend::Flex;
@@ -48,6 +49,7 @@ pub mod resnet;
 pub mod state_dict;
 pub mod torch_save;
 pub mod vit;
+pub mod weights;
 
 pub use backbone::Backbone;
 pub use checkpoint::{
@@ -66,6 +68,7 @@ pub use precision::{autocast, Precision};
 pub use replica::{gather_rows, replicas, with_replicas, ReplicaGroup};
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stem};
 pub use vit::{Vit, VitConfig};
+pub use weights::{sniff, WeightFile};
 
 /// Errors of model construction, import and export.
 #[derive(Debug, thiserror::Error)]

@@ -10,32 +10,25 @@ use burn::tensor::{DType, TensorData};
 use burn_store::pytorch::PytorchReader;
 use burn_store::TensorSnapshot;
 
+use crate::weights::{sniff, WeightFile};
 use crate::ModelError;
 
 /// Tensors by PyTorch key.
 pub type StateDict = BTreeMap<String, TensorSnapshot>;
 
-/// Reads every tensor of a weight file.
-///
-/// `.safetensors` files are read directly; anything else is read as a `torch.save` file,
-/// taking the `state_dict` entry (MoCo v3 release and linear-probe files), else the `model`
-/// entry (DeiT layout), else the top-level dict.
+/// Reads every tensor of a PyTorch weight file, whatever its name: a safetensors file, or a
+/// `torch.save` file, taking the `state_dict` entry (MoCo v3 release and linear-probe
+/// files), else the `model` entry (DeiT layout), else the top-level dict.
 pub fn read_state_dict(path: &Path) -> Result<StateDict, ModelError> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
-    if !meta.is_file() {
-        return Err(ModelError::file(path, "not a regular file"));
-    }
-    if meta.len() == 0 {
-        return Err(ModelError::file(path, "the file is empty"));
-    }
-    let is_safetensors = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    let dict = if is_safetensors {
-        read_safetensors(path)?
-    } else {
-        read_torch(path)?
+    let dict = match sniff(path)? {
+        WeightFile::Safetensors => read_safetensors(path)?,
+        WeightFile::Torch => read_torch(path)?,
+        WeightFile::MocoCheckpoint | WeightFile::BackboneCheckpoint | WeightFile::RunModel => {
+            return Err(ModelError::file(
+                path,
+                "a moco checkpoint, not a PyTorch state dict: load it as a pretrained network (moco_train::load_pretrained, or the moco commands), or export it first",
+            ))
+        }
     };
     if dict.is_empty() {
         return Err(ModelError::file(path, "the file holds no tensors"));
@@ -121,10 +114,7 @@ fn read_safetensors(path: &Path) -> Result<StateDict, ModelError> {
 
 /// The string metadata of a safetensors file (empty for other files or when unreadable).
 pub fn read_metadata(path: &Path) -> std::collections::HashMap<String, String> {
-    let is_safetensors = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    if !is_safetensors {
+    if !matches!(sniff(path), Ok(WeightFile::Safetensors)) {
         return Default::default();
     }
     std::fs::read(path)

@@ -332,7 +332,7 @@ fn damaged_files_are_errors_not_panics() {
         (
             "garbage.pth.tar",
             (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
-            "not a readable PyTorch checkpoint",
+            "not a weight file",
         ),
         (
             "head.pth.tar",

@@ -366,6 +366,28 @@ fn every_checkpoint_kind_loads_and_mismatches_are_clear() {
     let loaded = load_pretrained::<B>(&tmp.join("m.mpk"), None, &device).unwrap();
     assert!(loaded.projector.is_some() && loaded.moco.is_some());
 
+    // Names do not matter: the content says what a file is.
+    for (from, to) in [
+        ("b.mpk", "backbone-weights"),
+        ("probe.safetensors", "probe.pth"),
+        ("m.mpk", "m.safetensors"),
+    ] {
+        std::fs::copy(tmp.join(from), tmp.join(to)).unwrap();
+        let loaded = load_pretrained::<B>(&tmp.join(to), None, &device).unwrap();
+        match from {
+            "m.mpk" => assert!(loaded.moco.is_some(), "{to}"),
+            _ => check(&loaded),
+        }
+    }
+    std::fs::write(tmp.join("notes.txt"), "not weights").unwrap();
+    let err = load_pretrained::<B>(&tmp.join("notes.txt"), None, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("notes.txt") && err.contains("not a weight file"),
+        "{err}"
+    );
+
     // A run directory whose configuration no longer matches its checkpoint.
     let run = tmp.join("run");
     let ckpt = run.join("checkpoints/step-00000001");

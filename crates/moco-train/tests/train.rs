@@ -285,7 +285,11 @@ fn a_run_directory_of_an_earlier_version_resumes() {
     let summary =
         pretrain::<B>(PretrainConfig::new(), &dir.0, &options, &Default::default()).unwrap();
     assert_eq!((summary.steps, summary.losses.len()), (4, 2));
-    for (loss, then) in summary.losses.iter().zip([2.3573126792907715, 2.5339436531066895]) {
+    for (loss, then) in summary
+        .losses
+        .iter()
+        .zip([2.3573126792907715, 2.5339436531066895])
+    {
         assert!((loss - then).abs() < 1e-5, "{:?}", summary.losses);
     }
     let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use burn::prelude::Backend;
 use clap::{Parser, Subcommand, ValueEnum};
 use moco_cli::device::{dispatch, BackendJob, DeviceSpec};
-use moco_cli::models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
+use moco_cli::models::import::{backbone_from, inspect, moco_from, ImportOptions, Layout};
 use moco_cli::models::Precision;
 use moco_cli::models::{
     export_backbone, export_deit, export_moco, save_backbone_checkpoint, save_checkpoint,
@@ -472,29 +472,19 @@ struct ImportJob {
 
 impl BackendJob for ImportJob {
     type Output = CmdResult;
-    fn run<B: Backend>(mut self, device: B::Device) -> CmdResult {
-        // The other commands recognise our checkpoints by their `.mpk` extension.
-        if !self
-            .out
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("mpk"))
-        {
-            let mut name = self.out.clone().into_os_string();
-            name.push(".mpk");
-            self.out = name.into();
-        }
+    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
         let opts = options(self.heads);
         let inspected = inspect(&self.file, &opts).map_err(|e| e.to_string())?;
         let what = match inspected.layout {
             Layout::Moco => {
                 let (model, config) =
-                    load_moco::<B>(&self.file, &opts, &device).map_err(|e| e.to_string())?;
+                    moco_from::<B>(&inspected, &self.file, &device).map_err(|e| e.to_string())?;
                 save_checkpoint(&model, &config, &self.out).map_err(|e| e.to_string())?;
                 format!("MoCo model, {}", config.backbone.describe())
             }
             Layout::Backbone => {
-                let (backbone, config) =
-                    load_backbone::<B>(&self.file, &opts, &device).map_err(|e| e.to_string())?;
+                let (backbone, config) = backbone_from::<B>(&inspected, &self.file, &device)
+                    .map_err(|e| e.to_string())?;
                 save_backbone_checkpoint(&backbone, &config, &self.out)
                     .map_err(|e| e.to_string())?;
                 if !inspected.ignored.is_empty() {

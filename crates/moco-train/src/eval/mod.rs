@@ -15,10 +15,10 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use moco_data::{AugmentConfig, DatasetKind, Loader, LoaderConfig, SharedDataset, Subset, Views};
-use moco_models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
+use moco_models::import::{backbone_from, inspect, moco_from, ImportOptions, Layout};
 use moco_models::{
-    is_backbone_checkpoint, load_backbone_checkpoint, load_checkpoint, AnyBackbone, BackboneConfig,
-    MlpHead, MoCo, MocoConfig,
+    load_backbone_checkpoint, load_checkpoint, sniff, AnyBackbone, BackboneConfig, MlpHead, MoCo,
+    MocoConfig, WeightFile,
 };
 
 use crate::config::{augment_for, PretrainConfig};
@@ -87,17 +87,14 @@ impl<B: Backend> Pretrained<B> {
     }
 }
 
-fn is_mpk(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("mpk"))
-}
-
 /// Loads a pretrained network from
 /// - a run directory of `moco pretrain` (its newest checkpoint) or one of its checkpoint
 ///   folders (`RUN/checkpoints/step-N`, or the `model.mpk` inside),
-/// - a `.mpk` checkpoint written by `moco import`,
-/// - an official MoCo v3 / linear-probe / DeiT-style `.pth.tar` or a `.safetensors` export.
+/// - a checkpoint written by `moco import` or `moco finetune`,
+/// - an official MoCo v3 / linear-probe / DeiT-style `torch.save` file or a safetensors
+///   export,
 ///
+/// whatever the file is called: its content says which ([`moco_models::weights`]).
 /// `heads` is the ViT's attention-head count where the width has no preset.
 pub fn load_pretrained<B: Backend>(
     path: &Path,
@@ -119,39 +116,43 @@ pub fn load_pretrained<B: Backend>(
     if !path.exists() {
         return Err(TrainError::Io(format!("{}: no such file", path.display())));
     }
-    if is_mpk(path) {
-        let parent = path.parent().unwrap_or(Path::new("."));
-        if parent.join("state.json").is_file() {
-            return load_run_checkpoint(parent, device);
-        }
-        if is_backbone_checkpoint(path) {
-            let (backbone, config) = load_backbone_checkpoint::<B>(path, device)?;
-            return Ok(Pretrained::from_backbone(
-                backbone,
-                config,
-                path.display().to_string(),
-            ));
-        }
-        let (model, config) = load_checkpoint::<B>(path, device)?;
-        return Ok(Pretrained::from_moco(
-            model,
-            config,
-            path.display().to_string(),
-        ));
-    }
-    let options = ImportOptions {
-        heads,
-        freeze_patch_embed: None,
-    };
     let source = path.display().to_string();
-    match inspect(path, &options)?.layout {
-        Layout::Moco => {
-            let (model, config) = load_moco::<B>(path, &options, device)?;
+    match sniff(path)? {
+        WeightFile::RunModel => {
+            let folder = path.parent().unwrap_or(Path::new("."));
+            if !folder.join("state.json").is_file() {
+                return Err(TrainError::Config(format!(
+                    "{}: the model record of a training run, outside its checkpoint folder: pass the run directory or the folder with state.json",
+                    path.display()
+                )));
+            }
+            load_run_checkpoint(folder, device)
+        }
+        WeightFile::BackboneCheckpoint => {
+            let (backbone, config) = load_backbone_checkpoint::<B>(path, device)?;
+            Ok(Pretrained::from_backbone(backbone, config, source))
+        }
+        WeightFile::MocoCheckpoint => {
+            let (model, config) = load_checkpoint::<B>(path, device)?;
             Ok(Pretrained::from_moco(model, config, source))
         }
-        Layout::Backbone => {
-            let (backbone, config) = load_backbone::<B>(path, &options, device)?;
-            Ok(Pretrained::from_backbone(backbone, config, source))
+        WeightFile::Torch | WeightFile::Safetensors => {
+            let options = ImportOptions {
+                heads,
+                freeze_patch_embed: None,
+            };
+            // The file is read once; its layout says what it holds.
+            let weights = inspect(path, &options)?;
+            Ok(match weights.layout {
+                Layout::Moco => {
+                    let (model, config) = moco_from::<B>(&weights, path, device)?;
+                    Pretrained::from_moco(model, config, source)
+                }
+                Layout::Backbone => {
+                    let (backbone, config) = backbone_from::<B>(&weights, path, device)?;
+                    Pretrained::from_backbone(backbone, config, source)
+                }
+            })
         }
     }
 }

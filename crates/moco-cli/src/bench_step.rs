@@ -10,6 +10,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Distribution;
 use clap::Args;
+use moco_train::config::OptimizerName;
 use moco_train::{
     apply_step, forward_backward, measure_gradients, Method, OptimConfig, Pretrain, PretrainConfig,
     StepParams,
@@ -60,7 +61,7 @@ pub struct StepBenchArgs {
     pub method: Option<Method>,
     /// adamw, lars or sgd.
     #[arg(long)]
-    pub optimizer: Option<String>,
+    pub optimizer: Option<OptimizerName>,
     /// Backbone precision: f32, bf16 or f16 (parameters, optimizer, heads and loss in f32).
     #[arg(long)]
     pub precision: Option<moco_models::Precision>,
@@ -166,60 +167,56 @@ pub fn peak_rss_mb() -> f64 {
 pub fn bench_config(a: &StepBenchArgs) -> Result<PretrainConfig, String> {
     let mut c = PretrainConfig::preset(&a.preset)?;
     if let Some(arch) = &a.arch {
-        c.arch = arch.clone();
-        c.embed_dim = None;
-        c.depth = None;
-        c.num_heads = None;
-        c.width = None;
-        c.optimizer = if arch.starts_with("resnet") {
-            "lars"
+        c.model.arch = arch.clone();
+        c.model.embed_dim = None;
+        c.model.depth = None;
+        c.model.num_heads = None;
+        c.model.width = None;
+        c.optimizer.name = if arch.starts_with("resnet") {
+            OptimizerName::Lars
         } else {
-            "adamw"
-        }
-        .into();
+            OptimizerName::AdamW
+        };
     }
     if let Some(v) = a.img_size {
-        c.img_size = v;
+        c.model.img_size = v;
     }
     if let Some(v) = a.patch_size {
-        c.patch_size = v;
+        c.model.patch_size = v;
     }
     if let Some(v) = a.in_chans {
-        c.in_chans = v;
+        c.model.in_chans = v;
     }
     if a.stem.is_some() {
-        c.stem = a.stem;
+        c.model.stem = a.stem;
     }
     if let Some(v) = a.mlp_dim {
-        c.mlp_dim = v;
+        c.model.mlp_dim = v;
     }
     if let Some(v) = a.out_dim {
-        c.out_dim = v;
+        c.model.out_dim = v;
     }
     if let Some(v) = a.batch {
-        c.batch_size = v;
+        c.schedule.batch_size = v;
     }
     if let Some(m) = a.method {
         c.method = m;
     }
-    if let Some(o) = &a.optimizer {
-        c.optimizer = o.clone();
+    if let Some(o) = a.optimizer {
+        c.optimizer.name = o;
     }
     if a.precision.is_some() {
         c.precision = a.precision;
     }
-    c.gelu_kernel = a.gelu_kernel.or(c.gelu_kernel);
-    c.conv_kernel = a.conv_kernel.or(c.conv_kernel);
-    c.grad_accum = 1;
+    c.model.gelu_kernel = a.gelu_kernel.or(c.model.gelu_kernel);
+    c.model.conv_kernel = a.conv_kernel.or(c.model.conv_kernel);
+    c.schedule.grad_accum = 1;
     c.model_config().map_err(|e| e.to_string())?;
     Ok(c)
 }
 
 fn optim_of(c: &PretrainConfig) -> Result<OptimConfig, String> {
-    match c.optimizer.to_ascii_lowercase().as_str() {
-        "sgd" => Ok(OptimConfig::sgd(0.9, c.weight_decay)),
-        _ => c.optim_config(),
-    }
+    c.optim_config()
 }
 
 struct StepJob {
@@ -263,14 +260,19 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
 ) -> Result<StepBench, String> {
     let c = &job.config;
     let mut optim = optim.init::<B, M>();
-    let shape = [c.batch_size, c.in_chans, c.img_size, c.img_size];
+    let shape = [
+        c.schedule.batch_size,
+        c.model.in_chans,
+        c.model.img_size,
+        c.model.img_size,
+    ];
     let x1 = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
     let x2 = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
     let params = StepParams {
         temperature: c.temperature,
-        momentum: c.momentum,
+        momentum: c.schedule.momentum,
     };
-    let lr = moco_train::schedule::scaled_lr(c.base_lr, c.batch_size);
+    let lr = moco_train::schedule::scaled_lr(c.optimizer.base_lr, c.schedule.batch_size);
     let n_params = model.num_params();
     let mut times = Vec::new();
     let mut phases = [Vec::new(), Vec::new(), Vec::new()];
@@ -289,7 +291,7 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
         let t1 = Instant::now();
         let (_, global) = measure_gradients(&model, &grads);
         let t2 = Instant::now();
-        model = apply_step(model, &mut optim, grads, global, lr, c.clip_grad);
+        model = apply_step(model, &mut optim, grads, global, lr, c.optimizer.clip_grad);
         // Wait for queued work (GPU backends run asynchronously).
         let _ = B::sync(device);
         let t3 = Instant::now();
@@ -313,9 +315,9 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
     Ok(StepBench {
         backend: job.args.device.feature().to_string(),
         device: job.args.device.to_string(),
-        arch: c.arch.clone(),
+        arch: c.model.arch.clone(),
         method: c.method.to_string(),
-        optimizer: c.optimizer.clone(),
+        optimizer: c.optimizer.name.to_string(),
         precision: c.precision.unwrap_or_default().to_string(),
         stem: match c.model_config().map(|m| m.backbone) {
             Ok(moco_models::BackboneConfig::ResNet(r)) => {
@@ -323,15 +325,15 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
             }
             _ => None,
         },
-        batch: c.batch_size,
-        img_size: c.img_size,
-        mlp_dim: c.mlp_dim,
-        out_dim: c.out_dim,
+        batch: c.schedule.batch_size,
+        img_size: c.model.img_size,
+        mlp_dim: c.model.mlp_dim,
+        out_dim: c.model.out_dim,
         threads: job.args.threads.unwrap_or_else(rayon::current_num_threads),
         params: n_params,
         steps: times.len(),
         seconds,
-        images_per_sec: (c.batch_size * times.len()) as f64 / seconds.max(1e-12),
+        images_per_sec: (c.schedule.batch_size * times.len()) as f64 / seconds.max(1e-12),
         step_ms: 1e3 * seconds / steps as f64,
         step_ms_median: 1e3 * sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
         step_ms_min: 1e3 * sorted.first().copied().unwrap_or(0.0),

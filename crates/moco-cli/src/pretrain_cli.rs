@@ -60,7 +60,7 @@ pub struct PretrainArgs {
     pub lr: Option<f64>,
     /// adamw or lars.
     #[arg(long)]
-    pub optimizer: Option<String>,
+    pub optimizer: Option<moco_train::config::OptimizerName>,
     /// Weight decay.
     #[arg(long)]
     pub weight_decay: Option<f64>,
@@ -89,7 +89,7 @@ pub struct PretrainArgs {
     pub data: Option<String>,
     /// Force the data format: fashion-mnist, mnist, cifar10, cifar100, folder.
     #[arg(long)]
-    pub dataset: Option<String>,
+    pub dataset: Option<moco_data::DatasetKind>,
     /// Loader threads.
     #[arg(long)]
     pub workers: Option<usize>,
@@ -175,47 +175,47 @@ impl PretrainArgs {
             None => PretrainConfig::preset(self.preset.as_deref().unwrap_or(default_preset))?,
         };
         macro_rules! set {
-            ($($flag:ident => $field:ident),* $(,)?) => {$(
-                if let Some(v) = self.$flag.clone() { c.$field = v; }
+            ($($flag:ident => $($field:ident).+),* $(,)?) => {$(
+                if let Some(v) = self.$flag.clone() { c.$($field).+ = v; }
             )*};
         }
-        set!(method => method, arch => arch, freeze_patch_embed => freeze_patch_embed, img_size => img_size,
-                     patch_size => patch_size, batch_size => batch_size, grad_accum => grad_accum, epochs => epochs,
-                     warmup_epochs => warmup_epochs, lr => base_lr, optimizer => optimizer, weight_decay => weight_decay,
-                     temperature => temperature, momentum => momentum, crop_min => crop_min, seed => seed,
-                     workers => workers, knn_every => knn_every, checkpoint_every => checkpoint_every,
-                     knn_k => knn_k, knn_memory => knn_memory, knn_eval => knn_eval,
+        set!(method => method, arch => model.arch, freeze_patch_embed => model.freeze_patch_embed, img_size => model.img_size,
+                     patch_size => model.patch_size, batch_size => schedule.batch_size, grad_accum => schedule.grad_accum, epochs => schedule.epochs,
+                     warmup_epochs => schedule.warmup_epochs, lr => optimizer.base_lr, optimizer => optimizer.name, weight_decay => optimizer.weight_decay,
+                     temperature => temperature, momentum => schedule.momentum, crop_min => data.crop_min, seed => seed,
+                     workers => data.workers, knn_every => monitors.knn_every, checkpoint_every => checkpoints.every,
+                     knn_k => monitors.knn_k, knn_memory => monitors.knn_memory, knn_eval => monitors.knn_eval,
         );
         if self.arch.is_some() {
             // A named architecture brings its own width, depth and heads.
-            (c.embed_dim, c.depth, c.num_heads) = (None, None, None);
+            (c.model.embed_dim, c.model.depth, c.model.num_heads) = (None, None, None);
         }
         if self.steps.is_some() {
-            c.steps = self.steps;
+            c.schedule.steps = self.steps;
         }
         if self.max_steps.is_some() {
-            c.max_steps = self.max_steps;
+            c.schedule.max_steps = self.max_steps;
         }
         if self.dip_threshold.is_some() {
-            c.dip_threshold = self.dip_threshold;
+            c.monitors.dip_threshold = self.dip_threshold;
         }
         if self.clip_grad.is_some() {
-            c.clip_grad = self.clip_grad;
+            c.optimizer.clip_grad = self.clip_grad;
         }
         if self.stem.is_some() {
-            c.stem = self.stem;
+            c.model.stem = self.stem;
         }
         if self.data.is_some() {
-            c.data = self.data.clone();
+            c.data.path = self.data.clone();
         }
         if self.dataset.is_some() {
-            c.dataset = self.dataset.clone();
+            c.data.format = self.dataset;
         }
         if self.precision.is_some() {
             c.precision = self.precision;
         }
         c.skip_nonfinite |= self.skip_nonfinite;
-        c.strict |= self.strict;
+        c.data.strict |= self.strict;
         Ok(c)
     }
 }

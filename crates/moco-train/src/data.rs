@@ -88,29 +88,29 @@ pub fn open_splits(
 /// Opens the datasets and loaders a configuration asks for.
 pub fn prepare_data(config: &PretrainConfig) -> Result<RunData, TrainError> {
     let (train, eval, kind, note) = open_splits(
-        config.data.as_deref().map(Path::new),
+        config.data.path.as_deref().map(Path::new),
         config.dataset_kind().map_err(TrainError::Config)?,
         config.seed,
     )?;
-    if train.channels() != config.in_chans {
+    if train.channels() != config.model.in_chans {
         return Err(TrainError::Config(format!(
             "the data has {} channel(s) but the model expects in_chans = {}",
             train.channels(),
-            config.in_chans
+            config.model.in_chans
         )));
     }
     let aug = Arc::new(config.augment(kind));
-    let micro = config.batch_size / config.grad_accum;
+    let micro = config.schedule.batch_size / config.schedule.grad_accum;
     let mut train_cfg = LoaderConfig::train(micro, config.seed);
-    train_cfg.workers = config.workers;
-    train_cfg.strict = config.strict;
-    let memory_set: Arc<dyn ImageDataset> = if train.len() > config.knn_memory {
-        Arc::new(Subset::split(train.clone(), config.knn_memory, 7).0)
+    train_cfg.workers = config.data.workers;
+    train_cfg.strict = config.data.strict;
+    let memory_set: Arc<dyn ImageDataset> = if train.len() > config.monitors.knn_memory {
+        Arc::new(Subset::split(train.clone(), config.monitors.knn_memory, 7).0)
     } else {
         train.clone()
     };
-    let eval_set: Arc<dyn ImageDataset> = if eval.len() > config.knn_eval {
-        Arc::new(Subset::split(eval, config.knn_eval, 11).0)
+    let eval_set: Arc<dyn ImageDataset> = if eval.len() > config.monitors.knn_eval {
+        Arc::new(Subset::split(eval, config.monitors.knn_eval, 11).0)
     } else {
         eval
     };

@@ -61,7 +61,7 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
         return Err(TrainError::Config("no device given".into()));
     };
     let world = devices.len() * options.cluster.as_ref().map_or(1, |c| c.nodes);
-    let micro = config.batch_size / config.grad_accum.max(1);
+    let micro = config.schedule.batch_size / config.schedule.grad_accum.max(1);
     if world > 1 && !micro.is_multiple_of(world) {
         return Err(TrainError::Config(format!(
             "the batch of {micro} images per micro-batch cannot be split evenly over {world} devices"
@@ -144,11 +144,11 @@ where
         data.memory,
         data.eval,
         data.augment,
-        config.knn_every,
-        config.workers,
+        config.monitors.knn_every,
+        config.data.workers,
     )?
-    .with_knn(config.knn_k, config.knn_temperature);
-    if let Some(points) = config.dip_threshold {
+    .with_knn(config.monitors.knn_k, config.monitors.knn_temperature);
+    if let Some(points) = config.monitors.dip_threshold {
         knn = knn.with_dip_threshold(points);
     }
     let mut trainer = Trainer::new(
@@ -161,8 +161,8 @@ where
     .with_knn(knn)
     .with_run_directory(RunDirectory {
         path: run_dir.to_path_buf(),
-        checkpoint_every: config.checkpoint_every,
-        keep_checkpoints: config.keep_checkpoints,
+        checkpoint_every: config.checkpoints.every,
+        keep_checkpoints: config.checkpoints.keep,
     })
     .with_stop_after(options.stop_after)
     .quiet(options.quiet);

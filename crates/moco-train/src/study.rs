@@ -158,27 +158,16 @@ impl StudyConfig {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// The base configuration: the preset with the overrides applied.
+    /// The base configuration: the preset with the overrides applied (each by its flat
+    /// name, `steps`, or its place, `schedule.steps`).
     pub fn base(&self) -> Result<PretrainConfig, String> {
-        let preset = PretrainConfig::preset(&self.preset)?;
-        let mut value = serde_json::to_value(&preset).map_err(|e| e.to_string())?;
-        let fields = value.as_object_mut().ok_or("preset is not an object")?;
+        let mut config = PretrainConfig::preset(&self.preset)?;
         for (key, v) in &self.overrides {
-            if !fields.contains_key(key) {
-                let mut known: Vec<&String> = fields.keys().collect();
-                known.sort();
-                return Err(format!(
-                    "overrides: unknown field '{key}' (fields: {})",
-                    known
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            fields.insert(key.clone(), v.clone());
+            config
+                .set(key, v.clone())
+                .map_err(|e| format!("overrides: {e}"))?;
         }
-        serde_json::from_value(value).map_err(|e| format!("overrides: {e}"))
+        Ok(config)
     }
 
     /// Every run of the grid, in the order they run: by method, batch size, seed, learning
@@ -209,7 +198,7 @@ impl StudyConfig {
             }
         }
         let methods = or(&self.methods, base.method);
-        let batches = or(&self.batch_sizes, base.batch_size);
+        let batches = or(&self.batch_sizes, base.schedule.batch_size);
         let seeds = or(&self.seeds, base.seed);
         let mut runs = Vec::new();
         for &method in &methods {
@@ -236,8 +225,8 @@ impl StudyConfig {
                             {
                                 return Err(format!(
                                     "run {name}: a frozen patch projection needs a ViT with a linear patch projection; the preset trains {}{}",
-                                    config.arch,
-                                    if config.arch.starts_with("vit_conv") {
+                                    config.model.arch,
+                                    if config.model.arch.starts_with("vit_conv") {
                                         " (a ConvStem, which is always trained)"
                                     } else {
                                         ""
@@ -348,7 +337,7 @@ pub fn run_study<B: CollectiveBackend>(
     let mut summary = StudySummary::default();
     let started = Instant::now();
     let (mut steps_done, mut steps_left) = (0u64, 0u64);
-    let total_steps = |r: &StudyRun| r.config.max_steps.or(r.config.steps);
+    let total_steps = |r: &StudyRun| r.config.schedule.max_steps.or(r.config.schedule.steps);
     for run in &runs {
         if run_status(&out.join("runs").join(&run.name)).is_none() {
             steps_left += total_steps(run).unwrap_or(0);
@@ -453,7 +442,9 @@ mod tests {
         let runs = cpu.runs().unwrap();
         assert_eq!(runs.len(), cpu.base_lrs.len() * 2);
         assert!(runs[0].name.ends_with("-learned-s0"), "{}", runs[0].name);
-        assert!(!runs[0].config.freeze_patch_embed && runs[1].config.freeze_patch_embed);
+        assert!(
+            !runs[0].config.model.freeze_patch_embed && runs[1].config.model.freeze_patch_embed
+        );
         let gpu = StudyConfig::parse(GPU_STUDY, "gpu").unwrap();
         assert!(gpu.runs().unwrap().len() >= 4);
         assert_eq!(format_lr(1.5e-4), "1.5e-4");

@@ -113,7 +113,11 @@ fn the_schedule_is_taken_where_each_step_starts() {
         .with_warmup_epochs(1.0)
         .with_max_steps(Some(3))
         .with_knn_every(0);
-    let (base_lr, batch, m0) = (config.base_lr, config.batch_size, config.momentum);
+    let (base_lr, batch, m0) = (
+        config.optimizer.base_lr,
+        config.schedule.batch_size,
+        config.schedule.momentum,
+    );
     pretrain::<B>(config, &dir.0, &quiet(), &Default::default()).unwrap();
     let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();
     let steps: Vec<serde_json::Value> = metrics
@@ -223,7 +227,7 @@ fn non_finite_values_stop_the_run_or_are_skipped() {
     let _turn = serial();
     let config = tiny(Method::MocoV3)
         .with_base_lr(1e35)
-        .with_optimizer("lars".into())
+        .with_optimizer(moco_train::config::OptimizerName::Lars)
         .with_weight_decay(0.0);
     let dir = Tmp::new("nan");
     let err = pretrain::<B>(config.clone(), &dir.0, &quiet(), &Default::default()).unwrap_err();
@@ -308,8 +312,8 @@ fn the_first_versions_config_loads() {
     let path = stored("config-c91a573.json");
     let config = PretrainConfig::load_run(&path).unwrap();
     config.validate().unwrap();
-    assert_eq!(config.steps, None);
+    assert_eq!(config.schedule.steps, None);
     assert_eq!(config.precision, None);
-    assert_eq!(config.dip_threshold, Some(1.0));
-    assert_eq!(config.embed_dim, Some(32));
+    assert_eq!(config.monitors.dip_threshold, Some(1.0));
+    assert_eq!(config.model.embed_dim, Some(32));
 }

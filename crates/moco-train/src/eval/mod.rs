@@ -317,11 +317,11 @@ pub fn open_eval_data(
         Some(DatasetKind::Folder) => 224,
     };
     let same_data =
-        pretrain.is_some_and(|p| p.data.as_deref().map(Path::new) == spec.data.as_deref());
+        pretrain.is_some_and(|p| p.data.path.as_deref().map(Path::new) == spec.data.as_deref());
     let img_size = match backbone {
         BackboneConfig::Vit(v) => v.img_size,
         BackboneConfig::ResNet(_) => match pretrain {
-            Some(p) if same_data => p.img_size,
+            Some(p) if same_data => p.model.img_size,
             _ => native,
         },
     };

@@ -1,0 +1,122 @@
+//! The training presets: MoCo v3's ImageNet recipes and CPU-sized runs on Fashion-MNIST and
+//! CIFAR.
+
+use moco_data::DatasetKind;
+
+use super::{OptimizerName, PretrainConfig};
+
+/// Names accepted by [`PretrainConfig::preset`].
+pub const TRAIN_PRESETS: &[&str] = &[
+    "fmnist-vit",
+    "fmnist-resnet18",
+    "cifar-resnet18",
+    "imagenet-vit-small",
+    "imagenet-vit-base",
+    "imagenet-resnet50",
+];
+
+impl PretrainConfig {
+    /// A named preset (see [`TRAIN_PRESETS`]).
+    pub fn preset(name: &str) -> Result<Self, String> {
+        let base = Self::new().with_preset(name.to_string());
+        Ok(match name {
+            // A CPU-sized run (about 15 minutes on 2 cores): a 4-block ViT, 128 wide, on 28 px
+            // Fashion-MNIST cut in 16 patches of 7×7, for 450 steps whatever the data size.
+            "fmnist-vit" => base
+                .with_arch("vit_tiny".into())
+                .with_img_size(28)
+                .with_patch_size(7)
+                .with_in_chans(1)
+                .with_embed_dim(Some(128))
+                .with_depth(Some(4))
+                .with_num_heads(Some(4))
+                .with_mlp_dim(512)
+                .with_out_dim(128)
+                .with_batch_size(128)
+                .with_epochs(10.0)
+                .with_warmup_epochs(1.0)
+                .with_steps(Some(450))
+                .with_base_lr(3e-3)
+                .with_weight_decay(0.1)
+                .with_crop_min(0.2)
+                .with_knn_every(50)
+                .with_knn_k(20)
+                .with_knn_memory(2000)
+                .with_knn_eval(2000)
+                .with_checkpoint_every(200),
+            // The ResNet counterpart for CPUs: a half-width ResNet-18 with the small-image stem.
+            "fmnist-resnet18" => base
+                .with_arch("resnet18".into())
+                .with_width(Some(16))
+                .with_img_size(28)
+                .with_in_chans(1)
+                .with_mlp_dim(512)
+                .with_out_dim(128)
+                .with_batch_size(128)
+                .with_epochs(10.0)
+                .with_warmup_epochs(1.0)
+                .with_steps(Some(450))
+                .with_knn_memory(2000)
+                .with_knn_eval(2000)
+                .with_optimizer(OptimizerName::Lars)
+                .with_base_lr(0.3)
+                .with_weight_decay(1.5e-6)
+                .with_temperature(0.2)
+                .with_crop_min(0.2)
+                .with_knn_every(100)
+                .with_knn_k(20)
+                .with_checkpoint_every(200),
+            "cifar-resnet18" => base
+                .with_arch("resnet18".into())
+                .with_img_size(32)
+                .with_mlp_dim(4096)
+                .with_out_dim(256)
+                .with_batch_size(256)
+                .with_epochs(200.0)
+                .with_warmup_epochs(10.0)
+                .with_optimizer(OptimizerName::Lars)
+                .with_base_lr(0.3)
+                .with_weight_decay(1.5e-6)
+                .with_temperature(0.2)
+                .with_crop_min(0.08)
+                .with_knn_every(0)
+                .with_dataset(Some(DatasetKind::Cifar10)),
+            "imagenet-vit-small" | "imagenet-vit-base" => base
+                .with_arch(
+                    if name.ends_with("small") {
+                        "vit_small"
+                    } else {
+                        "vit_base"
+                    }
+                    .into(),
+                )
+                .with_batch_size(4096)
+                .with_epochs(300.0)
+                .with_warmup_epochs(40.0)
+                .with_base_lr(1.5e-4)
+                .with_weight_decay(0.1)
+                .with_temperature(0.2)
+                .with_crop_min(0.08)
+                .with_dataset(Some(DatasetKind::Folder))
+                .with_workers(8),
+            "imagenet-resnet50" => base
+                .with_arch("resnet50".into())
+                .with_batch_size(4096)
+                .with_epochs(100.0)
+                .with_warmup_epochs(10.0)
+                .with_optimizer(OptimizerName::Lars)
+                .with_base_lr(0.6)
+                .with_weight_decay(1e-6)
+                .with_temperature(1.0)
+                .with_crop_min(0.08)
+                .with_dataset(Some(DatasetKind::Folder))
+                .with_workers(8),
+            other => {
+                return Err(format!(
+                    "unknown preset '{other}'; known: {}",
+                    TRAIN_PRESETS.join(", ")
+                ))
+            }
+        })
+    }
+}

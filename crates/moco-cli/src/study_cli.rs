@@ -105,7 +105,7 @@ pub fn run_study_cli(args: &StudyArgs) -> Result<(), String> {
         .collect::<Vec<_>>()
         .join(" ");
     if args.report_only {
-        let report = moco_train::study_report::write_report(&out, &study, Some(&command))
+        let report = moco_train::study::report::write_report(&out, &study, Some(&command))
             .map_err(|e| e.to_string())?;
         println!("report: {}", report.display());
         return Ok(());

@@ -46,7 +46,6 @@ pub mod runner;
 pub mod schedule;
 pub mod step;
 pub mod study;
-pub mod study_report;
 pub mod trainer;
 
 pub use config::{PretrainConfig, TRAIN_PRESETS};

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
+use moco_train::study::report::analyse_run;
 use moco_train::study::{PatchEmbed, StudyRun};
-use moco_train::study_report::analyse_run;
 use moco_train::{run_study, StudyConfig, StudyOptions};
 use serde_json::json;
 

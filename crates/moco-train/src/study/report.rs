@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::grid::{format_lr, run_status, PatchEmbed, RunStatus, StudyConfig, StudyRun};
 use crate::method::Method;
 use crate::monitor::{DipDetector, DipEvent, SpikeDetector, SpikeEvent};
 use crate::plot::{side_by_side, Chart, Series, PALETTE};
-use crate::study::{format_lr, run_status, PatchEmbed, RunStatus, StudyConfig, StudyRun};
 use crate::TrainError;
 
 /// What one run of the study shows.

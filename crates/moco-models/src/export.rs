@@ -73,14 +73,26 @@ pub fn export_backbone<B: Backend>(
     path: &Path,
 ) -> Result<usize, ModelError> {
     let tensors = torch_state_dict(backbone, family_of_config(config));
+    write_safetensors(path, &tensors, "moco_backbone", config)
+}
+
+/// Writes PyTorch-named tensors as a safetensors file (atomically) with PyTorch's `format`
+/// metadata and `config` as JSON under `key` (`moco_backbone`, `moco_config`), which the
+/// import reads back. Returns the tensor count.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, TensorData)],
+    key: &str,
+    config: &impl serde::Serialize,
+) -> Result<usize, ModelError> {
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         (
-            "moco_backbone".to_string(),
+            key.to_string(),
             serde_json::to_string(config).expect("config serialises"),
         ),
     ]);
-    write_atomic(path, &to_safetensors(&tensors, Some(meta))?)?;
+    write_atomic(path, &to_safetensors(tensors, Some(meta))?)?;
     Ok(tensors.len())
 }
 
@@ -91,15 +103,7 @@ pub fn export_moco<B: Backend>(
     path: &Path,
 ) -> Result<usize, ModelError> {
     let tensors = torch_state_dict(model, family_of_config(&config.backbone));
-    let meta = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        (
-            "moco_config".to_string(),
-            serde_json::to_string(config).expect("config serialises"),
-        ),
-    ]);
-    write_atomic(path, &to_safetensors(&tensors, Some(meta))?)?;
-    Ok(tensors.len())
+    write_safetensors(path, &tensors, "moco_config", config)
 }
 
 /// Writes a ViT backbone as a `torch.save` file in DeiT's layout, `{'model': state_dict}` with

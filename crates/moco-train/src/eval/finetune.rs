@@ -8,16 +8,18 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::nn::Linear;
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use moco_data::Loader;
 use moco_loss::cross_entropy_smoothed;
 use moco_models::{AnyBackbone, BackboneConfig};
 
 use super::probe::{accuracy, init_classifier, save_classifier_model, EpochResult};
 use super::EvalData;
 use crate::knn::extract_raw_with;
-use crate::optim::OptimConfig;
+use crate::optim::{Optim, OptimConfig};
 use crate::schedule::learning_rate;
 use crate::TrainError;
 
@@ -145,15 +147,8 @@ pub struct FinetuneReport {
     pub images_per_sec: f64,
 }
 
-/// Fine-tunes `backbone` with a fresh head on `data`, evaluating on the test split after every
-/// epoch.
-pub fn finetune<B: AutodiffBackend>(
-    backbone: AnyBackbone<B>,
-    backbone_config: &BackboneConfig,
-    data: &EvalData,
-    config: &FinetuneConfig,
-    device: &B::Device,
-) -> Result<FinetuneReport, TrainError> {
+/// The checks of a fine-tuning configuration for `backbone`.
+fn check(config: &FinetuneConfig, backbone: &BackboneConfig) -> Result<(), TrainError> {
     if config.epochs == 0 || config.batch_size == 0 {
         return Err(TrainError::Config(
             "epochs and batch size must be positive".into(),
@@ -165,7 +160,7 @@ pub fn finetune<B: AutodiffBackend>(
             config.layer_decay
         )));
     }
-    if config.layer_decay < 1.0 && matches!(backbone_config, BackboneConfig::ResNet(_)) {
+    if config.layer_decay < 1.0 && matches!(backbone, BackboneConfig::ResNet(_)) {
         return Err(TrainError::Config(
             "layer-wise lr decay applies to ViTs (blocks); a ResNet fine-tunes with one lr".into(),
         ));
@@ -175,6 +170,116 @@ pub fn finetune<B: AutodiffBackend>(
             "drop path and label smoothing must be in [0, 1)".into(),
         ));
     }
+    Ok(())
+}
+
+type Adamw<B> = OptimizerAdaptor<Optim, Classifier<B>, B>;
+
+/// The learning rates of a run: peak `lr` (scaled by batch / 256) and the layer-wise factor
+/// of each layer id (`layer_decay^(depth + 1 − id)`), over `steps_per_epoch` steps an epoch.
+struct LrPlan {
+    lr: f64,
+    scales: Vec<f64>,
+    depth: usize,
+    steps_per_epoch: usize,
+}
+
+impl LrPlan {
+    /// The AdamW step at `lr`, each layer id's gradients at its own factor when the layers
+    /// decay.
+    fn step<B: AutodiffBackend>(
+        &self,
+        model: Classifier<B>,
+        optim: &mut Adamw<B>,
+        mut grads: GradientsParams,
+        lr: f64,
+        layer_decay: f64,
+    ) -> Classifier<B> {
+        if self.depth == 0 || layer_decay >= 1.0 {
+            return optim.step(lr, model, grads);
+        }
+        let mut split = SplitByLayer::<B> {
+            grads: &mut grads,
+            stack: Vec::new(),
+            depth: self.depth,
+            groups: (0..=self.depth + 1)
+                .map(|_| GradientsParams::new())
+                .collect(),
+            _b: std::marker::PhantomData,
+        };
+        model.visit(&mut split);
+        let mut model = model;
+        for (id, group) in split.groups.into_iter().enumerate() {
+            if !group.is_empty() {
+                model = optim.step(lr * self.scales[id], model, group);
+            }
+        }
+        model
+    }
+}
+
+/// What one epoch of fine-tuning did.
+struct EpochTrained {
+    loss: f64,
+    last_lr: f64,
+    images: usize,
+}
+
+/// One epoch over the training views: label-smoothed cross-entropy with stochastic depth,
+/// the learning rate of each step on the warm-up and cosine schedule.
+fn train_epoch<B: AutodiffBackend>(
+    mut model: Classifier<B>,
+    optim: &mut Adamw<B>,
+    loader: &Loader,
+    (epoch, plan): (usize, &LrPlan),
+    config: &FinetuneConfig,
+    device: &B::Device,
+) -> Result<(Classifier<B>, EpochTrained), TrainError> {
+    let mut done = EpochTrained {
+        loss: 0.0,
+        last_lr: 0.0,
+        images: 0,
+    };
+    let mut batches = 0usize;
+    for (i, batch) in loader.epoch(epoch as u64, 0).enumerate() {
+        let mut batch = batch?;
+        let view = batch.views.swap_remove(0);
+        let n = batch.labels.len();
+        let x = Tensor::<B, 4>::from_data(TensorData::new(view, batch.shape), device);
+        let y: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [n]), device);
+        let logits = model.forward(x, config.drop_path);
+        let loss = cross_entropy_smoothed(logits, y, config.label_smoothing);
+        let value = loss.clone().into_scalar().elem::<f64>();
+        if !value.is_finite() {
+            return Err(TrainError::Config(format!(
+                "epoch {}: non-finite loss {value}; lower the learning rate",
+                epoch + 1
+            )));
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let t = epoch as f64 + i as f64 / plan.steps_per_epoch as f64;
+        let lr = learning_rate(t, plan.lr, config.warmup_epochs, config.epochs as f64);
+        model = plan.step(model, optim, grads, lr, config.layer_decay);
+        done.loss += value;
+        done.last_lr = lr;
+        done.images += n;
+        batches += 1;
+    }
+    done.loss /= batches.max(1) as f64;
+    Ok((model, done))
+}
+
+/// Fine-tunes `backbone` with a fresh head on `data`, evaluating on the test split after every
+/// epoch.
+pub fn finetune<B: AutodiffBackend>(
+    backbone: AnyBackbone<B>,
+    backbone_config: &BackboneConfig,
+    data: &EvalData,
+    config: &FinetuneConfig,
+    device: &B::Device,
+) -> Result<FinetuneReport, TrainError> {
+    check(config, backbone_config)?;
     let start = Instant::now();
     let depth = backbone.depth();
     let dim = backbone_config.num_features();
@@ -188,64 +293,27 @@ pub fn finetune<B: AutodiffBackend>(
         .init::<B, Classifier<B>>();
     let loader = data.train_loader(config.batch_size)?;
     let test = data.eval_loader(&data.test, 256)?;
-    let steps_per_epoch = loader.batches_per_epoch().max(1);
-    let lr = config.base_lr * config.batch_size as f64 / 256.0;
-    let scales: Vec<f64> = (0..=depth + 1)
-        .map(|id| config.layer_decay.powi((depth + 1 - id) as i32))
-        .collect();
+    let plan = LrPlan {
+        lr: config.base_lr * config.batch_size as f64 / 256.0,
+        scales: (0..=depth + 1)
+            .map(|id| config.layer_decay.powi((depth + 1 - id) as i32))
+            .collect(),
+        depth,
+        steps_per_epoch: loader.batches_per_epoch().max(1),
+    };
     let mut epochs = Vec::new();
     let mut images = 0usize;
     for epoch in 0..config.epochs {
-        let (mut loss_sum, mut batches) = (0.0, 0usize);
-        let mut epoch_lr = 0.0;
-        for (i, batch) in loader.epoch(epoch as u64, 0).enumerate() {
-            let mut batch = batch?;
-            let view = batch.views.swap_remove(0);
-            let n = batch.labels.len();
-            let x = Tensor::<B, 4>::from_data(TensorData::new(view, batch.shape), device);
-            let y: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [n]), device);
-            let logits = model.forward(x, config.drop_path);
-            let loss = cross_entropy_smoothed(logits, y, config.label_smoothing);
-            let value = loss.clone().into_scalar().elem::<f64>();
-            if !value.is_finite() {
-                return Err(TrainError::Config(format!(
-                    "epoch {}: non-finite loss {value}; lower the learning rate",
-                    epoch + 1
-                )));
-            }
-            loss_sum += value;
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            let t = epoch as f64 + i as f64 / steps_per_epoch as f64;
-            let step_lr = learning_rate(t, lr, config.warmup_epochs, config.epochs as f64);
-            epoch_lr = step_lr;
-            if depth > 0 && config.layer_decay < 1.0 {
-                let mut split = SplitByLayer::<B> {
-                    grads: &mut grads,
-                    stack: Vec::new(),
-                    depth,
-                    groups: (0..=depth + 1).map(|_| GradientsParams::new()).collect(),
-                    _b: std::marker::PhantomData,
-                };
-                model.visit(&mut split);
-                for (id, group) in split.groups.into_iter().enumerate() {
-                    if !group.is_empty() {
-                        model = optim.step(step_lr * scales[id], model, group);
-                    }
-                }
-            } else {
-                model = optim.step(step_lr, model, grads);
-            }
-            batches += 1;
-            images += n;
-        }
+        let trained;
+        (model, trained) = train_epoch(model, &mut optim, &loader, (epoch, &plan), config, device)?;
+        images += trained.images;
         let eval = model.valid();
         let (logits, labels) = extract_raw_with(&|x| eval.forward(x, 0.0), &test, device)?;
         let (top1, top5) = accuracy(logits, &labels);
         let result = EpochResult {
             epoch: epoch + 1,
-            lr: epoch_lr,
-            loss: loss_sum / batches.max(1) as f64,
+            lr: trained.last_lr,
+            loss: trained.loss,
             top1,
             top5,
         };

@@ -4,26 +4,26 @@
 //! crop + flip for training and resize + centre crop for evaluation. Several learning rates
 //! are trained side by side on the same features (one pass of the backbone serves all).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use moco_data::Rng;
 use moco_loss::cross_entropy;
-use moco_models::export::{to_safetensors, torch_state_dict};
+use moco_models::export::{torch_state_dict, write_safetensors};
 use moco_models::import::family_of_config;
 use moco_models::keys::Family;
-use moco_models::{write_atomic, AnyBackbone, BackboneConfig};
+use moco_models::{AnyBackbone, BackboneConfig};
 use serde::{Deserialize, Serialize};
 
 use super::EvalData;
 use crate::knn::extract_raw_with;
-use crate::optim::OptimConfig;
+use crate::optim::{Optim, OptimConfig};
 use crate::TrainError;
 
 /// Linear-probe settings.
@@ -167,6 +167,109 @@ fn labels_tensor<B: Backend>(labels: &[usize], device: &B::Device) -> Tensor<B, 
     Tensor::from_data(TensorData::new(v, [labels.len()]), device)
 }
 
+type Sgd<B> = OptimizerAdaptor<Optim, Linear<B>, B>;
+
+/// One linear classifier per base learning rate, each with its SGD state, trained side by
+/// side on the same features.
+struct Probes<B: AutodiffBackend> {
+    heads: Vec<(Linear<B>, Sgd<B>)>,
+    /// Summed loss of each head over the epoch so far.
+    loss_sums: Vec<f64>,
+    batches: usize,
+}
+
+impl<B: AutodiffBackend> Probes<B> {
+    fn new(count: usize, dim: usize, classes: usize, momentum: f64, device: &B::Device) -> Self {
+        let heads = (0..count)
+            .map(|_| {
+                let fc = init_classifier::<B>(dim, classes, device);
+                (fc, OptimConfig::sgd(momentum, 0.0).init::<B, Linear<B>>())
+            })
+            .collect();
+        Probes {
+            heads,
+            loss_sums: vec![0.0; count],
+            batches: 0,
+        }
+    }
+
+    /// One SGD step of every head on a batch of features, head `i` at `lrs[i]`.
+    fn step(&mut self, x: Tensor<B::InnerBackend, 2>, labels: &[usize], lrs: &[f64]) {
+        let x = Tensor::<B, 2>::from_inner(x);
+        let y = labels_tensor::<B>(labels, &x.device());
+        for (i, (fc, optim)) in self.heads.iter_mut().enumerate() {
+            let loss = cross_entropy(fc.forward(x.clone()), y.clone());
+            self.loss_sums[i] += loss.clone().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(loss.backward(), &*fc);
+            *fc = optim.step(lrs[i], fc.clone(), grads);
+        }
+        self.batches += 1;
+    }
+
+    /// Head `i`'s mean loss over the epoch; starts the next epoch's sums.
+    fn epoch_losses(&mut self) -> Vec<f64> {
+        let n = self.batches.max(1) as f64;
+        let losses = self.loss_sums.iter().map(|s| s / n).collect();
+        self.loss_sums.iter_mut().for_each(|s| *s = 0.0);
+        self.batches = 0;
+        losses
+    }
+}
+
+/// The base learning rates to probe: `config`'s, or the backbone's default.
+fn probe_lrs(config: &ProbeConfig, backbone: &BackboneConfig) -> Result<Vec<f64>, TrainError> {
+    if config.epochs == 0 || config.batch_size == 0 {
+        return Err(TrainError::Config(
+            "epochs and batch size must be positive".into(),
+        ));
+    }
+    let base_lrs = if config.base_lrs.is_empty() {
+        vec![default_probe_lr(backbone)]
+    } else {
+        config.base_lrs.clone()
+    };
+    if let Some(bad) = base_lrs.iter().find(|lr| !(**lr > 0.0 && lr.is_finite())) {
+        return Err(TrainError::Config(format!(
+            "learning rates must be positive, got {bad}"
+        )));
+    }
+    Ok(base_lrs)
+}
+
+/// One epoch of every head: over the cached training features in a seeded order, or over
+/// fresh augmented views through the frozen backbone.
+fn probe_epoch<B: AutodiffBackend>(
+    probes: &mut Probes<B>,
+    backbone: &AnyBackbone<B::InnerBackend>,
+    cached: Option<&(Tensor<B::InnerBackend, 2>, Vec<usize>)>,
+    data: &EvalData,
+    (epoch, lrs): (usize, &[f64]),
+    config: &ProbeConfig,
+    device: &B::Device,
+) -> Result<(), TrainError> {
+    let Some((feats, labels)) = cached else {
+        for batch in data.train_loader(config.batch_size)?.epoch(epoch as u64, 0) {
+            let mut batch = batch?;
+            let view = batch.views.swap_remove(0);
+            let x = Tensor::from_data(TensorData::new(view, batch.shape), device);
+            probes.step(backbone.forward(x), &batch.labels, lrs);
+        }
+        return Ok(());
+    };
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    Rng::for_sample(config.seed, epoch as u64, 0, 7).shuffle(&mut order);
+    for chunk in order.chunks(config.batch_size) {
+        let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
+        let idx = Tensor::<B::InnerBackend, 1, Int>::from_data(
+            TensorData::new(idx, [chunk.len()]),
+            device,
+        );
+        let y: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
+        probes.step(feats.clone().select(0, idx), &y, lrs);
+    }
+    Ok(())
+}
+
 /// Trains linear classifiers on the frozen `backbone` (a module of `B::InnerBackend`, so it
 /// runs in eval mode and takes no gradient) and evaluates them on the test split after every
 /// epoch. Fails if any backbone tensor changed.
@@ -177,24 +280,9 @@ pub fn linear_probe<B: AutodiffBackend>(
     config: &ProbeConfig,
     device: &B::Device,
 ) -> Result<ProbeReport<B::InnerBackend>, TrainError> {
-    if config.epochs == 0 || config.batch_size == 0 {
-        return Err(TrainError::Config(
-            "epochs and batch size must be positive".into(),
-        ));
-    }
+    let base_lrs = probe_lrs(config, backbone_config)?;
     let start = Instant::now();
     let before = fingerprint(backbone, backbone_config);
-    let base_lrs = if config.base_lrs.is_empty() {
-        vec![default_probe_lr(backbone_config)]
-    } else {
-        config.base_lrs.clone()
-    };
-    if let Some(bad) = base_lrs.iter().find(|lr| !(**lr > 0.0 && lr.is_finite())) {
-        return Err(TrainError::Config(format!(
-            "learning rates must be positive, got {bad}"
-        )));
-    }
-    let classes = data.num_classes();
     let features = |x: Tensor<B::InnerBackend, 4>| backbone.forward(x);
     let test_loader = data.eval_loader(&data.test, 256)?;
     let (test_feats, test_labels) = extract_raw_with(&features, &test_loader, device)?;
@@ -204,18 +292,15 @@ pub fn linear_probe<B: AutodiffBackend>(
     } else {
         None
     };
-    let dim = test_feats.dims()[1];
     B::seed(device, config.seed);
-    let mut heads: Vec<(Linear<B>, _)> = base_lrs
-        .iter()
-        .map(|_| {
-            let fc = init_classifier::<B>(dim, classes, device);
-            (
-                fc,
-                OptimConfig::sgd(config.momentum, 0.0).init::<B, Linear<B>>(),
-            )
-        })
-        .collect();
+    let dim = test_feats.dims()[1];
+    let mut probes = Probes::<B>::new(
+        base_lrs.len(),
+        dim,
+        data.num_classes(),
+        config.momentum,
+        device,
+    );
     let mut runs: Vec<ProbeRun> = base_lrs
         .iter()
         .map(|&base_lr| ProbeRun {
@@ -223,59 +308,30 @@ pub fn linear_probe<B: AutodiffBackend>(
             epochs: Vec::new(),
         })
         .collect();
-    let train_loader = data.train_loader(config.batch_size)?;
     for epoch in 0..config.epochs {
+        // A half cosine from the scaled base learning rate to 0 over the epochs.
         let decay =
             0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / config.epochs as f64).cos());
         let lrs: Vec<f64> = base_lrs
             .iter()
             .map(|b| b * config.batch_size as f64 / 256.0 * decay)
             .collect();
-        let mut loss_sums = vec![0.0f64; heads.len()];
-        let mut batches = 0usize;
-        let mut step = |x: Tensor<B::InnerBackend, 2>, labels: &[usize]| {
-            let x = Tensor::<B, 2>::from_inner(x);
-            let y = labels_tensor::<B>(labels, device);
-            for (i, (fc, optim)) in heads.iter_mut().enumerate() {
-                let loss = cross_entropy(fc.forward(x.clone()), y.clone());
-                loss_sums[i] += loss.clone().into_scalar().elem::<f64>();
-                let grads = GradientsParams::from_grads(loss.backward(), &*fc);
-                *fc = optim.step(lrs[i], fc.clone(), grads);
-            }
-            batches += 1;
-        };
-        match &cached {
-            Some((feats, labels)) => {
-                let mut order: Vec<usize> = (0..labels.len()).collect();
-                Rng::for_sample(config.seed, epoch as u64, 0, 7).shuffle(&mut order);
-                for chunk in order.chunks(config.batch_size) {
-                    let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
-                    let idx = Tensor::<B::InnerBackend, 1, Int>::from_data(
-                        TensorData::new(idx, [chunk.len()]),
-                        device,
-                    );
-                    let y: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
-                    step(feats.clone().select(0, idx), &y);
-                }
-            }
-            None => {
-                for batch in train_loader.epoch(epoch as u64, 0) {
-                    let mut batch = batch?;
-                    let view = batch.views.swap_remove(0);
-                    let x = Tensor::<B::InnerBackend, 4>::from_data(
-                        TensorData::new(view, batch.shape),
-                        device,
-                    );
-                    step(backbone.forward(x), &batch.labels);
-                }
-            }
-        }
-        for (i, (fc, _)) in heads.iter().enumerate() {
+        probe_epoch(
+            &mut probes,
+            backbone,
+            cached.as_ref(),
+            data,
+            (epoch, &lrs),
+            config,
+            device,
+        )?;
+        let losses = probes.epoch_losses();
+        for (i, (fc, _)) in probes.heads.iter().enumerate() {
             let (top1, top5) = accuracy(fc.valid().forward(test_feats.clone()), &test_labels);
             let result = EpochResult {
                 epoch: epoch + 1,
                 lr: lrs[i],
-                loss: loss_sums[i] / batches.max(1) as f64,
+                loss: losses[i],
                 top1,
                 top5,
             };
@@ -299,7 +355,7 @@ pub fn linear_probe<B: AutodiffBackend>(
             last(a).total_cmp(&last(b))
         })
         .unwrap_or(0);
-    let classifier = heads.swap_remove(best).0.valid();
+    let classifier = probes.heads.swap_remove(best).0.valid();
     Ok(ProbeReport {
         runs,
         best,
@@ -345,13 +401,5 @@ pub fn save_classifier_model<B: Backend>(
     let family = family_of_config(config);
     let mut tensors = torch_state_dict(backbone, family);
     tensors.extend(classifier_tensors(classifier, family));
-    let meta = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        (
-            "moco_backbone".to_string(),
-            serde_json::to_string(config).expect("config serialises"),
-        ),
-    ]);
-    write_atomic(path, &to_safetensors(&tensors, Some(meta))?)?;
-    Ok(tensors.len())
+    Ok(write_safetensors(path, &tensors, "moco_backbone", config)?)
 }

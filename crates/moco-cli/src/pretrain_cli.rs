@@ -16,150 +16,183 @@ use crate::device::{dispatch_many, parse_devices, DeviceSpec, MultiDeviceJob};
 #[derive(Args, Debug, Clone)]
 pub struct PretrainArgs {
     /// Preset: fmnist-vit, cifar-resnet18, imagenet-vit-small, imagenet-vit-base, imagenet-resnet50.
-    #[arg(long)]
+    #[arg(help_heading = "Run", long, value_parser = clap::builder::PossibleValuesParser::new(moco_train::TRAIN_PRESETS))]
     pub preset: Option<String>,
     /// A configuration JSON (as written to RUN_DIR/config.json) to start from instead of a preset.
-    #[arg(long)]
+    #[arg(help_heading = "Run", long)]
     pub config: Option<PathBuf>,
     /// mocov3, simclr or byol.
-    #[arg(long)]
+    #[arg(help_heading = "Model", long)]
     pub method: Option<Method>,
     /// Backbone: vit_tiny, vit_small, vit_base, vit_large, vit_huge, vit_conv_small, vit_conv_base, resnet18, resnet34, resnet50, resnet50x2, resnet50x4, resnet101, resnet152.
-    #[arg(long)]
+    #[arg(help_heading = "Model", long, value_parser = clap::builder::PossibleValuesParser::new(moco_models::PRESETS))]
     pub arch: Option<String>,
     /// Frozen random patch projection (ViT).
-    #[arg(long)]
+    #[arg(help_heading = "Model", long)]
     pub freeze_patch_embed: Option<bool>,
     /// Input image side.
-    #[arg(long)]
+    #[arg(help_heading = "Model", long)]
     pub img_size: Option<usize>,
     /// ViT patch size.
-    #[arg(long)]
+    #[arg(help_heading = "Model", long)]
     pub patch_size: Option<usize>,
+    /// Input channels (default: the data's, 1 for grayscale, 3 for colour).
+    #[arg(help_heading = "Model", long)]
+    pub in_chans: Option<usize>,
+    /// ViT width (default: the architecture's).
+    #[arg(help_heading = "Model", long)]
+    pub embed_dim: Option<usize>,
+    /// ViT depth (default: the architecture's).
+    #[arg(help_heading = "Model", long)]
+    pub depth: Option<usize>,
+    /// ViT attention heads (default: the architecture's).
+    #[arg(help_heading = "Model", long)]
+    pub num_heads: Option<usize>,
+    /// Hidden width of the projector and predictor.
+    #[arg(help_heading = "Model", long)]
+    pub mlp_dim: Option<usize>,
+    /// Output width of the projector and predictor.
+    #[arg(help_heading = "Model", long)]
+    pub out_dim: Option<usize>,
     /// Images per optimizer step.
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub batch_size: Option<usize>,
     /// Micro-batches per step (BN statistics and negatives then come from each micro-batch).
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub grad_accum: Option<usize>,
     /// Epochs of the schedule.
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub epochs: Option<f64>,
     /// Warm-up epochs.
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub warmup_epochs: Option<f64>,
     /// Length of the schedule in steps, whatever the dataset size (epochs and warm-up are
     /// rescaled to span it, warm-up keeping its share).
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub steps: Option<u64>,
     /// Stop after this many steps.
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub max_steps: Option<u64>,
     /// Base learning rate (scaled by batch / 256).
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub lr: Option<f64>,
     /// adamw or lars.
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub optimizer: Option<moco_train::config::OptimizerName>,
     /// Weight decay.
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub weight_decay: Option<f64>,
     /// Temperature.
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub temperature: Option<f64>,
     /// Initial momentum of the EMA.
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub momentum: Option<f64>,
     /// Smallest crop area fraction.
-    #[arg(long)]
+    #[arg(help_heading = "Data", long)]
     pub crop_min: Option<f64>,
     /// Global gradient-norm clipping.
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub clip_grad: Option<f64>,
     /// ResNet input stem: imagenet (7×7 stride 2, max-pool) or small (3×3 stride 1); default:
     /// small for images of 64 px or less.
-    #[arg(long)]
+    #[arg(help_heading = "Model", long)]
     pub stem: Option<moco_models::Stem>,
     /// Seed.
-    #[arg(long)]
+    #[arg(help_heading = "Run", long)]
     pub seed: Option<u64>,
     /// Data folder (IDX, CIFAR binary, or an image folder), or `bundled` for the bundled
     /// Fashion-MNIST split; default: Fashion-MNIST (the full set when installed, else bundled).
-    #[arg(long)]
+    #[arg(help_heading = "Data", long)]
     pub data: Option<String>,
     /// Force the data format: fashion-mnist, mnist, cifar10, cifar100, folder.
-    #[arg(long)]
+    #[arg(help_heading = "Data", long)]
     pub dataset: Option<moco_data::DatasetKind>,
     /// Loader threads.
-    #[arg(long)]
+    #[arg(help_heading = "Data", long)]
     pub workers: Option<usize>,
     /// kNN evaluation every N steps (0: epoch ends only).
-    #[arg(long)]
+    #[arg(help_heading = "Monitors", long)]
     pub knn_every: Option<u64>,
     /// kNN neighbours.
-    #[arg(long)]
+    #[arg(help_heading = "Monitors", long)]
     pub knn_k: Option<usize>,
     /// At most this many training images form the kNN memory.
-    #[arg(long)]
+    #[arg(help_heading = "Monitors", long)]
     pub knn_memory: Option<usize>,
     /// At most this many evaluation images are classified by the kNN monitor.
-    #[arg(long)]
+    #[arg(help_heading = "Monitors", long)]
     pub knn_eval: Option<usize>,
     /// A kNN top-1 drop of more than this many points is a dip (default: two binomial
     /// standard errors on the evaluation set).
-    #[arg(long)]
+    #[arg(help_heading = "Monitors", long)]
     pub dip_threshold: Option<f64>,
     /// Checkpoint every N steps.
-    #[arg(long)]
+    #[arg(help_heading = "Checkpoints", long)]
     pub checkpoint_every: Option<u64>,
+    /// Checkpoints kept.
+    #[arg(help_heading = "Checkpoints", long)]
+    pub keep_checkpoints: Option<usize>,
+    /// A progress line every N steps.
+    #[arg(help_heading = "Monitors", long)]
+    pub log_every: Option<u64>,
+    /// Any configuration field, by its name or its place (`--set schedule.momentum=0.996`,
+    /// `--set spike_factor=4`); the value is JSON (a bare word is a string). Repeatable;
+    /// applied after every other flag.
+    #[arg(help_heading = "Run", long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print the resolved configuration as JSON and exit.
+    #[arg(help_heading = "Run", long)]
+    pub print_config: bool,
     /// Skip steps with a non-finite loss or gradient instead of stopping.
-    #[arg(long)]
+    #[arg(help_heading = "Optimisation", long)]
     pub skip_nonfinite: bool,
     /// Stop at the first unreadable image.
-    #[arg(long)]
+    #[arg(help_heading = "Data", long)]
     pub strict: bool,
     /// Backbone precision: f32, bf16 or f16 (parameters, optimizer, heads and loss stay f32).
-    #[arg(long)]
+    #[arg(help_heading = "Devices", long)]
     pub precision: Option<moco_models::Precision>,
     /// Run directory (default: runs/PRESET-METHOD-TIME).
-    #[arg(long)]
+    #[arg(help_heading = "Checkpoints", long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its newest checkpoint, with the configuration it was
-    /// started with.
-    #[arg(long)]
-    pub resume: bool,
+    /// Continue the run in --out with the configuration it was started with: from its newest
+    /// readable checkpoint (a damaged newer one is skipped with a warning), or from the
+    /// checkpoint folder given.
+    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT", help_heading = "Run")]
+    pub resume: Option<Option<PathBuf>>,
     /// Stop after this many steps with a checkpoint, as Ctrl-C would (e.g. a time-boxed job);
     /// `--resume` continues from there.
-    #[arg(long)]
+    #[arg(help_heading = "Checkpoints", long)]
     pub stop_after: Option<u64>,
     /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N], rocm[:N],
     /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
-    #[arg(long, default_value = "auto")]
+    #[arg(help_heading = "Devices", long, default_value = "auto")]
     pub device: DeviceSpec,
     /// Data parallelism over several devices of one backend, e.g. `cuda:0,cuda:1,cuda:2,cuda:3`:
     /// each computes its shard of every batch (keys gathered from all, SyncBN, gradients
     /// averaged); overrides --device.
-    #[arg(long)]
+    #[arg(help_heading = "Devices", long)]
     pub devices: Option<String>,
     /// Machines of a multi-node run, experimental (each runs this command with its own
     /// --node-rank and --node-address; `moco orchestrator` runs on one of them; see
     /// docs/distributed.md).
-    #[arg(long)]
+    #[arg(help_heading = "Devices", long)]
     pub nodes: Option<usize>,
     /// This machine's index among --nodes (0 evaluates, logs and checkpoints).
-    #[arg(long)]
+    #[arg(help_heading = "Devices", long)]
     pub node_rank: Option<usize>,
     /// Where the other nodes reach this one: ws://HOST:PORT (the port is opened here).
-    #[arg(long)]
+    #[arg(help_heading = "Devices", long)]
     pub node_address: Option<String>,
     /// The orchestrator: ws://HOST:PORT.
-    #[arg(long)]
+    #[arg(help_heading = "Devices", long)]
     pub orchestrator: Option<String>,
     /// Seconds to wait for every replica to join, or for a step to finish, before giving up.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(help_heading = "Devices", long, default_value_t = 1800)]
     pub collective_timeout: u64,
     /// No progress lines.
-    #[arg(long)]
+    #[arg(help_heading = "Run", long)]
     pub quiet: bool,
 }
 
@@ -185,10 +218,21 @@ impl PretrainArgs {
                      temperature => temperature, momentum => schedule.momentum, crop_min => data.crop_min, seed => seed,
                      workers => data.workers, knn_every => monitors.knn_every, checkpoint_every => checkpoints.every,
                      knn_k => monitors.knn_k, knn_memory => monitors.knn_memory, knn_eval => monitors.knn_eval,
+                     in_chans => model.in_chans, mlp_dim => model.mlp_dim, out_dim => model.out_dim,
+                     keep_checkpoints => checkpoints.keep, log_every => monitors.log_every,
         );
         if self.arch.is_some() {
             // A named architecture brings its own width, depth and heads.
             (c.model.embed_dim, c.model.depth, c.model.num_heads) = (None, None, None);
+        }
+        for (flag, value) in [
+            (self.embed_dim, &mut c.model.embed_dim),
+            (self.depth, &mut c.model.depth),
+            (self.num_heads, &mut c.model.num_heads),
+        ] {
+            if flag.is_some() {
+                *value = flag;
+            }
         }
         if self.steps.is_some() {
             c.schedule.steps = self.steps;
@@ -216,8 +260,41 @@ impl PretrainArgs {
         }
         c.skip_nonfinite |= self.skip_nonfinite;
         c.data.strict |= self.strict;
+        for pair in &self.set {
+            let (key, value) = parse_set(pair)?;
+            c.set(key, value)
+                .map_err(|e| format!("--set {pair}: {e}"))?;
+        }
         Ok(c)
     }
+}
+
+/// Sets `in_chans` to the channels of the data the configuration names (1 for grayscale, 3
+/// for colour), when they differ; data that cannot be opened is left to the run to report.
+fn follow_data_channels(config: &mut PretrainConfig, quiet: bool) {
+    let Some(path) = config.data.path.clone() else {
+        return;
+    };
+    let opened = moco_train::open_splits(Some(Path::new(&path)), config.data.format, config.seed);
+    if let Ok((train, _, _, _)) = opened {
+        let channels = train.channels();
+        if channels != config.model.in_chans {
+            if !quiet {
+                println!("the data has {channels} channel(s): in_chans = {channels}");
+            }
+            config.model.in_chans = channels;
+        }
+    }
+}
+
+/// `KEY=VALUE` with the value as JSON, or as a string when it is not JSON (`--set
+/// arch=vit_small`).
+fn parse_set(pair: &str) -> Result<(&str, serde_json::Value), String> {
+    let (key, value) = pair
+        .split_once('=')
+        .ok_or_else(|| format!("--set {pair}: expected KEY=VALUE"))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+    Ok((key.trim(), value))
 }
 
 struct PretrainJob {
@@ -270,13 +347,21 @@ fn default_out(config: &PretrainConfig) -> PathBuf {
 
 /// Runs `moco pretrain` (or an example) with `args`, starting from `default_preset`.
 pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSummary, String> {
-    let config = args.to_config(default_preset)?;
-    let out = match (&args.out, args.resume) {
+    let mut config = args.to_config(default_preset)?;
+    let resume = args.resume.is_some();
+    if !resume && args.in_chans.is_none() && args.config.is_none() {
+        follow_data_channels(&mut config, args.quiet);
+    }
+    if args.print_config {
+        println!("{config}");
+        return Ok(RunSummary::default());
+    }
+    let out = match (&args.out, resume) {
         (Some(o), _) => o.clone(),
         (None, true) => return Err("--resume needs --out RUN_DIR".into()),
         (None, false) => default_out(&config),
     };
-    if !args.resume {
+    if !resume {
         config.validate()?;
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -311,7 +396,8 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
         ),
     };
     let options = RunOptions {
-        resume: args.resume,
+        resume,
+        resume_from: args.resume.clone().flatten(),
         stop: Some(stop),
         stop_after: args.stop_after,
         quiet: args.quiet,
@@ -328,7 +414,7 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
         return Err("--devices: no device given".into());
     }
     // On --resume the run keeps the precision it was started with.
-    let precision = if args.resume {
+    let precision = if resume {
         stored_precision(&out)
     } else {
         config.precision

@@ -106,6 +106,31 @@ pub fn export_moco<B: Backend>(
     write_safetensors(path, &tensors, "moco_config", config)
 }
 
+/// Writes a whole MoCo model in the official release's checkpoint layout: a `torch.save` file
+/// `{'state_dict': {'module.base_encoder.…', 'module.momentum_encoder.…',
+/// 'module.predictor.…'}}` with every BN's `num_batches_tracked` (0), so that the official
+/// `MoCo_ViT` / `MoCo_ResNet` (wrapped in `DistributedDataParallel`, as `main_moco.py` resumes)
+/// loads it with `strict=True`, and `main_lincls.py --pretrained FILE` takes its base
+/// encoder. Returns the tensor count.
+pub fn export_official<B: Backend>(
+    model: &MoCo<B>,
+    config: &MocoConfig,
+    path: &Path,
+) -> Result<usize, ModelError> {
+    let mut tensors = Vec::new();
+    for (name, data) in torch_state_dict(model, family_of_config(&config.backbone)) {
+        let counter = name
+            .strip_suffix("running_var")
+            .map(|bn| format!("module.{bn}num_batches_tracked"));
+        tensors.push((format!("module.{name}"), data));
+        if let Some(counter) = counter {
+            tensors.push((counter, TensorData::new(vec![0i64], Vec::<usize>::new())));
+        }
+    }
+    crate::torch_save::torch_save(path, "state_dict", &tensors)?;
+    Ok(tensors.len())
+}
+
 /// Writes a ViT backbone as a `torch.save` file in DeiT's layout, `{'model': state_dict}` with
 /// timm names, for DeiT / MAE-style fine-tuning scripts (`--finetune FILE`). The classifier is
 /// absent: those scripts create a fresh head. Returns the tensor count.

@@ -51,6 +51,22 @@ pub struct InspectedWeights {
     pub all: StateDict,
     /// Keys present in the file that a backbone import leaves out, with the reason.
     pub ignored: Vec<String>,
+    /// What the reader assumed and a user may need to correct (the head count of a width
+    /// with several conventions).
+    pub warnings: Vec<String>,
+}
+
+/// Widths whose ViTs come with different head counts: MoCo v3's ViT-S has 12 heads, DeiT's,
+/// DINO's and timm's 6.
+fn heads_warning(config: &BackboneConfig, path: &Path) -> Option<String> {
+    match config {
+        BackboneConfig::Vit(c) if c.embed_dim == 384 => Some(format!(
+            "{}: a ViT of width 384 read with {} attention heads (MoCo v3's ViT-S); DeiT, DINO and timm's ViT-S use 6: pass --heads 6 (ImportOptions::heads) for those; the weights fit either, the features do not",
+            path.display(),
+            c.num_heads
+        )),
+        _ => None,
+    }
 }
 
 /// Reads a weight file and infers what it holds.
@@ -58,6 +74,7 @@ pub fn inspect(path: &Path, options: &ImportOptions) -> Result<InspectedWeights,
     let raw = read_state_dict(path)?;
     let mut options = options.clone();
     options.heads = options.heads.or_else(|| stored_heads(path));
+    let inferred_heads = options.heads.is_none();
     let options = &options;
     let all: StateDict = if raw.keys().all(|k| k.starts_with("module.")) {
         sub_dict(&raw, "module.")
@@ -82,6 +99,10 @@ pub fn inspect(path: &Path, options: &ImportOptions) -> Result<InspectedWeights,
             .filter(|(k, _)| !k.starts_with(&head))
             .collect();
         let backbone_config = infer_backbone(&backbone, options).map_err(describe)?;
+        let warnings: Vec<String> = match inferred_heads {
+            true => heads_warning(&backbone_config, path).into_iter().collect(),
+            false => Vec::new(),
+        };
         let projector = infer_head(&all, &format!("base_encoder.{head}")).map_err(describe)?;
         let predictor = infer_head(&all, "predictor.").map_err(describe)?;
         let moco_config = MocoConfig::new(backbone_config.clone(), projector, predictor);
@@ -100,6 +121,7 @@ pub fn inspect(path: &Path, options: &ImportOptions) -> Result<InspectedWeights,
             moco_config: Some(moco_config),
             all,
             ignored,
+            warnings,
         });
     }
     let family = family_of(&all).ok_or_else(|| {
@@ -116,6 +138,10 @@ pub fn inspect(path: &Path, options: &ImportOptions) -> Result<InspectedWeights,
         .partition(|(k, _)| k.starts_with(&classifier));
     let backbone: StateDict = backbone.into_iter().collect();
     let backbone_config = infer_backbone(&backbone, options).map_err(describe)?;
+    let warnings: Vec<String> = match inferred_heads {
+        true => heads_warning(&backbone_config, path).into_iter().collect(),
+        false => Vec::new(),
+    };
     Ok(InspectedWeights {
         layout: Layout::Backbone,
         backbone,
@@ -123,6 +149,7 @@ pub fn inspect(path: &Path, options: &ImportOptions) -> Result<InspectedWeights,
         moco_config: None,
         all,
         ignored: ignored.into_iter().map(|(k, _)| k).collect(),
+        warnings,
     })
 }
 

@@ -56,7 +56,7 @@ pub use checkpoint::{
     is_backbone_checkpoint, load_backbone_checkpoint, load_checkpoint, save_backbone_checkpoint,
     save_checkpoint,
 };
-pub use export::{export_backbone, export_deit, export_moco};
+pub use export::{export_backbone, export_deit, export_moco, export_official};
 pub use heads::{MlpHead, MlpHeadConfig};
 pub use import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
 pub use kernels::{ConvKernel, GeluKernel, Kernels};

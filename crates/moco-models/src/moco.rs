@@ -309,7 +309,9 @@ impl Heads {
 
     /// Builds MoCo v3 around the backbone `make` builds. `make` is called twice, for the
     /// base and the momentum encoder (each gets its own parameter ids and BN state); the
-    /// momentum encoder then takes the base encoder's weights and no gradient.
+    /// momentum encoder then takes the base encoder's weights and no gradient. (A clone would
+    /// not do: Burn shares a `BatchNorm`'s running statistics between clones, and draws the
+    /// weights of a parameter never read yet anew in each clone.)
     ///
     /// # Panics
     /// When the projector's input width is not the backbone's feature width.

@@ -1,13 +1,14 @@
 //! Writing `torch.save` files (PyTorch's zip format) without PyTorch: a dict
-//! `{top_key: OrderedDict(name → float32 tensor)}`, the layout DeiT's and MAE's fine-tuning
-//! scripts read (`checkpoint['model']`). The pickle uses only what `torch.load(...,
-//! weights_only=True)` accepts: `collections.OrderedDict`, `torch._utils._rebuild_tensor_v2`
-//! and `torch.FloatStorage`.
+//! `{top_key: OrderedDict(name → tensor)}` of float32 tensors (and int64 ones, BN's
+//! `num_batches_tracked`), the layout DeiT's and MAE's fine-tuning scripts read
+//! (`checkpoint['model']`) and MoCo v3's release uses (`checkpoint['state_dict']`). The pickle
+//! uses only what `torch.load(..., weights_only=True)` accepts: `collections.OrderedDict`,
+//! `torch._utils._rebuild_tensor_v2`, `torch.FloatStorage` and `torch.LongStorage`.
 
 use std::io::{Cursor, Write};
 use std::path::Path;
 
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorData};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
@@ -92,7 +93,11 @@ fn pickle(top_key: &str, tensors: &[(String, TensorData)]) -> Result<Vec<u8>, Mo
         // Persistent id ('storage', torch.FloatStorage, key, location, numel).
         p.op(op::MARK);
         p.string("storage");
-        p.global("torch", "FloatStorage");
+        let storage = match data.dtype {
+            DType::I64 => "LongStorage",
+            _ => "FloatStorage",
+        };
+        p.global("torch", storage);
         p.string(&i.to_string());
         p.string("cpu");
         p.int(numel)?;
@@ -112,15 +117,18 @@ fn pickle(top_key: &str, tensors: &[(String, TensorData)]) -> Result<Vec<u8>, Mo
     Ok(p.0)
 }
 
-/// Serialises `{top_key: OrderedDict(tensors)}` in `torch.save`'s zip format. Tensors must be
-/// f32 (converted otherwise).
+/// Serialises `{top_key: OrderedDict(tensors)}` in `torch.save`'s zip format. Tensors are
+/// written as f32 (converted), int64 ones as int64.
 pub fn torch_save_bytes(
     top_key: &str,
     tensors: &[(String, TensorData)],
 ) -> Result<Vec<u8>, ModelError> {
     let tensors: Vec<(String, TensorData)> = tensors
         .iter()
-        .map(|(n, d)| (n.clone(), d.clone().convert::<f32>()))
+        .map(|(n, d)| match d.dtype {
+            DType::I64 => (n.clone(), d.clone()),
+            _ => (n.clone(), d.clone().convert::<f32>()),
+        })
         .collect();
     let zip_err = |e: zip::result::ZipError| ModelError::InvalidConfig(format!("zip: {e}"));
     let io_err = |e: std::io::Error| ModelError::InvalidConfig(format!("zip: {e}"));

@@ -361,3 +361,83 @@ fn damaged_files_are_errors_not_panics() {
         "{err}"
     );
 }
+
+/// `export_official` writes what the official release holds: the same keys (with `module.`),
+/// shapes and BN counters as the golden checkpoints, which are in that format, and the same
+/// float values; the file loads back as the same model.
+#[test]
+fn the_official_layout_has_the_releases_keys_and_shapes() {
+    let device = Default::default();
+    let tmp = TempDir::new("official");
+    for (tag, options) in [
+        ("vit_tiny_p8_32", vit_options()),
+        ("resnet_b16_l1111", ImportOptions::default()),
+        (
+            "vit_convstem_48",
+            ImportOptions {
+                heads: Some(2),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let original = golden(&format!("{tag}.pth.tar"));
+        let (model, config) = load_moco::<B>(&original, &options, &device).unwrap();
+        let out = tmp.join(&format!("{tag}.official"));
+        export_official(&model, &config, &out).unwrap();
+        let theirs = read_state_dict(&original).unwrap();
+        let ours = read_state_dict(&out).unwrap();
+        let keys = |d: &moco_models::state_dict::StateDict| d.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&ours), keys(&theirs), "{tag}");
+        for (name, snapshot) in &theirs {
+            let mine = &ours[name];
+            assert_eq!(mine.shape, snapshot.shape, "{tag} {name}");
+            if !name.ends_with("num_batches_tracked") {
+                assert_eq!(
+                    mine.to_data().unwrap().convert::<f32>(),
+                    snapshot.to_data().unwrap().convert::<f32>(),
+                    "{tag} {name}"
+                );
+            }
+        }
+        let (again, _) = load_moco::<B>(&out, &options, &device).unwrap();
+        let family = moco_models::import::family_of_config(&config.backbone);
+        assert_eq!(
+            as_map(torch_state_dict(&again, family)),
+            as_map(torch_state_dict(&model, family)),
+            "{tag}"
+        );
+    }
+}
+
+/// A width-384 ViT read without a recorded head count is read with MoCo v3's 12 heads, and
+/// the import says that DeiT, DINO and timm use 6; a given head count silences it.
+#[test]
+fn an_ambiguous_head_count_is_a_warning() {
+    let device = Default::default();
+    let tmp = TempDir::new("heads");
+    let config = VitConfig::vit_small()
+        .with_img_size(32)
+        .with_patch_size(16)
+        .with_depth(1);
+    let vit = BackboneConfig::Vit(config.clone());
+    let backbone: AnyBackbone<B> = vit.init(&device);
+    let out = tmp.join("deit.pth");
+    export_deit(&backbone, &vit, &out).unwrap();
+    let read = inspect(&out, &ImportOptions::default()).unwrap();
+    assert_eq!(read.warnings.len(), 1, "{:?}", read.warnings);
+    assert!(
+        read.warnings[0].contains("--heads 6"),
+        "{}",
+        read.warnings[0]
+    );
+    let given = ImportOptions {
+        heads: Some(6),
+        ..Default::default()
+    };
+    let read = inspect(&out, &given).unwrap();
+    assert!(read.warnings.is_empty());
+    let BackboneConfig::Vit(c) = read.backbone_config else {
+        panic!("a ViT")
+    };
+    assert_eq!(c.num_heads, 6);
+}

@@ -46,6 +46,7 @@ pub mod runner;
 pub mod schedule;
 pub mod step;
 pub mod study;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use config::{PretrainConfig, TRAIN_PRESETS};
@@ -65,6 +66,7 @@ pub use pretrain::{pretrain, pretrain_data_parallel, RunOptions};
 pub use schedule::Schedule;
 pub use step::{apply_step, forward_backward, measure_gradients, update, Update};
 pub use study::{run_study, PatchEmbed, StudyConfig, StudyOptions, StudySummary};
+pub use tensorboard::TensorBoardSink;
 pub use trainer::{LoopSettings, RunDirectory, RunSummary, Trainer};
 
 /// Errors of a training run.

@@ -1,5 +1,5 @@
 //! Pretraining as a [`PretrainConfig`] describes it, in a run directory: `config.json`,
-//! `metrics.jsonl` and checkpoints, exact resume. This is what `moco pretrain` runs; it builds
+//! `metrics.jsonl`, TensorBoard events (`tensorboard/`) and checkpoints, exact resume. This is what `moco pretrain` runs; it builds
 //! the model, optimizer, data and monitors from the configuration and hands them to the
 //! [`Trainer`].
 
@@ -16,14 +16,18 @@ use crate::distributed::{Cluster, CollectiveBackend};
 use crate::knn_monitor::KnnMonitor;
 use crate::method::{Method, Pretrain};
 use crate::run_state;
+use crate::tensorboard::TensorBoardSink;
 use crate::trainer::{RunDirectory, RunSummary, Trainer};
 use crate::TrainError;
 
 /// How to run (as opposed to what to train, which is the [`PretrainConfig`]).
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Continue from the newest checkpoint of the run directory.
+    /// Continue the run directory: from its newest readable checkpoint (a damaged newer one
+    /// is skipped with a warning), or from `resume_from`.
     pub resume: bool,
+    /// With `resume`: continue from this checkpoint folder of the run.
+    pub resume_from: Option<std::path::PathBuf>,
     /// Set from elsewhere (Ctrl-C) to save a checkpoint and stop after the current step.
     pub stop: Option<Arc<AtomicBool>>,
     /// Stop (with a checkpoint) after this many steps, as an interruption would.
@@ -65,6 +69,12 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
     if world > 1 && !micro.is_multiple_of(world) {
         return Err(TrainError::Config(format!(
             "the batch of {micro} images per micro-batch cannot be split evenly over {world} devices"
+        )));
+    }
+    if world > 1 && micro / world < 2 {
+        return Err(TrainError::Config(format!(
+            "{} image(s) per device and micro-batch: BatchNorm needs at least 2",
+            micro / world
         )));
     }
     let config = run_config(config, run_dir, options)?;
@@ -159,6 +169,7 @@ where
         devices[0].clone(),
     )
     .with_knn(knn)
+    .with_sink(TensorBoardSink::new(&run_dir.join("tensorboard")))
     .with_run_directory(RunDirectory {
         path: run_dir.to_path_buf(),
         checkpoint_every: config.checkpoints.every,
@@ -170,13 +181,19 @@ where
         trainer = trainer.with_stop_flag(flag.clone());
     }
     if options.resume {
-        let Some(latest) = run_state::list_checkpoints(run_dir).pop() else {
-            return Err(TrainError::Config(format!(
-                "{}: no checkpoint to resume from",
-                run_dir.display()
-            )));
+        trainer = match &options.resume_from {
+            Some(checkpoint) => trainer.resume(checkpoint.clone())?,
+            None => {
+                let all = run_state::list_checkpoints(run_dir);
+                if all.is_empty() {
+                    return Err(TrainError::Config(format!(
+                        "{}: no checkpoint to resume from",
+                        run_dir.display()
+                    )));
+                }
+                trainer.resume_newest(&all)?
+            }
         };
-        trainer = trainer.resume(latest)?;
     }
     if devices.len() > 1 || options.cluster.is_some() {
         let timeout = options

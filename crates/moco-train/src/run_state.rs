@@ -95,6 +95,32 @@ pub fn save<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
     Ok(final_dir)
 }
 
+/// The records of the checkpoint in `dir`: the model's, the optimizer's, and the position.
+/// Nothing is applied, so a damaged checkpoint leaves the model as it was.
+#[allow(clippy::type_complexity)]
+pub fn read<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(M::Record, O::Record, RunPosition), TrainError> {
+    let read = |f: &str| std::fs::read(dir.join(f)).map_err(io(dir, &format!("cannot read {f}")));
+    let position: RunPosition = serde_json::from_slice(&read("state.json")?)
+        .map_err(|e| TrainError::Io(format!("{}: state.json: {e}", dir.display())))?;
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let model = Recorder::<B>::load(&recorder, read("model.mpk")?, device).map_err(|e| {
+        TrainError::Io(format!(
+            "{}: model.mpk is not a checkpoint of this model: {e}",
+            dir.display()
+        ))
+    })?;
+    let optim = Recorder::<B>::load(&recorder, read("optim.mpk")?, device).map_err(|e| {
+        TrainError::Io(format!(
+            "{}: optim.mpk does not match this optimizer: {e}",
+            dir.display()
+        ))
+    })?;
+    Ok((model, optim, position))
+}
+
 /// Loads the checkpoint in `dir` into `model` and `optim`.
 pub fn load<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
     dir: &Path,
@@ -102,25 +128,6 @@ pub fn load<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
     optim: O,
     device: &B::Device,
 ) -> Result<(M, O, RunPosition), TrainError> {
-    let read = |f: &str| std::fs::read(dir.join(f)).map_err(io(dir, &format!("cannot read {f}")));
-    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
-    let model_record = Recorder::<B>::load(&recorder, read("model.mpk")?, device).map_err(|e| {
-        TrainError::Io(format!(
-            "{}: model.mpk is not a checkpoint of this model: {e}",
-            dir.display()
-        ))
-    })?;
-    let optim_record = Recorder::<B>::load(&recorder, read("optim.mpk")?, device).map_err(|e| {
-        TrainError::Io(format!(
-            "{}: optim.mpk does not match this optimizer: {e}",
-            dir.display()
-        ))
-    })?;
-    let position: RunPosition = serde_json::from_slice(&read("state.json")?)
-        .map_err(|e| TrainError::Io(format!("{}: state.json: {e}", dir.display())))?;
-    Ok((
-        model.load_record(model_record),
-        optim.load_record(optim_record),
-        position,
-    ))
+    let (m, o, position) = read::<B, M, O>(dir, device)?;
+    Ok((model.load_record(m), optim.load_record(o), position))
 }

@@ -247,10 +247,37 @@ where
 
     /// Continues from the checkpoint folder `checkpoint`: model, optimizer state and the
     /// position in the schedule and the data.
-    pub fn resume(mut self, checkpoint: PathBuf) -> Result<Self, TrainError> {
-        let (model, optim, pos) =
-            run_state::load(&checkpoint, self.model, self.optim, &self.device)?;
-        (self.model, self.optim, self.pos) = (model, optim, pos);
+    pub fn resume(self, checkpoint: PathBuf) -> Result<Self, TrainError> {
+        let (model, optim, pos) = run_state::read::<B, M, O>(&checkpoint, &self.device)?;
+        Ok(self.resumed(checkpoint, model, optim, pos))
+    }
+
+    /// Continues from the newest checkpoint of `checkpoints` (oldest first) that can be
+    /// read; each newer one that cannot (a damaged file) is named in a warning.
+    pub fn resume_newest(self, checkpoints: &[PathBuf]) -> Result<Self, TrainError> {
+        let mut last_error = None;
+        for dir in checkpoints.iter().rev() {
+            match run_state::read::<B, M, O>(dir, &self.device) {
+                Ok((model, optim, pos)) => return Ok(self.resumed(dir.clone(), model, optim, pos)),
+                Err(e) => {
+                    eprintln!("warning: cannot resume from {}: {e}", dir.display());
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| TrainError::Config("no checkpoint to resume from".into())))
+    }
+
+    fn resumed(
+        mut self,
+        checkpoint: PathBuf,
+        model: M::Record,
+        optim: O::Record,
+        pos: RunPosition,
+    ) -> Self {
+        self.model = self.model.load_record(model);
+        self.optim = self.optim.load_record(optim);
+        self.pos = pos;
         if !self.quiet {
             println!(
                 "resuming from {} (step {})",
@@ -259,7 +286,7 @@ where
             );
         }
         self.resumed_from = Some(checkpoint);
-        Ok(self)
+        self
     }
 
     /// Where the run is (after [`Trainer::resume`], the checkpoint's position).

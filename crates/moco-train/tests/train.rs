@@ -317,3 +317,32 @@ fn the_first_versions_config_loads() {
     assert_eq!(config.monitors.dip_threshold, Some(1.0));
     assert_eq!(config.model.embed_dim, Some(32));
 }
+
+/// `--resume` skips a damaged newest checkpoint (with a warning) and continues from the
+/// previous one; a checkpoint named explicitly is used as is.
+#[test]
+fn resume_falls_back_past_a_damaged_checkpoint() {
+    let _turn = serial();
+    let dir = Tmp::new("damaged-resume");
+    let config = tiny(Method::MocoV3)
+        .with_max_steps(Some(3))
+        .with_knn_every(0)
+        .with_checkpoint_every(1);
+    pretrain::<B>(config.clone(), &dir.0, &quiet(), &Default::default()).unwrap();
+    let newest = dir.0.join("checkpoints/step-00000003");
+    std::fs::write(newest.join("model.mpk"), b"not a record").unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..quiet()
+    };
+    let summary = pretrain::<B>(config.clone(), &dir.0, &resume, &Default::default()).unwrap();
+    // From step 2: one step ran again.
+    assert_eq!((summary.steps, summary.losses.len()), (3, 1));
+    let from_first = RunOptions {
+        resume: true,
+        resume_from: Some(dir.0.join("checkpoints/step-00000001")),
+        ..quiet()
+    };
+    let summary = pretrain::<B>(config, &dir.0, &from_first, &Default::default()).unwrap();
+    assert_eq!((summary.steps, summary.losses.len()), (3, 2));
+}

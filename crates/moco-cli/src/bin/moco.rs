@@ -9,8 +9,8 @@ use moco_cli::device::{dispatch, BackendJob, DeviceSpec};
 use moco_cli::models::import::{backbone_from, inspect, moco_from, ImportOptions, Layout};
 use moco_cli::models::Precision;
 use moco_cli::models::{
-    export_backbone, export_deit, export_moco, save_backbone_checkpoint, save_checkpoint,
-    BackboneConfig,
+    export_backbone, export_deit, export_moco, export_official, save_backbone_checkpoint,
+    save_checkpoint, BackboneConfig,
 };
 use moco_cli::parity;
 
@@ -124,13 +124,14 @@ enum Command {
     /// Export weights for PyTorch: safetensors with timm / torchvision names, or DeiT's
     /// `{'model': ...}` `torch.save` layout.
     Export {
-        /// A moco checkpoint (`.mpk`) or an official / exported weight file.
+        /// A run directory, a moco checkpoint, or an official / exported weight file (any name).
         checkpoint: PathBuf,
-        /// Output `.safetensors` file.
+        /// Output file.
         #[arg(long)]
         out: PathBuf,
         /// timm (ViT) or torchvision (ResNet) safetensors; deit: a `.pth` for DeiT / MAE
-        /// fine-tuning (ViT). Checked against the architecture.
+        /// fine-tuning (ViT); moco: the official MoCo v3 checkpoint layout (a whole model, for
+        /// the official code and `main_lincls.py`). Checked against the architecture.
         #[arg(long)]
         format: Option<ExportFormat>,
         /// The backbone alone (default) or the whole MoCo model in the official key layout.
@@ -177,6 +178,9 @@ enum ExportFormat {
     Timm,
     Torchvision,
     Deit,
+    /// The official MoCo v3 checkpoint layout (`torch.save` of `{'state_dict': {'module.…'}}`),
+    /// for the official code and `main_lincls.py`; a whole model.
+    Moco,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -475,6 +479,9 @@ impl BackendJob for ImportJob {
     fn run<B: Backend>(self, device: B::Device) -> CmdResult {
         let opts = options(self.heads);
         let inspected = inspect(&self.file, &opts).map_err(|e| e.to_string())?;
+        for w in &inspected.warnings {
+            eprintln!("warning: {w}");
+        }
         let what = match inspected.layout {
             Layout::Moco => {
                 let (model, config) =
@@ -519,7 +526,12 @@ impl BackendJob for ExportJob {
         let loaded = moco_cli::train::load_pretrained::<B>(&self.checkpoint, self.heads, &device)
             .map_err(|e| e.to_string())?;
         check_format(self.format, &loaded.backbone_config)?;
-        let n = match (self.what, self.format) {
+        // The official layout is a whole model.
+        let what = match self.format {
+            Some(ExportFormat::Moco) => ExportWhat::Model,
+            _ => self.what,
+        };
+        let n = match (what, self.format) {
             (ExportWhat::Model, Some(ExportFormat::Deit)) => {
                 return Err("the DeiT layout holds a backbone: use --what backbone".into())
             }
@@ -530,7 +542,10 @@ impl BackendJob for ExportJob {
                         self.checkpoint.display()
                     )
                 })?;
-                export_moco(model, config, &self.out)
+                match self.format {
+                    Some(ExportFormat::Moco) => export_official(model, config, &self.out),
+                    _ => export_moco(model, config, &self.out),
+                }
             }
             (ExportWhat::Backbone, Some(ExportFormat::Deit)) => {
                 export_deit(&loaded.backbone, &loaded.backbone_config, &self.out)

@@ -467,6 +467,23 @@ impl PretrainConfig {
                 self.schedule.batch_size, self.schedule.grad_accum
             ));
         }
+        if self.schedule.batch_size / self.schedule.grad_accum < 2 {
+            return Err(format!(
+                "a micro-batch of {} image(s): BatchNorm and the batch negatives need at least 2",
+                self.schedule.batch_size / self.schedule.grad_accum
+            ));
+        }
+        if self.data.path.is_none() {
+            if let Some(
+                kind @ (DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Folder),
+            ) = self.data.format
+            {
+                return Err(format!(
+                    "the {kind} data of preset '{}' is not bundled: give its folder with --data",
+                    self.preset
+                ));
+            }
+        }
         if self.schedule.epochs <= 0.0
             || self.schedule.warmup_epochs < 0.0
             || self.schedule.warmup_epochs >= self.schedule.epochs

@@ -143,6 +143,9 @@ pub fn load_pretrained<B: Backend>(
             };
             // The file is read once; its layout says what it holds.
             let weights = inspect(path, &options)?;
+            for w in &weights.warnings {
+                eprintln!("warning: {w}");
+            }
             Ok(match weights.layout {
                 Layout::Moco => {
                     let (model, config) = moco_from::<B>(&weights, path, device)?;

@@ -363,6 +363,7 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
     };
     if !resume {
         config.validate()?;
+        config.check_data()?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     {

@@ -87,6 +87,7 @@ pub fn open_splits(
 
 /// Opens the datasets and loaders a configuration asks for.
 pub fn prepare_data(config: &PretrainConfig) -> Result<RunData, TrainError> {
+    config.check_data().map_err(TrainError::Config)?;
     let (train, eval, kind, note) = open_splits(
         config.data.path.as_deref().map(Path::new),
         config.dataset_kind().map_err(TrainError::Config)?,

@@ -125,6 +125,7 @@ fn run_config(
         )));
     }
     config.validate().map_err(TrainError::Config)?;
+    config.check_data().map_err(TrainError::Config)?;
     std::fs::create_dir_all(run_dir)
         .map_err(|e| TrainError::Io(format!("{}: {e}", run_dir.display())))?;
     let json = serde_json::to_string_pretty(&config).expect("a configuration serialises");

@@ -448,6 +448,21 @@ impl PretrainConfig {
         Ok(self.data.format)
     }
 
+    /// Checks that the data this configuration names can be found: a preset of CIFAR or of
+    /// an image folder needs its path (nothing of those is bundled).
+    pub fn check_data(&self) -> Result<(), String> {
+        match (&self.data.path, self.data.format) {
+            (
+                None,
+                Some(kind @ (DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Folder)),
+            ) => Err(format!(
+                "the {kind} data of preset '{}' is not bundled: give its folder with --data",
+                self.preset
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Augmentations for data of `kind` (`None`: the default Fashion-MNIST).
     pub fn augment(&self, kind: Option<DatasetKind>) -> AugmentConfig {
         augment_for(kind, self.model.img_size, self.data.crop_min)
@@ -472,17 +487,6 @@ impl PretrainConfig {
                 "a micro-batch of {} image(s): BatchNorm and the batch negatives need at least 2",
                 self.schedule.batch_size / self.schedule.grad_accum
             ));
-        }
-        if self.data.path.is_none() {
-            if let Some(
-                kind @ (DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Folder),
-            ) = self.data.format
-            {
-                return Err(format!(
-                    "the {kind} data of preset '{}' is not bundled: give its folder with --data",
-                    self.preset
-                ));
-            }
         }
         if self.schedule.epochs <= 0.0
             || self.schedule.warmup_epochs < 0.0

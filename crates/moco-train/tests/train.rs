@@ -274,8 +274,10 @@ fn stored(name: &str) -> PathBuf {
 
 /// A run directory written by an earlier version (4346e2c, before the loop became a
 /// `Trainer` and the backbone a trait: `config.json`, `metrics.jsonl` and the checkpoint at
-/// step 2 of 4, stopped with `--stop-after 2`) resumes to its end, with the losses that
-/// version logged for steps 3 and 4 when it ran the 4 steps without stopping.
+/// step 2 of 4, stopped with `--stop-after 2`; its `data` then set to `bundled`, the data it
+/// used, so that an installed full Fashion-MNIST does not change the data) resumes to its end,
+/// with the losses that version logged for steps 3 and 4 when it ran the 4 steps without
+/// stopping.
 #[test]
 fn a_run_directory_of_an_earlier_version_resumes() {
     let _turn = serial();

@@ -88,9 +88,14 @@ fn every_method_runs_end_to_end() {
         assert!(metrics.contains("\"block00\""), "{method}");
         assert!(dir.0.join("config.json").is_file());
         moco_train::plot_run(&dir.0).unwrap();
-        for plot in ["loss.png", "schedule.png", "knn.png", "grad_norms.png"] {
+        for (plot, panels) in [
+            ("loss.png", 1),
+            ("schedule.png", 2),
+            ("knn.png", 1),
+            ("grad_norms.png", 1),
+        ] {
             let img = image::open(dir.0.join("plots").join(plot)).unwrap();
-            assert_eq!((img.width(), img.height()), (900, 420), "{plot}");
+            assert_eq!((img.width(), img.height()), (900 * panels, 420), "{plot}");
         }
         assert!(summary
             .checkpoint

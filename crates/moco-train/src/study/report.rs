@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::grid::{format_lr, run_status, PatchEmbed, RunStatus, StudyConfig, StudyRun};
 use crate::method::Method;
 use crate::monitor::{DipDetector, DipEvent, SpikeDetector, SpikeEvent};
-use crate::plot::{side_by_side, Chart, Series, PALETTE};
+use crate::plot::{save_png, side_by_side, Chart, Series, PALETTE};
 use crate::TrainError;
 
 /// What one run of the study shows.
@@ -404,17 +404,15 @@ pub fn write_report(
                 })
                 .collect(),
             markers: vec![],
+            marker_legend: vec![],
         };
-        let panels: Vec<_> = study
+        let panels = study
             .patch_embed
             .iter()
             .map(|&p| panel(p).render())
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         let name = format!("knn-{method}-b{batch}.png");
-        let path = figures.join(&name);
-        side_by_side(&panels)
-            .save(&path)
-            .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
+        save_png(&side_by_side(&panels), &figures.join(&name))?;
         let _ = writeln!(
             md,
             "kNN accuracy during training, {method}, batch {batch} (left to right: {}):\n\n![kNN {method} b{batch}](figures/{name})\n",
@@ -445,7 +443,7 @@ pub fn write_report(
         markers.extend(a.dips.iter().map(|d| (d.step as f64, [230, 60, 60])));
         let chart = Chart {
             title: format!("{}: grad norm / median (log)", a.name),
-            x_label: "iteration; spikes: orange first, blue last layer; red: kNN dip".into(),
+            x_label: "iteration".into(),
             log_y: true,
             y_range: None,
             series: vec![
@@ -461,6 +459,11 @@ pub fn write_report(
                 },
             ],
             markers,
+            marker_legend: vec![
+                ("spike, first layer".into(), [255, 190, 110]),
+                ("spike, last layer".into(), [160, 195, 255]),
+                ("kNN dip".into(), [230, 60, 60]),
+            ],
         };
         let name = format!("grad-{}.png", a.name);
         chart.save(&figures.join(&name))?;

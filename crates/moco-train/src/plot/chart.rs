@@ -115,7 +115,7 @@ impl Chart {
 
     fn draw(&self, root: &Area) -> Result<(), String> {
         // One line needs no legend: the title names it.
-        let legend = self.series.len() > 1 || !self.marker_legend.is_empty();
+        let legend = self.series.len() > 1 || !self.marker_keys().is_empty();
         let plot_width = if legend { W - LEGEND } else { W };
         let (plot, legend_area) = root.split_horizontally((plot_width * SUPERSAMPLE) as i32);
         let (x, y) = self.bounds();
@@ -226,16 +226,23 @@ impl Chart {
         Ok(())
     }
 
-    /// The legend column: a line per series, then a bar per marker kind.
+    /// The marker legend entries whose colour marks something on this chart.
+    fn marker_keys(&self) -> Vec<&(String, [u8; 3])> {
+        let used = |c: &[u8; 3]| self.markers.iter().any(|m| m.1 == *c);
+        self.marker_legend.iter().filter(|(_, c)| used(c)).collect()
+    }
+
+    /// The legend column: a line per series, then a bar per kind of marker drawn.
     fn draw_legend(&self, area: &Area) -> Result<(), String> {
         let s = SUPERSAMPLE as i32;
-        let entries = self.series.len() + self.marker_legend.len();
+        let marker_keys = self.marker_keys();
+        let entries = self.series.len() + marker_keys.len();
         let top = 46 * s;
         let row = (19 * s).min((H as i32 * s - top - 10 * s) / entries.max(1) as i32);
         let label =
             TextStyle::from((FONT, 14 * s).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
         let lines = self.series.iter().map(|e| (&e.label, e.color, false));
-        let bars = self.marker_legend.iter().map(|(l, c)| (l, *c, true));
+        let bars = marker_keys.into_iter().map(|(l, c)| (l, *c, true));
         for (i, (name, color, bar)) in lines.chain(bars).enumerate() {
             let y = top + i as i32 * row;
             let key = if bar {

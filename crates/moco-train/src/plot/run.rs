@@ -78,9 +78,7 @@ fn knn(metrics: &Metrics) -> Chart {
         ],
     );
     chart.markers = dips(metrics);
-    if !chart.markers.is_empty() {
-        chart.marker_legend = vec![("kNN dip".into(), DIP)];
-    }
+    chart.marker_legend = vec![("kNN dip".into(), DIP)];
     chart
 }
 

@@ -37,7 +37,7 @@ pub use burn_dataset::FromBurn;
 pub use dataset::{ArrayDataset, BurnDataset, DataError, ImageDataset, Sample, Subset};
 pub use formats::{detect, open_dataset, DatasetKind, ImageFolder, Split};
 pub use image::Image;
-pub use loader::{Batch, BatchIter, Loader, LoaderConfig, Views};
+pub use loader::{Batch, BatchIter, Loader, LoaderConfig, Shard, Views};
 pub use rng::Rng;
 
 /// A shared, type-erased dataset.

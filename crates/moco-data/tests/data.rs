@@ -430,6 +430,109 @@ fn views_are_deterministic_whatever_the_thread_count() {
 }
 
 #[test]
+fn shards_and_workers_see_the_same_views_as_one_loader() {
+    let (train, _) = bundled_fashion_mnist().unwrap();
+    let aug = Arc::new(AugmentConfig::fashion_mnist(28, 0.2));
+    let batches = |workers: usize, shard: Shard| {
+        let mut cfg = LoaderConfig::train(24, 7);
+        cfg.workers = workers;
+        cfg.prefetch = 1;
+        cfg.shard = shard;
+        let loader = Loader::new(train.clone(), Views::Two(aug.clone()), cfg).unwrap();
+        assert_eq!(loader.shard_size(), 24 / shard.world);
+        let from_second = loader.epoch(1, 1).take(3).map(|b| b.unwrap());
+        from_second.collect::<Vec<_>>()
+    };
+    let whole = batches(0, Shard::WHOLE);
+    for workers in [0, 1, 2, 5] {
+        for world in [1, 2, 3, 4] {
+            let shards: Vec<Vec<Batch>> = (0..world)
+                .map(|rank| batches(workers, Shard { rank, world }))
+                .collect();
+            for (b, expected) in whole.iter().enumerate() {
+                // The replicas' slices, in rank order, are the global batch.
+                let mut joined = shards[0][b].clone();
+                for shard in &shards[1..] {
+                    joined.append(shard[b].clone()).unwrap();
+                }
+                let case = format!("{workers} workers, {world} replicas, batch {b}");
+                assert_eq!(shards[world - 1][b].shape[0], 24 / world, "{case}");
+                assert_eq!(joined.shape, expected.shape, "{case}");
+                assert_eq!(joined.indices, expected.indices, "{case}");
+                assert_eq!(joined.labels, expected.labels, "{case}");
+                assert_eq!(joined.views, expected.views, "{case}");
+            }
+        }
+    }
+}
+
+/// A dataset that counts the samples read.
+struct Counted(Arc<dyn ImageDataset>, Arc<std::sync::atomic::AtomicUsize>);
+
+impl ImageDataset for Counted {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn get(&self, index: usize) -> Result<Sample, DataError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.get(index)
+    }
+    fn classes(&self) -> Vec<String> {
+        self.0.classes()
+    }
+    fn channels(&self) -> usize {
+        self.0.channels()
+    }
+    fn source(&self, index: usize) -> String {
+        self.0.source(index)
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+#[test]
+fn workers_stay_within_the_prefetch_window() {
+    let (train, _) = bundled_fashion_mnist().unwrap();
+    let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::new(Counted(train, read.clone()));
+    let aug = Arc::new(AugmentConfig::fashion_mnist(28, 0.2));
+    let mut cfg = LoaderConfig::train(16, 3);
+    (cfg.workers, cfg.prefetch) = (3, 2);
+    let loader = Loader::new(counted, Views::Two(aug), cfg).unwrap();
+    let mut batches = loader.epoch(0, 0);
+    batches.next().unwrap().unwrap();
+    // The loop holds batch 0; the workers may prepare batches 1 and 2, no further.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let samples = read.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((16..=3 * 16).contains(&samples), "{samples} samples read");
+    drop(batches); // returns although workers wait at the window
+}
+
+#[test]
+fn a_shard_that_cannot_split_the_batch_is_refused() {
+    let (train, _) = bundled_fashion_mnist().unwrap();
+    let aug = Arc::new(AugmentConfig::fashion_mnist(28, 0.2));
+    let refused = |shard: Shard, drop_last: bool| {
+        let mut cfg = LoaderConfig::train(24, 7);
+        cfg.shard = shard;
+        cfg.drop_last = drop_last;
+        match Loader::new(train.clone(), Views::Two(aug.clone()), cfg) {
+            Ok(_) => panic!("{shard:?} accepted"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = refused(Shard { rank: 0, world: 5 }, true);
+    assert!(e.contains("shard 0 of 5") && e.contains("24"), "{e}");
+    let e = refused(Shard { rank: 2, world: 2 }, true);
+    assert!(e.contains("shard 2 of 2"), "{e}");
+    let e = refused(Shard { rank: 0, world: 0 }, true);
+    assert!(e.contains("shard 0 of 0"), "{e}");
+    let e = refused(Shard { rank: 0, world: 2 }, false);
+    assert!(e.contains("drop_last"), "{e}");
+}
+
+#[test]
 fn bundled_fashion_mnist_is_split_without_overlap() {
     let (train, eval) = bundled_fashion_mnist().unwrap();
     assert_eq!((train.len(), eval.len()), (8000, 2000));

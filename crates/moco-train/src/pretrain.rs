@@ -84,7 +84,15 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
             "this device cannot compute in {precision}: use --precision f32"
         )));
     }
-    let data = prepare_data(&config)?;
+    let mut data = prepare_data(&config)?;
+    if let Some(c) = options.cluster.as_ref().filter(|c| c.nodes > 1) {
+        // Each machine decodes only its own slice of every global batch.
+        let shard = moco_data::Shard {
+            rank: c.node_rank,
+            world: c.nodes,
+        };
+        data.train = data.train.sharded(shard)?;
+    }
     if !options.quiet {
         println!("{}", data.note);
     }

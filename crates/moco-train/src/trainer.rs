@@ -597,7 +597,8 @@ where
             })??;
             self.window.wait += wait.elapsed().as_secs_f64();
             self.pos.batch += 1;
-            images += batch.shape[0];
+            // A sharded loader reads this machine's slice: count the global batch.
+            images += batch.shape[0] * self.train.batch_size() / self.train.shard_size();
             // The momentum update runs once per optimizer step, with its first micro-batch.
             let params = StepParams {
                 temperature: self.settings.temperature,

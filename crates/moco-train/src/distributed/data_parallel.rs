@@ -197,9 +197,10 @@ impl<B: CollectiveBackend> DataParallel<B> {
         })
     }
 
-    /// One micro-batch of the global batch `views` (every machine loads the same batch):
-    /// this machine's shards go to its replicas, the first of them runs here. Returns this
-    /// replica's model, its loss and its (not yet reduced) gradients.
+    /// One micro-batch of this machine's slice of the global batch (`views`; on several
+    /// machines the loader reads only that slice, see [`moco_data::Shard`]): one shard per
+    /// local replica, the first of them runs here. Returns this replica's model, its loss and
+    /// its (not yet reduced) gradients.
     pub fn micro_step<M: Pretrain<B>>(
         &self,
         model: M,
@@ -209,26 +210,19 @@ impl<B: CollectiveBackend> DataParallel<B> {
         scale: f64,
         device: &B::Device,
     ) -> Result<(M, f64, GradientsParams), TrainError> {
-        let world = self.world_size();
-        if !shape[0].is_multiple_of(world) {
+        let local = self.topology.local;
+        if !shape[0].is_multiple_of(local) {
             return Err(TrainError::Config(format!(
-                "a batch of {} cannot be split over {world} replicas",
+                "a batch of {} cannot be split over {local} replicas",
                 shape[0]
             )));
         }
         // Each replica's loss is divided by the number of replicas: the summed gradients are
         // those of the mean loss.
-        let scale = scale / world as f64;
-        let first = self.topology.rank(0);
+        let scale = scale / self.world_size() as f64;
         let [v1, v2] = views;
-        let mut s1 = shard(v1, shape, world)
-            .into_iter()
-            .skip(first)
-            .take(self.topology.local);
-        let mut s2 = shard(v2, shape, world)
-            .into_iter()
-            .skip(first)
-            .take(self.topology.local);
+        let mut s1 = shard(v1, shape, local).into_iter();
+        let mut s2 = shard(v2, shape, local).into_iter();
         let (x1, local_shape) = s1.next().expect("shard 0");
         let (x2, _) = s2.next().expect("shard 0");
         for (i, ((a, sh), (b, _))) in s1.zip(s2).enumerate() {

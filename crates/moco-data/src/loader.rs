@@ -151,7 +151,7 @@ impl Loader {
             )));
         }
         let Shard { rank, world } = config.shard;
-        if world == 0 || rank >= world || config.batch_size % world != 0 {
+        if world == 0 || rank >= world || !config.batch_size.is_multiple_of(world) {
             return Err(DataError::Invalid(format!(
                 "shard {rank} of {world}: the rank must be below the number of replicas, which must divide the batch size {}",
                 config.batch_size

@@ -12,7 +12,9 @@ use moco_train::eval::features::{
     features_of_dataset, features_of_images, read_images, write_outputs,
 };
 use moco_train::eval::finetune::{finetune, FinetuneConfig};
-use moco_train::eval::probe::{linear_probe, save_classifier_model, ProbeConfig};
+use moco_train::eval::probe::{
+    linear_probe, raw_pixel_probe, save_classifier_model, ProbeConfig, ProbeReport,
+};
 use moco_train::eval::{evaluate_knn, raw_pixel_knn, EvalData};
 use moco_train::{load_pretrained, open_eval_data, DataSpec, KnnConfig, Pretrained};
 
@@ -134,6 +136,13 @@ pub struct ProbeArgs {
     /// Write the per-epoch results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// The raw-pixel baseline: the same classifiers trained on the normalised pixels (no
+    /// checkpoint needed; default base lr 0.1).
+    #[arg(long, conflicts_with_all = ["checkpoint", "save", "random_init"])]
+    pub raw_pixels: bool,
+    /// Image side for --raw-pixels (default: the data's own).
+    #[arg(long, requires = "raw_pixels")]
+    pub img_size: Option<usize>,
 }
 
 /// Flags of `moco finetune`.
@@ -230,6 +239,25 @@ fn open_data<B: Backend>(d: &DataArgs, model: &Pretrained<B>) -> Result<EvalData
     Ok(data)
 }
 
+/// The labelled data for a raw-pixel baseline (no checkpoint): views at `img_size`, or at
+/// the data's own size (28 px Fashion-MNIST and MNIST, 32 px CIFAR, 224 px folders).
+fn pixel_data(args: &DataArgs, img_size: Option<usize>) -> Result<EvalData, String> {
+    let spec = args.spec()?;
+    let (train, _, kind, _) =
+        moco_train::open_splits(spec.data.as_deref(), spec.dataset, spec.seed)
+            .map_err(|e| e.to_string())?;
+    let native = match kind {
+        Some(DatasetKind::Cifar10 | DatasetKind::Cifar100) => 32,
+        Some(DatasetKind::Folder) => 224,
+        _ => 28,
+    };
+    let size = img_size.filter(|&s| s > 0).unwrap_or(native);
+    let config = moco_models::BackboneConfig::preset("resnet18")
+        .map_err(|e| e.to_string())?
+        .with_input(Some(size), Some(train.channels()), None);
+    open_eval_data(&spec, &config, None).map_err(|e| e.to_string())
+}
+
 struct KnnJob(KnnArgs);
 
 impl BackendJob for KnnJob {
@@ -242,21 +270,7 @@ impl BackendJob for KnnJob {
             ..KnnConfig::default()
         };
         let (result, what, data) = if a.raw_pixels && a.model.checkpoint.is_none() {
-            let size = a.img_size.unwrap_or(0);
-            let spec = a.data.spec()?;
-            let (train, _, kind, _) =
-                moco_train::open_splits(spec.data.as_deref(), spec.dataset, spec.seed)
-                    .map_err(|e| e.to_string())?;
-            let native = match kind {
-                Some(DatasetKind::Cifar10 | DatasetKind::Cifar100) => 32,
-                Some(DatasetKind::Folder) => 224,
-                _ => 28,
-            };
-            let size = if size == 0 { native } else { size };
-            let config = moco_models::BackboneConfig::preset("resnet18")
-                .map_err(|e| e.to_string())?
-                .with_input(Some(size), Some(train.channels()), None);
-            let data = open_eval_data(&spec, &config, None).map_err(|e| e.to_string())?;
+            let data = pixel_data(&a.data, a.img_size)?;
             let r = raw_pixel_knn::<B>(&data, &knn, a.memory, a.queries, &device)
                 .map_err(|e| e.to_string())?;
             (r, "raw pixels".to_string(), data)
@@ -298,8 +312,6 @@ impl BackendJob for ProbeJob {
     type Output = CmdResult;
     fn run<B: Backend>(self, device: B::Device) -> CmdResult {
         let a = &self.0;
-        let model = load::<B>(&a.model, &device)?;
-        let data = open_data(&a.data, &model)?;
         let config = ProbeConfig {
             epochs: a.epochs,
             batch_size: a.batch_size,
@@ -308,6 +320,14 @@ impl BackendJob for ProbeJob {
             seed: a.data.seed,
             ..ProbeConfig::default()
         };
+        if a.raw_pixels {
+            let data = pixel_data(&a.data, a.img_size)?;
+            let report = raw_pixel_probe::<Autodiff<B>>(&data, &config, &device)
+                .map_err(|e| e.to_string())?;
+            return print_probe(&report, "raw pixels", a);
+        }
+        let model = load::<B>(&a.model, &device)?;
+        let data = open_data(&a.data, &model)?;
         let report = linear_probe::<Autodiff<B>>(
             &model.backbone,
             &model.backbone_config,
@@ -316,29 +336,7 @@ impl BackendJob for ProbeJob {
             &device,
         )
         .map_err(|e| e.to_string())?;
-        for run in &report.runs {
-            let (last, best) = (run.epochs.last(), run.best());
-            if let (Some(last), Some(best)) = (last, best) {
-                println!(
-                    "base_lr {}: final top-1 {:.2} % top-5 {:.2} %; best top-1 {:.2} % (epoch {})",
-                    run.base_lr, last.top1, last.top5, best.top1, best.epoch
-                );
-            }
-        }
-        println!(
-            "linear probe: best base_lr {} ({} mode, {:.1} s); the backbone is unchanged",
-            report.runs[report.best].base_lr,
-            if a.cached_features {
-                "cached features"
-            } else {
-                "augmented"
-            },
-            report.seconds
-        );
-        if let Some(path) = &a.json {
-            let text = serde_json::to_string_pretty(&report.runs).expect("serialises");
-            moco_models::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())?;
-        }
+        print_probe(&report, &model.source, a)?;
         if let Some(path) = &a.save {
             let n = save_classifier_model(
                 &model.backbone,
@@ -351,6 +349,38 @@ impl BackendJob for ProbeJob {
         }
         Ok(())
     }
+}
+
+/// Each learning rate's result, the best one, and the JSON file when asked for.
+fn print_probe<B: Backend>(report: &ProbeReport<B>, what: &str, a: &ProbeArgs) -> CmdResult {
+    for run in &report.runs {
+        let (last, best) = (run.epochs.last(), run.best());
+        if let (Some(last), Some(best)) = (last, best) {
+            println!(
+                "base_lr {}: final top-1 {:.2} % top-5 {:.2} %; best top-1 {:.2} % (epoch {})",
+                run.base_lr, last.top1, last.top5, best.top1, best.epoch
+            );
+        }
+    }
+    let mode = if a.cached_features {
+        "cached features"
+    } else {
+        "augmented"
+    };
+    let unchanged = if a.raw_pixels {
+        ""
+    } else {
+        "; the backbone is unchanged"
+    };
+    println!(
+        "linear probe of {what}: best base_lr {} ({mode} mode, {:.1} s){unchanged}",
+        report.runs[report.best].base_lr, report.seconds
+    );
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&report.runs).expect("serialises");
+        moco_models::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 struct FinetuneJob(FinetuneArgs);

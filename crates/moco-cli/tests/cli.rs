@@ -95,3 +95,42 @@ fn in_chans_follows_the_data() {
     assert_eq!(c["model"]["in_chans"], 1);
     let _ = std::fs::remove_dir_all(PathBuf::from(&dir));
 }
+
+#[test]
+fn the_raw_pixel_probe_needs_no_checkpoint() {
+    let json = std::env::temp_dir().join(format!("moco-cli-probe-{}.json", std::process::id()));
+    let json_arg = json.to_string_lossy().into_owned();
+    let out = moco(&[
+        "probe",
+        "--raw-pixels",
+        "--data",
+        "bundled",
+        "--epochs",
+        "2",
+        "--cached-features",
+        "--lr",
+        "0.1,1",
+        "--json",
+        &json_arg,
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("linear probe of raw pixels"));
+    let runs: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    for run in runs.as_array().unwrap() {
+        let epochs = run["epochs"].as_array().unwrap();
+        assert_eq!(epochs.len(), 2);
+        // A linear classifier on Fashion-MNIST pixels is far above chance (10 %).
+        assert!(epochs[1]["top1"].as_f64().unwrap() > 50.0, "{run}");
+    }
+    let _ = std::fs::remove_file(&json);
+    let out = moco(&["probe", "--raw-pixels", "--checkpoint", "runs/x"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+}

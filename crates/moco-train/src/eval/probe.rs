@@ -216,15 +216,15 @@ impl<B: AutodiffBackend> Probes<B> {
     }
 }
 
-/// The base learning rates to probe: `config`'s, or the backbone's default.
-fn probe_lrs(config: &ProbeConfig, backbone: &BackboneConfig) -> Result<Vec<f64>, TrainError> {
+/// The base learning rates to probe: `config`'s, or `default`.
+fn probe_lrs(config: &ProbeConfig, default: f64) -> Result<Vec<f64>, TrainError> {
     if config.epochs == 0 || config.batch_size == 0 {
         return Err(TrainError::Config(
             "epochs and batch size must be positive".into(),
         ));
     }
     let base_lrs = if config.base_lrs.is_empty() {
-        vec![default_probe_lr(backbone)]
+        vec![default]
     } else {
         config.base_lrs.clone()
     };
@@ -238,9 +238,12 @@ fn probe_lrs(config: &ProbeConfig, backbone: &BackboneConfig) -> Result<Vec<f64>
 
 /// One epoch of every head: over the cached training features in a seeded order, or over
 /// fresh augmented views through the frozen backbone.
-fn probe_epoch<B: AutodiffBackend>(
+fn probe_epoch<
+    B: AutodiffBackend,
+    F: Fn(Tensor<B::InnerBackend, 4>) -> Tensor<B::InnerBackend, 2>,
+>(
     probes: &mut Probes<B>,
-    backbone: &AnyBackbone<B::InnerBackend>,
+    features: &F,
     cached: Option<&(Tensor<B::InnerBackend, 2>, Vec<usize>)>,
     data: &EvalData,
     (epoch, lrs): (usize, &[f64]),
@@ -252,7 +255,7 @@ fn probe_epoch<B: AutodiffBackend>(
             let mut batch = batch?;
             let view = batch.views.swap_remove(0);
             let x = Tensor::from_data(TensorData::new(view, batch.shape), device);
-            probes.step(backbone.forward(x), &batch.labels, lrs);
+            probes.step(features(x), &batch.labels, lrs);
         }
         return Ok(());
     };
@@ -280,15 +283,53 @@ pub fn linear_probe<B: AutodiffBackend>(
     config: &ProbeConfig,
     device: &B::Device,
 ) -> Result<ProbeReport<B::InnerBackend>, TrainError> {
-    let base_lrs = probe_lrs(config, backbone_config)?;
-    let start = Instant::now();
+    let base_lrs = probe_lrs(config, default_probe_lr(backbone_config))?;
     let before = fingerprint(backbone, backbone_config);
     let features = |x: Tensor<B::InnerBackend, 4>| backbone.forward(x);
+    let report = probe_features::<B, _>(&features, data, config, &base_lrs, device)?;
+    if fingerprint(backbone, backbone_config) != before {
+        return Err(TrainError::Config(
+            "sanity check failed: the frozen backbone changed during linear probing".into(),
+        ));
+    }
+    Ok(report)
+}
+
+/// Base learning rate of the raw-pixel probe when none is given.
+pub const RAW_PIXEL_PROBE_LR: f64 = 0.1;
+
+/// The floor of the linear probe: the same classifiers, protocol and views, trained on the
+/// pixels themselves (normalised by the dataset's mean and deviation, flattened) instead of
+/// a backbone's features.
+pub fn raw_pixel_probe<B: AutodiffBackend>(
+    data: &EvalData,
+    config: &ProbeConfig,
+    device: &B::Device,
+) -> Result<ProbeReport<B::InnerBackend>, TrainError> {
+    let base_lrs = probe_lrs(config, RAW_PIXEL_PROBE_LR)?;
+    let pixels = |x: Tensor<B::InnerBackend, 4>| x.flatten(1, 3);
+    probe_features::<B, _>(&pixels, data, config, &base_lrs, device)
+}
+
+/// Linear classifiers, one per base learning rate, trained on `features` of the training
+/// views and evaluated on those of the test split after every epoch.
+fn probe_features<B, F>(
+    features: &F,
+    data: &EvalData,
+    config: &ProbeConfig,
+    base_lrs: &[f64],
+    device: &B::Device,
+) -> Result<ProbeReport<B::InnerBackend>, TrainError>
+where
+    B: AutodiffBackend,
+    F: Fn(Tensor<B::InnerBackend, 4>) -> Tensor<B::InnerBackend, 2>,
+{
+    let start = Instant::now();
     let test_loader = data.eval_loader(&data.test, 256)?;
-    let (test_feats, test_labels) = extract_raw_with(&features, &test_loader, device)?;
+    let (test_feats, test_labels) = extract_raw_with(features, &test_loader, device)?;
     let cached = if config.cached_features {
         let loader = data.eval_loader(&data.train, 256)?;
-        Some(extract_raw_with(&features, &loader, device)?)
+        Some(extract_raw_with(features, &loader, device)?)
     } else {
         None
     };
@@ -318,7 +359,7 @@ pub fn linear_probe<B: AutodiffBackend>(
             .collect();
         probe_epoch(
             &mut probes,
-            backbone,
+            features,
             cached.as_ref(),
             data,
             (epoch, &lrs),
@@ -343,11 +384,6 @@ pub fn linear_probe<B: AutodiffBackend>(
             }
             runs[i].epochs.push(result);
         }
-    }
-    if fingerprint(backbone, backbone_config) != before {
-        return Err(TrainError::Config(
-            "sanity check failed: the frozen backbone changed during linear probing".into(),
-        ));
     }
     let best = (0..runs.len())
         .max_by(|&a, &b| {

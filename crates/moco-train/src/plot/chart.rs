@@ -53,6 +53,14 @@ pub struct Series {
     pub color: [u8; 3],
 }
 
+/// A shaded band, e.g. ± one standard deviation around a mean over seeds.
+pub struct Band {
+    /// (x, lower y, upper y).
+    pub points: Vec<(f64, f64, f64)>,
+    /// Colour (drawn pale).
+    pub color: [u8; 3],
+}
+
 /// A line chart.
 pub struct Chart {
     /// Title above the chart.
@@ -70,6 +78,8 @@ pub struct Chart {
     /// Fixed y range (before the 5 % margin), to compare charts side by side; fitted to the
     /// data when absent.
     pub y_range: Option<(f64, f64)>,
+    /// Shaded bands under the lines.
+    pub bands: Vec<Band>,
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
@@ -85,6 +95,7 @@ impl Chart {
             markers: Vec::new(),
             marker_legend: Vec::new(),
             y_range: None,
+            bands: Vec::new(),
         }
     }
 
@@ -137,7 +148,13 @@ impl Chart {
 
     /// The x range and the y range with a 5 % margin (multiplicative on a log axis).
     fn bounds(&self) -> (Range<f64>, Range<f64>) {
-        let points = self.series.iter().flat_map(|s| s.points.iter().copied());
+        let bands = self.bands.iter().flat_map(|b| b.points.iter());
+        let band_edges = bands.flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]);
+        let points = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .chain(band_edges);
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
         for (x, y) in points.filter(|&p| self.drawable(p)) {
             (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
@@ -202,6 +219,20 @@ impl Chart {
             .y_label_formatter(&|v| tick_label(*v, y_scale))
             .draw()
             .map_err(text)?;
+        for band in &self.bands {
+            let edge = |&(x, lo, hi): &(f64, f64, f64)| [(x, lo), (x, hi)];
+            let inside = band
+                .points
+                .iter()
+                .filter(|p| self.drawable(edge(p)[0]) && self.drawable(edge(p)[1]));
+            let (lower, upper): (Vec<_>, Vec<_>) = inside.map(|p| (edge(p)[0], edge(p)[1])).unzip();
+            let outline: Vec<(f64, f64)> =
+                upper.into_iter().chain(lower.into_iter().rev()).collect();
+            let fill = rgb(band.color).mix(0.2).filled();
+            chart
+                .draw_series(std::iter::once(Polygon::new(outline, fill)))
+                .map_err(text)?;
+        }
         let markers = self.markers.iter().filter(|m| x_span.contains(&m.0));
         chart
             .draw_series(markers.map(|&(mx, c)| {

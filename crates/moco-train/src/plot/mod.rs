@@ -7,7 +7,7 @@ mod run;
 
 use std::path::Path;
 
-pub use chart::{side_by_side, tick_label, Chart, Series, H, PALETTE, W};
+pub use chart::{side_by_side, tick_label, Band, Chart, Series, H, PALETTE, W};
 pub use compare::plot_compare;
 pub use run::plot_run;
 

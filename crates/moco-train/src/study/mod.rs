@@ -7,8 +7,10 @@
 //! `study_status.json` once the run has finished or diverged), and the report. Running the
 //! same study again skips finished runs and resumes interrupted ones from their checkpoints.
 
+mod figures;
 pub mod grid;
 pub mod report;
+pub mod spread;
 
 pub use grid::*;
 

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::figures;
 use super::grid::{format_lr, run_status, PatchEmbed, RunStatus, StudyConfig, StudyRun};
+use super::spread::{cells, Cell, Side, Spread};
 use crate::method::Method;
 use crate::monitor::{DipDetector, DipEvent, SpikeDetector, SpikeEvent};
-use crate::plot::{save_png, side_by_side, Chart, Series, PALETTE};
 use crate::TrainError;
 
 /// What one run of the study shows.
@@ -197,7 +198,7 @@ pub fn analyse_run(run_dir: &Path, run: &StudyRun, study: &StudyConfig) -> RunAn
     }
 }
 
-fn median(v: &[f64]) -> Option<f64> {
+pub(super) fn median(v: &[f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -211,16 +212,12 @@ fn median(v: &[f64]) -> Option<f64> {
     })
 }
 
-fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
-    let v: Vec<f64> = v.collect();
-    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-}
-
 fn pct(v: Option<f64>) -> String {
     v.map_or("–".into(), |x| format!("{x:.2}"))
 }
 
-/// Draws the figures and writes `report.md` and `summary.json` into `out`; returns the report.
+/// Draws the figures and writes `report.md`, `summary.json` (every run) and `cells.json`
+/// (learned vs frozen per cell, over the seeds) into `out`; returns the report.
 pub fn write_report(
     out: &Path,
     study: &StudyConfig,
@@ -231,29 +228,42 @@ pub fn write_report(
         .iter()
         .map(|r| analyse_run(&out.join("runs").join(&r.name), r, study))
         .collect();
-    let figures = out.join("figures");
-    std::fs::create_dir_all(&figures)
-        .map_err(|e| TrainError::Io(format!("{}: {e}", figures.display())))?;
+    let cells = cells(&analyses);
     let mut md = String::new();
     let _ = writeln!(md, "# Stability study: {}\n", study.name);
     if let Some(c) = command {
         let _ = writeln!(md, "Command: `{c}`\n");
     }
+    write_thresholds(&mut md, study, runs.len())?;
+    write_cells(&mut md, &cells, study.seeds.len());
+    write_runs(&mut md, &analyses);
+    let _ = writeln!(md, "\n## Figures\n");
+    md += &figures::draw(&out.join("figures"), study, &analyses)?;
+    let report = out.join("report.md");
+    moco_models::write_atomic(&report, md.as_bytes())?;
+    let json = serde_json::to_string_pretty(&analyses).expect("analyses");
+    moco_models::write_atomic(&out.join("summary.json"), json.as_bytes())?;
+    let json = serde_json::to_string_pretty(&cells).expect("cells");
+    moco_models::write_atomic(&out.join("cells.json"), json.as_bytes())?;
+    Ok(report)
+}
+
+/// What the study ran and the thresholds of its dips, spikes and lags.
+fn write_thresholds(md: &mut String, study: &StudyConfig, runs: usize) -> Result<(), TrainError> {
     let base = study.base().map_err(TrainError::Config)?;
+    let overrides = if study.overrides.is_empty() {
+        "no overrides".to_string()
+    } else {
+        format!("`{}`", Value::Object(study.overrides.clone()))
+    };
     let _ = writeln!(
         md,
-        "Preset `{}` with {}; {} runs. Thresholds: a **dip** is a kNN top-1 drop of more than \
-         {} points between two consecutive evaluations (every {} steps, {} evaluation images); \
-         a **spike** is a layer group's gradient norm above {}× the median of its previous {} \
-         steps (after {} steps of history); a last-layer spike within {} steps after a \
-         first-layer spike is counted as its echo (the lag).\n",
+        "Preset `{}` with {overrides}; {runs} runs. Thresholds: a **dip** is a kNN top-1 drop of \
+         more than {} points between two consecutive evaluations (every {} steps, {} evaluation \
+         images); a **spike** is a layer group's gradient norm above {}× the median of its \
+         previous {} steps (after {} steps of history); a last-layer spike within {} steps \
+         after a first-layer spike is counted as its echo (the lag).\n",
         study.preset,
-        if study.overrides.is_empty() {
-            "no overrides".to_string()
-        } else {
-            format!("`{}`", Value::Object(study.overrides.clone()))
-        },
-        runs.len(),
         study.dip_threshold,
         base.monitors.knn_every,
         base.monitors.knn_eval,
@@ -262,74 +272,62 @@ pub fn write_report(
         (study.spike_window / 5).max(5),
         study.lag_window
     );
+    Ok(())
+}
 
-    // Learned vs frozen, per method, batch, lr (averaged over seeds).
+/// Learned vs frozen per method, batch and lr: mean ± standard deviation over the seeds, and
+/// whether the difference stands out of the seed noise.
+fn write_cells(md: &mut String, cells: &[Cell], seeds: usize) {
     let _ = writeln!(md, "## Learned vs frozen patch projection\n");
     let _ = writeln!(
         md,
-        "kNN top-1 (%) at the end / best, dips, averaged over seeds; Δ = frozen − learned (final).\n"
+        "kNN top-1 (%) at the end / best, and dips per run, over {seeds} seed(s) (mean ± sample \
+         standard deviation with several); Δ = frozen − learned (final), ± its standard error; \
+         *beyond noise*: |Δ| above two standard errors (needs two seeds or more).\n"
     );
     let _ = writeln!(
         md,
-        "| method | batch | base lr | learned final / best | dips | frozen final / best | dips | Δ final |"
+        "| method | batch | base lr | learned final / best | dips | frozen final / best | dips | Δ final | beyond noise |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
-    let mut keys: Vec<(Method, usize)> = Vec::new();
-    for r in &runs {
-        if !keys.contains(&(r.method, r.batch_size)) {
-            keys.push((r.method, r.batch_size));
-        }
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    let show = |v: Option<Spread>, d: usize| v.map_or("–".into(), |s| s.show(d));
+    let side = |s: &Side| match s.diverged_at {
+        Some(step) => (format!("diverged (step {step})"), "–".to_string()),
+        None => (
+            format!("{} / {}", show(s.final_top1, 2), show(s.best_top1, 2)),
+            show(s.dips, 1),
+        ),
+    };
+    for c in cells {
+        let ((l, ld), (f, fd)) = (side(&c.learned), side(&c.frozen));
+        let delta = match (c.delta_final, c.delta_se) {
+            (Some(d), Some(se)) => format!("{d:+.2} ± {se:.2}"),
+            (Some(d), None) => format!("{d:+.2}"),
+            _ => "–".into(),
+        };
+        let beyond = match c.beyond_noise() {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "–",
+        };
+        let lr = format_lr(c.base_lr);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {lr} | {l} | {ld} | {f} | {fd} | {delta} | {beyond} |",
+            c.method, c.batch_size
+        );
     }
-    for &(method, batch) in &keys {
-        for &lr in &study.base_lrs {
-            let of = |p: PatchEmbed| -> Vec<&RunAnalysis> {
-                analyses
-                    .iter()
-                    .filter(|a| {
-                        a.method == method
-                            && a.batch_size == batch
-                            && a.base_lr == lr
-                            && a.patch_embed == p
-                    })
-                    .collect()
-            };
-            let cell = |v: &[&RunAnalysis]| -> (String, String, Option<f64>) {
-                if v.is_empty() {
-                    return ("–".into(), "–".into(), None);
-                }
-                if let Some(d) = v.iter().find_map(|a| a.diverged_at) {
-                    return (format!("diverged (step {d})"), "–".into(), None);
-                }
-                let fin = mean(v.iter().filter_map(|a| a.final_top1));
-                let best = mean(v.iter().filter_map(|a| a.best_top1));
-                let dips = mean(v.iter().map(|a| a.dips.len() as f64)).unwrap_or(0.0);
-                (
-                    format!("{} / {}", pct(fin), pct(best)),
-                    format!("{dips:.1}").trim_end_matches(".0").to_string(),
-                    fin,
-                )
-            };
-            let (l, ld, lf) = cell(&of(PatchEmbed::Learned));
-            let (f, fd, ff) = cell(&of(PatchEmbed::Frozen));
-            let delta = match (lf, ff) {
-                (Some(a), Some(b)) => format!("{:+.2}", b - a),
-                _ => "–".into(),
-            };
-            let _ = writeln!(
-                md,
-                "| {method} | {batch} | {} | {l} | {ld} | {f} | {fd} | {delta} |",
-                format_lr(lr)
-            );
-        }
-    }
+}
 
+/// One row per run: kNN, dips, spikes per layer group, the lag, the final loss.
+fn write_runs(md: &mut String, analyses: &[RunAnalysis]) {
     let _ = writeln!(md, "\n## Runs\n");
     let _ = writeln!(
         md,
         "| run | status | steps | final kNN | best kNN | dips | deepest drop | spikes first / last layer | median lag (echoed) | spikes per layer group | final loss |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
-    for a in &analyses {
+    for a in analyses {
         let count = |l: &str| {
             a.spikes_per_layer
                 .iter()
@@ -346,9 +344,12 @@ pub fn write_report(
             Some(s) => format!("diverged at {s}"),
             None => a.status.clone(),
         };
+        let lag = a.median_lag.map_or("–".into(), |m| {
+            format!("{m:.0} ({}/{})", a.lags.len(), count(&a.first_layer))
+        });
         let _ = writeln!(
             md,
-            "| {} | {status} | {} | {} | {} | {} | {:.2} | {} {} / {} {} | {} | {} | {} |",
+            "| {} | {status} | {} | {} | {} | {} | {:.2} | {} {} / {} {} | {lag} | {} | {} |",
             a.name,
             a.steps,
             pct(a.final_top1),
@@ -359,11 +360,6 @@ pub fn write_report(
             count(&a.first_layer),
             a.last_layer,
             count(&a.last_layer),
-            a.median_lag.map_or("–".into(), |m| format!(
-                "{m:.0} ({}/{})",
-                a.lags.len(),
-                count(&a.first_layer)
-            )),
             if per_layer.is_empty() {
                 "none".into()
             } else {
@@ -372,110 +368,4 @@ pub fn write_report(
             a.final_loss.map_or("–".into(), |l| format!("{l:.4}")),
         );
     }
-
-    let _ = writeln!(md, "\n## Figures\n");
-    let mut rows_y = (f64::MAX, f64::MIN);
-    for a in &analyses {
-        for &(_, t) in &a.knn {
-            if t.is_finite() {
-                rows_y = (rows_y.0.min(t), rows_y.1.max(t));
-            }
-        }
-    }
-    let y_range = (rows_y.0 <= rows_y.1).then_some((rows_y.0, rows_y.1));
-    for &(method, batch) in &keys {
-        let panel = |p: PatchEmbed| Chart {
-            title: format!("{method} batch {batch}, {p} patch proj.: kNN top-1 %"),
-            x_label: "iteration".into(),
-            log_y: false,
-            y_range,
-            series: analyses
-                .iter()
-                .filter(|a| a.method == method && a.batch_size == batch && a.patch_embed == p)
-                .enumerate()
-                .map(|(i, a)| Series {
-                    label: if study.seeds.len() > 1 {
-                        format!("lr {} s{}", format_lr(a.base_lr), a.seed)
-                    } else {
-                        format!("lr {}", format_lr(a.base_lr))
-                    },
-                    points: a.knn.iter().map(|&(s, t)| (s as f64, t)).collect(),
-                    color: PALETTE[i % PALETTE.len()],
-                })
-                .collect(),
-            markers: vec![],
-            marker_legend: vec![],
-        };
-        let panels = study
-            .patch_embed
-            .iter()
-            .map(|&p| panel(p).render())
-            .collect::<Result<Vec<_>, _>>()?;
-        let name = format!("knn-{method}-b{batch}.png");
-        save_png(&side_by_side(&panels), &figures.join(&name))?;
-        let _ = writeln!(
-            md,
-            "kNN accuracy during training, {method}, batch {batch} (left to right: {}):\n\n![kNN {method} b{batch}](figures/{name})\n",
-            study.patch_embed.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-        );
-    }
-    for a in analyses.iter().filter(|a| !a.grad_first.is_empty()) {
-        // Relative to the run's median, as the paper normalises each layer.
-        let rel = |v: &[(u64, f64)]| -> Vec<(f64, f64)> {
-            let m = median(&v.iter().map(|p| p.1).collect::<Vec<_>>())
-                .unwrap_or(1.0)
-                .max(1e-30);
-            v.iter().map(|&(s, n)| (s as f64, n / m)).collect()
-        };
-        let mut markers: Vec<(f64, [u8; 3])> = a
-            .spikes
-            .iter()
-            .filter_map(|e| {
-                if e.layer == a.first_layer {
-                    Some((e.step as f64, [255, 190, 110]))
-                } else if e.layer == a.last_layer {
-                    Some((e.step as f64, [160, 195, 255]))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        markers.extend(a.dips.iter().map(|d| (d.step as f64, [230, 60, 60])));
-        let chart = Chart {
-            title: format!("{}: grad norm / median (log)", a.name),
-            x_label: "iteration".into(),
-            log_y: true,
-            y_range: None,
-            series: vec![
-                Series {
-                    label: a.first_layer.clone(),
-                    points: rel(&a.grad_first),
-                    color: PALETTE[3],
-                },
-                Series {
-                    label: a.last_layer.clone(),
-                    points: rel(&a.grad_last),
-                    color: PALETTE[0],
-                },
-            ],
-            markers,
-            marker_legend: vec![
-                ("spike, first layer".into(), [255, 190, 110]),
-                ("spike, last layer".into(), [160, 195, 255]),
-                ("kNN dip".into(), [230, 60, 60]),
-            ],
-        };
-        let name = format!("grad-{}.png", a.name);
-        chart.save(&figures.join(&name))?;
-        let _ = writeln!(
-            md,
-            "Gradient norm of the first ({}) and last ({}) layer, {}:\n\n![grad {}](figures/{name})\n",
-            a.first_layer, a.last_layer, a.name, a.name
-        );
-    }
-    let report = out.join("report.md");
-    moco_models::write_atomic(&report, md.as_bytes())?;
-    let json = serde_json::to_string_pretty(&analyses).expect("analyses");
-    moco_models::write_atomic(&out.join("summary.json"), json.as_bytes())?;
-    Ok(report)
 }

@@ -25,6 +25,9 @@ pub struct DataBench {
     pub images_per_sec: f64,
     /// Images per second per thread.
     pub images_per_sec_per_thread: f64,
+    /// With the loader: seconds until the first batch was ready (all threads build it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_batch_seconds: Option<f64>,
 }
 
 /// Writes `n` JPEG photos-like images of 500×375 (smooth gradients, texture, noise) to `dir`,
@@ -94,6 +97,7 @@ fn single_thread(
         seconds,
         images_per_sec: n as f64 / seconds,
         images_per_sec_per_thread: n as f64 / seconds,
+        first_batch_seconds: None,
     })
 }
 
@@ -103,13 +107,14 @@ fn with_loader(
     aug: AugmentConfig,
     threads: usize,
 ) -> Result<DataBench, String> {
-    let mut cfg = LoaderConfig::train(32.min(ds.len()), 0);
+    let mut cfg = LoaderConfig::train(LOADER_BATCH.min(ds.len()), 0);
     cfg.workers = threads;
     let loader = Loader::new(ds, Views::Two(Arc::new(aug)), cfg).map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let mut images = 0;
+    let (mut images, mut first) = (0, None);
     for batch in loader.epoch(0, 0) {
         images += batch.map_err(|e| e.to_string())?.shape[0];
+        first.get_or_insert(started.elapsed().as_secs_f64());
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(DataBench {
@@ -119,10 +124,15 @@ fn with_loader(
         seconds,
         images_per_sec: images as f64 / seconds,
         images_per_sec_per_thread: images as f64 / seconds / threads as f64,
+        first_batch_seconds: first,
     })
 }
 
-/// Runs every data benchmark. `jpeg_dir` holds (or receives) the JPEG set.
+/// Batch size of the loader measurements.
+const LOADER_BATCH: usize = 64;
+
+/// Runs every data benchmark. `jpeg_dir` holds (or receives) the JPEG set; the loader is
+/// measured with 1, 2 and `threads` worker threads (up to `threads`).
 pub fn bench_data(jpeg_dir: &Path, jpegs: usize, threads: usize) -> Result<Vec<DataBench>, String> {
     make_jpegs(jpeg_dir, jpegs)?;
     let folder = ImageFolder::open(jpeg_dir, 3).map_err(|e| e.to_string())?;
@@ -143,6 +153,7 @@ pub fn bench_data(jpeg_dir: &Path, jpegs: usize, threads: usize) -> Result<Vec<D
         seconds: secs,
         images_per_sec: folder.len() as f64 / secs,
         images_per_sec_per_thread: folder.len() as f64 / secs,
+        first_batch_seconds: None,
     });
     out.push(single_thread(
         "jpeg 500x375 -> two views 224 (MoCo v3 ImageNet)",
@@ -174,13 +185,13 @@ pub fn bench_data(jpeg_dir: &Path, jpegs: usize, threads: usize) -> Result<Vec<D
         &AugmentConfig::fashion_mnist(28, 0.2),
         n,
     )?);
-    if threads > 1 {
-        out.push(with_loader(
-            "jpeg 500x375 -> two views 224, loader",
-            Arc::new(folder),
-            imagenet,
-            threads,
-        )?);
+    let folder: Arc<dyn ImageDataset> = Arc::new(folder);
+    let mut counts = vec![1, 2, threads];
+    counts.sort_unstable();
+    counts.dedup();
+    for t in counts.into_iter().filter(|&t| t <= threads) {
+        let name = format!("jpeg 500x375 -> two views 224, loader, batch {LOADER_BATCH}");
+        out.push(with_loader(&name, folder.clone(), imagenet.clone(), t)?);
     }
     Ok(out)
 }

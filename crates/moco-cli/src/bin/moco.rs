@@ -167,7 +167,7 @@ enum BenchWhat {
         /// JPEG images to write and read.
         #[arg(long, default_value_t = 256)]
         images: usize,
-        /// Loader threads for the parallel measurement.
+        /// Loader threads for the parallel measurement (also measured with 1 and 2).
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },

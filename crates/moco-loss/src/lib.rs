@@ -81,15 +81,48 @@ pub fn infonce<B: Backend>(
 /// similarities over temperature `T`, self-similarity masked out, the positive of each sample
 /// its other view. Mean over the `2N` samples; returns a `[1]` tensor.
 pub fn nt_xent<B: Backend>(z1: Tensor<B, 2>, z2: Tensor<B, 2>, temperature: f64) -> Tensor<B, 1> {
+    nt_xent_gathered(z1.clone(), z2.clone(), z1, z2, temperature, 0)
+}
+
+/// NT-Xent with every data-parallel replica's samples as negatives, as SimCLR trains on many
+/// devices. The anchors are this replica's `2N` samples `a = [z1; z2]`, the candidates the
+/// `2·world·N` samples of all replicas `c = [z1_all; z2_all]` (rank order, gathered with their
+/// gradient path):
+///
+/// `ℓ = mean_i CE(norm(a_i) · norm(c)ᵀ / T with c_self(i) masked, pos(i))`,
+///
+/// where for sample `j < N` of `z1`, `self = N·rank + j` and `pos = world·N + N·rank + j` (its
+/// `z2` view), and the reverse for `z2`. The mean over the replicas of their `ℓ` is NT-Xent
+/// over the global batch; with one replica (`z*_all = z*`, rank 0) this is [`nt_xent`].
+/// Returns a `[1]` tensor.
+pub fn nt_xent_gathered<B: Backend>(
+    z1: Tensor<B, 2>,
+    z2: Tensor<B, 2>,
+    z1_all: Tensor<B, 2>,
+    z2_all: Tensor<B, 2>,
+    temperature: f64,
+    rank: usize,
+) -> Tensor<B, 1> {
     let [n, _] = z1.dims();
+    let [total, _] = z1_all.dims();
     let device = z1.device();
-    let z = normalize(Tensor::cat(vec![z1, z2], 0));
-    let logits = z.clone().matmul(z.transpose()).div_scalar(temperature);
-    let diagonal = Tensor::<B, 2, Int>::eye(2 * n, &device).equal_elem(1);
-    let logits = logits.mask_fill(diagonal, f32::NEG_INFINITY);
-    let first = Tensor::<B, 1, Int>::arange(n as i64..2 * n as i64, &device);
-    let second = Tensor::<B, 1, Int>::arange(0..n as i64, &device);
-    cross_entropy(logits, Tensor::cat(vec![first, second], 0))
+    let anchors = normalize(Tensor::cat(vec![z1, z2], 0));
+    let candidates = normalize(Tensor::cat(vec![z1_all, z2_all], 0));
+    let logits = anchors
+        .matmul(candidates.transpose())
+        .div_scalar(temperature);
+    let (first, second) = ((n * rank) as i64, (total + n * rank) as i64);
+    let range = |start: i64| Tensor::<B, 1, Int>::arange(start..start + n as i64, &device);
+    let own = Tensor::cat(vec![range(first), range(second)], 0);
+    let columns = Tensor::<B, 1, Int>::arange(0..2 * total as i64, &device);
+    let shape = [2 * n, 2 * total];
+    let itself = columns
+        .reshape([1, 2 * total])
+        .expand(shape)
+        .equal(own.reshape([2 * n, 1]).expand(shape));
+    let logits = logits.mask_fill(itself, f32::NEG_INFINITY);
+    let positives = Tensor::cat(vec![range(second), range(first)], 0);
+    cross_entropy(logits, positives)
 }
 
 /// BYOL's regression loss `mean(2 − 2·cos(p, z))`; the target `z` takes no gradient.
@@ -113,6 +146,28 @@ mod tests {
 
     fn close(a: f32, b: f32) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+
+    #[test]
+    fn nt_xent_over_replicas_is_nt_xent_over_the_global_batch() {
+        let (world, n, c) = (3, 2, 4);
+        let values = |seed: f32| -> Vec<f32> {
+            (0..world * n * c)
+                .map(|i| ((i as f32 + seed) * 0.37).sin())
+                .collect()
+        };
+        let (z1, z2) = (
+            t(&values(0.0), [world * n, c]),
+            t(&values(5.0), [world * n, c]),
+        );
+        let whole = nt_xent(z1.clone(), z2.clone(), 0.5).into_scalar();
+        let mut sum = 0.0;
+        for rank in 0..world {
+            let rows = rank * n..(rank + 1) * n;
+            let (a, b) = (z1.clone().slice(rows.clone()), z2.clone().slice(rows));
+            sum += nt_xent_gathered(a, b, z1.clone(), z2.clone(), 0.5, rank).into_scalar();
+        }
+        close(sum / world as f32, whole);
     }
 
     #[test]

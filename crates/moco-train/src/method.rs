@@ -6,7 +6,7 @@
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use moco_loss::{byol, infonce, nt_xent};
+use moco_loss::{byol, infonce, nt_xent, nt_xent_gathered};
 use moco_models::{AnyBackbone, Backbone, Encoder, MoCo, MocoConfig};
 use serde::{Deserialize, Serialize};
 
@@ -195,7 +195,17 @@ where
     ) -> (Self, StepOutput<B>) {
         let z1 = self.encoder.forward(x1).1;
         let z2 = self.encoder.forward(x2).1;
-        let loss = nt_xent(z1.clone(), z2.clone(), params.temperature);
+        let t = params.temperature;
+        // Under data parallelism every replica's samples are negatives, gathered with their
+        // gradient, as SimCLR trains on many devices.
+        let loss = match moco_models::replicas::<B>() {
+            Some(g) => {
+                let z1_all = moco_models::gather_rows(g.as_ref(), z1.clone());
+                let z2_all = moco_models::gather_rows(g.as_ref(), z2.clone());
+                nt_xent_gathered(z1.clone(), z2.clone(), z1_all, z2_all, t, g.rank())
+            }
+            None => nt_xent(z1.clone(), z2.clone(), t),
+        };
         (
             self,
             StepOutput {

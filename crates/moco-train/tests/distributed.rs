@@ -285,6 +285,15 @@ fn a_data_parallel_run_follows_the_single_device_run() {
     }
     let (s, t) = (single.final_knn.unwrap(), two.final_knn.unwrap());
     assert!((s.top1 - t.top1).abs() <= 1.0, "{} vs {}", s.top1, t.top1);
+    // SimCLR: the negatives of every replica are gathered, so its losses follow too.
+    let simclr = config.clone().with_method(Method::SimClr);
+    let (c, d) = (Tmp::new("simclr-single"), Tmp::new("simclr-two"));
+    let single = pretrain::<B>(simclr.clone(), &c.0, &quiet, &device).unwrap();
+    let two = pretrain_data_parallel::<B>(simclr, &d.0, &quiet, &[device, device]).unwrap();
+    for (x, y) in single.losses.iter().zip(&two.losses) {
+        let close = (x - y).abs() < 1e-4;
+        assert!(close, "SimCLR: {:?} vs {:?}", single.losses, two.losses);
+    }
     // An odd split is refused with the reason.
     let e = pretrain_data_parallel::<B>(config.with_batch_size(18), &b.0, &quiet, &[device; 4])
         .unwrap_err()

@@ -174,9 +174,8 @@ pub struct PretrainArgs {
     /// averaged); overrides --device.
     #[arg(help_heading = "Devices", long)]
     pub devices: Option<String>,
-    /// Machines of a multi-node run, experimental (each runs this command with its own
-    /// --node-rank and --node-address; `moco orchestrator` runs on one of them; see
-    /// docs/distributed.md).
+    /// Machines of a multi-node run on burn-collective, experimental: its 0.21 release hangs
+    /// from the second all-reduce; use --mpi to train over machines (docs/distributed.md).
     #[arg(help_heading = "Devices", long)]
     pub nodes: Option<usize>,
     /// This machine's index among --nodes (0 evaluates, logs and checkpoints).
@@ -188,6 +187,11 @@ pub struct PretrainArgs {
     /// The orchestrator: ws://HOST:PORT.
     #[arg(help_heading = "Devices", long)]
     pub orchestrator: Option<String>,
+    /// This process is one of an MPI job, `mpirun -n N moco pretrain --mpi …` (or `srun`):
+    /// one replica per process, on one machine or many; each process takes --device, or the
+    /// entry of --devices at its index on its machine. Needs a build with `--features mpi`.
+    #[arg(help_heading = "Devices", long, conflicts_with_all = ["nodes", "node_rank", "node_address", "orchestrator"])]
+    pub mpi: bool,
     /// Seconds to wait for every replica to join, or for a step to finish, before giving up.
     #[arg(help_heading = "Devices", long, default_value_t = 1800)]
     pub collective_timeout: u64,
@@ -313,7 +317,12 @@ impl MultiDeviceJob for PretrainJob {
             .options
             .cluster
             .as_ref()
-            .is_none_or(|c| c.node_rank == 0);
+            .is_none_or(|c| c.node_rank == 0)
+            && self
+                .options
+                .processes
+                .as_ref()
+                .is_none_or(|p| p.rank() == 0);
         let summary =
             pretrain_data_parallel::<Autodiff<B>>(self.config, &self.out, &self.options, &devices)
                 .map_err(|e| e.to_string())?;
@@ -396,23 +405,31 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
                 .into(),
         ),
     };
+    let processes = process_group(args.mpi)?;
+    let main = processes.as_ref().is_none_or(|p| p.rank() == 0);
+    let quiet = args.quiet || !main;
     let options = RunOptions {
         resume,
         resume_from: args.resume.clone().flatten(),
         stop: Some(stop),
         stop_after: args.stop_after,
-        quiet: args.quiet,
+        quiet,
         cluster,
         collective_timeout: Some(std::time::Duration::from_secs(
             args.collective_timeout.max(1),
         )),
+        processes: processes.clone(),
     };
-    let devices = match &args.devices {
+    let mut devices = match &args.devices {
         Some(list) => parse_devices(list).map_err(|e| format!("--devices: {e}"))?,
         None => vec![args.device.clone()],
     };
     if devices.is_empty() {
         return Err("--devices: no device given".into());
+    }
+    if let Some(p) = &processes {
+        // One device per process: this process's entry of the list on its machine.
+        devices = vec![devices[p.local_rank() % devices.len()].clone()];
     }
     // On --resume the run keeps the precision it was started with.
     let precision = if resume {
@@ -429,11 +446,36 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
             options,
         },
     )
-    .map_err(|e| e.to_string())??;
-    if !args.quiet {
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    let summary = match (summary, &processes) {
+        (Err(e), Some(p)) if p.size() > 1 => {
+            // The other processes would wait for this one: end the whole job.
+            eprintln!("error: process {} of {}: {e}", p.rank(), p.size());
+            p.abort(2)
+        }
+        (summary, _) => summary?,
+    };
+    if !quiet {
         print_summary(&summary, &out);
     }
     Ok(summary)
+}
+
+/// The MPI job this process belongs to, with `--mpi`.
+fn process_group(
+    mpi: bool,
+) -> Result<Option<Arc<dyn moco_train::distributed::ProcessGroup>>, String> {
+    if !mpi {
+        return Ok(None);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let group = moco_train::distributed::MpiGroup::init().map_err(|e| e.to_string())?;
+        Ok(Some(Arc::new(group)))
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err("--mpi: this moco was built without MPI; build it with `cargo build --release --features mpi` (needs an MPI library and libclang, e.g. Debian's libopenmpi-dev and libclang-dev)".into())
 }
 
 /// The precision recorded in `RUN_DIR/config.json` (`None` when unreadable: the run then

@@ -39,6 +39,24 @@ pub struct RunOptions {
     /// How long a data-parallel run waits for its group to form, or for a step to finish,
     /// before it gives up (30 minutes when absent).
     pub collective_timeout: Option<Duration>,
+    /// This process is one replica of a run over processes (e.g. [`crate::distributed::MpiGroup`]
+    /// under `mpirun`), on its one device.
+    #[cfg(feature = "distributed")]
+    pub processes: Option<Arc<dyn crate::distributed::ProcessGroup>>,
+}
+
+impl RunOptions {
+    /// The process's index and the number of processes of a run over processes.
+    fn process_shard(&self) -> Option<moco_data::Shard> {
+        #[cfg(feature = "distributed")]
+        if let Some(p) = &self.processes {
+            return Some(moco_data::Shard {
+                rank: p.rank(),
+                world: p.size(),
+            });
+        }
+        None
+    }
 }
 
 /// Pretrains as `config` says, writing `config.json`, `metrics.jsonl` and checkpoints to
@@ -64,7 +82,16 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
     let Some(device) = devices.first() else {
         return Err(TrainError::Config("no device given".into()));
     };
-    let world = devices.len() * options.cluster.as_ref().map_or(1, |c| c.nodes);
+    let processes = options.process_shard();
+    if processes.is_some() && (devices.len() > 1 || options.cluster.is_some()) {
+        return Err(TrainError::Config(
+            "a run over processes has one device per process and no other cluster".into(),
+        ));
+    }
+    let world = match processes {
+        Some(p) => p.world,
+        None => devices.len() * options.cluster.as_ref().map_or(1, |c| c.nodes),
+    };
     let micro = config.schedule.batch_size / config.schedule.grad_accum.max(1);
     if world > 1 && !micro.is_multiple_of(world) {
         return Err(TrainError::Config(format!(
@@ -77,7 +104,8 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
             micro / world
         )));
     }
-    let config = run_config(config, run_dir, options)?;
+    let main = processes.is_none_or(|p| p.rank == 0);
+    let config = run_config(config, run_dir, options, main)?;
     let precision = config.precision.unwrap_or_default();
     if !precision.supported_on::<B>(device) {
         return Err(TrainError::Config(format!(
@@ -85,12 +113,16 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
         )));
     }
     let mut data = prepare_data(&config)?;
-    if let Some(c) = options.cluster.as_ref().filter(|c| c.nodes > 1) {
-        // Each machine decodes only its own slice of every global batch.
-        let shard = moco_data::Shard {
+    let node_shard = options
+        .cluster
+        .as_ref()
+        .filter(|c| c.nodes > 1)
+        .map(|c| moco_data::Shard {
             rank: c.node_rank,
             world: c.nodes,
-        };
+        });
+    if let Some(shard) = processes.or(node_shard).filter(|s| s.world > 1) {
+        // Each machine (or process) decodes only its own slice of every global batch.
         data.train = data.train.sharded(shard)?;
     }
     if !options.quiet {
@@ -113,12 +145,13 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
     }
 }
 
-/// The configuration of the run: `config` for a new run (written to `config.json`, refused
-/// where checkpoints already are), the stored one to resume.
+/// The configuration of the run: `config` for a new run (written to `config.json` by the
+/// `main` process, refused where checkpoints already are), the stored one to resume.
 fn run_config(
     config: PretrainConfig,
     run_dir: &Path,
     options: &RunOptions,
+    main: bool,
 ) -> Result<PretrainConfig, TrainError> {
     let path = run_dir.join("config.json");
     if options.resume {
@@ -134,6 +167,9 @@ fn run_config(
     }
     config.validate().map_err(TrainError::Config)?;
     config.check_data().map_err(TrainError::Config)?;
+    if !main {
+        return Ok(config);
+    }
     std::fs::create_dir_all(run_dir)
         .map_err(|e| TrainError::Io(format!("{}: {e}", run_dir.display())))?;
     let json = serde_json::to_string_pretty(&config).expect("a configuration serialises");
@@ -214,6 +250,13 @@ where
             options.cluster.clone(),
             timeout,
         );
+    }
+    #[cfg(feature = "distributed")]
+    if let Some(group) = &options.processes {
+        let timeout = options
+            .collective_timeout
+            .unwrap_or(Duration::from_secs(1800));
+        trainer = trainer.processes(group.clone(), timeout);
     }
     Ok(trainer.run()?.1)
 }

@@ -3,6 +3,7 @@
 //! questions of both: the gradients of a micro-batch, then the step's gradients and loss
 //! reduced over every replica.
 
+use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use moco_data::Batch;
@@ -12,7 +13,7 @@ use std::marker::PhantomData;
 
 use crate::distributed::CollectiveBackend;
 #[cfg(feature = "distributed")]
-use crate::distributed::DataParallel;
+use crate::distributed::{DataParallel, ProcessParallel};
 use crate::method::{Pretrain, StepParams};
 use crate::step::forward_backward;
 use crate::TrainError;
@@ -22,6 +23,8 @@ pub struct StepRunner<B: CollectiveBackend> {
     precision: Precision,
     #[cfg(feature = "distributed")]
     parallel: Option<DataParallel<B>>,
+    #[cfg(feature = "distributed")]
+    processes: Option<ProcessParallel<B>>,
     _backend: PhantomData<B>,
 }
 
@@ -32,6 +35,8 @@ impl<B: CollectiveBackend> StepRunner<B> {
             precision,
             #[cfg(feature = "distributed")]
             parallel: None,
+            #[cfg(feature = "distributed")]
+            processes: None,
             _backend: PhantomData,
         }
     }
@@ -42,6 +47,18 @@ impl<B: CollectiveBackend> StepRunner<B> {
         StepRunner {
             precision,
             parallel: Some(group),
+            processes: None,
+            _backend: PhantomData,
+        }
+    }
+
+    /// This process's replica of a run over processes.
+    #[cfg(feature = "distributed")]
+    pub fn processes(replica: ProcessParallel<B>, precision: Precision) -> Self {
+        StepRunner {
+            precision,
+            parallel: None,
+            processes: Some(replica),
             _backend: PhantomData,
         }
     }
@@ -56,14 +73,30 @@ impl<B: CollectiveBackend> StepRunner<B> {
         None
     }
 
+    #[cfg(feature = "distributed")]
+    fn processes_replica(&self) -> Option<&ProcessParallel<B>> {
+        self.processes.as_ref()
+    }
+
+    #[cfg(not(feature = "distributed"))]
+    fn processes_replica(&self) -> Option<&NoProcesses> {
+        None
+    }
+
     /// Whether this process evaluates, logs and checkpoints (the only one on one device).
     pub fn is_main(&self) -> bool {
-        self.group().is_none_or(|g| g.is_main())
+        match self.processes_replica() {
+            Some(p) => p.is_main(),
+            None => self.group().is_none_or(|g| g.is_main()),
+        }
     }
 
     /// Replicas in the run.
     pub fn world_size(&self) -> usize {
-        self.group().map_or(1, |g| g.world_size())
+        match self.processes_replica() {
+            Some(p) => p.world_size(),
+            None => self.group().map_or(1, |g| g.world_size()),
+        }
     }
 
     /// Forward and backward of one micro-batch (both views); `scale` multiplies the loss
@@ -87,6 +120,9 @@ impl<B: CollectiveBackend> StepRunner<B> {
             return group.micro_step(model, [v1, v2], shape, params, scale, device);
         }
         let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), device);
+        if let Some(p) = self.processes_replica() {
+            return Ok(p.micro_step(model, [t(v1), t(v2)], params, scale));
+        }
         Ok(forward_backward(
             model,
             t(v1),
@@ -99,16 +135,25 @@ impl<B: CollectiveBackend> StepRunner<B> {
 
     /// The step's gradients and loss, averaged over the replicas (unchanged on one device);
     /// the other local replicas are told to update with `lr`, `clip` and `skip_nonfinite`.
-    pub fn reduce(
+    /// `stop` is this process's wish to stop after the step; the answer's is whether any
+    /// process of the run wishes so (every process must stop at the same step).
+    pub fn reduce<M: AutodiffModule<B>>(
         &self,
+        model: &M,
         grads: GradientsParams,
-        loss: f64,
+        (loss, stop): (f64, bool),
         (lr, clip, skip_nonfinite): (f64, Option<f64>, bool),
         device: &B::Device,
-    ) -> Result<(GradientsParams, f64), TrainError> {
+    ) -> Result<(GradientsParams, f64, bool), TrainError> {
+        if let Some(p) = self.processes_replica() {
+            return p.reduce(model, grads, loss, stop, device);
+        }
         match self.group() {
-            None => Ok((grads, loss)),
-            Some(group) => group.reduce(grads, loss, lr, clip, skip_nonfinite, device),
+            None => Ok((grads, loss, stop)),
+            Some(group) => {
+                let (grads, loss) = group.reduce(grads, loss, lr, clip, skip_nonfinite, device)?;
+                Ok((grads, loss, stop))
+            }
         }
     }
 }
@@ -145,6 +190,39 @@ impl NoGroup {
         _: bool,
         _: &D,
     ) -> Result<(GradientsParams, f64), TrainError> {
+        match *self {}
+    }
+}
+
+/// Without the `distributed` feature there is no run over processes; this type has no value.
+#[cfg(not(feature = "distributed"))]
+enum NoProcesses {}
+
+#[cfg(not(feature = "distributed"))]
+impl NoProcesses {
+    fn is_main(&self) -> bool {
+        match *self {}
+    }
+    fn world_size(&self) -> usize {
+        match *self {}
+    }
+    fn micro_step<B: CollectiveBackend, M: Pretrain<B>>(
+        &self,
+        _: M,
+        _: [Tensor<B, 4>; 2],
+        _: &StepParams,
+        _: f64,
+    ) -> (M, f64, GradientsParams) {
+        match *self {}
+    }
+    fn reduce<D, M>(
+        &self,
+        _: &M,
+        _: GradientsParams,
+        _: f64,
+        _: bool,
+        _: &D,
+    ) -> Result<(GradientsParams, f64, bool), TrainError> {
         match *self {}
     }
 }

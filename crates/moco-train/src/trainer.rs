@@ -33,6 +33,8 @@ use moco_data::{BatchIter, Loader};
 use moco_models::{Backbone, Precision};
 
 use crate::distributed::{Cluster, CollectiveBackend};
+#[cfg(feature = "distributed")]
+use crate::distributed::{ProcessGroup, ProcessParallel};
 use crate::knn::KnnResult;
 use crate::knn_monitor::KnnMonitor;
 use crate::method::{Pretrain, StepParams};
@@ -149,6 +151,8 @@ pub struct Trainer<B: CollectiveBackend, M, O> {
     sinks: Vec<Box<dyn MetricSink>>,
     run_dir: Option<RunDirectory>,
     parallel: Option<ParallelSetup<B, O>>,
+    #[cfg(feature = "distributed")]
+    processes: Option<(Arc<dyn ProcessGroup>, Duration)>,
     stop: Option<Arc<AtomicBool>>,
     stop_after: Option<u64>,
     quiet: bool,
@@ -183,6 +187,8 @@ where
             sinks: Vec::new(),
             run_dir: None,
             parallel: None,
+            #[cfg(feature = "distributed")]
+            processes: None,
             stop: None,
             stop_after: None,
             quiet: false,
@@ -245,6 +251,16 @@ where
         self
     }
 
+    /// This process is one replica of a run over the processes of `group` (one device each,
+    /// e.g. under `mpirun`); the trainer's loader must read only this process's shard of
+    /// every batch ([`moco_data::Loader::sharded`]). The process ends when no step finishes
+    /// for `timeout`.
+    #[cfg(feature = "distributed")]
+    pub fn processes(mut self, group: Arc<dyn ProcessGroup>, timeout: Duration) -> Self {
+        self.processes = Some((group, timeout));
+        self
+    }
+
     /// Continues from the checkpoint folder `checkpoint`: model, optimizer state and the
     /// position in the schedule and the data.
     pub fn resume(self, checkpoint: PathBuf) -> Result<Self, TrainError> {
@@ -297,6 +313,17 @@ where
     /// One device, or the replicas of [`Trainer::data_parallel`] started from this model.
     fn runner(&self) -> Result<StepRunner<B>, TrainError> {
         let precision = self.settings.precision;
+        #[cfg(feature = "distributed")]
+        if let Some((group, timeout)) = &self.processes {
+            if self.parallel.is_some() {
+                return Err(TrainError::Config(
+                    "a run over processes has one device per process: start one process per device"
+                        .into(),
+                ));
+            }
+            let replica = ProcessParallel::start(group.clone(), *timeout, precision);
+            return Ok(StepRunner::processes(replica, precision));
+        }
         let Some(p) = &self.parallel else {
             return Ok(StepRunner::single(precision));
         };
@@ -351,10 +378,12 @@ where
             run_dir: if main { self.run_dir } else { None },
             runner,
             stop: self.stop,
+            stop_agreed: false,
             stop_after: self.stop_after,
             pos: self.pos,
             summary,
-            progress: Progress::new(self.quiet),
+            // Only the main process reports.
+            progress: Progress::new(self.quiet || !main),
             window: Window::new(),
             started: Instant::now(),
         };
@@ -406,6 +435,8 @@ struct Run<B: CollectiveBackend, O> {
     run_dir: Option<RunDirectory>,
     runner: StepRunner<B>,
     stop: Option<Arc<AtomicBool>>,
+    /// Some process of the run was asked to stop (every process stops at the same step).
+    stop_agreed: bool,
     stop_after: Option<u64>,
     pos: RunPosition,
     summary: RunSummary,
@@ -510,12 +541,15 @@ where
         let (model, g) = g;
         let lr = self.settings.schedule.lr(g.epoch);
         let s = &self.settings;
-        let (grads, loss) = self.runner.reduce(
+        let wish_to_stop = self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        let (grads, loss, stop) = self.runner.reduce(
+            &model,
             g.grads,
-            g.loss,
+            (g.loss, wish_to_stop),
             (lr, s.clip_grad, s.skip_nonfinite),
             &self.device,
         )?;
+        self.stop_agreed = stop;
         let (norms, global) = measure_gradients(&model, &grads);
         let step = self.pos.step + 1;
         let outcome = update(
@@ -736,8 +770,7 @@ where
         M: AutodiffModule<B>,
         O: Optimizer<M, B>,
     {
-        let interrupted = self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
-            || self.stop_after.is_some_and(|s| step >= s);
+        let interrupted = self.stop_agreed || self.stop_after.is_some_and(|s| step >= s);
         if let Some(dir) = &self.run_dir {
             if step.is_multiple_of(dir.checkpoint_every.max(1)) || step == self.total || interrupted
             {

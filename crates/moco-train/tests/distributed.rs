@@ -11,7 +11,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use moco_models::{gather_rows, with_replicas, MocoConfig, Precision, ReplicaGroup, VitConfig};
 use moco_train::distributed::{
-    flat_parameters, join_group, leave_group, CollectiveGroup, Topology,
+    flat_parameters, join_group, leave_group, shard, CollectiveGroup, ProcessGroup,
+    ProcessParallel, Topology,
 };
 use moco_train::{
     apply_step, forward_backward, measure_gradients, pretrain, pretrain_data_parallel,
@@ -230,6 +231,106 @@ fn world_size_one_is_the_single_device_step() {
     assert!((single.loss - dp.loss).abs() < 1e-6);
     assert!(max_diff(&single.grads, &dp.grads) < 1e-6);
     assert!(max_diff(&single.params, &dp.params) < 1e-7);
+}
+
+/// Processes simulated by threads: the sum of each call over `size` threads.
+struct ThreadProcesses {
+    rank: usize,
+    size: usize,
+    shared: Arc<(std::sync::Mutex<Vec<f32>>, std::sync::Barrier)>,
+}
+
+impl ProcessGroup for ThreadProcesses {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn local_rank(&self) -> usize {
+        self.rank
+    }
+    fn sum(&self, values: &mut [f32]) -> Result<(), moco_train::TrainError> {
+        let (buffer, barrier) = &*self.shared;
+        if self.rank == 0 {
+            *buffer.lock().unwrap() = vec![0.0; values.len()];
+        }
+        barrier.wait();
+        for (b, v) in buffer.lock().unwrap().iter_mut().zip(values.iter()) {
+            *b += v;
+        }
+        barrier.wait();
+        values.copy_from_slice(&buffer.lock().unwrap());
+        barrier.wait();
+        Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        panic!("abort {code}")
+    }
+}
+
+/// A run over processes (here threads standing in for them) computes the single-device step:
+/// each process on its shard, keys and BN statistics summed through the group, the gradients
+/// summed as one vector, the mean loss, and the stop wish of any process.
+#[test]
+fn processes_match_the_single_device_step() {
+    let _turn = serial();
+    let single = step(0, 8);
+    let world = 2;
+    let shared = Arc::new((
+        std::sync::Mutex::new(Vec::new()),
+        std::sync::Barrier::new(world),
+    ));
+    // The same initial weights in every process.
+    let model = tiny_moco(&Default::default());
+    // Initialised here (parameters are initialised lazily, from the seeded generator).
+    let _ = flat_parameters(&model);
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let shared = shared.clone();
+            let model = model.clone();
+            std::thread::spawn(move || {
+                let device = Default::default();
+                // Its own autodiff graph (a process has its own).
+                let model = model.fork(&device);
+                let group: Arc<dyn ProcessGroup> = Arc::new(ThreadProcesses {
+                    rank,
+                    size: world,
+                    shared,
+                });
+                let replica = ProcessParallel::<B>::start(
+                    group,
+                    std::time::Duration::from_secs(60),
+                    Precision::F32,
+                );
+                let params = StepParams {
+                    temperature: 0.2,
+                    momentum: 0.99,
+                };
+                let shape = [8, 1, 16, 16];
+                let mine = |seed| shard(batch(8, seed), shape, world).swap_remove(rank);
+                let ((x1, s), (x2, _)) = (mine(1), mine(2));
+                let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, s), &device);
+                let (model, loss, grads) = replica.micro_step(model, [t(x1), t(x2)], &params, 1.0);
+                let (grads, loss, stop) = replica
+                    .reduce(&model, grads, loss, rank == 1, &device)
+                    .unwrap();
+                (loss, grads_vector(&model, &grads), stop)
+            })
+        })
+        .collect();
+    let scale = single.grads.iter().fold(0f32, |m, g| m.max(g.abs()));
+    for h in handles {
+        let (loss, grads, stop) = h.join().unwrap();
+        assert!(
+            (single.loss - loss).abs() < 1e-5,
+            "{} vs {loss}",
+            single.loss
+        );
+        let d = max_diff(&single.grads, &grads);
+        assert!(d < 1e-4 * scale.max(1.0), "gradients differ by {d}");
+        assert!(stop, "process 1 asked to stop: every process stops");
+    }
 }
 
 struct Tmp(PathBuf);

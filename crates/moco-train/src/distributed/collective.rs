@@ -3,6 +3,7 @@
 //! joining and leaving the group.
 
 use std::sync::mpsc::channel;
+use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -17,6 +18,7 @@ use burn::tensor::TensorPrimitive;
 use moco_models::ReplicaGroup;
 
 use super::cluster::Topology;
+use super::process_group::{host_sum, ProcessGroup};
 use crate::TrainError;
 
 /// An autodiff backend whose tensors can be summed over the replicas of a collective group
@@ -24,6 +26,13 @@ use crate::TrainError;
 pub trait CollectiveBackend: AutodiffBackend {
     /// Sum of `x` over the peers of the group `peer` belongs to.
     fn collective_sum<const D: usize>(peer: PeerId, x: Tensor<Self, D>) -> Tensor<Self, D>;
+
+    /// Sum of `x` over the processes of `group` (one replica each), staged through host
+    /// memory.
+    fn process_sum<const D: usize>(
+        group: &Arc<dyn ProcessGroup>,
+        x: Tensor<Self, D>,
+    ) -> Tensor<Self, D>;
 }
 
 #[derive(Debug)]
@@ -54,20 +63,75 @@ impl<I: Backend> Backward<I, 1> for SumOverPeers {
     }
 }
 
+struct SumOverProcesses<const D: usize> {
+    group: Arc<dyn ProcessGroup>,
+}
+
+impl<const D: usize> std::fmt::Debug for SumOverProcesses<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SumOverProcesses({})", self.group.size())
+    }
+}
+
+fn process_sum_primitive<I: Backend, const D: usize>(
+    group: &dyn ProcessGroup,
+    x: I::FloatTensorPrimitive,
+) -> I::FloatTensorPrimitive {
+    let x = Tensor::<I, D>::from_primitive(TensorPrimitive::Float(x));
+    host_sum(group, x).into_primitive().tensor()
+}
+
+impl<I: Backend, const D: usize> Backward<I, 1> for SumOverProcesses<D> {
+    type State = ();
+
+    fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let group = self.group;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            process_sum_primitive::<I, D>(group.as_ref(), grad)
+        });
+    }
+}
+
+/// `x` summed by `sum` (forward) with `op` as its backward: the autodiff node of a sum over
+/// replicas.
+fn sum_with_backward<I, C, Op, const D: usize>(
+    x: Tensor<Autodiff<I, C>, D>,
+    op: Op,
+    sum: impl FnOnce(I::FloatTensorPrimitive) -> I::FloatTensorPrimitive,
+) -> Tensor<Autodiff<I, C>, D>
+where
+    I: Backend,
+    C: CheckpointStrategy,
+    Op: Backward<I, 1, State = ()>,
+{
+    let input = x.into_primitive().tensor();
+    let summed = sum(input.primitive.clone());
+    let output = match op
+        .prepare::<C>([input.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((), summed),
+        OpsKind::UnTracked(prep) => prep.finish(summed),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
 impl<I: Backend, C: CheckpointStrategy> CollectiveBackend for Autodiff<I, C> {
-    fn collective_sum<const D: usize>(peer: PeerId, x: Tensor<Self, D>) -> Tensor<Self, D> {
-        let input = x.into_primitive().tensor();
-        let summed = all_reduce_or_panic::<I>(peer, input.primitive.clone());
-        let op = SumOverPeers { peer };
-        let output = match op
-            .prepare::<C>([input.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((), summed),
-            OpsKind::UnTracked(prep) => prep.finish(summed),
+    fn process_sum<const D: usize>(
+        group: &Arc<dyn ProcessGroup>,
+        x: Tensor<Self, D>,
+    ) -> Tensor<Self, D> {
+        let op = SumOverProcesses::<D> {
+            group: group.clone(),
         };
-        Tensor::from_primitive(TensorPrimitive::Float(output))
+        sum_with_backward(x, op, |p| process_sum_primitive::<I, D>(group.as_ref(), p))
+    }
+
+    fn collective_sum<const D: usize>(peer: PeerId, x: Tensor<Self, D>) -> Tensor<Self, D> {
+        sum_with_backward(x, SumOverPeers { peer }, |p| {
+            all_reduce_or_panic::<I>(peer, p)
+        })
     }
 }
 

@@ -296,7 +296,7 @@ impl<B: CollectiveBackend> DataParallel<B> {
 /// Ends the process when `progress` stops moving for `timeout`: a collective call waits for
 /// every replica without a deadline of its own, and a missing or dead node must not stall the
 /// others forever.
-fn spawn_watchdog(progress: Arc<AtomicU64>, stop: Arc<AtomicBool>, timeout: Duration) {
+pub(crate) fn spawn_watchdog(progress: Arc<AtomicU64>, stop: Arc<AtomicBool>, timeout: Duration) {
     std::thread::spawn(move || {
         let (mut seen, mut since) = (progress.load(Ordering::SeqCst), Instant::now());
         while !stop.load(Ordering::SeqCst) {

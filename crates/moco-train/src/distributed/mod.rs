@@ -11,7 +11,9 @@
 //!
 //! - [`cluster`]: where the replicas are (devices of this machine, other machines);
 //! - [`collective`]: the collective group (sums with a gradient, all-reduce, joining);
-//! - [`data_parallel`]: the replicas of a run and their step.
+//! - [`data_parallel`]: the replicas of a run and their step;
+//! - [`process_group`]: a run over processes, one replica each (MPI: `mpirun -n N`), with
+//!   [`mpi`] (the `mpi` feature) as its transport.
 //!
 //! The collective engine is compiled with the `distributed` feature; without it, a run has
 //! one device and [`CollectiveBackend`] is every autodiff backend.
@@ -21,6 +23,10 @@ pub mod cluster;
 pub mod collective;
 #[cfg(feature = "distributed")]
 pub mod data_parallel;
+#[cfg(feature = "mpi")]
+pub mod mpi;
+#[cfg(feature = "distributed")]
+pub mod process_group;
 
 pub use cluster::{Cluster, Topology};
 #[cfg(feature = "distributed")]
@@ -30,6 +36,10 @@ pub use collective::{
 };
 #[cfg(feature = "distributed")]
 pub use data_parallel::{flat_parameters, replica_forward_backward, shard, DataParallel};
+#[cfg(feature = "mpi")]
+pub use mpi::MpiGroup;
+#[cfg(feature = "distributed")]
+pub use process_group::{ProcessGroup, ProcessParallel, ProcessReplica};
 
 /// Every autodiff backend: without the `distributed` feature no tensor is summed over
 /// replicas.

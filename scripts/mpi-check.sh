@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# A run over processes with MPI, on this machine over loopback: 2 processes × 1 CPU replica.
+#  1. the losses of 4 steps equal the single-device run's on the same batches (within 1e-4);
+#  2. a process killed mid-run ends the others with an error, within the timeout (no hang);
+#  3. `--resume` continues from the last checkpoint to the end of the run.
+# Usage: scripts/mpi-check.sh [path/to/moco]   (built with `--features mpi`)
+set -euo pipefail
+moco=$(realpath "${1:-target/release/moco}")
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+# Open MPI refuses to start as root unless told; CI containers run as root.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+mpirun=(mpirun -n 2 --oversubscribe --bind-to none)
+common=(--device cpu --batch-size 32 --knn-every 0 --knn-memory 256 --knn-eval 128
+        --workers 1 --log-every 1 --collective-timeout 60)
+
+echo "--- 1. two processes against one device, 4 steps"
+"$moco" pretrain "${common[@]}" --max-steps 4 --quiet --out "$dir/single"
+"${mpirun[@]}" "$moco" pretrain "${common[@]}" --max-steps 4 --quiet --mpi --out "$dir/two"
+python3 - "$dir/single/metrics.jsonl" "$dir/two/metrics.jsonl" <<'PY'
+import json, sys
+def losses(path):
+    return [r["loss"] for r in map(json.loads, open(path)) if r["type"] == "step"]
+one, two = losses(sys.argv[1]), losses(sys.argv[2])
+assert len(one) == len(two) == 4, (one, two)
+gap = max(abs(a - b) for a, b in zip(one, two))
+print("losses, one device: ", " ".join(f"{x:.6f}" for x in one))
+print("losses, 2 processes:", " ".join(f"{x:.6f}" for x in two))
+print(f"largest difference {gap:.2e}")
+assert gap <= 1e-4, "the losses differ by more than 1e-4"
+PY
+
+echo "--- 2. process 1 killed mid-run"
+run="$dir/killed"
+"${mpirun[@]}" "$moco" pretrain "${common[@]}" --max-steps 24 --checkpoint-every 2 --quiet \
+  --mpi --out "$run" > "$dir/killed.log" 2>&1 &
+launcher=$!
+for _ in $(seq 600); do
+  [ -d "$run/checkpoints/step-00000004" ] && break
+  sleep 0.2
+done
+test -d "$run/checkpoints/step-00000004"
+victim=""
+for pid in $(pgrep -f "$moco pretrain"); do
+  if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1"; then
+    victim=$pid
+  fi
+done
+test -n "$victim"
+kill -9 "$victim"
+start=$(date +%s)
+status=0
+wait "$launcher" || status=$?
+elapsed=$(( $(date +%s) - start ))
+echo "the job ended ${elapsed} s after the kill, exit status $status"
+test "$status" -ne 0
+test "$elapsed" -le 60
+if pgrep -f "$moco pretrain" > /dev/null; then echo "a process is left running"; exit 1; fi
+grep -iE "signal 9|killed" "$dir/killed.log" | head -n 3
+
+echo "--- 3. --resume from the last checkpoint"
+"${mpirun[@]}" "$moco" pretrain --mpi --resume --out "$run" --quiet --collective-timeout 60
+steps=$(python3 -c "import json,sys; print(sum(1 for r in map(json.loads, open(sys.argv[1])) if r['type'] == 'step'))" "$run/metrics.jsonl")
+echo "metrics.jsonl has $steps steps"
+test "$steps" = 24
+test -d "$run/checkpoints/step-00000024"
+echo "MPI check passed"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A run over processes with MPI, on this machine over loopback: 2 processes × 1 CPU replica.
-#  1. the losses of 4 steps equal the single-device run's on the same batches (within 1e-4);
+#  1. the losses of 4 steps equal the single-device run's on the same batches (within 1e-4),
+#     for MoCo v3 (keys gathered) and SimCLR (negatives gathered with their gradient);
 #  2. a process killed mid-run ends the others with an error, within the timeout (no hang);
 #  3. `--resume` continues from the last checkpoint to the end of the run.
 # Usage: scripts/mpi-check.sh [path/to/moco]   (built with `--features mpi`)
@@ -14,10 +15,12 @@ mpirun=(mpirun -n 2 --oversubscribe --bind-to none)
 common=(--device cpu --batch-size 32 --knn-every 0 --knn-memory 256 --knn-eval 128
         --workers 1 --log-every 1 --collective-timeout 60)
 
-echo "--- 1. two processes against one device, 4 steps"
-"$moco" pretrain "${common[@]}" --max-steps 4 --quiet --out "$dir/single"
-"${mpirun[@]}" "$moco" pretrain "${common[@]}" --max-steps 4 --quiet --mpi --out "$dir/two"
-python3 - "$dir/single/metrics.jsonl" "$dir/two/metrics.jsonl" <<'PY'
+for method in mocov3 simclr; do
+echo "--- 1. two processes against one device, 4 steps of $method"
+"$moco" pretrain "${common[@]}" --method $method --max-steps 4 --quiet --out "$dir/single-$method"
+"${mpirun[@]}" "$moco" pretrain "${common[@]}" --method $method --max-steps 4 --quiet --mpi \
+  --out "$dir/two-$method"
+python3 - "$dir/single-$method/metrics.jsonl" "$dir/two-$method/metrics.jsonl" <<'PY'
 import json, sys
 def losses(path):
     return [r["loss"] for r in map(json.loads, open(path)) if r["type"] == "step"]
@@ -29,6 +32,7 @@ print("losses, 2 processes:", " ".join(f"{x:.6f}" for x in two))
 print(f"largest difference {gap:.2e}")
 assert gap <= 1e-4, "the losses differ by more than 1e-4"
 PY
+done
 
 echo "--- 2. process 1 killed mid-run"
 run="$dir/killed"

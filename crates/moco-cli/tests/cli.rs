@@ -134,3 +134,22 @@ fn the_raw_pixel_probe_needs_no_checkpoint() {
         stderr(&out)
     );
 }
+
+#[test]
+fn mpi_runs_say_what_they_need() {
+    // A build without MPI names the feature and the libraries it needs.
+    #[cfg(not(feature = "mpi"))]
+    {
+        let out = moco(&["pretrain", "--mpi", "--device", "cpu", "--max-steps", "1"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("--features mpi"), "{}", stderr(&out));
+    }
+    // One process per device: MPI and the burn-collective cluster flags exclude each other.
+    let out = moco(&["pretrain", "--mpi", "--nodes", "2", "--print-config"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -3,12 +3,13 @@
 #  1. the losses of 4 steps equal the single-device run's on the same batches (within 1e-4),
 #     for MoCo v3 (keys gathered) and SimCLR (negatives gathered with their gradient);
 #  2. a process killed mid-run ends the others with an error, within the timeout (no hang);
-#  3. `--resume` continues from the last checkpoint to the end of the run.
+#  3. `--resume` continues from the last checkpoint (here up to step 24, with --stop-after).
 # Usage: scripts/mpi-check.sh [path/to/moco]   (built with `--features mpi`)
 set -euo pipefail
 moco=$(realpath "${1:-target/release/moco}")
 dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+launcher=""
+trap '[ -n "$launcher" ] && kill "$launcher" 2>/dev/null; rm -rf "$dir"' EXIT
 # Open MPI refuses to start as root unless told; CI containers run as root.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpirun=(mpirun -n 2 --oversubscribe --bind-to none)
@@ -35,37 +36,46 @@ PY
 done
 
 echo "--- 2. process 1 killed mid-run"
+# The processes of this job carry a marker in their environment: found by it, not by name.
 run="$dir/killed"
-"${mpirun[@]}" "$moco" pretrain "${common[@]}" --max-steps 24 --checkpoint-every 2 --quiet \
-  --mpi --out "$run" > "$dir/killed.log" 2>&1 &
+"${mpirun[@]}" -x MOCO_MPI_CHECK="$dir" "$moco" pretrain "${common[@]}" --max-steps 400 \
+  --checkpoint-every 2 --quiet --mpi --out "$run" > "$dir/killed.log" 2>&1 &
 launcher=$!
 for _ in $(seq 600); do
   [ -d "$run/checkpoints/step-00000004" ] && break
   sleep 0.2
 done
 test -d "$run/checkpoints/step-00000004"
-victim=""
-for pid in $(pgrep -f "$moco pretrain"); do
-  if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1"; then
-    victim=$pid
-  fi
-done
+job_processes() {  # prints "PID RANK" for each process of the job still alive
+  for pid in $(pgrep -x moco); do
+    environ=$({ tr '\0' '\n' < "/proc/$pid/environ"; } 2>/dev/null || true)
+    if grep -qx "MOCO_MPI_CHECK=$dir" <<< "$environ"; then
+      rank=$(sed -n 's/^OMPI_COMM_WORLD_RANK=//p' <<< "$environ")
+      echo "$pid ${rank:-?}"
+    fi
+  done
+}
+victim=$(job_processes | awk '$2 == 1 {print $1}')
 test -n "$victim"
 kill -9 "$victim"
 start=$(date +%s)
 status=0
 wait "$launcher" || status=$?
+launcher=""
 elapsed=$(( $(date +%s) - start ))
 echo "the job ended ${elapsed} s after the kill, exit status $status"
 test "$status" -ne 0
 test "$elapsed" -le 60
-if pgrep -f "$moco pretrain" > /dev/null; then echo "a process is left running"; exit 1; fi
+if [ -n "$(job_processes)" ]; then echo "a process of the job is left running"; exit 1; fi
 grep -iE "signal 9|killed" "$dir/killed.log" | head -n 3
 
 echo "--- 3. --resume from the last checkpoint"
-"${mpirun[@]}" "$moco" pretrain --mpi --resume --out "$run" --quiet --collective-timeout 60
-steps=$(python3 -c "import json,sys; print(sum(1 for r in map(json.loads, open(sys.argv[1])) if r['type'] == 'step'))" "$run/metrics.jsonl")
-echo "metrics.jsonl has $steps steps"
-test "$steps" = 24
+last=$(ls "$run/checkpoints" | tail -n 1)
+echo "newest checkpoint: $last"
+"${mpirun[@]}" "$moco" pretrain --mpi --resume --out "$run" --stop-after 24 --quiet \
+  --collective-timeout 60
+steps=$(python3 -c "import json,sys; print(sorted(r['step'] for r in map(json.loads, open(sys.argv[1])) if r['type'] == 'step') == list(range(1, 25)))" "$run/metrics.jsonl")
+echo "metrics.jsonl holds steps 1 to 24, each once: $steps"
+test "$steps" = True
 test -d "$run/checkpoints/step-00000024"
 echo "MPI check passed"

@@ -356,6 +356,39 @@ fn default_out(config: &PretrainConfig) -> PathBuf {
 
 /// Runs `moco pretrain` (or an example) with `args`, starting from `default_preset`.
 pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSummary, String> {
+    // Joined first, so that every later failure of this process ends the whole job.
+    let processes = process_group(args.mpi)?;
+    let Some(group) = processes.clone().filter(|p| p.size() > 1) else {
+        return pretrain_in(args, default_preset, processes);
+    };
+    // A panic ends the job too (the hook holds no reference: MPI is finalised when the run's
+    // last reference goes).
+    let on_panic = Arc::downgrade(&group);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        if let Some(group) = on_panic.upgrade() {
+            group.abort(101);
+        }
+    }));
+    let result = pretrain_in(args, default_preset, processes);
+    let _ = std::panic::take_hook();
+    match result {
+        Ok(summary) => Ok(summary),
+        Err(e) => {
+            // The other processes would wait for this one: end the whole job.
+            eprintln!("error: process {} of {}: {e}", group.rank(), group.size());
+            group.abort(2)
+        }
+    }
+}
+
+/// [`run_pretrain`] in this process, one of `processes` when given.
+fn pretrain_in(
+    args: &PretrainArgs,
+    default_preset: &str,
+    processes: Option<Arc<dyn moco_train::distributed::ProcessGroup>>,
+) -> Result<RunSummary, String> {
     let mut config = args.to_config(default_preset)?;
     let resume = args.resume.is_some();
     if !resume && args.in_chans.is_none() && args.config.is_none() {
@@ -405,7 +438,6 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
                 .into(),
         ),
     };
-    let processes = process_group(args.mpi)?;
     let main = processes.as_ref().is_none_or(|p| p.rank() == 0);
     let quiet = args.quiet || !main;
     let options = RunOptions {
@@ -446,16 +478,7 @@ pub fn run_pretrain(args: &PretrainArgs, default_preset: &str) -> Result<RunSumm
             options,
         },
     )
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
-    let summary = match (summary, &processes) {
-        (Err(e), Some(p)) if p.size() > 1 => {
-            // The other processes would wait for this one: end the whole job.
-            eprintln!("error: process {} of {}: {e}", p.rank(), p.size());
-            p.abort(2)
-        }
-        (summary, _) => summary?,
-    };
+    .map_err(|e| e.to_string())??;
     if !quiet {
         print_summary(&summary, &out);
     }

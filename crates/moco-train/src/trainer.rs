@@ -322,6 +322,8 @@ where
                 ));
             }
             let replica = ProcessParallel::start(group.clone(), *timeout, precision);
+            let p = &self.pos;
+            replica.check_same_start(&self.model, [p.step, p.epoch, p.batch as u64])?;
             return Ok(StepRunner::processes(replica, precision));
         }
         let Some(p) = &self.parallel else {

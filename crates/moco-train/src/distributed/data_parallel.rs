@@ -161,7 +161,12 @@ impl<B: CollectiveBackend> DataParallel<B> {
         join_group::<B>(0, &topology, &devices[0])?;
         let progress = Arc::new(AtomicU64::new(0));
         let stop_watchdog = Arc::new(AtomicBool::new(false));
-        spawn_watchdog(progress.clone(), stop_watchdog.clone(), topology.timeout);
+        spawn_watchdog(
+            progress.clone(),
+            stop_watchdog.clone(),
+            topology.timeout,
+            || std::process::exit(3),
+        );
         Ok(DataParallel {
             group: Arc::new(CollectiveGroup::new(topology.rank(0), topology.world())),
             topology,
@@ -293,10 +298,15 @@ impl<B: CollectiveBackend> DataParallel<B> {
     }
 }
 
-/// Ends the process when `progress` stops moving for `timeout`: a collective call waits for
-/// every replica without a deadline of its own, and a missing or dead node must not stall the
-/// others forever.
-pub(crate) fn spawn_watchdog(progress: Arc<AtomicU64>, stop: Arc<AtomicBool>, timeout: Duration) {
+/// Calls `end` (which ends the process, or the whole job) when `progress` stops moving for
+/// `timeout`: a collective call waits for every replica without a deadline of its own, and a
+/// missing or dead node must not stall the others forever.
+pub(crate) fn spawn_watchdog(
+    progress: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    timeout: Duration,
+    end: impl FnOnce() + Send + 'static,
+) {
     std::thread::spawn(move || {
         let (mut seen, mut since) = (progress.load(Ordering::SeqCst), Instant::now());
         while !stop.load(Ordering::SeqCst) {
@@ -309,7 +319,8 @@ pub(crate) fn spawn_watchdog(progress: Arc<AtomicU64>, stop: Arc<AtomicBool>, ti
                     "error: no training step finished for {} s: a replica or node stopped answering; exiting (the newest checkpoint is kept; continue with --resume)",
                     timeout.as_secs()
                 );
-                std::process::exit(3);
+                end();
+                return;
             }
         }
     });

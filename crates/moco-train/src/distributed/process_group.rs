@@ -49,7 +49,7 @@ pub(crate) fn host_sum<I: Backend, const D: usize>(
     group: &dyn ProcessGroup,
     x: Tensor<I, D>,
 ) -> Tensor<I, D> {
-    let (shape, device) = (x.shape(), x.device());
+    let (shape, device, dtype) = (x.shape(), x.device(), x.dtype());
     let mut values = x
         .into_data()
         .convert::<f32>()
@@ -60,7 +60,8 @@ pub(crate) fn host_sum<I: Backend, const D: usize>(
         eprintln!("error: process {}: {e}", group.rank());
         group.abort(4);
     }
-    Tensor::from_data(TensorData::new(values, shape), &device)
+    // Back in the input's precision (a bf16 tensor stays bf16).
+    Tensor::from_data(TensorData::new(values, shape), (&device, dtype))
 }
 
 /// The group as the models see it ([`moco_models::replica`]): replica = process.
@@ -96,7 +97,18 @@ impl<B: CollectiveBackend> ProcessParallel<B> {
     pub fn start(group: Arc<dyn ProcessGroup>, timeout: Duration, precision: Precision) -> Self {
         let progress = Arc::new(AtomicU64::new(0));
         let stop_watchdog = Arc::new(AtomicBool::new(false));
-        spawn_watchdog(progress.clone(), stop_watchdog.clone(), timeout);
+        // A stalled process ends the whole job, not only itself. The watchdog holds no
+        // reference: the group (MPI) ends when the run's last reference goes.
+        let on_timeout = Arc::downgrade(&group);
+        spawn_watchdog(
+            progress.clone(),
+            stop_watchdog.clone(),
+            timeout,
+            move || match on_timeout.upgrade() {
+                Some(group) => group.abort(3),
+                None => std::process::exit(3),
+            },
+        );
         ProcessParallel {
             replica: Arc::new(ProcessReplica {
                 group: group.clone(),
@@ -117,6 +129,39 @@ impl<B: CollectiveBackend> ProcessParallel<B> {
     /// Whether this process evaluates, logs and checkpoints.
     pub fn is_main(&self) -> bool {
         self.group.rank() == 0
+    }
+
+    /// Checks that every process starts from the same place: the same position in the
+    /// schedule (`step`, `epoch`, `batch`) and the same weights (a checksum of `model`'s
+    /// parameters). A process that resumed from another checkpoint, or initialised other
+    /// weights, would otherwise train out of step with the others.
+    pub fn check_same_start<M: AutodiffModule<B>>(
+        &self,
+        model: &M,
+        position: [u64; 3],
+    ) -> Result<(), TrainError> {
+        let checksum = parameter_checksum(model);
+        let mine = [
+            position[0] as f32,
+            position[1] as f32,
+            position[2] as f32,
+            checksum as f32,
+        ];
+        let mut sums = mine;
+        self.group.sum(&mut sums)?;
+        // Every process sees size × its own value only when all values are equal.
+        let size = self.world_size() as f32;
+        let same = |i: usize| (sums[i] - size * mine[i]).abs() <= 1e-5 * (size * mine[i]).abs();
+        if !(0..3).all(|i| sums[i] == size * mine[i]) || !same(3) {
+            return Err(TrainError::Config(format!(
+                "process {} starts at step {} (epoch {}, batch {}) with weights of checksum {checksum:.6e}, and another process does not: resume every process from the same checkpoint (a shared run directory, or the same copy on every machine)",
+                self.group.rank(),
+                position[0],
+                position[1],
+                position[2]
+            )));
+        }
+        Ok(())
     }
 
     /// Forward and backward of this process's shard of a micro-batch (the loader already read
@@ -227,4 +272,17 @@ fn all_reduce_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
     };
     model.visit(&mut put);
     Ok(grads)
+}
+
+/// Sum of every float parameter of `model`, summed in the module's order.
+fn parameter_checksum<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> f64 {
+    struct Sum(f64);
+    impl<B: Backend> ModuleVisitor<B> for Sum {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0 += param.val().sum().into_scalar().elem::<f64>();
+        }
+    }
+    let mut s = Sum(0.0);
+    model.visit(&mut s);
+    s.0
 }

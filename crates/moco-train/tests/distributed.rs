@@ -401,3 +401,57 @@ fn a_data_parallel_run_follows_the_single_device_run() {
         .to_string();
     assert!(e.contains("cannot be split evenly over 4 devices"), "{e}");
 }
+
+/// Processes that would start from different steps (one resumed from another checkpoint) or
+/// with other weights refuse to train; the same start passes.
+#[test]
+fn processes_refuse_to_start_from_different_places() {
+    let _turn = serial();
+    let model = tiny_moco(&Default::default());
+    let _ = flat_parameters(&model);
+    let check = |positions: [[u64; 3]; 2], perturb: bool| -> Vec<bool> {
+        let shared = Arc::new((
+            std::sync::Mutex::new(Vec::new()),
+            std::sync::Barrier::new(2),
+        ));
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let (shared, model) = (shared.clone(), model.clone());
+                std::thread::spawn(move || {
+                    let device = Default::default();
+                    let mut model = model.fork(&device);
+                    if perturb && rank == 1 {
+                        model = model.map(&mut AddOne);
+                    }
+                    let group: Arc<dyn ProcessGroup> = Arc::new(ThreadProcesses {
+                        rank,
+                        size: 2,
+                        shared,
+                    });
+                    let replica = ProcessParallel::<B>::start(
+                        group,
+                        std::time::Duration::from_secs(60),
+                        Precision::F32,
+                    );
+                    replica.check_same_start(&model, positions[rank]).is_ok()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    assert_eq!(check([[4, 0, 4], [4, 0, 4]], false), vec![true, true]);
+    assert_eq!(check([[2, 0, 2], [4, 0, 4]], false), vec![false, false]);
+    assert_eq!(check([[4, 0, 4], [4, 0, 4]], true), vec![false, false]);
+}
+
+/// Adds 1 to every float parameter.
+struct AddOne;
+
+impl burn::module::ModuleMapper<B> for AddOne {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        param.map(|t| t.add_scalar(1.0))
+    }
+}

@@ -69,6 +69,14 @@ pub struct StepBenchArgs {
     /// on the host); default: the device's (host-pass on the CPU backends).
     #[arg(long)]
     pub gelu_kernel: Option<moco_models::GeluKernel>,
+    /// The ViT's attention: composed (Burn's tensor operations) or fused (one operation with
+    /// its own backward on the flex backend); default: the device's (fused on flex).
+    #[arg(long)]
+    pub attention_kernel: Option<moco_models::AttentionKernel>,
+    /// The ViT's LayerNorms: backend (Burn's) or fused (one pass per row forward and backward
+    /// on the flex backend); default: the device's (fused on flex).
+    #[arg(long)]
+    pub layer_norm_kernel: Option<moco_models::LayerNormKernel>,
     /// The ResNet's convolutions: backend, matrix-product, or matrix-product:N (up to N
     /// first-stage positions); default: the device's (matrix-product:256 on the CPU backends).
     #[arg(long)]
@@ -209,6 +217,8 @@ pub fn bench_config(a: &StepBenchArgs) -> Result<PretrainConfig, String> {
         c.precision = a.precision;
     }
     c.model.gelu_kernel = a.gelu_kernel.or(c.model.gelu_kernel);
+    c.model.attention_kernel = a.attention_kernel.or(c.model.attention_kernel);
+    c.model.layer_norm_kernel = a.layer_norm_kernel.or(c.model.layer_norm_kernel);
     c.model.conv_kernel = a.conv_kernel.or(c.model.conv_kernel);
     c.schedule.grad_accum = 1;
     c.model_config().map_err(|e| e.to_string())?;

@@ -172,7 +172,11 @@ impl Grid {
 fn with_kernels(config: &MocoConfig, kernels: Kernels) -> MocoConfig {
     let mut config = config.clone();
     match &mut config.backbone {
-        moco_models::BackboneConfig::Vit(v) => v.gelu_kernel = Some(kernels.gelu),
+        moco_models::BackboneConfig::Vit(v) => {
+            v.gelu_kernel = Some(kernels.gelu);
+            v.attention_kernel = Some(kernels.attention);
+            v.layer_norm_kernel = Some(kernels.layer_norm);
+        }
         moco_models::BackboneConfig::ResNet(r) => r.conv_kernel = Some(kernels.conv),
     }
     config

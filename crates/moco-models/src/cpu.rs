@@ -13,10 +13,17 @@ use rayon::prelude::*;
 /// The exact GELU, `x · Φ(x)` with Φ the standard normal CDF, through the host pass described
 /// in the module docs (f32 tensors; other dtypes go through [`crate::activation::gelu_erf`]).
 /// Meant for the backends whose tensors live in host memory, where reading values back is free.
+/// On the flex backend it runs as one operation with its own backward
+/// (`moco_models::flex::gelu`): no copies and no constant tensors.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     if x.dtype() != DType::F32 {
         return crate::activation::gelu_erf(x);
     }
+    #[cfg(feature = "flex")]
+    let x = match crate::flex::gelu(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let device = x.device();
     let shape = x.shape();
     let values = match x.clone().detach().into_data().into_vec::<f32>() {
@@ -43,6 +50,21 @@ pub fn gelu_values(values: &[f32]) -> Vec<f32> {
         .for_each(|(o, v)| {
             for (o, &x) in o.iter_mut().zip(v) {
                 *o = x * cdf_pdf(x).0;
+            }
+        });
+    out
+}
+
+/// The gradient of the GELU's input, `grad · (Φ(x) + x·φ(x))`, for every value.
+pub fn gelu_backward(values: &[f32], grad: &[f32]) -> Vec<f32> {
+    assert_eq!(values.len(), grad.len(), "gelu backward: lengths");
+    let mut out = vec![0f32; values.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(values.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
+        .for_each(|(o, (v, g))| {
+            for ((o, &x), &g) in o.iter_mut().zip(v).zip(g) {
+                let (cdf, pdf) = cdf_pdf(x);
+                *o = g * (cdf + x * pdf);
             }
         });
     out
@@ -89,7 +111,7 @@ fn cdf_pdf(x: f32) -> (f32, f32) {
 /// e^x for x ≤ 0 (down to underflow), to f32 rounding: Cody–Waite reduction by ln 2 and a
 /// degree-6 polynomial, the power of two built from the exponent bits.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;

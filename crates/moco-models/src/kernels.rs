@@ -2,9 +2,10 @@
 //!
 //! Every choice computes the same function; they differ in speed and memory on a backend.
 //! [`Kernels::for_device`] gives the default: the host formulations of [`crate::cpu`] and
-//! [`crate::gemm_conv`] on the CPU backends (flex, ndarray), Burn's own (fused) kernels on the
-//! GPU backends, with the exact GELU written with `erf`. A configuration can fix the choice
-//! instead (`VitConfig::gelu_kernel`, `ResNetConfig::conv_kernel`), e.g. to measure one
+//! [`crate::gemm_conv`] and the fused operations of `moco_models::flex` on the CPU backends
+//! (flex, ndarray), Burn's own (fused) kernels on the GPU backends, with the exact GELU
+//! written with `erf`. A configuration can fix the choice instead (`VitConfig::gelu_kernel`,
+//! `VitConfig::attention_kernel`, `VitConfig::layer_norm_kernel`, `ResNetConfig::conv_kernel`), e.g. to measure one
 //! formulation against another.
 
 use burn::prelude::*;
@@ -21,6 +22,30 @@ pub enum GeluKernel {
     /// One vectorised, multi-threaded pass over the values on the host ([`crate::cpu::gelu`]):
     /// for backends whose tensors live in host memory.
     HostPass,
+}
+
+/// How the ViT's multi-head self-attention runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionKernel {
+    /// Burn's operations: q, k and v from column blocks of the `qkv` weight, heads as strided
+    /// views, softmax, batched products.
+    Composed,
+    /// One operation with its own backward on the flex backend (`moco_models::flex::attention`):
+    /// q, k, v read in place from the `qkv` projection's output, the heads written into
+    /// their output columns. Other backends (and bf16) run [`AttentionKernel::Composed`].
+    Fused,
+}
+
+/// How the ViT's LayerNorms run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerNormKernel {
+    /// Burn's LayerNorm (mean, variance, normalisation and affine as separate operations).
+    Backend,
+    /// One pass per row forward and backward on the flex backend
+    /// (`moco_models::flex::layer_norm`); other backends (and bf16) run Burn's.
+    Fused,
 }
 
 /// How the ResNet runs its convolutions.
@@ -56,6 +81,10 @@ pub struct Kernels {
     pub gelu: GeluKernel,
     /// The ResNet's convolutions.
     pub conv: ConvKernel,
+    /// The ViT's attention.
+    pub attention: AttentionKernel,
+    /// The ViT's LayerNorms.
+    pub layer_norm: LayerNormKernel,
 }
 
 /// Largest first-stage map (positions) on which the CPU default uses matrix-product
@@ -67,24 +96,32 @@ impl Kernels {
     pub const BACKEND: Kernels = Kernels {
         gelu: GeluKernel::Erf,
         conv: ConvKernel::Backend,
+        attention: AttentionKernel::Composed,
+        layer_norm: LayerNormKernel::Backend,
     };
 
     /// What the GPU backends run: Burn's kernels, the exact GELU from `erf`.
     pub const GPU: Kernels = Kernels {
         gelu: GeluKernel::Erf,
         conv: ConvKernel::Backend,
+        attention: AttentionKernel::Composed,
+        layer_norm: LayerNormKernel::Backend,
     };
 
     /// The host formulations of the CPU backends.
     pub const CPU: Kernels = Kernels {
         gelu: GeluKernel::HostPass,
         conv: ConvKernel::MatrixProductUpTo(CPU_MATRIX_CONV_MAX_POSITIONS),
+        attention: AttentionKernel::Fused,
+        layer_norm: LayerNormKernel::Fused,
     };
 
     /// The host formulations at every map size.
     pub const CPU_EVERYWHERE: Kernels = Kernels {
         gelu: GeluKernel::HostPass,
         conv: ConvKernel::MatrixProduct,
+        attention: AttentionKernel::Fused,
+        layer_norm: LayerNormKernel::Fused,
     };
 
     /// The default for `device`: [`Kernels::CPU`] on the CPU backends (flex, ndarray),
@@ -96,6 +133,15 @@ impl Kernels {
             Kernels::GPU
         }
     }
+}
+
+/// Whether backend `B` is Burn's flex backend (plain or under autodiff), where the fused
+/// operations of `moco_models::flex` run (never without the `flex` feature).
+pub fn flex_backend<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    return crate::flex::runs_fused::<B>();
+    #[cfg(not(feature = "flex"))]
+    return false;
 }
 
 /// Whether backend `B` keeps its tensors in host memory and computes on the CPU (flex,
@@ -112,6 +158,32 @@ impl std::str::FromStr for GeluKernel {
             "erf" => Ok(GeluKernel::Erf),
             "host-pass" | "host" => Ok(GeluKernel::HostPass),
             _ => Err(format!("unknown GELU kernel '{s}': use erf or host-pass")),
+        }
+    }
+}
+
+impl std::str::FromStr for AttentionKernel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "composed" => Ok(AttentionKernel::Composed),
+            "fused" => Ok(AttentionKernel::Fused),
+            _ => Err(format!(
+                "unknown attention kernel '{s}': use composed or fused"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for LayerNormKernel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "backend" => Ok(LayerNormKernel::Backend),
+            "fused" => Ok(LayerNormKernel::Fused),
+            _ => Err(format!(
+                "unknown LayerNorm kernel '{s}': use backend or fused"
+            )),
         }
     }
 }
@@ -154,6 +226,23 @@ mod tests {
         assert_eq!(
             "matrix-product:64".parse::<ConvKernel>(),
             Ok(ConvKernel::MatrixProductUpTo(64))
+        );
+        assert_eq!(
+            "fused".parse::<AttentionKernel>(),
+            Ok(AttentionKernel::Fused)
+        );
+        assert_eq!(
+            "Composed".parse::<AttentionKernel>(),
+            Ok(AttentionKernel::Composed)
+        );
+        assert!("flash".parse::<AttentionKernel>().is_err());
+        assert_eq!(
+            "fused".parse::<LayerNormKernel>(),
+            Ok(LayerNormKernel::Fused)
+        );
+        assert_eq!(
+            "backend".parse::<LayerNormKernel>(),
+            Ok(LayerNormKernel::Backend)
         );
         assert!("gemm".parse::<ConvKernel>().is_err());
         assert!("matrix-product:x".parse::<ConvKernel>().is_err());

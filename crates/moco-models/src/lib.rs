@@ -36,6 +36,8 @@ pub mod backbone;
 pub mod checkpoint;
 pub mod cpu;
 pub mod export;
+#[cfg(feature = "flex")]
+pub mod flex;
 pub mod gemm_conv;
 pub mod heads;
 pub mod import;
@@ -59,7 +61,7 @@ pub use checkpoint::{
 pub use export::{export_backbone, export_deit, export_moco, export_official};
 pub use heads::{MlpHead, MlpHeadConfig};
 pub use import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
-pub use kernels::{ConvKernel, GeluKernel, Kernels};
+pub use kernels::{AttentionKernel, ConvKernel, GeluKernel, Kernels, LayerNormKernel};
 pub use moco::{
     AnyBackbone, BackboneConfig, Encoder, Heads, MoCo, MocoConfig, QueryOutput, PRESETS,
 };

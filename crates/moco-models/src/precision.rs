@@ -134,7 +134,23 @@ pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) ->
         return y.reshape(out);
     }
     match compute_dtype() {
-        None => layer.forward(x),
+        None => {
+            // The flex backend's fused linear layer (one output buffer, bias included).
+            #[cfg(feature = "flex")]
+            if let (Some(bias), 2) = (&layer.bias, D) {
+                let mut dims = x.dims();
+                let rows = x.reshape([dims[0], dims[1]]);
+                let inputs = (rows, layer.weight.val(), bias.val());
+                return match crate::flex::linear(inputs) {
+                    Ok(y) => {
+                        dims[1] = y.dims()[1];
+                        y.reshape(dims)
+                    }
+                    Err((x, _, _)) => layer.forward(x.reshape(dims)),
+                };
+            }
+            layer.forward(x)
+        }
         Some(dt) => {
             initialise(&layer.weight);
             let mut cast = layer.clone();

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
 
 use crate::activation;
-use crate::kernels::{GeluKernel, Kernels};
+use crate::kernels::{AttentionKernel, GeluKernel, Kernels, LayerNormKernel};
 use crate::norm::{BatchNorm, BatchNormConfig};
 use crate::precision::{conv2d, in_f32, linear, to_compute, to_f32};
 use crate::ModelError;
@@ -54,6 +54,12 @@ pub struct VitConfig {
     /// How the GELU runs (the same function either way); `None`: the default of the device
     /// the model is built on ([`Kernels::for_device`]).
     pub gelu_kernel: Option<GeluKernel>,
+    /// How the attention runs (the same function either way); `None`: the default of the
+    /// device the model is built on ([`Kernels::for_device`]).
+    pub attention_kernel: Option<AttentionKernel>,
+    /// How the LayerNorms run (the same function either way); `None`: the default of the
+    /// device the model is built on ([`Kernels::for_device`]).
+    pub layer_norm_kernel: Option<LayerNormKernel>,
 }
 
 impl VitConfig {
@@ -211,9 +217,15 @@ impl VitConfig {
                 .init(device),
             num_heads: self.num_heads,
             freeze_patch_embed: self.patch_embed_frozen(),
-            gelu: self
-                .gelu_kernel
-                .unwrap_or_else(|| Kernels::for_device::<B>(device).gelu),
+            kernels: {
+                let default = Kernels::for_device::<B>(device);
+                Kernels {
+                    gelu: self.gelu_kernel.unwrap_or(default.gelu),
+                    attention: self.attention_kernel.unwrap_or(default.attention),
+                    layer_norm: self.layer_norm_kernel.unwrap_or(default.layer_norm),
+                    ..default
+                }
+            },
         }
     }
 }
@@ -257,7 +269,7 @@ pub struct Vit<B: Backend> {
     pub norm: LayerNorm<B>,
     num_heads: usize,
     freeze_patch_embed: bool,
-    gelu: GeluKernel,
+    kernels: Kernels,
 }
 
 impl<B: Backend> Vit<B> {
@@ -296,9 +308,9 @@ impl<B: Backend> Vit<B> {
             } else {
                 0.0
             };
-            x = block.forward(x, self.num_heads, self.gelu, p);
+            x = block.forward(x, self.num_heads, &self.kernels, p);
         }
-        in_f32(x, |x| self.norm.forward(x))
+        layer_norm(&self.norm, x, self.kernels.layer_norm)
     }
 
     /// Whether the patch projection is frozen (never for a ConvStem).
@@ -430,14 +442,40 @@ impl<B: Backend> Block<B> {
         &self,
         x: Tensor<B, 3>,
         num_heads: usize,
-        gelu: GeluKernel,
+        kernels: &Kernels,
         drop_path: f64,
     ) -> Tensor<B, 3> {
-        let h = in_f32(x.clone(), |x| self.norm1.forward(x));
-        let x = x + drop_path_branch(self.attn.forward(h, num_heads), drop_path);
-        let h = in_f32(x.clone(), |x| self.norm2.forward(x));
-        x + drop_path_branch(self.mlp.forward(h, gelu), drop_path)
+        let h = layer_norm(&self.norm1, x.clone(), kernels.layer_norm);
+        let x = x + drop_path_branch(
+            self.attn.forward(h, num_heads, kernels.attention),
+            drop_path,
+        );
+        let h = layer_norm(&self.norm2, x.clone(), kernels.layer_norm);
+        x + drop_path_branch(self.mlp.forward(h, kernels.gelu), drop_path)
     }
+}
+
+/// A LayerNorm (MoCo v3's ε) in f32, fused on flex when `kernel` asks for it.
+fn layer_norm<B: Backend>(
+    norm: &LayerNorm<B>,
+    x: Tensor<B, 3>,
+    kernel: LayerNormKernel,
+) -> Tensor<B, 3> {
+    in_f32(x, |x| {
+        #[cfg(feature = "flex")]
+        let x = match (&norm.beta, kernel) {
+            (Some(beta), LayerNormKernel::Fused) => {
+                match crate::flex::layer_norm(x, norm.gamma.val(), beta.val(), LAYER_NORM_EPS) {
+                    Ok(y) => return y,
+                    Err((x, _, _)) => x,
+                }
+            }
+            _ => x,
+        };
+        #[cfg(not(feature = "flex"))]
+        let _ = kernel;
+        norm.forward(x)
+    })
 }
 
 /// Zeroes a residual branch per sample with probability `p`, scaling the rest by `1/(1−p)`.
@@ -481,10 +519,19 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
+    fn forward(&self, x: Tensor<B, 3>, num_heads: usize, kernel: AttentionKernel) -> Tensor<B, 3> {
+        // The fused operation computes in f32; half precision keeps the composition.
+        let f32_compute = crate::precision::compute_dtype().is_none();
+        if kernel == AttentionKernel::Fused && f32_compute && crate::kernels::flex_backend::<B>() {
+            return self.forward_fused(x, num_heads);
+        }
+        self.forward_composed(x, num_heads)
+    }
+
     /// Queries, keys and values come from three products with column blocks of the fused
     /// `qkv` weight (the scale folded into the query block), each reshaped to heads as a
     /// strided view that the batched products read directly: no copies of the activations.
-    fn forward(&self, x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 3> {
+    fn forward_composed(&self, x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let hd = d / num_heads;
         let scale = (hd as f64).powf(-0.5);
@@ -502,10 +549,49 @@ impl<B: Backend> Attention<B> {
             y.reshape([b, n, num_heads, hd]).swap_dims(1, 2)
         };
         let (q, k, v) = (heads(0, scale), heads(1, 1.0), heads(2, 1.0));
-        let attn = in_f32(q.matmul(k.swap_dims(2, 3)), |s| softmax(s, 3));
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
-        linear(&self.proj, out)
+        linear(&self.proj, attend(q, k, v))
     }
+
+    /// One `qkv` product, then the fused attention of the flex backend, which reads q, k and
+    /// v where the product wrote them (the composition on those rows if it declines them).
+    fn forward_fused(&self, x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 3> {
+        let [b, n, d] = x.dims();
+        let hd = d / num_heads;
+        let scale = (hd as f64).powf(-0.5);
+        let qkv = linear(&self.qkv, x.reshape([b * n, d]));
+        #[cfg(feature = "flex")]
+        let qkv = {
+            let shape = crate::flex::AttentionShape {
+                batch: b,
+                tokens: n,
+                heads: num_heads,
+                dim: d,
+                scale: scale as f32,
+            };
+            match crate::flex::attention(qkv, shape) {
+                Ok(out) => return linear(&self.proj, out.reshape([b, n, d])),
+                Err(qkv) => qkv,
+            }
+        };
+        let heads = |i: usize| {
+            qkv.clone()
+                .slice([0..b * n, i * d..(i + 1) * d])
+                .reshape([b, n, num_heads, hd])
+                .swap_dims(1, 2)
+        };
+        linear(
+            &self.proj,
+            attend(heads(0).mul_scalar(scale), heads(1), heads(2)),
+        )
+    }
+}
+
+/// `softmax(q·kᵀ)·v` over `[batch, heads, tokens, head_dim]` heads (the scale already in
+/// `q`), the heads merged back to `[batch, tokens, D]`.
+fn attend<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, h, n, hd] = q.dims();
+    let attn = in_f32(q.matmul(k.swap_dims(2, 3)), |s| softmax(s, 3));
+    attn.matmul(v).swap_dims(1, 2).reshape([b, n, h * hd])
 }
 
 /// Transformer MLP with exact (erf) GELU.

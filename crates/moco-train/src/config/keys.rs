@@ -60,6 +60,8 @@ keys! {
     with_out_dim, out_dim: usize => model.out_dim;
     with_freeze_patch_embed, freeze_patch_embed: bool => model.freeze_patch_embed;
     with_gelu_kernel, gelu_kernel: Option<moco_models::GeluKernel> => model.gelu_kernel;
+    with_attention_kernel, attention_kernel: Option<moco_models::AttentionKernel> => model.attention_kernel;
+    with_layer_norm_kernel, layer_norm_kernel: Option<moco_models::LayerNormKernel> => model.layer_norm_kernel;
     with_conv_kernel, conv_kernel: Option<moco_models::ConvKernel> => model.conv_kernel;
     with_optimizer, optimizer: super::OptimizerName => optimizer.name;
     with_base_lr, base_lr: f64 => optimizer.base_lr;

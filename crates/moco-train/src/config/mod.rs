@@ -8,8 +8,8 @@ pub mod keys;
 pub mod presets;
 
 use moco_data::{AugmentConfig, DatasetKind};
+use moco_models::{AttentionKernel, ConvKernel, GeluKernel, LayerNormKernel, Precision};
 use moco_models::{BackboneConfig, MocoConfig, ModelError, Stem};
-use moco_models::{ConvKernel, GeluKernel, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::method::Method;
@@ -54,6 +54,10 @@ pub struct ModelSection {
     /// How the ViT computes its GELU; `None`: the device's default (see
     /// [`moco_models::Kernels::for_device`]).
     pub gelu_kernel: Option<GeluKernel>,
+    /// How the ViT runs its attention; `None`: the device's default.
+    pub attention_kernel: Option<AttentionKernel>,
+    /// How the ViT runs its LayerNorms; `None`: the device's default.
+    pub layer_norm_kernel: Option<LayerNormKernel>,
     /// How the ResNet runs its convolutions; `None`: the device's default.
     pub conv_kernel: Option<ConvKernel>,
 }
@@ -74,6 +78,8 @@ impl Default for ModelSection {
             out_dim: 256,
             freeze_patch_embed: true,
             gelu_kernel: None,
+            attention_kernel: None,
+            layer_norm_kernel: None,
             conv_kernel: None,
         }
     }
@@ -385,6 +391,8 @@ impl PretrainConfig {
             v.patch_size = self.model.patch_size;
             v.freeze_patch_embed = self.model.freeze_patch_embed;
             v.gelu_kernel = self.model.gelu_kernel;
+            v.attention_kernel = self.model.attention_kernel;
+            v.layer_norm_kernel = self.model.layer_norm_kernel;
             if let Some(d) = self.model.embed_dim {
                 v.embed_dim = d;
             }
@@ -557,7 +565,13 @@ mod tests {
         let config = PretrainConfig::preset("fmnist-vit").unwrap();
         let mut value = serde_json::to_value(&config).unwrap();
         value.as_object_mut().unwrap().remove("precision");
-        for newer in ["stem", "gelu_kernel", "conv_kernel"] {
+        for newer in [
+            "stem",
+            "gelu_kernel",
+            "attention_kernel",
+            "layer_norm_kernel",
+            "conv_kernel",
+        ] {
             value["model"].as_object_mut().unwrap().remove(newer);
         }
         let loaded: PretrainConfig = serde_json::from_value(value).unwrap();

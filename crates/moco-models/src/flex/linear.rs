@@ -1,0 +1,179 @@
+//! A linear layer `y = x·W + b` (`W` is `[in, out]`, Burn's layout) as one operation with its
+//! own backward on the flex backend.
+//!
+//! The output buffer is allocated once, filled with the bias rows and accumulated into by one
+//! product (Burn's composition allocates the product's output twice, copies it, then adds the
+//! bias in another pass and buffer). The backward reads `x` and `W` transposed through strides:
+//!
+//! ```text
+//! dx = dy·Wᵀ,   dW = xᵀ·dy,   db = Σ_rows dy
+//! ```
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::prelude::*;
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+use super::matmul::{matmul_parallel, Strides};
+use super::{
+    cast, contiguous_f32, flex_tensor, float_primitive, from_float_primitive, is_f32, same, values,
+    FlexAutodiff,
+};
+
+/// The inputs of a linear layer: `x` `[rows, in]`, `W` `[in, out]`, `b` `[out]`.
+pub type LinearInputs<B> = (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1>);
+
+/// `x·W + b` on flex: `Ok` with the `[rows, out]` result, or `Err` with the inputs untouched
+/// when the backend is not flex or a value is not `f32`.
+pub fn linear<B: Backend>(
+    (x, weight, bias): LinearInputs<B>,
+) -> Result<Tensor<B, 2>, LinearInputs<B>> {
+    let [_, d_in] = x.dims();
+    let [w_in, d_out] = weight.dims();
+    assert_eq!(d_in, w_in, "linear: input width");
+    assert_eq!(bias.dims(), [d_out], "linear: bias width");
+    if !(is_f32(&x) && is_f32(&weight) && is_f32(&bias)) {
+        return Err((x, weight, bias));
+    }
+    let inputs = match cast::<LinearInputs<B>, LinearInputs<FlexAutodiff>>((x, weight, bias)) {
+        Ok(tracked) => return Ok(same(linear_autodiff(tracked))),
+        Err(inputs) => inputs,
+    };
+    match cast::<LinearInputs<B>, LinearInputs<Flex>>(inputs) {
+        Ok((x, w, b)) => {
+            let (x, w, b) = (
+                contiguous_f32(float_primitive(x)),
+                contiguous_f32(float_primitive(w)),
+                contiguous_f32(float_primitive(b)),
+            );
+            let rows = rows_of(&x);
+            let y = forward(values(&x), values(&w), values(&b), rows);
+            Ok(same(from_float_primitive::<Flex, 2>(flex_tensor(
+                y,
+                [rows, d_out],
+            ))))
+        }
+        Err(inputs) => Err(inputs),
+    }
+}
+
+fn linear_autodiff((x, weight, bias): LinearInputs<FlexAutodiff>) -> Tensor<FlexAutodiff, 2> {
+    let (x, weight, bias) = (
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        bias.into_primitive().tensor(),
+    );
+    let xv = contiguous_f32(x.primitive.clone());
+    let wv = contiguous_f32(weight.primitive.clone());
+    let bv = contiguous_f32(bias.primitive.clone());
+    let rows = rows_of(&xv);
+    let y = forward(values(&xv), values(&wv), values(&bv), rows);
+    let y = flex_tensor(y, [rows, values(&bv).len()]);
+    let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
+    let output = match LinearOp
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((xv, wv), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    from_float_primitive(output)
+}
+
+fn rows_of(x: &FlexTensor) -> usize {
+    x.layout().shape()[0]
+}
+
+#[derive(Debug)]
+struct LinearOp;
+
+impl Backward<Flex, 3> for LinearOp {
+    /// `x` and `W`.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w) = ops.state;
+        let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
+        let [x_node, w_node, b_node] = ops.parents;
+        let (rows, d_in) = (rows_of(&x), x.layout().shape()[1]);
+        let d_out = w.layout().shape()[1];
+        let (xs, ws, dys) = (values(&x), values(&w), values(&dy));
+        if let Some(node) = x_node {
+            // dx = dy·Wᵀ
+            let mut dx = vec![0f32; rows * d_in];
+            matmul_parallel(
+                (rows, d_in, d_out),
+                (&mut dx, Strides::rows(d_in)),
+                (dys, Strides::rows(d_out)),
+                (ws, Strides::transposed(d_out)),
+                1.0,
+                false,
+            );
+            grads.register::<Flex>(node.id, flex_tensor(dx, [rows, d_in]));
+        }
+        if let Some(node) = w_node {
+            // dW = xᵀ·dy
+            let mut dw = vec![0f32; d_in * d_out];
+            matmul_parallel(
+                (d_in, d_out, rows),
+                (&mut dw, Strides::rows(d_out)),
+                (xs, Strides::transposed(d_in)),
+                (dys, Strides::rows(d_out)),
+                1.0,
+                false,
+            );
+            grads.register::<Flex>(node.id, flex_tensor(dw, [d_in, d_out]));
+        }
+        if let Some(node) = b_node {
+            grads.register::<Flex>(node.id, flex_tensor(column_sums(dys, d_out), [d_out]));
+        }
+    }
+}
+
+/// `x·W + b` for `x` `[rows, in]` (row-major), `W` `[in, out]`, `b` `[out]`.
+pub fn forward(x: &[f32], w: &[f32], b: &[f32], rows: usize) -> Vec<f32> {
+    let d_out = b.len();
+    let d_in = x.len().checked_div(rows).unwrap_or(0);
+    assert_eq!(x.len(), rows * d_in, "linear: input size");
+    assert_eq!(w.len(), d_in * d_out, "linear: weight size");
+    let mut y = Vec::with_capacity(rows * d_out);
+    for _ in 0..rows {
+        y.extend_from_slice(b);
+    }
+    matmul_parallel(
+        (rows, d_out, d_in),
+        (&mut y, Strides::rows(d_out)),
+        (x, Strides::rows(d_in)),
+        (w, Strides::rows(d_out)),
+        1.0,
+        true,
+    );
+    y
+}
+
+/// Σ over rows of a row-major `[rows, width]` matrix, in parallel blocks of rows.
+fn column_sums(m: &[f32], width: usize) -> Vec<f32> {
+    if width == 0 {
+        return Vec::new();
+    }
+    let block = 256 * width;
+    m.par_chunks(block)
+        .map(|rows| {
+            let mut sum = vec![0f32; width];
+            for row in rows.chunks(width) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            sum
+        })
+        .reduce(
+            || vec![0f32; width],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(s, v)| *s += v);
+                a
+            },
+        )
+}

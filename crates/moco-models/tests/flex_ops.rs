@@ -1,0 +1,277 @@
+//! The flex backend's fused operations (attention, LayerNorm, GELU) agree with Burn's
+//! composition of the same operations, forward and backward, over grids of shapes; a ViT gives
+//! the same features and gradients with either set of kernels.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::{AutodiffModule, Module};
+use burn::nn::LayerNormConfig;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Distribution, FloatDType, Tensor};
+use moco_models::flex::{attention, gelu, layer_norm, AttentionShape};
+use moco_models::{AttentionKernel, LayerNormKernel, VitConfig};
+
+type AD = Autodiff<Flex>;
+
+/// Largest |a − b| relative to the largest |a| (at least 1).
+fn rel_diff<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let scale = a.clone().abs().max().into_scalar().max(1.0);
+    (a - b).abs().max().into_scalar() / scale
+}
+
+/// `softmax(s·q·kᵀ)·v` per head with Burn's operations, `[batch·tokens, D]`.
+fn composed(qkv: Tensor<AD, 2>, s: AttentionShape) -> Tensor<AD, 2> {
+    let (b, n, d, h) = (s.batch, s.tokens, s.dim, s.heads);
+    let heads = |i: usize| {
+        qkv.clone()
+            .slice([0..b * n, i * d..(i + 1) * d])
+            .reshape([b, n, h, d / h])
+            .swap_dims(1, 2)
+    };
+    let scores = heads(0)
+        .matmul(heads(1).swap_dims(2, 3))
+        .mul_scalar(s.scale);
+    softmax(scores, 3)
+        .matmul(heads(2))
+        .swap_dims(1, 2)
+        .reshape([b * n, d])
+}
+
+#[test]
+fn fused_attention_matches_the_composition_and_its_gradient() {
+    let device = Default::default();
+    // (batch, tokens, heads, head width): single elements, odd sizes, ViT-Tiny/4 at 32 px.
+    let grid = [
+        (1, 1, 1, 1),
+        (2, 5, 1, 3),
+        (3, 17, 3, 8),
+        (4, 7, 4, 5),
+        (1, 50, 12, 4),
+        (2, 65, 3, 64),
+    ];
+    for (case, &(batch, tokens, heads, hd)) in grid.iter().enumerate() {
+        let dim = heads * hd;
+        let shape = AttentionShape {
+            batch,
+            tokens,
+            heads,
+            dim,
+            scale: (hd as f32).powf(-0.5),
+        };
+        let rows = batch * tokens;
+        let x = Tensor::<Flex, 2>::random([rows, 3 * dim], Distribution::Normal(0.0, 1.5), &device);
+        let upstream =
+            Tensor::<Flex, 2>::random([rows, dim], Distribution::Normal(0.0, 1.0), &device);
+
+        let x_ref = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+        let y_ref = composed(x_ref.clone(), shape);
+        let g_ref = (y_ref.clone() * Tensor::from_inner(upstream.clone()))
+            .sum()
+            .backward();
+        let x_fused = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+        let y_fused = attention(x_fused.clone(), shape).expect("flex runs the fused attention");
+        let g_fused = (y_fused.clone() * Tensor::from_inner(upstream))
+            .sum()
+            .backward();
+
+        let out = rel_diff(y_ref.inner(), y_fused.clone().inner());
+        assert!(out < 2e-6, "case {case}: output differs by {out}");
+        let grad = rel_diff(x_ref.grad(&g_ref).unwrap(), x_fused.grad(&g_fused).unwrap());
+        assert!(grad < 2e-5, "case {case}: gradient differs by {grad}");
+
+        // Without autodiff: the same values.
+        let y_plain = attention(x, shape).expect("flex runs the fused attention");
+        let plain = rel_diff(y_fused.clone().inner(), y_plain);
+        assert!(
+            plain == 0.0,
+            "case {case}: plain forward differs by {plain}"
+        );
+    }
+}
+
+#[test]
+fn other_precisions_and_non_finite_values() {
+    let device = Default::default();
+    let shape = AttentionShape {
+        batch: 2,
+        tokens: 3,
+        heads: 2,
+        dim: 4,
+        scale: 0.5,
+    };
+    let x = Tensor::<Flex, 2>::random([6, 12], Distribution::Normal(0.0, 1.0), &device);
+    // bf16 is left to the composition.
+    let half = x.clone().cast(FloatDType::BF16);
+    assert!(attention(half, shape).is_err());
+    // A NaN score makes its row NaN, as the composition does.
+    let values: Vec<f32> = x.to_data().to_vec().unwrap();
+    let mut poisoned = values;
+    poisoned[0] = f32::NAN; // the first query of the first sequence, head 0
+    let x = Tensor::<Flex, 2>::from_data(burn::tensor::TensorData::new(poisoned, [6, 12]), &device);
+    let out: Vec<f32> = attention(x, shape).unwrap().to_data().to_vec().unwrap();
+    assert!(out[0].is_nan() && out[1].is_nan(), "{out:?}");
+    assert!(out[2..].iter().all(|v| v.is_finite()), "{out:?}");
+}
+
+#[test]
+fn a_vit_is_the_same_function_with_either_set_of_kernels() {
+    let device = Default::default();
+    let config = |kernel: (AttentionKernel, LayerNormKernel)| {
+        VitConfig::new()
+            .with_img_size(16)
+            .with_patch_size(4)
+            .with_embed_dim(24)
+            .with_depth(2)
+            .with_num_heads(3)
+            .with_freeze_patch_embed(false)
+            .with_attention_kernel(Some(kernel.0))
+            .with_layer_norm_kernel(Some(kernel.1))
+    };
+    let fused = config((AttentionKernel::Fused, LayerNormKernel::Fused)).init::<AD>(&device);
+    let images = Tensor::<AD, 4>::random([3, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    // A first forward draws the lazily initialised weights, which the copy then shares.
+    let _ = fused.forward(images.clone());
+    let composed = config((AttentionKernel::Composed, LayerNormKernel::Backend))
+        .init::<AD>(&device)
+        .load_record(fused.clone().into_record());
+    let (y_fused, y_composed) = (fused.forward(images.clone()), composed.forward(images));
+    let out = rel_diff(y_fused.clone().inner(), y_composed.clone().inner());
+    assert!(out < 1e-5, "features differ by {out}");
+    let (g_fused, g_composed) = (y_fused.sum().backward(), y_composed.sum().backward());
+    let qkv = |vit: &moco_models::Vit<AD>, g| vit.blocks[0].attn.qkv.weight.grad(g).unwrap();
+    let grad = rel_diff(qkv(&fused, &g_fused), qkv(&composed, &g_composed));
+    assert!(grad < 1e-4, "qkv weight gradients differ by {grad}");
+    let patch = |vit: &moco_models::Vit<AD>, g| match &vit.patch_embed {
+        moco_models::vit::PatchEmbed::Patchify(p) => p.proj.weight.grad(g).unwrap(),
+        _ => unreachable!("a linear patch projection"),
+    };
+    let grad = rel_diff(patch(&fused, &g_fused), patch(&composed, &g_composed));
+    assert!(grad < 1e-4, "patch projection gradients differ by {grad}");
+    // The inference copy (no autodiff) runs the fused form on plain flex.
+    let plain = fused.valid().forward(Tensor::random(
+        [2, 3, 16, 16],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    ));
+    assert_eq!(plain.dims(), [2, 24]);
+}
+
+#[test]
+fn fused_layer_norm_matches_burns_and_its_gradients() {
+    let device = Default::default();
+    // (rows, width): one value per row, odd widths, more rows than one parallel block.
+    for (case, &(rows, width)) in [(1, 1), (3, 7), (130, 192), (65, 33)].iter().enumerate() {
+        let norm = LayerNormConfig::new(width)
+            .with_epsilon(1e-6)
+            .init::<AD>(&device);
+        let gamma = Tensor::<Flex, 1>::random([width], Distribution::Normal(1.0, 0.5), &device);
+        let beta = Tensor::<Flex, 1>::random([width], Distribution::Normal(0.0, 0.5), &device);
+        let mut norm = norm;
+        norm.gamma = burn::module::Param::from_tensor(Tensor::from_inner(gamma));
+        norm.beta = Some(burn::module::Param::from_tensor(Tensor::from_inner(beta)));
+        let x =
+            Tensor::<Flex, 3>::random([rows, 2, width], Distribution::Normal(0.5, 2.0), &device);
+        let upstream =
+            Tensor::<Flex, 3>::random([rows, 2, width], Distribution::Normal(0.0, 1.0), &device);
+
+        let x_ref = Tensor::<AD, 3>::from_inner(x.clone()).require_grad();
+        let y_ref = norm.forward(x_ref.clone());
+        let g_ref = (y_ref.clone() * Tensor::from_inner(upstream.clone()))
+            .sum()
+            .backward();
+        let x_fused = Tensor::<AD, 3>::from_inner(x.clone()).require_grad();
+        let beta = norm.beta.as_ref().unwrap().val();
+        let y_fused = layer_norm(x_fused.clone(), norm.gamma.val(), beta, 1e-6)
+            .expect("flex runs the fused LayerNorm");
+        let g_fused = (y_fused.clone() * Tensor::from_inner(upstream))
+            .sum()
+            .backward();
+
+        let out = rel_diff(y_ref.inner(), y_fused.clone().inner());
+        assert!(out < 2e-6, "case {case}: output differs by {out}");
+        let dx = rel_diff(x_ref.grad(&g_ref).unwrap(), x_fused.grad(&g_fused).unwrap());
+        assert!(dx < 2e-5, "case {case}: dx differs by {dx}");
+        let dgamma = rel_diff(
+            norm.gamma.grad(&g_ref).unwrap(),
+            norm.gamma.grad(&g_fused).unwrap(),
+        );
+        assert!(dgamma < 2e-5, "case {case}: dγ differs by {dgamma}");
+        let beta = norm.beta.as_ref().unwrap();
+        let dbeta = rel_diff(beta.grad(&g_ref).unwrap(), beta.grad(&g_fused).unwrap());
+        assert!(dbeta < 2e-5, "case {case}: dβ differs by {dbeta}");
+
+        // Without autodiff: the same values.
+        let plain = layer_norm(x, norm.gamma.val().inner(), beta.val().inner(), 1e-6).unwrap();
+        assert_eq!(rel_diff(y_fused.inner(), plain), 0.0, "case {case}");
+    }
+}
+
+#[test]
+fn fused_gelu_matches_burns_on_strided_inputs() {
+    let device = Default::default();
+    for (case, dims) in [[1, 1, 1], [3, 5, 7], [2, 65, 129]].into_iter().enumerate() {
+        let x = Tensor::<Flex, 3>::random(dims, Distribution::Normal(0.0, 3.0), &device)
+            .swap_dims(1, 2); // a strided view
+        let x_ref = Tensor::<AD, 3>::from_inner(x.clone()).require_grad();
+        let x_fused = Tensor::<AD, 3>::from_inner(x).require_grad();
+        let y_ref = burn::tensor::activation::gelu(x_ref.clone());
+        let y_fused = gelu(x_fused.clone()).expect("flex runs the fused GELU");
+        let out = rel_diff(y_ref.clone().inner(), y_fused.clone().inner());
+        assert!(out < 2e-6, "case {case}: GELU differs by {out}");
+        let r = Tensor::<AD, 3>::random(y_ref.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let g_ref = (y_ref * r.clone()).sum().backward();
+        let g_fused = (y_fused * r).sum().backward();
+        let dx = rel_diff(x_ref.grad(&g_ref).unwrap(), x_fused.grad(&g_fused).unwrap());
+        assert!(dx < 2e-6, "case {case}: gradient differs by {dx}");
+    }
+}
+
+#[test]
+fn fused_linear_matches_burns_and_its_gradients() {
+    let device = Default::default();
+    // (rows, in, out): single elements, odd sizes, a ViT-sized product.
+    for (case, &(rows, d_in, d_out)) in [(1, 1, 1), (3, 5, 7), (130, 33, 65), (257, 192, 576)]
+        .iter()
+        .enumerate()
+    {
+        let layer = burn::nn::LinearConfig::new(d_in, d_out).init::<AD>(&device);
+        let mut layer = layer;
+        layer.bias = Some(burn::module::Param::from_tensor(Tensor::random(
+            [d_out],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )));
+        let x = Tensor::<Flex, 2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &device);
+        let upstream =
+            Tensor::<Flex, 2>::random([rows, d_out], Distribution::Normal(0.0, 1.0), &device);
+        let x_ref = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+        let y_ref = layer.forward(x_ref.clone());
+        let g_ref = (y_ref.clone() * Tensor::from_inner(upstream.clone()))
+            .sum()
+            .backward();
+        let x_fused = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+        let bias = layer.bias.as_ref().unwrap();
+        let y_fused = moco_models::flex::linear((x_fused.clone(), layer.weight.val(), bias.val()))
+            .expect("flex runs the fused linear layer");
+        let g_fused = (y_fused.clone() * Tensor::from_inner(upstream))
+            .sum()
+            .backward();
+
+        let out = rel_diff(y_ref.inner(), y_fused.clone().inner());
+        assert!(out < 2e-6, "case {case}: output differs by {out}");
+        let dx = rel_diff(x_ref.grad(&g_ref).unwrap(), x_fused.grad(&g_fused).unwrap());
+        assert!(dx < 2e-6, "case {case}: dx differs by {dx}");
+        let dw = rel_diff(
+            layer.weight.grad(&g_ref).unwrap(),
+            layer.weight.grad(&g_fused).unwrap(),
+        );
+        assert!(dw < 2e-6, "case {case}: dW differs by {dw}");
+        let db = rel_diff(bias.grad(&g_ref).unwrap(), bias.grad(&g_fused).unwrap());
+        assert!(db < 2e-6, "case {case}: db differs by {db}");
+
+        // Without autodiff: the same values.
+        let plain =
+            moco_models::flex::linear((x, layer.weight.val().inner(), bias.val().inner())).unwrap();
+        assert_eq!(rel_diff(y_fused.inner(), plain), 0.0, "case {case}");
+    }
+}

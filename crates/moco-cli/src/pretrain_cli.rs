@@ -15,7 +15,8 @@ use crate::device::{dispatch_many, parse_devices, DeviceSpec, MultiDeviceJob};
 /// Flags of `moco pretrain` (every one overrides the preset).
 #[derive(Args, Debug, Clone)]
 pub struct PretrainArgs {
-    /// Preset: fmnist-vit, cifar-resnet18, imagenet-vit-small, imagenet-vit-base, imagenet-resnet50.
+    /// Preset: fmnist-vit, fmnist-vit-1h, fmnist-resnet18, cifar-resnet18, imagenet-vit-small,
+    /// imagenet-vit-base, imagenet-resnet50.
     #[arg(help_heading = "Run", long, value_parser = clap::builder::PossibleValuesParser::new(moco_train::TRAIN_PRESETS))]
     pub preset: Option<String>,
     /// A configuration JSON (as written to RUN_DIR/config.json) to start from instead of a preset.

@@ -21,7 +21,7 @@ impl PretrainConfig {
     pub fn preset(name: &str) -> Result<Self, String> {
         let base = Self::new().with_preset(name.to_string());
         Ok(match name {
-            // A CPU-sized run (about 6 minutes on 2 cores): a 4-block ViT, 128 wide, on 28 px
+            // A CPU-sized run (about 5 minutes on 2 cores): a 4-block ViT, 128 wide, on 28 px
             // Fashion-MNIST cut in 16 patches of 7×7, for 450 steps whatever the data size.
             "fmnist-vit" => base
                 .with_arch("vit_tiny".into())

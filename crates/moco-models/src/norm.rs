@@ -103,13 +103,31 @@ impl<B: Backend> BatchNorm<B> {
     }
 
     /// Normalises a channel-major `x` of shape `[channels, ...]` (the layout of the CPU
-    /// convolution path): every channel is one contiguous row, so the statistics are row
-    /// reductions and the scale and shift per-row scalars.
-    pub fn forward_cm<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    /// convolution path), followed by ReLU when `relu`: every channel is one contiguous row, so
+    /// the statistics are row reductions and the scale and shift per-row scalars. On flex, in
+    /// training with affine parameters and one replica, this is one fused operation
+    /// ([`crate::flex::batch_norm_rows`]).
+    pub fn forward_cm<const D: usize>(&self, x: Tensor<B, D>, relu: bool) -> Tensor<B, D> {
         let dims = x.dims();
         let channels = dims[0];
         let rows: Tensor<B, 2> = x.reshape([channels, dims[1..].iter().product::<usize>()]);
-        let (mean, var) = if B::ad_enabled(&rows.device()) {
+        let training = B::ad_enabled(&rows.device());
+        #[cfg(feature = "flex")]
+        let rows = match (&self.gamma, &self.beta) {
+            (Some(g), Some(b)) if training && world_size::<B>() == 1 => {
+                let inputs = (rows, g.val(), b.val());
+                match crate::flex::batch_norm_rows(inputs, self.epsilon, relu) {
+                    Ok((y, mean, var)) => {
+                        let count = y.dims()[1];
+                        self.update_running(mean, var, count);
+                        return y.reshape(dims);
+                    }
+                    Err((rows, _, _)) => rows,
+                }
+            }
+            _ => rows,
+        };
+        let (mean, var) = if training {
             let count = rows.dims()[1] * world_size::<B>();
             let mean = sync(rows.clone().sum_dim(1).reshape([channels])).div_scalar(count as f64);
             let centered = rows.clone().sub(mean.clone().reshape([channels, 1]));
@@ -124,9 +142,15 @@ impl<B: Backend> BatchNorm<B> {
             )
         };
         let (scale, shift) = self.scale_shift(mean, var);
-        rows.mul(scale.reshape([channels, 1]))
+        let y = rows
+            .mul(scale.reshape([channels, 1]))
             .add(shift.reshape([channels, 1]))
-            .reshape(dims)
+            .reshape(dims);
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
     }
 
     /// Moves the running statistics towards the batch's (`var` biased over `count` values;

@@ -219,7 +219,7 @@ impl<B: Backend> ResNet<B> {
         };
         let cm = self.conv_kernel.matrix_product_at(area);
         let x = if cm { swap_batch_channels(x) } else { x };
-        let mut x = relu(conv_bn(&self.conv1, &self.bn1, x, cm));
+        let mut x = conv_bn(&self.conv1, &self.bn1, x, cm, true);
         if self.maxpool {
             // Pooling acts on each plane alone: the layout does not matter.
             x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
@@ -242,18 +242,23 @@ impl<B: Backend> ResNet<B> {
     }
 }
 
-/// A convolution followed by its BatchNorm (in f32), on the batch-major (`cm` false) or
-/// channel-major (`cm` true) layout.
+/// A convolution followed by its BatchNorm (in f32) and, when `then_relu`, ReLU, on the
+/// batch-major (`cm` false) or channel-major (`cm` true) layout.
 fn conv_bn<B: Backend>(
     conv: &Conv2d<B>,
     bn: &BatchNorm<B>,
     x: Tensor<B, 4>,
     cm: bool,
+    then_relu: bool,
 ) -> Tensor<B, 4> {
     if cm {
-        in_f32(conv2d_cm(conv, x, false), |x| bn.forward_cm(x))
+        return in_f32(conv2d_cm(conv, x, false), |x| bn.forward_cm(x, then_relu));
+    }
+    let y = in_f32(conv2d(conv, x, false), |x| bn.forward(x));
+    if then_relu {
+        relu(y)
     } else {
-        in_f32(conv2d(conv, x, false), |x| bn.forward(x))
+        y
     }
 }
 
@@ -330,14 +335,17 @@ impl<B: Backend> ResidualBlock<B> {
 
     fn forward(&self, x: Tensor<B, 4>, cm: bool) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(ds) => conv_bn(&ds.conv, &ds.bn, x.clone(), cm),
+            Some(ds) => conv_bn(&ds.conv, &ds.bn, x.clone(), cm, false),
             None => x.clone(),
         };
-        let mut out = relu(conv_bn(&self.conv1, &self.bn1, x, cm));
-        out = conv_bn(&self.conv2, &self.bn2, out, cm);
-        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            out = conv_bn(conv3, bn3, relu(out), cm);
-        }
+        let out = conv_bn(&self.conv1, &self.bn1, x, cm, true);
+        let out = match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let out = conv_bn(&self.conv2, &self.bn2, out, cm, true);
+                conv_bn(conv3, bn3, out, cm, false)
+            }
+            _ => conv_bn(&self.conv2, &self.bn2, out, cm, false),
+        };
         relu(out + identity)
     }
 }

@@ -1,13 +1,13 @@
-//! The flex backend's fused operations (attention, LayerNorm, GELU) agree with Burn's
-//! composition of the same operations, forward and backward, over grids of shapes; a ViT gives
-//! the same features and gradients with either set of kernels.
+//! The flex backend's fused operations (attention, LayerNorm, GELU, linear, BatchNorm + ReLU)
+//! agree with Burn's composition of the same operations, forward and backward, over grids of
+//! shapes; a ViT gives the same features and gradients with either set of kernels.
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::LayerNormConfig;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, FloatDType, Tensor};
-use moco_models::flex::{attention, gelu, layer_norm, AttentionShape};
+use moco_models::flex::{attention, batch_norm_rows, gelu, layer_norm, AttentionShape};
 use moco_models::{AttentionKernel, LayerNormKernel, VitConfig};
 
 type AD = Autodiff<Flex>;
@@ -273,5 +273,80 @@ fn fused_linear_matches_burns_and_its_gradients() {
         let plain =
             moco_models::flex::linear((x, layer.weight.val().inner(), bias.val().inner())).unwrap();
         assert_eq!(rel_diff(y_fused.inner(), plain), 0.0, "case {case}");
+    }
+}
+
+/// BatchNorm over rows with batch statistics (biased variance), then ReLU, with Burn's
+/// operations: the reference for the fused form.
+fn composed_batch_norm(
+    x: Tensor<AD, 2>,
+    gamma: Tensor<AD, 1>,
+    beta: Tensor<AD, 1>,
+    relu: bool,
+) -> (Tensor<AD, 2>, Tensor<AD, 1>, Tensor<AD, 1>) {
+    let [c, m] = x.dims();
+    let mean = x.clone().sum_dim(1).div_scalar(m as f64);
+    let centered = x.clone().sub(mean.clone());
+    let var = centered.square().sum_dim(1).div_scalar(m as f64);
+    let scale = gamma
+        .reshape([c, 1])
+        .mul(var.clone().add_scalar(1e-5).sqrt().recip());
+    let shift = beta.reshape([c, 1]).sub(mean.clone().mul(scale.clone()));
+    let y = x.mul(scale).add(shift);
+    let y = if relu {
+        burn::tensor::activation::relu(y)
+    } else {
+        y
+    };
+    (y, mean.reshape([c]), var.reshape([c]))
+}
+
+#[test]
+fn fused_batch_norm_matches_burns_and_its_gradients() {
+    let device = Default::default();
+    // (channels, values per channel): one value, odd sizes, rows longer than a parallel block,
+    // many short rows (a 32 px ResNet's last stage).
+    let cases = [(1, 1), (3, 7), (5, 20_000), (300, 32), (64, 2048), (2, 1)];
+    for (case, &(c, m)) in cases.iter().enumerate() {
+        for relu in [false, true] {
+            let x = Tensor::<Flex, 2>::random([c, m], Distribution::Normal(0.5, 2.0), &device);
+            let gamma = Tensor::<Flex, 1>::random([c], Distribution::Normal(1.0, 0.5), &device);
+            let beta = Tensor::<Flex, 1>::random([c], Distribution::Normal(0.0, 0.5), &device);
+            let upstream =
+                Tensor::<Flex, 2>::random([c, m], Distribution::Normal(0.0, 1.0), &device);
+            let leaf = |t: Tensor<Flex, 2>| Tensor::<AD, 2>::from_inner(t).require_grad();
+            let leaf1 = |t: Tensor<Flex, 1>| Tensor::<AD, 1>::from_inner(t).require_grad();
+            let run = |fused: bool| {
+                let (x, g, b) = (leaf(x.clone()), leaf1(gamma.clone()), leaf1(beta.clone()));
+                let (y, mean, var) = if fused {
+                    batch_norm_rows((x.clone(), g.clone(), b.clone()), 1e-5, relu)
+                        .unwrap_or_else(|_| panic!("flex runs the fused BatchNorm"))
+                } else {
+                    composed_batch_norm(x.clone(), g.clone(), b.clone(), relu)
+                };
+                let grads = (y.clone() * Tensor::from_inner(upstream.clone()))
+                    .sum()
+                    .backward();
+                let grad = |t: &Tensor<AD, 1>| t.grad(&grads).unwrap();
+                let dx = x.grad(&grads).unwrap();
+                (y.inner(), mean.inner(), var.inner(), dx, grad(&g), grad(&b))
+            };
+            let (a, b) = (run(true), run(false));
+            let what = format!("case {case} ({c}×{m}, relu {relu})");
+            for (name, d, tol) in [
+                ("output", rel_diff(a.0, b.0), 2e-6),
+                ("dx", rel_diff(a.3, b.3), 2e-5),
+            ] {
+                assert!(d < tol, "{what}: {name} differs by {d}");
+            }
+            for (name, d, tol) in [
+                ("mean", rel_diff(a.1, b.1), 2e-6),
+                ("var", rel_diff(a.2, b.2), 2e-6),
+                ("dγ", rel_diff(a.4, b.4), 2e-5),
+                ("dβ", rel_diff(a.5, b.5), 2e-5),
+            ] {
+                assert!(d < tol, "{what}: {name} differs by {d}");
+            }
+        }
     }
 }

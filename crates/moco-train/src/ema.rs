@@ -1,8 +1,11 @@
 //! The momentum (EMA) update of a target network: `k ← m·k + (1 − m)·q` over parameters,
-//! leaving the target's BN running statistics to its own forward passes.
+//! leaving the target's BN running statistics to its own forward passes. On the flex CPU
+//! backend each parameter is blended in place in one multi-threaded pass.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
+use moco_models::flex::HostValues;
+use rayon::prelude::*;
 
 fn is_buffer(stack: &[String]) -> bool {
     matches!(
@@ -54,14 +57,41 @@ impl<B: Backend> ModuleMapper<B> for Blend<B> {
             .next()
             .expect("EMA source and target have the same structure");
         let m = self.momentum;
-        param.map(|k| {
-            let q = source.reshape(k.dims());
-            k.detach()
-                .mul_scalar(m)
-                .add(q.mul_scalar(1.0 - m))
-                .set_require_grad(false)
+        param.map(|k| match blend_in_place(k, &source, m) {
+            Ok(k) => k,
+            Err(k) => {
+                let q = source.reshape(k.dims());
+                k.detach()
+                    .mul_scalar(m)
+                    .add(q.mul_scalar(1.0 - m))
+                    .set_require_grad(false)
+            }
         })
     }
+}
+
+/// `k ← m·k + (1 − m)·q` in one pass over `k`'s memory (the same `f32` arithmetic as the
+/// composition), or `Err(k)` untouched when the backend is not flex or a value is not `f32`.
+fn blend_in_place<B: Backend, const D: usize>(
+    k: Tensor<B, D>,
+    q: &Tensor<B, 1>,
+    m: f64,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let mut k = HostValues::take(k)?;
+    let q = match HostValues::take(q.clone()) {
+        Ok(q) => q,
+        Err(_) => return Err(k.into_tensor()),
+    };
+    let (m, one_minus_m) = (m as f32, (1.0 - m) as f32);
+    k.values_mut()
+        .par_chunks_mut(1 << 15)
+        .zip(q.values().par_chunks(1 << 15))
+        .for_each(|(k, q)| {
+            for (k, &q) in k.iter_mut().zip(q) {
+                *k = *k * m + q * one_minus_m;
+            }
+        });
+    Ok(k.into_tensor())
 }
 
 /// Returns `target` with every parameter replaced by `m·target + (1 − m)·source`.

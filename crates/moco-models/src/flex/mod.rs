@@ -18,13 +18,17 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor, Layout};
 
 mod attention;
+mod batch_norm;
 mod gelu;
+mod host;
 mod layer_norm;
 mod linear;
 mod matmul;
 
 pub use attention::{attention, AttentionShape};
+pub use batch_norm::{batch_norm_rows, BatchNormInputs, BatchNormOutput};
 pub use gelu::gelu;
+pub use host::HostValues;
 pub use layer_norm::layer_norm;
 pub use linear::{linear, LinearInputs};
 

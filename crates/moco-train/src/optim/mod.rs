@@ -2,6 +2,11 @@
 //! variant) and SGD with momentum (no dampening). One Burn `SimpleOptimizer`, so one state
 //! record type for checkpoints. Parameters without a gradient (the frozen patch projection,
 //! the position embedding) are never touched, not even by weight decay.
+//!
+//! On the flex CPU backend each parameter is updated in one pass over its memory
+//! ([`one_pass`]); elsewhere the rules run as a composition of tensor operations.
+
+mod one_pass;
 
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -84,9 +89,7 @@ impl OptimConfig {
 
     /// The Burn optimizer for a module `M` trained on `B`.
     pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<Optim, M, B> {
-        OptimizerAdaptor::from(Optim {
-            config: self.clone(),
-        })
+        OptimizerAdaptor::from(self.build())
     }
 }
 
@@ -94,6 +97,18 @@ impl OptimConfig {
 #[derive(Clone, Debug)]
 pub struct Optim {
     config: OptimConfig,
+    one_pass: bool,
+}
+
+impl Optim {
+    /// The same rules as a composition of tensor operations on every backend, flex included
+    /// (the reference the one-pass update is tested against).
+    pub fn composed(self) -> Self {
+        Self {
+            one_pass: false,
+            ..self
+        }
+    }
 }
 
 /// Per-parameter state: the first buffer is Adam's first moment or the momentum buffer, the
@@ -123,6 +138,13 @@ impl<B: Backend> SimpleOptimizer<B> for Optim {
         grad: Tensor<B, D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+        let (tensor, grad, state) = match self.one_pass {
+            true => match one_pass::step(&self.config, lr, (tensor, grad, state)) {
+                Ok(updated) => return updated,
+                Err(inputs) => inputs,
+            },
+            false => (tensor, grad, state),
+        };
         let wd = self.config.weight_decay;
         let decays = D > 1 || self.config.decay_1d;
         match self.config.kind {
@@ -222,6 +244,7 @@ impl OptimConfig {
     pub fn build(&self) -> Optim {
         Optim {
             config: self.clone(),
+            one_pass: true,
         }
     }
 }

@@ -16,6 +16,59 @@ use crate::TrainError;
 pub const CPU_STUDY: &str = include_str!("../../studies/fmnist-vit.json");
 /// The study sized for one GPU: ViT-S on an image folder, two batch sizes.
 pub const GPU_STUDY: &str = include_str!("../../studies/imagenet-vit-small.json");
+/// The CPU study's two unstable rates with three seeds per cell and a second batch size (64
+/// beside 128): the spread that says which differences are beyond the noise (about 1.5 hours
+/// on 2 cores).
+pub const CPU_SEEDS_STUDY: &str = include_str!("../../studies/fmnist-vit-seeds.json");
+
+/// The studies that ship with the library.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuiltinStudy {
+    /// [`CPU_STUDY`].
+    Cpu,
+    /// [`CPU_SEEDS_STUDY`].
+    CpuSeeds,
+    /// [`GPU_STUDY`].
+    Gpu,
+}
+
+impl BuiltinStudy {
+    /// Every built-in study.
+    pub const ALL: [BuiltinStudy; 3] = [Self::Cpu, Self::CpuSeeds, Self::Gpu];
+
+    /// Its name on the command line (`cpu`, `cpu-seeds`, `gpu`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::CpuSeeds => "cpu-seeds",
+            Self::Gpu => "gpu",
+        }
+    }
+
+    /// The study.
+    pub fn config(self) -> StudyConfig {
+        let text = match self {
+            Self::Cpu => CPU_STUDY,
+            Self::CpuSeeds => CPU_SEEDS_STUDY,
+            Self::Gpu => GPU_STUDY,
+        };
+        StudyConfig::parse(text, &format!("built-in {} study", self.name()))
+            .expect("the built-in studies parse (tested)")
+    }
+}
+
+impl std::str::FromStr for BuiltinStudy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|b| b.name()).collect();
+                format!("unknown built-in study '{s}': use {}", names.join(", "))
+            })
+    }
+}
 
 fn default_patch_embed() -> Vec<PatchEmbed> {
     vec![PatchEmbed::Learned, PatchEmbed::Frozen]
@@ -288,6 +341,21 @@ mod tests {
         );
         let gpu = StudyConfig::parse(GPU_STUDY, "gpu").unwrap();
         assert!(gpu.runs().unwrap().len() >= 4);
+        let seeds = BuiltinStudy::CpuSeeds.config();
+        assert_eq!(seeds.runs().unwrap().len(), 2 * 2 * 2 * 3);
+        assert_eq!(seeds.preset, cpu.preset);
+        assert_eq!(
+            seeds.overrides, cpu.overrides,
+            "the seeded study repeats the CPU study's runs"
+        );
+        for b in BuiltinStudy::ALL {
+            assert_eq!(b.name().parse::<BuiltinStudy>(), Ok(b));
+            assert!(!b.config().runs().unwrap().is_empty());
+        }
+        assert!("seeds"
+            .parse::<BuiltinStudy>()
+            .unwrap_err()
+            .contains("cpu-seeds"));
         assert_eq!(format_lr(1.5e-4), "1.5e-4");
         assert_eq!(format_lr(3e-3), "3e-3");
     }

@@ -95,7 +95,14 @@ impl Cell {
     }
 }
 
+/// The runs of one side that have ended (trained to the end or diverged): an interrupted or
+/// unstarted run says nothing yet about its seed.
 fn side(runs: &[&RunAnalysis]) -> Side {
+    let runs: Vec<&RunAnalysis> = runs
+        .iter()
+        .copied()
+        .filter(|a| a.status == "complete" || a.status == "diverged")
+        .collect();
     Side {
         final_top1: Spread::of(runs.iter().filter_map(|a| a.final_top1)),
         best_top1: Spread::of(runs.iter().filter_map(|a| a.best_top1)),
@@ -165,6 +172,56 @@ pub fn mean_curve(curves: &[&[(u64, f64)]]) -> Vec<(f64, Spread)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(patch_embed: PatchEmbed, seed: u64, status: &str, final_top1: f64) -> RunAnalysis {
+        RunAnalysis {
+            name: format!("{patch_embed:?}-s{seed}"),
+            method: Method::MocoV3,
+            batch_size: 128,
+            base_lr: 0.1,
+            patch_embed,
+            seed,
+            status: status.into(),
+            diverged_at: None,
+            steps: 300,
+            knn: vec![(300, final_top1)],
+            final_top1: Some(final_top1),
+            best_top1: Some(final_top1),
+            final_loss: None,
+            dips: Vec::new(),
+            deepest_dip: 0.0,
+            spikes: Vec::new(),
+            spikes_per_layer: Vec::new(),
+            first_layer: "patch_embed".into(),
+            last_layer: "block03".into(),
+            lags: Vec::new(),
+            median_lag: None,
+            grad_first: Vec::new(),
+            grad_last: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn cells_count_only_runs_that_have_ended() {
+        let (l, f) = (PatchEmbed::Learned, PatchEmbed::Frozen);
+        let runs = [
+            run(l, 0, "complete", 60.0),
+            run(l, 1, "complete", 62.0),
+            run(l, 2, "incomplete", 40.0),
+            run(f, 0, "complete", 65.0),
+            run(f, 1, "not started", 0.0),
+        ];
+        let cell = &cells(&runs)[0];
+        let learned = cell.learned.final_top1.unwrap();
+        assert_eq!((learned.mean, learned.n), (61.0, 2));
+        assert_eq!(cell.frozen.final_top1.unwrap().n, 1);
+        assert_eq!(cell.frozen.dips.unwrap().n, 1);
+        assert_eq!(cell.delta_final, Some(4.0));
+        assert_eq!(
+            cell.delta_se, None,
+            "one frozen seed: no estimate of the noise"
+        );
+    }
 
     #[test]
     fn the_spread_is_the_sample_standard_deviation() {

@@ -170,6 +170,13 @@ fn the_report_shows_the_spread_over_seeds() {
         let dir = tmp.0.join("runs").join(&run.name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("metrics.jsonl"), text).unwrap();
+        // Ended runs only enter a cell.
+        let status = moco_train::study::RunStatus::Complete { steps: 10 };
+        std::fs::write(
+            dir.join("study_status.json"),
+            serde_json::to_string(&status).unwrap(),
+        )
+        .unwrap();
     }
     let report = moco_train::study::report::write_report(&tmp.0, &study, None).unwrap();
     let md = std::fs::read_to_string(report).unwrap();

@@ -66,24 +66,13 @@ pub fn conv2d_cm<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) ->
         "a {h}×{w} map (padded {hp}×{wp}) is smaller than the {kh}×{kw} kernel"
     );
     let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
-    let x = if top + bottom + left + right > 0 {
-        // Zeros in the input's dtype (half under autocast), the map written inside.
-        Tensor::<B, 4>::zeros([c, n, hp, wp], (&x.device(), x.dtype()))
-            .slice_assign([0..c, 0..n, top..top + h, left..left + w], x)
-    } else {
-        x
-    };
-    let cols: Tensor<B, 2> = if kh == 1 && kw == 1 && (sh, sw) == (1, 1) {
+    let cols: Tensor<B, 2> = if kh == 1 && kw == 1 && (sh, sw) == (1, 1) && hp == h && wp == w {
         x.reshape([c, n * ho * wo])
     } else {
-        // im2col as one gather from the flattened padded map: column (tap, image, position)
-        // of each channel row, so that the `[C, taps · N·H'·W']` result reshapes to the
-        // `[C·taps, N·H'·W']` matrix whose rows are ordered (channel, ky, kx) like the
-        // flattened weight's columns.
-        let index = im2col_index(n, hp, wp, kh, kw, sh, sw, ho, wo);
-        gather_columns(x.reshape([c, n * hp * wp]), &index).reshape([c * kh * kw, n * ho * wo])
+        let padding = [top, left, bottom, right];
+        im2col(x, [kh, kw], [sh, sw], padding)
     };
-    let y = weight.reshape([out_c, in_c * kh * kw]).matmul(cols);
+    let y = product(weight.reshape([out_c, in_c * kh * kw]), cols);
     let y = match &conv.bias {
         Some(b) => {
             let b = b.val();
@@ -93,6 +82,56 @@ pub fn conv2d_cm<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) ->
         None => y,
     };
     y.reshape([out_c, n, ho, wo])
+}
+
+/// The `[C·kh·kw, N·H'·W']` matrix whose column `(image, output position)` holds the inputs
+/// the kernel reads there, rows ordered `(channel, ky, kx)` like the flattened weight's
+/// columns: on flex one operation ([`crate::flex::im2col`]), elsewhere the zero-padded map
+/// gathered with `select`.
+fn im2col<B: Backend>(
+    x: Tensor<B, 4>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 4],
+) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let x = match crate::flex::im2col(
+        x,
+        crate::flex::Im2colWindow {
+            kernel,
+            stride,
+            padding,
+        },
+    ) {
+        Ok(cols) => return cols,
+        Err(x) => x,
+    };
+    let [c, n, h, w] = x.dims();
+    let ([kh, kw], [sh, sw], [top, left, bottom, right]) = (kernel, stride, padding);
+    let (hp, wp) = (h + top + bottom, w + left + right);
+    let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
+    let x = if top + bottom + left + right > 0 {
+        // Zeros in the input's dtype (half under autocast), the map written inside.
+        Tensor::<B, 4>::zeros([c, n, hp, wp], (&x.device(), x.dtype()))
+            .slice_assign([0..c, 0..n, top..top + h, left..left + w], x)
+    } else {
+        x
+    };
+    // One gather from the flattened padded map: column (tap, image, position) of each channel
+    // row, so that the `[C, taps · N·H'·W']` result reshapes to `[C·taps, N·H'·W']`.
+    let index = im2col_index(n, hp, wp, kh, kw, sh, sw, ho, wo);
+    gather_columns(x.reshape([c, n * hp * wp]), &index).reshape([c * kh * kw, n * ho * wo])
+}
+
+/// `a·b`: on flex one operation with its own backward ([`crate::flex::product`]), elsewhere
+/// the backend's product.
+fn product<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let (a, b) = match crate::flex::product((a, b)) {
+        Ok(y) => return y,
+        Err(operands) => operands,
+    };
+    a.matmul(b)
 }
 
 /// Most indices one `select` takes: the gradient of a `select` of 65,536 or more indices along

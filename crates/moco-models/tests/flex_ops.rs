@@ -1,6 +1,7 @@
-//! The flex backend's fused operations (attention, LayerNorm, GELU, linear, BatchNorm + ReLU)
-//! agree with Burn's composition of the same operations, forward and backward, over grids of
-//! shapes; a ViT gives the same features and gradients with either set of kernels.
+//! The flex backend's fused operations (attention, LayerNorm, GELU, linear, product, im2col,
+//! BatchNorm + ReLU) agree with Burn's composition of the same operations, forward and
+//! backward, over grids of shapes; a ViT gives the same features and gradients with either
+//! set of kernels.
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
@@ -273,6 +274,133 @@ fn fused_linear_matches_burns_and_its_gradients() {
         let plain =
             moco_models::flex::linear((x, layer.weight.val().inner(), bias.val().inner())).unwrap();
         assert_eq!(rel_diff(y_fused.inner(), plain), 0.0, "case {case}");
+    }
+}
+
+#[test]
+fn fused_product_matches_burns_and_its_gradients() {
+    let device = Default::default();
+    // (m, k, n): single elements, odd sizes, both sides of the parallel threshold, a ResNet
+    // convolution's `weight · im2col` (64 filters of 3×3×64 over 32 maps of 8×8).
+    let shapes = [(1, 1, 1), (3, 5, 7), (33, 130, 65), (64, 576, 2048)];
+    for (case, &(m, k, n)) in shapes.iter().enumerate() {
+        let normal = |dims: [usize; 2]| {
+            Tensor::<Flex, 2>::random(dims, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (a, b, upstream) = (normal([m, k]), normal([k, n]), normal([m, n]));
+        // Every combination of operands that need a gradient (a frozen weight: `a` without).
+        for (grad_a, grad_b) in [(true, true), (false, true), (true, false)] {
+            let leaf = |t: &Tensor<Flex, 2>, grad: bool| {
+                let t = Tensor::<AD, 2>::from_inner(t.clone());
+                if grad {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            };
+            let (a_ref, b_ref) = (leaf(&a, grad_a), leaf(&b, grad_b));
+            let y_ref = a_ref.clone().matmul(b_ref.clone());
+            let g_ref = (y_ref.clone() * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            let (a_fused, b_fused) = (leaf(&a, grad_a), leaf(&b, grad_b));
+            let y_fused = moco_models::flex::product((a_fused.clone(), b_fused.clone()))
+                .expect("flex runs the fused product");
+            let g_fused = (y_fused.clone() * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            let at = format!("case {case} ({m}×{k}·{k}×{n}), gradients {grad_a}/{grad_b}");
+            let out = rel_diff(y_ref.inner(), y_fused.clone().inner());
+            assert!(out < 2e-6, "{at}: output differs by {out}");
+            assert_eq!(a_fused.grad(&g_fused).is_some(), grad_a, "{at}: da");
+            assert_eq!(b_fused.grad(&g_fused).is_some(), grad_b, "{at}: db");
+            if grad_a {
+                let da = rel_diff(a_ref.grad(&g_ref).unwrap(), a_fused.grad(&g_fused).unwrap());
+                assert!(da < 2e-6, "{at}: da differs by {da}");
+            }
+            if grad_b {
+                let db = rel_diff(b_ref.grad(&g_ref).unwrap(), b_fused.grad(&g_fused).unwrap());
+                assert!(db < 2e-6, "{at}: db differs by {db}");
+            }
+            // Without autodiff: the same values.
+            let plain = moco_models::flex::product((a.clone(), b.clone())).unwrap();
+            assert_eq!(rel_diff(y_fused.inner(), plain), 0.0, "{at}");
+        }
+    }
+    // Other dtypes are handed back.
+    let half = Tensor::<Flex, 2>::ones([2, 2], &device).cast(FloatDType::F16);
+    assert!(moco_models::flex::product((half.clone(), half)).is_err());
+}
+
+/// A convolution as `weight · im2col(x)` on the channel-major layout with the fused
+/// operations is Burn's `conv2d`, values and gradients, over kernels, strides and paddings
+/// (including padding wider than the kernel reaches and maps smaller than the kernel).
+#[test]
+fn im2col_and_product_make_burns_convolution() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use moco_models::flex::{im2col, product, Im2colWindow};
+    let device = Default::default();
+    // (channels, images, h, w, out, kernel, stride, padding [top, left, bottom, right])
+    let cases = [
+        (1, 1, 1, 1, 1, [1, 1], [1, 1], [0, 0, 0, 0]),
+        (3, 2, 7, 5, 4, [3, 3], [1, 1], [1, 1, 1, 1]),
+        (3, 2, 9, 9, 8, [7, 7], [2, 2], [3, 3, 3, 3]),
+        (5, 3, 6, 7, 2, [1, 1], [2, 2], [0, 0, 0, 0]),
+        (2, 2, 5, 6, 3, [3, 2], [2, 3], [2, 0, 1, 3]),
+        (4, 1, 2, 2, 3, [3, 3], [1, 1], [1, 1, 1, 1]),
+        (16, 4, 8, 8, 16, [3, 3], [2, 2], [1, 1, 1, 1]),
+    ];
+    for (case, &(c, n, h, w, o, kernel, stride, padding)) in cases.iter().enumerate() {
+        let window = Im2colWindow {
+            kernel,
+            stride,
+            padding,
+        };
+        let [ho, wo] = window.output(h, w).expect("a case that fits");
+        let normal = |dims: [usize; 4]| {
+            Tensor::<Flex, 4>::random(dims, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (x, weight) = (normal([n, c, h, w]), normal([o, c, kernel[0], kernel[1]]));
+        let upstream = normal([n, o, ho, wo]);
+        // Burn's convolution (symmetric padding only: asymmetric cases pad the input first).
+        let [top, left, bottom, right] = padding;
+        let x_ref = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
+        let w_ref = Tensor::<AD, 4>::from_inner(weight.clone()).require_grad();
+        let padded = Tensor::<AD, 4>::zeros([n, c, h + top + bottom, w + left + right], &device)
+            .slice_assign([0..n, 0..c, top..top + h, left..left + w], x_ref.clone());
+        let options = ConvOptions::new(stride, [0, 0], [1, 1], 1);
+        let y_ref = conv2d(padded, w_ref.clone(), None, options);
+        let g_ref = (y_ref.clone() * Tensor::from_inner(upstream.clone()))
+            .sum()
+            .backward();
+
+        let x_fused = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
+        let w_fused = Tensor::<AD, 4>::from_inner(weight.clone()).require_grad();
+        let cols = im2col(x_fused.clone().swap_dims(0, 1), window).expect("flex runs im2col");
+        assert_eq!(
+            cols.dims(),
+            [c * kernel[0] * kernel[1], n * ho * wo],
+            "case {case}"
+        );
+        let flat = w_fused.clone().reshape([o, c * kernel[0] * kernel[1]]);
+        let y = product((flat, cols)).expect("flex runs the product");
+        let y_fused = y.reshape([o, n, ho, wo]).swap_dims(0, 1);
+        let g_fused = (y_fused.clone() * Tensor::from_inner(upstream))
+            .sum()
+            .backward();
+
+        let out = rel_diff(y_ref.inner(), y_fused.inner());
+        assert!(out < 2e-6, "case {case}: output differs by {out}");
+        let dx = rel_diff(x_ref.grad(&g_ref).unwrap(), x_fused.grad(&g_fused).unwrap());
+        assert!(dx < 2e-6, "case {case}: dx differs by {dx}");
+        let dw = rel_diff(w_ref.grad(&g_ref).unwrap(), w_fused.grad(&g_fused).unwrap());
+        assert!(dw < 2e-6, "case {case}: dW differs by {dw}");
+
+        // Without autodiff: the same columns.
+        let plain = im2col(x.clone().swap_dims(0, 1), window).unwrap();
+        let tracked = im2col(Tensor::<AD, 4>::from_inner(x).swap_dims(0, 1), window).unwrap();
+        assert_eq!(rel_diff(tracked.inner(), plain), 0.0, "case {case}");
     }
 }
 

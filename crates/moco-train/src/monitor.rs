@@ -8,6 +8,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use moco_models::flex::HostValues;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The layer group of a parameter path (Burn field names) of this crate's models around the
@@ -30,7 +32,8 @@ struct GradNorms<'a, B: AutodiffBackend, G: Fn(&[String]) -> String> {
     group: G,
     stack: Vec<String>,
     order: Vec<String>,
-    sums: BTreeMap<String, Tensor<B::InnerBackend, 1>>,
+    /// Per group: Σ g² of the gradients read on the host (flex), and of the others as a tensor.
+    sums: BTreeMap<String, (f64, Option<Tensor<B::InnerBackend, 1>>)>,
 }
 
 impl<B: AutodiffBackend, G: Fn(&[String]) -> String> ModuleVisitor<B> for GradNorms<'_, B, G> {
@@ -44,21 +47,38 @@ impl<B: AutodiffBackend, G: Fn(&[String]) -> String> ModuleVisitor<B> for GradNo
         let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) else {
             return;
         };
-        let n = g.shape().num_elements();
-        let sq = g.reshape([n]).square().sum();
         let group = (self.group)(&self.stack);
         if !self.order.contains(&group) {
             self.order.push(group.clone());
         }
-        let entry = self.sums.remove(&group);
-        self.sums.insert(
-            group,
-            match entry {
-                Some(s) => s.add(sq),
-                None => sq,
-            },
-        );
+        let (host, tensor) = self.sums.entry(group).or_insert((0.0, None));
+        // On flex, one pass over the gradient's memory; elsewhere a reduction on the device.
+        match HostValues::<B::InnerBackend, D>::take(g) {
+            Ok(values) => *host += sum_of_squares(values.values()),
+            Err(g) => {
+                let n = g.shape().num_elements();
+                let sq = g.reshape([n]).square().sum();
+                *tensor = Some(match tensor.take() {
+                    Some(s) => s.add(sq),
+                    None => sq,
+                });
+            }
+        }
     }
+}
+
+/// Σ v² in `f64`, over blocks of the slice in parallel.
+fn sum_of_squares(values: &[f32]) -> f64 {
+    const BLOCK: usize = 1 << 14;
+    values
+        .par_chunks(BLOCK)
+        .map(|block| {
+            block
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+        })
+        .sum()
 }
 
 /// L2 norm of the gradient of each layer group (`group` of a parameter's path), in the
@@ -79,16 +99,30 @@ pub fn gradient_norms<B: AutodiffBackend, M: Module<B>>(
     if v.order.is_empty() {
         return Vec::new();
     }
-    let tensors: Vec<Tensor<B::InnerBackend, 1>> =
-        v.order.iter().map(|g| v.sums[g].clone()).collect();
-    // One transfer for all groups.
-    let values = Tensor::cat(tensors, 0)
-        .sqrt()
-        .into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .unwrap_or_default();
-    v.order.into_iter().zip(values).collect()
+    // The device sums of all groups in one transfer.
+    let on_device: Vec<Tensor<B::InnerBackend, 1>> =
+        v.order.iter().filter_map(|g| v.sums[g].1.clone()).collect();
+    let mut device_sums = if on_device.is_empty() {
+        Vec::new()
+    } else {
+        Tensor::cat(on_device, 0)
+            .into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .unwrap_or_default()
+    }
+    .into_iter();
+    v.order
+        .into_iter()
+        .map(|group| {
+            let (host, tensor) = &v.sums[&group];
+            let device = match tensor {
+                Some(_) => device_sums.next().unwrap_or(0.0),
+                None => 0.0,
+            };
+            (group, (host + device).sqrt())
+        })
+        .collect()
 }
 
 /// A gradient-norm spike.
@@ -231,6 +265,53 @@ mod tests {
 
     fn p(s: &str) -> Vec<String> {
         s.split('.').map(String::from).collect()
+    }
+
+    #[derive(Module, Debug)]
+    struct TwoLayers<B: Backend> {
+        first: burn::nn::Linear<B>,
+        second: burn::nn::Linear<B>,
+    }
+
+    /// The norm of each group is √(Σ g²) over its parameters' gradients (the host pass on flex),
+    /// at sizes around the parallel block.
+    #[test]
+    fn gradient_norms_are_the_l2_norms_of_each_group() {
+        type B = burn::backend::Autodiff<burn::backend::Flex>;
+        let device = Default::default();
+        for (d_in, d_mid) in [(3, 5), (130, 257)] {
+            let model = TwoLayers::<B> {
+                first: burn::nn::LinearConfig::new(d_in, d_mid).init(&device),
+                second: burn::nn::LinearConfig::new(d_mid, 2).init(&device),
+            };
+            let x = Tensor::<B, 2>::random([4, d_in], burn::tensor::Distribution::Default, &device);
+            let loss = model
+                .second
+                .forward(model.first.forward(x).tanh())
+                .powf_scalar(2.0)
+                .sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let norms = gradient_norms::<B, _>(&model, &grads, |path| path[0].clone());
+            let expected = |layer: &burn::nn::Linear<B>| {
+                let w = grads
+                    .get::<burn::backend::Flex, 2>(layer.weight.id)
+                    .unwrap();
+                let b = grads
+                    .get::<burn::backend::Flex, 1>(layer.bias.as_ref().unwrap().id)
+                    .unwrap();
+                let sq = |v: Vec<f32>| v.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
+                (sq(w.into_data().to_vec().unwrap()) + sq(b.into_data().to_vec().unwrap())).sqrt()
+            };
+            let names: Vec<&str> = norms.iter().map(|(g, _)| g.as_str()).collect();
+            assert_eq!(names, ["first", "second"]);
+            for ((_, norm), layer) in norms.iter().zip([&model.first, &model.second]) {
+                let want = expected(layer);
+                assert!(
+                    (norm - want).abs() <= 1e-9 * want.max(1.0),
+                    "{norm} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

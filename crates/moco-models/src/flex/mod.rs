@@ -21,16 +21,20 @@ mod attention;
 mod batch_norm;
 mod gelu;
 mod host;
+mod im2col;
 mod layer_norm;
 mod linear;
 mod matmul;
+mod product;
 
 pub use attention::{attention, AttentionShape};
 pub use batch_norm::{batch_norm_rows, BatchNormInputs, BatchNormOutput};
 pub use gelu::gelu;
 pub use host::HostValues;
+pub use im2col::{im2col, Im2colWindow};
 pub use layer_norm::layer_norm;
 pub use linear::{linear, LinearInputs};
+pub use product::{product, ProductInputs};
 
 /// Training on flex: the autodiff backend over it, without checkpointing (Burn's default).
 pub type FlexAutodiff = Autodiff<Flex>;

@@ -1,0 +1,140 @@
+//! A matrix product `y = a·b` as one operation with its own backward on the flex backend: the
+//! convolutions of the CPU ResNet path (`weight · im2col(x)`, [`crate::gemm_conv`]).
+//!
+//! The output buffer is allocated once and written by one product (Burn's flex product
+//! allocates a zeroed byte buffer, then copies it into an aligned one, in the forward and for
+//! each gradient). The backward reads the operands transposed through strides:
+//!
+//! ```text
+//! da = dy·bᵀ,   db = aᵀ·dy
+//! ```
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::prelude::*;
+use burn_flex::{Flex, FlexTensor};
+
+use super::matmul::{matmul, matmul_parallel, Strides};
+use super::{
+    cast, contiguous_f32, flex_tensor, float_primitive, from_float_primitive, is_f32, same, values,
+    FlexAutodiff,
+};
+
+/// The operands of a product: `a` `[m, k]` and `b` `[k, n]`.
+pub type ProductInputs<B> = (Tensor<B, 2>, Tensor<B, 2>);
+
+/// Products with fewer multiply-adds run on the calling thread (splitting them costs more
+/// than it saves).
+const PARALLEL_FROM: usize = 1 << 20;
+
+/// `a·b` on flex: `Ok` with the `[m, n]` result, or `Err` with the operands untouched when the
+/// backend is not flex or a value is not `f32`.
+pub fn product<B: Backend>((a, b): ProductInputs<B>) -> Result<Tensor<B, 2>, ProductInputs<B>> {
+    let ([_, k], [k_b, _]) = (a.dims(), b.dims());
+    assert_eq!(k, k_b, "product: inner dimensions {k} and {k_b}");
+    if !(is_f32(&a) && is_f32(&b)) {
+        return Err((a, b));
+    }
+    let operands = match cast::<ProductInputs<B>, ProductInputs<FlexAutodiff>>((a, b)) {
+        Ok(tracked) => return Ok(same(product_autodiff(tracked))),
+        Err(operands) => operands,
+    };
+    match cast::<ProductInputs<B>, ProductInputs<Flex>>(operands) {
+        Ok((a, b)) => {
+            let a = contiguous_f32(float_primitive(a));
+            let b = contiguous_f32(float_primitive(b));
+            let y = forward(&a, &b);
+            Ok(same(from_float_primitive::<Flex, 2>(y)))
+        }
+        Err(operands) => Err(operands),
+    }
+}
+
+fn product_autodiff((a, b): ProductInputs<FlexAutodiff>) -> Tensor<FlexAutodiff, 2> {
+    let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+    let av = contiguous_f32(a.primitive.clone());
+    let bv = contiguous_f32(b.primitive.clone());
+    let y = forward(&av, &bv);
+    let nodes = [a.node.clone(), b.node.clone()];
+    let output = match ProductOp
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((av, bv), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    from_float_primitive(output)
+}
+
+/// `[rows, cols]` of a 2-D flex tensor.
+fn dims(t: &FlexTensor) -> (usize, usize) {
+    let shape = t.layout().shape();
+    (shape[0], shape[1])
+}
+
+/// `dst = lhs·rhs` over `(m, n, k)`, on all threads when the product is large.
+fn multiply(
+    (m, n, k): (usize, usize, usize),
+    dst: (&mut [f32], Strides),
+    lhs: (&[f32], Strides),
+    rhs: (&[f32], Strides),
+) {
+    if m * n * k >= PARALLEL_FROM {
+        matmul_parallel((m, n, k), dst, lhs, rhs, 1.0, false);
+    } else {
+        matmul((m, n, k), dst, lhs, rhs, 1.0, false);
+    }
+}
+
+/// `a·b` for contiguous `a` `[m, k]` and `b` `[k, n]`.
+fn forward(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
+    let ((m, k), (_, n)) = (dims(a), dims(b));
+    let mut y = vec![0f32; m * n];
+    multiply(
+        (m, n, k),
+        (&mut y, Strides::rows(n)),
+        (values(a), Strides::rows(k)),
+        (values(b), Strides::rows(n)),
+    );
+    flex_tensor(y, [m, n])
+}
+
+#[derive(Debug)]
+struct ProductOp;
+
+impl Backward<Flex, 2> for ProductOp {
+    /// `a` and `b`.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, b) = ops.state;
+        let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
+        let [a_node, b_node] = ops.parents;
+        let ((m, k), (_, n)) = (dims(&a), dims(&b));
+        if let Some(node) = a_node {
+            // da = dy·bᵀ
+            let mut da = vec![0f32; m * k];
+            multiply(
+                (m, k, n),
+                (&mut da, Strides::rows(k)),
+                (values(&dy), Strides::rows(n)),
+                (values(&b), Strides::transposed(n)),
+            );
+            grads.register::<Flex>(node.id, flex_tensor(da, [m, k]));
+        }
+        if let Some(node) = b_node {
+            // db = aᵀ·dy
+            let mut db = vec![0f32; k * n];
+            multiply(
+                (k, n, m),
+                (&mut db, Strides::rows(n)),
+                (values(&a), Strides::transposed(k)),
+                (values(&dy), Strides::rows(n)),
+            );
+            grads.register::<Flex>(node.id, flex_tensor(db, [k, n]));
+        }
+    }
+}

@@ -32,9 +32,11 @@ struct GradNorms<'a, B: AutodiffBackend, G: Fn(&[String]) -> String> {
     group: G,
     stack: Vec<String>,
     order: Vec<String>,
-    /// Per group: Σ g² of the gradients read on the host (flex), and of the others as a tensor.
-    sums: BTreeMap<String, (f64, Option<Tensor<B::InnerBackend, 1>>)>,
+    sums: BTreeMap<String, GroupSum<B::InnerBackend>>,
 }
+
+/// Σ g² of a group's gradients read on the host (flex), and of the others as a tensor.
+type GroupSum<B> = (f64, Option<Tensor<B, 1>>);
 
 impl<B: AutodiffBackend, G: Fn(&[String]) -> String> ModuleVisitor<B> for GradNorms<'_, B, G> {
     fn enter_module(&mut self, name: &str, _: &str) {

@@ -18,7 +18,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     match run_pretrain(&Cli::parse().args, "fmnist-resnet18") {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(_) => moco_cli::signals::exit_status(),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

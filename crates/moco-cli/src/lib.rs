@@ -14,6 +14,7 @@ pub mod device;
 pub mod eval_cli;
 pub mod parity;
 pub mod pretrain_cli;
+pub mod signals;
 pub mod study_cli;
 
 pub use moco_data as data;

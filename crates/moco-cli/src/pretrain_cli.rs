@@ -2,7 +2,6 @@
 //! run on the chosen device, and a summary with the kNN curve.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
@@ -159,8 +158,10 @@ pub struct PretrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run in --out with the configuration it was started with: from its newest
     /// readable checkpoint (a damaged newer one is skipped with a warning), or from the
-    /// checkpoint folder given.
-    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT", help_heading = "Run")]
+    /// checkpoint folder given. `--resume auto` continues when --out holds a checkpoint and
+    /// starts the run from the other flags when it does not: one command line for the first
+    /// start and every restart of a requeued job.
+    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT|auto", help_heading = "Run")]
     pub resume: Option<Option<PathBuf>>,
     /// Stop after this many steps with a checkpoint, as Ctrl-C would (e.g. a time-boxed job);
     /// `--resume` continues from there.
@@ -201,7 +202,30 @@ pub struct PretrainArgs {
     pub quiet: bool,
 }
 
+/// What `--resume` asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resume {
+    /// No `--resume`: a new run.
+    No,
+    /// `--resume`: from the newest readable checkpoint of --out.
+    Newest,
+    /// `--resume CHECKPOINT`: from that checkpoint folder.
+    From(PathBuf),
+    /// `--resume auto`: from the newest checkpoint when --out has one, else a new run.
+    Auto,
+}
+
 impl PretrainArgs {
+    /// What `--resume` asks for.
+    pub fn resume_mode(&self) -> Resume {
+        match &self.resume {
+            None => Resume::No,
+            Some(None) => Resume::Newest,
+            Some(Some(p)) if p.as_os_str() == "auto" => Resume::Auto,
+            Some(Some(p)) => Resume::From(p.clone()),
+        }
+    }
+
     /// The configuration: the preset (or `--config`), then every flag given.
     pub fn to_config(&self, default_preset: &str) -> Result<PretrainConfig, String> {
         let mut c = match &self.config {
@@ -391,7 +415,11 @@ fn pretrain_in(
     processes: Option<Arc<dyn moco_train::distributed::ProcessGroup>>,
 ) -> Result<RunSummary, String> {
     let mut config = args.to_config(default_preset)?;
-    let resume = args.resume.is_some();
+    let resume = match (args.resume_mode(), &args.out) {
+        (Resume::Auto, Some(out)) => !moco_train::run_state::list_checkpoints(out).is_empty(),
+        (Resume::No, _) => false,
+        _ => true,
+    };
     if !resume && args.in_chans.is_none() && args.config.is_none() {
         follow_data_channels(&mut config, args.quiet);
     }
@@ -408,17 +436,7 @@ fn pretrain_in(
         config.validate()?;
         config.check_data()?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("second Ctrl-C: exiting without a checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!("Ctrl-C: saving a checkpoint after this step (press again to exit now)");
-        });
-    }
+    let signals = crate::signals::RunSignals::process();
     let cluster = match (
         args.nodes,
         args.node_rank,
@@ -443,8 +461,12 @@ fn pretrain_in(
     let quiet = args.quiet || !main;
     let options = RunOptions {
         resume,
-        resume_from: args.resume.clone().flatten(),
-        stop: Some(stop),
+        resume_from: match args.resume_mode() {
+            Resume::From(checkpoint) => Some(checkpoint),
+            _ => None,
+        },
+        stop: Some(signals.stop.clone()),
+        checkpoint_request: Some(signals.checkpoint.clone()),
         stop_after: args.stop_after,
         quiet,
         cluster,
@@ -499,8 +521,12 @@ fn process_group(
         Ok(Some(Arc::new(group)))
     }
     #[cfg(not(feature = "mpi"))]
-    Err("--mpi: this moco was built without MPI; build it with `cargo build --release --features mpi` (needs an MPI library and libclang, e.g. Debian's libopenmpi-dev and libclang-dev)".into())
+    Err(WITHOUT_MPI.into())
 }
+
+/// What `--mpi` says in a build without MPI.
+#[cfg_attr(feature = "mpi", allow(dead_code))]
+const WITHOUT_MPI: &str = "--mpi: this moco was built without MPI; build it with `cargo build --release --features mpi` (needs an MPI library and libclang, e.g. Debian's libopenmpi-dev and libclang-dev)";
 
 /// The precision recorded in `RUN_DIR/config.json` (`None` when unreadable: the run then
 /// reports the error itself).
@@ -548,4 +574,16 @@ pub fn print_summary(summary: &RunSummary, out: &Path) {
         println!("checkpoint: {}", c.display());
     }
     println!("metrics: {}", out.join("metrics.jsonl").display());
+}
+
+#[cfg(test)]
+mod tests {
+    /// A build without MPI names the feature and the libraries it needs (the command-line
+    /// test `mpi_runs_say_what_they_need` checks the message reaches the user in such a build).
+    #[test]
+    fn the_message_without_mpi_names_the_feature_and_libraries() {
+        let message = super::WITHOUT_MPI;
+        assert!(message.contains("--features mpi"), "{message}");
+        assert!(message.contains("libopenmpi-dev") && message.contains("libclang-dev"));
+    }
 }

@@ -2,8 +2,6 @@
 //! short runs with a report (see [`moco_train::study`]).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use burn::backend::Autodiff;
 use burn::prelude::Backend;
@@ -110,19 +108,9 @@ pub fn run_study_cli(args: &StudyArgs) -> Result<(), String> {
         runs.len(),
         out.display()
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("second Ctrl-C: exiting without a checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!("Ctrl-C: saving a checkpoint after this step; run the same command again to continue");
-        });
-    }
+    let signals = crate::signals::RunSignals::process();
     let options = StudyOptions {
-        stop: Some(stop),
+        stop: Some(signals.stop.clone()),
         quiet: args.quiet,
         command: Some(command),
     };

@@ -84,6 +84,9 @@ pub enum Event {
         images_per_sec: f64,
         /// Seconds spent waiting for data.
         data_wait_s: f64,
+        /// The process's resident memory, MiB (where the system reports it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resident_mib: Option<f64>,
     },
 }
 
@@ -105,6 +108,11 @@ impl Event {
 pub trait MetricSink {
     /// One event, in the order the loop produces them.
     fn record(&mut self, event: &Event);
+
+    /// A write of this sink that failed since the last call: the run stops with it.
+    fn failure(&mut self) -> Option<TrainError> {
+        None
+    }
 }
 
 /// Keeps every event in memory (for tests and notebooks).
@@ -131,6 +139,7 @@ impl<F: FnMut(&Event)> MetricSink for F {
 pub struct JsonlSink {
     file: std::fs::File,
     path: PathBuf,
+    failure: Option<TrainError>,
 }
 
 impl JsonlSink {
@@ -160,6 +169,7 @@ impl JsonlSink {
         Ok(JsonlSink {
             file,
             path: path.to_path_buf(),
+            failure: None,
         })
     }
 
@@ -171,9 +181,18 @@ impl JsonlSink {
 
 impl MetricSink for JsonlSink {
     fn record(&mut self, event: &Event) {
-        if let Ok(line) = serde_json::to_string(event) {
-            let _ = writeln!(self.file, "{line}");
+        let Ok(line) = serde_json::to_string(event) else {
+            return;
+        };
+        if let Err(e) = writeln!(self.file, "{line}") {
+            self.failure.get_or_insert_with(|| {
+                TrainError::Io(format!("{}: cannot write: {e}", self.path.display()))
+            });
         }
+    }
+
+    fn failure(&mut self) -> Option<TrainError> {
+        self.failure.take()
     }
 }
 

@@ -17,6 +17,7 @@ use crate::knn_monitor::KnnMonitor;
 use crate::method::{Method, Pretrain};
 use crate::run_state;
 use crate::tensorboard::TensorBoardSink;
+use crate::run_lock::RunLock;
 use crate::trainer::{RunDirectory, RunSummary, Trainer};
 use crate::TrainError;
 
@@ -30,6 +31,8 @@ pub struct RunOptions {
     pub resume_from: Option<std::path::PathBuf>,
     /// Set from elsewhere (Ctrl-C) to save a checkpoint and stop after the current step.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Set from elsewhere (SIGUSR1) to save a checkpoint after the current step and go on.
+    pub checkpoint_request: Option<Arc<AtomicBool>>,
     /// Stop (with a checkpoint) after this many steps, as an interruption would.
     pub stop_after: Option<u64>,
     /// No progress lines.
@@ -105,7 +108,8 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
         )));
     }
     let main = processes.is_none_or(|p| p.rank == 0);
-    let config = run_config(config, run_dir, options, main)?;
+    // Held until the run ends: one writer per run directory (the main process writes it).
+    let (config, _lock) = run_config(config, run_dir, options, main)?;
     let precision = config.precision.unwrap_or_default();
     if !precision.supported_on::<B>(device) {
         return Err(TrainError::Config(format!(
@@ -152,12 +156,13 @@ fn run_config(
     run_dir: &Path,
     options: &RunOptions,
     main: bool,
-) -> Result<PretrainConfig, TrainError> {
+) -> Result<(PretrainConfig, Option<RunLock>), TrainError> {
     let path = run_dir.join("config.json");
     if options.resume {
+        let lock = main.then(|| RunLock::acquire(run_dir)).transpose()?;
         let config = PretrainConfig::load_run(&path)?;
         config.validate().map_err(TrainError::Config)?;
-        return Ok(config);
+        return Ok((config, lock));
     }
     if !run_state::list_checkpoints(run_dir).is_empty() {
         return Err(TrainError::Config(format!(
@@ -168,13 +173,12 @@ fn run_config(
     config.validate().map_err(TrainError::Config)?;
     config.check_data().map_err(TrainError::Config)?;
     if !main {
-        return Ok(config);
+        return Ok((config, None));
     }
-    std::fs::create_dir_all(run_dir)
-        .map_err(|e| TrainError::Io(format!("{}: {e}", run_dir.display())))?;
+    let lock = RunLock::acquire(run_dir)?;
     let json = serde_json::to_string_pretty(&config).expect("a configuration serialises");
     moco_models::write_atomic(&path, json.as_bytes())?;
-    Ok(config)
+    Ok((config, Some(lock)))
 }
 
 /// Assembles the [`Trainer`] of a configured run and runs it.
@@ -222,6 +226,9 @@ where
     })
     .with_stop_after(options.stop_after)
     .quiet(options.quiet);
+    if let Some(flag) = &options.checkpoint_request {
+        trainer = trainer.with_checkpoint_request(flag.clone());
+    }
     if let Some(flag) = &options.stop {
         trainer = trainer.with_stop_flag(flag.clone());
     }

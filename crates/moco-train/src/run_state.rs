@@ -79,12 +79,29 @@ pub fn save<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
         .map_err(|e| TrainError::Io(format!("encoding the model: {e}")))?;
     let optim_bytes = Recorder::<B>::record(&recorder, optim.to_record(), ())
         .map_err(|e| TrainError::Io(format!("encoding the optimizer state: {e}")))?;
-    write_synced(&tmp.join("model.mpk"), &model_bytes)
-        .map_err(io(&tmp, "cannot write model.mpk"))?;
-    write_synced(&tmp.join("optim.mpk"), &optim_bytes)
-        .map_err(io(&tmp, "cannot write optim.mpk"))?;
     let state = serde_json::to_vec_pretty(position).expect("position serialises");
-    write_synced(&tmp.join("state.json"), &state).map_err(io(&tmp, "cannot write state.json"))?;
+    let files = [
+        ("model.mpk", &model_bytes[..]),
+        ("optim.mpk", &optim_bytes[..]),
+        ("state.json", &state[..]),
+    ];
+    for (name, bytes) in files {
+        let path = tmp.join(name);
+        if let Err(e) = write_synced(&path, bytes) {
+            // A failed write (disk full, file-size limit, I/O error) leaves the earlier
+            // checkpoints as they were.
+            let _ = std::fs::remove_dir_all(&tmp);
+            let kept = match list_checkpoints(run_dir).pop() {
+                Some(previous) => format!("{} is kept", previous.display()),
+                None => "no earlier checkpoint".into(),
+            };
+            return Err(TrainError::Io(format!(
+                "{}: cannot write the checkpoint of step {}: {e} ({kept})",
+                path.display(),
+                position.step
+            )));
+        }
+    }
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir)
         .map_err(io(&final_dir, "cannot rename the checkpoint into place"))?;

@@ -92,8 +92,14 @@ pub fn scalars_of(event: &Event) -> Vec<(String, f64)> {
             ("knn/top1".to_string(), *top1),
             ("knn/top5".to_string(), *top5),
         ],
-        Event::Speed { images_per_sec, .. } => {
-            vec![("speed/images_per_sec".to_string(), *images_per_sec)]
+        Event::Speed {
+            images_per_sec,
+            resident_mib,
+            ..
+        } => {
+            let mut out = vec![("speed/images_per_sec".to_string(), *images_per_sec)];
+            out.extend(resident_mib.map(|m| ("memory/resident_mib".to_string(), m)));
+            out
         }
         Event::Dip { after, .. } => vec![("events/dip_top1".to_string(), *after)],
         Event::Spike { norm, .. } => vec![("events/spike_norm".to_string(), *norm)],

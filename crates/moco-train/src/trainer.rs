@@ -154,6 +154,7 @@ pub struct Trainer<B: CollectiveBackend, M, O> {
     #[cfg(feature = "distributed")]
     processes: Option<(Arc<dyn ProcessGroup>, Duration)>,
     stop: Option<Arc<AtomicBool>>,
+    checkpoint_request: Option<Arc<AtomicBool>>,
     stop_after: Option<u64>,
     quiet: bool,
     pos: RunPosition,
@@ -190,6 +191,7 @@ where
             #[cfg(feature = "distributed")]
             processes: None,
             stop: None,
+            checkpoint_request: None,
             stop_after: None,
             quiet: false,
             pos: RunPosition::default(),
@@ -218,6 +220,13 @@ where
     /// Saves a checkpoint and stops after the current step once `flag` is set (Ctrl-C).
     pub fn with_stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.stop = Some(flag);
+        self
+    }
+
+    /// Saves a checkpoint after the current step, and goes on, each time `flag` is set
+    /// (SIGUSR1); the trainer clears it.
+    pub fn with_checkpoint_request(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.checkpoint_request = Some(flag);
         self
     }
 
@@ -380,10 +389,12 @@ where
             run_dir: if main { self.run_dir } else { None },
             runner,
             stop: self.stop,
+            checkpoint_request: self.checkpoint_request,
             stop_agreed: false,
             stop_after: self.stop_after,
             pos: self.pos,
             summary,
+            sink_failure: None,
             // Only the main process reports.
             progress: Progress::new(self.quiet || !main),
             window: Window::new(),
@@ -437,11 +448,15 @@ struct Run<B: CollectiveBackend, O> {
     run_dir: Option<RunDirectory>,
     runner: StepRunner<B>,
     stop: Option<Arc<AtomicBool>>,
+    /// Set from elsewhere to ask for a checkpoint after the current step (cleared here).
+    checkpoint_request: Option<Arc<AtomicBool>>,
     /// Some process of the run was asked to stop (every process stops at the same step).
     stop_agreed: bool,
     stop_after: Option<u64>,
     pos: RunPosition,
     summary: RunSummary,
+    /// A metric sink's failed write, ending the run after this step.
+    sink_failure: Option<TrainError>,
     spikes: SpikeDetector,
     progress: Progress,
     window: Window,
@@ -600,6 +615,10 @@ where
         {
             self.evaluate(&model, step)?;
         }
+        if let Some(e) = self.sink_failure.take() {
+            // The run stops on a failed metrics write; its last checkpoint stays as it was.
+            return Err(e);
+        }
         let flow = self.checkpoint_or_stop(&model, step)?;
         Ok((model, flow))
     }
@@ -663,6 +682,9 @@ where
     fn emit(&mut self, event: Event) {
         for sink in &mut self.sinks {
             sink.record(&event);
+            if let Some(e) = sink.failure() {
+                self.sink_failure.get_or_insert(e);
+            }
         }
     }
 
@@ -724,8 +746,12 @@ where
             .final_knn
             .map(|r| format!(" | knn {:.1}", r.top1))
             .unwrap_or_default();
+        let resident_mib = crate::memory::resident_mib();
+        let memory = resident_mib
+            .map(|m| format!(" | mem {m:.0} MiB"))
+            .unwrap_or_default();
         let text = format!(
-            "step {step}/{} | epoch {epoch:.2} | loss {loss:.4} | lr {lr:.2e} | m {momentum:.4} | {rate:.0} img/s | data wait {:.0}% | eta {}{knn}",
+            "step {step}/{} | epoch {epoch:.2} | loss {loss:.4} | lr {lr:.2e} | m {momentum:.4} | {rate:.0} img/s | data wait {:.0}%{memory} | eta {}{knn}",
             self.total,
             100.0 * self.window.wait / secs,
             format_eta(per_step * (self.total - step) as f64)
@@ -737,6 +763,7 @@ where
                 step,
                 images_per_sec: rate,
                 data_wait_s,
+                resident_mib,
             });
             self.window = Window::new();
         }
@@ -773,9 +800,11 @@ where
         O: Optimizer<M, B>,
     {
         let interrupted = self.stop_agreed || self.stop_after.is_some_and(|s| step >= s);
+        let requested = (self.checkpoint_request.as_ref())
+            .is_some_and(|flag| flag.swap(false, Ordering::SeqCst));
         if let Some(dir) = &self.run_dir {
-            if step.is_multiple_of(dir.checkpoint_every.max(1)) || step == self.total || interrupted
-            {
+            let due = step.is_multiple_of(dir.checkpoint_every.max(1)) || step == self.total;
+            if due || interrupted || requested {
                 self.summary.checkpoint = Some(run_state::save(
                     &dir.path,
                     model,

@@ -417,3 +417,30 @@ fn every_checkpoint_kind_loads_and_mismatches_are_clear() {
         .to_string();
     assert!(err.contains("nope.pth"), "{err}");
 }
+
+/// A `moco import` checkpoint written with Burn 0.21 (`tests/checkpoints/burn-0.21-vit_tiny_p8_32.mpk`,
+/// made by `moco import tests/golden/vit_tiny_p8_32.pth.tar --heads 4`) loads to the very
+/// networks of the file it was imported from: every `.mpk` a user has must stay readable.
+#[test]
+fn an_import_written_with_burn_0_21_loads_to_the_same_networks() {
+    let device = Default::default();
+    let stored = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/checkpoints/burn-0.21-vit_tiny_p8_32.mpk");
+    let old = load_pretrained::<B>(&stored, Some(4), &device).unwrap();
+    let new = load_pretrained::<B>(&golden("vit_tiny_p8_32.pth.tar"), Some(4), &device).unwrap();
+    let ((old_moco, old_config), (new_moco, _)) = (old.moco.unwrap(), new.moco.unwrap());
+    assert_eq!(old_config.backbone, new.backbone_config);
+    let x = Tensor::<B, 4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+    let (a, b) = (
+        old_moco.forward_query(x.clone()),
+        new_moco.forward_query(x.clone()),
+    );
+    for (name, a, b) in [
+        ("features", a.features, b.features),
+        ("projection", a.projection, b.projection),
+        ("prediction", a.prediction, b.prediction),
+        ("key", old_moco.forward_key(x.clone()), new_moco.forward_key(x)),
+    ] {
+        assert_eq!(a.into_data(), b.into_data(), "{name}");
+    }
+}

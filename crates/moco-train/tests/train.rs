@@ -312,6 +312,34 @@ fn a_run_directory_of_an_earlier_version_resumes() {
     assert!(dir.0.join("checkpoints/step-00000004/model.mpk").is_file());
 }
 
+/// The losses of steps 3 and 4 of `tests/runs/burn-0.21-resnet18` when the build that wrote
+/// it ran its 4 steps without stopping.
+const RESNET_LOSSES_3_4: [f64; 2] = [3.1145923137664795, 2.961449384689331];
+
+/// A ResNet run directory written with Burn 0.21 (`tests/runs/burn-0.21-resnet18`: a
+/// quarter-width ResNet-18 with LARS, so its `.mpk` records hold BatchNorm running statistics
+/// and the optimizer's momentum; `config.json`, `metrics.jsonl` and the checkpoint at step 2
+/// of 4, stopped with `--stop-after 2`) resumes to its end with the losses that build logged
+/// for steps 3 and 4 when it ran the 4 steps without stopping.
+#[test]
+fn a_resnet_run_written_with_burn_0_21_resumes() {
+    let _turn = serial();
+    let dir = Tmp::new("burn-0.21-resnet");
+    copy_dir(&stored("burn-0.21-resnet18"), &dir.0);
+    let options = RunOptions {
+        resume: true,
+        quiet: true,
+        ..Default::default()
+    };
+    let summary =
+        pretrain::<B>(PretrainConfig::new(), &dir.0, &options, &Default::default()).unwrap();
+    assert_eq!((summary.steps, summary.losses.len()), (4, 2));
+    for (loss, then) in summary.losses.iter().zip(RESNET_LOSSES_3_4) {
+        assert!((loss - then).abs() < 1e-5, "{:?}", summary.losses);
+    }
+    assert!(dir.0.join("checkpoints/step-00000004/model.mpk").is_file());
+}
+
 /// The `config.json` of the first version (without `steps`, `stem`, `precision` and the
 /// kernel fields, and with a plain number as `dip_threshold`) loads and validates.
 #[test]

@@ -297,7 +297,7 @@ fn main() -> ExitCode {
         ),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => moco_cli::signals::exit_status(),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

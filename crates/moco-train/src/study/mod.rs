@@ -58,6 +58,8 @@ pub fn run_study<B: CollectiveBackend>(
     device: &B::Device,
 ) -> Result<StudySummary, TrainError> {
     let runs = study.runs().map_err(TrainError::Config)?;
+    // One writer per study directory, as per run directory (each run takes its own too).
+    let _lock = crate::run_lock::RunLock::acquire(out)?;
     std::fs::create_dir_all(out.join("runs"))
         .map_err(|e| TrainError::Io(format!("{}: {e}", out.display())))?;
     let study_path = out.join("study.json");

@@ -65,7 +65,9 @@ fn on_stop(signals: &RunSignals, name: &str, number: i32) {
         eprintln!("second {name}: exiting now, without a checkpoint");
         std::process::exit(128 + number);
     }
-    eprintln!("{name}: writing a checkpoint after this step, then stopping (send it again to exit now)");
+    eprintln!(
+        "{name}: writing a checkpoint after this step, then stopping (send it again to exit now)"
+    );
 }
 
 #[cfg(unix)]

@@ -24,7 +24,10 @@ mod tests {
             let before = super::resident_mib().unwrap();
             let block = vec![1u8; 64 << 20];
             let after = super::resident_mib().unwrap();
-            assert!(before > 0.0 && after >= before + 60.0, "{before} → {after} MiB");
+            assert!(
+                before > 0.0 && after >= before + 60.0,
+                "{before} → {after} MiB"
+            );
             drop(block);
         }
     }

@@ -201,6 +201,23 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_os = "linux")]
+    fn a_failed_write_is_reported_with_the_file() {
+        // Every write to /dev/full fails with "no space left on device".
+        let mut sink = JsonlSink::open(Path::new("/dev/full"), None).unwrap();
+        assert!(sink.failure().is_none());
+        sink.record(&Event::Speed {
+            step: 1,
+            images_per_sec: 1.0,
+            data_wait_s: 0.0,
+            resident_mib: None,
+        });
+        let e = sink.failure().expect("the failure is reported").to_string();
+        assert!(e.contains("/dev/full: cannot write"), "{e}");
+        assert!(sink.failure().is_none(), "reported once");
+    }
+
+    #[test]
     fn events_keep_the_metrics_file_format() {
         let e = Event::Knn {
             step: 3,

@@ -15,9 +15,9 @@ use crate::data::{prepare_data, RunData};
 use crate::distributed::{Cluster, CollectiveBackend};
 use crate::knn_monitor::KnnMonitor;
 use crate::method::{Method, Pretrain};
+use crate::run_lock::RunLock;
 use crate::run_state;
 use crate::tensorboard::TensorBoardSink;
-use crate::run_lock::RunLock;
 use crate::trainer::{RunDirectory, RunSummary, Trainer};
 use crate::TrainError;
 

@@ -47,7 +47,10 @@ impl RunLock {
                 )));
             }
             Err(TryLockError::Error(e)) => {
-                return Err(TrainError::Io(format!("{}: cannot lock: {e}", path.display())))
+                return Err(TrainError::Io(format!(
+                    "{}: cannot lock: {e}",
+                    path.display()
+                )))
             }
         }
         let holder = format!(

@@ -439,7 +439,11 @@ fn an_import_written_with_burn_0_21_loads_to_the_same_networks() {
         ("features", a.features, b.features),
         ("projection", a.projection, b.projection),
         ("prediction", a.prediction, b.prediction),
-        ("key", old_moco.forward_key(x.clone()), new_moco.forward_key(x)),
+        (
+            "key",
+            old_moco.forward_key(x.clone()),
+            new_moco.forward_key(x),
+        ),
     ] {
         assert_eq!(a.into_data(), b.into_data(), "{name}");
     }

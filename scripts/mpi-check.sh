@@ -3,7 +3,9 @@
 #  1. the losses of 4 steps equal the single-device run's on the same batches (within 1e-4),
 #     for MoCo v3 (keys gathered) and SimCLR (negatives gathered with their gradient);
 #  2. a process killed mid-run ends the others with an error, within the timeout (no hang);
-#  3. `--resume` continues from the last checkpoint (here up to step 24, with --stop-after).
+#  3. `--resume` continues from the last checkpoint (here up to step 24, with --stop-after);
+#  4. SIGTERM to every process stops them all at one step with its checkpoint (status 75),
+#     and the same command line with `--resume auto` continues to the end.
 # Usage: scripts/mpi-check.sh [path/to/moco]   (built with `--features mpi`)
 set -euo pipefail
 moco=$(realpath "${1:-target/release/moco}")
@@ -78,4 +80,28 @@ steps=$(python3 -c "import json,sys; print(sorted(r['step'] for r in map(json.lo
 echo "metrics.jsonl holds steps 1 to 24, each once: $steps"
 test "$steps" = True
 test -d "$run/checkpoints/step-00000024"
+
+echo "--- 4. SIGTERM to every process (a preemption): all stop at one step with its checkpoint"
+run="$dir/preempted"
+job=("$moco" pretrain "${common[@]}" --max-steps 40 --checkpoint-every 1000 --quiet --mpi \
+  --resume auto --out "$run")
+"${mpirun[@]}" -x MOCO_MPI_CHECK="$dir" "${job[@]}" > "$dir/preempted.log" 2>&1 &
+launcher=$!
+for _ in $(seq 600); do
+  [ "$(grep -c '"type":"step"' "$run/metrics.jsonl" 2>/dev/null)" -ge 3 ] && break
+  sleep 0.2
+done
+kill -TERM $(job_processes | awk '{print $1}')
+status=0
+wait "$launcher" || status=$?
+launcher=""
+steps=$(grep -c '"type":"step"' "$run/metrics.jsonl")
+echo "stopped after step $steps, checkpoints: $(ls "$run/checkpoints" | tr '\n' ' '), exit status $status"
+test "$status" -eq 75
+test "$(ls "$run/checkpoints")" = "$(printf 'step-%08d' "$steps")"
+test "$steps" -lt 40
+"${mpirun[@]}" "${job[@]}"
+steps=$(python3 -c "import json,sys; print(sorted(r['step'] for r in map(json.loads, open(sys.argv[1])) if r['type'] == 'step') == list(range(1, 41)))" "$run/metrics.jsonl")
+echo "the same command continued to step 40, each step once: $steps"
+test "$steps" = True
 echo "MPI check passed"

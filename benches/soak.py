@@ -49,7 +49,7 @@ def main():
     args = ap.parse_args()
     extra = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     out = args.out or os.path.join(tempfile.mkdtemp(prefix="moco-soak-"), "run")
-    cmd = [args.moco, "pretrain", "--device", args.device, "--max-steps", str(args.steps),
+    cmd = [args.moco, "pretrain", "--device", args.device, "--steps", str(args.steps),
            "--log-every", str(args.every), "--quiet", "--out", out] + SMALL_VIT + extra
     print("$", " ".join(cmd), flush=True)
     start = time.time()
@@ -57,6 +57,9 @@ def main():
     wall = time.time() - start
     with open(os.path.join(out, "metrics.jsonl")) as f:
         speed = [r for r in map(json.loads, f) if r["type"] == "speed" and "resident_mib" in r]
+    steps_run = max((r["step"] for r in speed), default=0)
+    if steps_run != args.steps:
+        sys.exit(f"the run ended at step {steps_run} of {args.steps} ({out}/metrics.jsonl)")
     if len(speed) < 10:
         sys.exit(f"only {len(speed)} speed records with resident_mib in {out}/metrics.jsonl")
     tenth = max(1, len(speed) // 10)

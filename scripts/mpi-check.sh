@@ -88,7 +88,8 @@ job=("$moco" pretrain "${common[@]}" --max-steps 40 --checkpoint-every 1000 --qu
 "${mpirun[@]}" -x MOCO_MPI_CHECK="$dir" "${job[@]}" > "$dir/preempted.log" 2>&1 &
 launcher=$!
 for _ in $(seq 600); do
-  [ "$(grep -c '"type":"step"' "$run/metrics.jsonl" 2>/dev/null)" -ge 3 ] && break
+  logged=$(grep -c '"type":"step"' "$run/metrics.jsonl" 2>/dev/null || true)
+  [ "${logged:-0}" -ge 3 ] && break
   sleep 0.2
 done
 kill -TERM $(job_processes | awk '{print $1}')

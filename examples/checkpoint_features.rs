@@ -44,7 +44,7 @@ fn main() -> Result<(), String> {
         ),
     };
     let device = Default::default();
-    let pretrained = load_pretrained::<B>(&path, heads, &device).map_err(|e| e.to_string())?;
+    let pretrained = load_pretrained(&path, heads, &device).map_err(|e| e.to_string())?;
     let config = &pretrained.backbone_config;
     println!("{}: {}", pretrained.source, config.describe());
 
@@ -66,7 +66,7 @@ fn main() -> Result<(), String> {
         pixels.extend(transform.eval_view(&rgb).data);
         labels.push(images.classes()[sample.label].clone());
     }
-    let x = Tensor::<B, 4>::from_data(TensorData::new(pixels, [8, channels, side, side]), &device);
+    let x = Tensor::<4>::from_data(TensorData::new(pixels, [8, channels, side, side]), &device);
     let features = pretrained.backbone.forward(x);
     println!(
         "features: {:?} ({} wide)",

@@ -27,25 +27,25 @@ const PATCH: usize = 7;
 /// blocks that mix across patches then across channels, and the mean over patches:
 /// `[batch, 1, 28, 28]` to `[batch, 128]`.
 #[derive(Module, Debug)]
-struct Mixer<B: Backend> {
-    embed: Linear<B>,
-    blocks: Vec<MixerBlock<B>>,
-    norm: LayerNorm<B>,
+struct Mixer {
+    embed: Linear,
+    blocks: Vec<MixerBlock>,
+    norm: LayerNorm,
 }
 
 #[derive(Module, Debug)]
-struct MixerBlock<B: Backend> {
-    norm1: LayerNorm<B>,
-    tokens1: Linear<B>,
-    tokens2: Linear<B>,
-    norm2: LayerNorm<B>,
-    channels1: Linear<B>,
-    channels2: Linear<B>,
+struct MixerBlock {
+    norm1: LayerNorm,
+    tokens1: Linear,
+    tokens2: Linear,
+    norm2: LayerNorm,
+    channels1: Linear,
+    channels2: Linear,
     gelu: Gelu,
 }
 
-impl<B: Backend> Mixer<B> {
-    fn new(device: &B::Device) -> Self {
+impl Mixer {
+    fn new(device: &Device) -> Self {
         let (patches, width) = ((28 / PATCH) * (28 / PATCH), 128);
         let linear = |i, o| LinearConfig::new(i, o).init(device);
         Mixer {
@@ -66,9 +66,9 @@ impl<B: Backend> Mixer<B> {
     }
 }
 
-impl<B: Backend> MixerBlock<B> {
+impl MixerBlock {
     /// `[batch, patches, channels]` to the same shape.
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let t = self.norm1.forward(x.clone()).swap_dims(1, 2);
         let t = self
             .tokens2
@@ -84,8 +84,8 @@ impl<B: Backend> MixerBlock<B> {
 /// What MoCo v3 needs of a backbone: images to features, and the feature width. The
 /// gradient monitor groups the parameters by their first field (`embed`, `blocks.0`, …), so
 /// the first layer's gradient norm comes first, as the paper watches it.
-impl<B: Backend> Backbone<B> for Mixer<B> {
-    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+impl Backbone for Mixer {
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let [n, c, h, w] = images.dims();
         let (ph, pw) = (h / PATCH, w / PATCH);
         // [n, c, ph, 7, pw, 7] → [n, ph, pw, c, 7, 7] → [n, patches, c·49]
@@ -142,7 +142,7 @@ fn to_sample(item: Item) -> Sample {
 
 fn main() -> Result<(), String> {
     let device = Default::default();
-    B::seed(&device, 0);
+    device.seed(0);
     let (train, held_out) = in_memory_items()?;
     let train = Arc::new(FromBurn::new(train, to_sample).with_name("train"));
     let held_out = Arc::new(FromBurn::new(held_out, to_sample).with_name("held-out"));
@@ -176,7 +176,7 @@ fn main() -> Result<(), String> {
     let curve = Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = curve.clone();
     let (_model, summary) =
-        Trainer::<B, _, _>::new(model, optim, loader, LoopSettings::new(schedule), device)
+        Trainer::<_, _>::new(model, optim, loader, LoopSettings::new(schedule), device)
             .with_knn(knn)
             .with_sink(move |event: &Event| {
                 if let Event::Knn { step, top1, .. } = event {

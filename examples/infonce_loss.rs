@@ -12,12 +12,12 @@ type B = Autodiff<Flex>;
 
 fn main() {
     let device = Default::default();
-    B::seed(&device, 0);
+    device.seed(0);
     let (batch, dim, temperature) = (8, 16, 0.2);
     // Two views of the same `batch` images give similar vectors: here one random vector per
     // image plus noise. The queries (the predictor's outputs in MoCo v3) take a gradient; the
     // keys (the momentum encoder's outputs) do not.
-    let images = Tensor::<B, 2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &device);
+    let images = Tensor::<2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &device);
     let view =
         || images.clone() + Tensor::random([batch, dim], Distribution::Normal(0.0, 0.5), &device);
     let (q1, q2) = (view().require_grad(), view().require_grad());
@@ -31,7 +31,7 @@ fn main() {
     // With the keys in another order, every positive is a stranger.
     let shuffled = infonce(q1.clone(), k2.clone().flip([0]), temperature, 0)
         + infonce(q2.clone(), k1.flip([0]), temperature, 0);
-    let value = |t: &Tensor<B, 1>| t.clone().into_scalar().elem::<f32>();
+    let value = |t: &Tensor<1>| t.clone().into_scalar::<f32>();
     println!("loss with matching keys  {:.4}", value(&aligned));
     println!("loss with shuffled keys  {:.4}", value(&shuffled));
     println!(
@@ -44,6 +44,6 @@ fn main() {
     println!(
         "gradient of the loss with respect to q1: {:?}, norm {:.4}",
         g.dims(),
-        g.square().sum().sqrt().into_scalar().elem::<f32>()
+        g.square().sum().sqrt().into_scalar::<f32>()
     );
 }

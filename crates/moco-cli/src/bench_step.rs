@@ -236,48 +236,48 @@ struct StepJob {
 
 impl BackendJob for StepJob {
     type Output = Result<StepBench, String>;
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+    fn run(self, device: Device) -> Self::Output {
         let c = &self.config;
         let model_config = c.model_config().map_err(|e| e.to_string())?;
         let optim = optim_of(c)?;
         let precision = c.precision.unwrap_or_default();
-        if !precision.supported_on::<B>(&device) {
+        if !precision.supported_on(&device) {
             return Err(format!(
                 "{} cannot compute in {precision}",
                 self.args.device
             ));
         }
-        B::seed(&device, c.seed);
+        device.seed(c.seed);
         match c.method {
-            Method::SimClr => measure::<Autodiff<B>, _>(
+            Method::SimClr => measure::<Autodiff, _>(
                 Method::simclr(&model_config, &device),
                 optim,
                 &self,
                 &device,
             ),
             m => {
-                measure::<Autodiff<B>, _>(m.siamese(&model_config, &device), optim, &self, &device)
+                measure::<Autodiff, _>(m.siamese(&model_config, &device), optim, &self, &device)
             }
         }
     }
 }
 
-fn measure<B: AutodiffBackend, M: Pretrain<B>>(
+fn measure<M: Pretrain>(
     mut model: M,
     optim: OptimConfig,
     job: &StepJob,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<StepBench, String> {
     let c = &job.config;
-    let mut optim = optim.init::<B, M>();
+    let mut optim = optim.init::<M>();
     let shape = [
         c.schedule.batch_size,
         c.model.in_chans,
         c.model.img_size,
         c.model.img_size,
     ];
-    let x1 = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
-    let x2 = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let x1 = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let x2 = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
     let params = StepParams {
         temperature: c.temperature,
         momentum: c.schedule.momentum,
@@ -303,7 +303,7 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
         let t2 = Instant::now();
         model = apply_step(model, &mut optim, grads, global, lr, c.optimizer.clip_grad);
         // Wait for queued work (GPU backends run asynchronously).
-        let _ = B::sync(device);
+        let _ = device.sync();
         let t3 = Instant::now();
         if !loss.is_finite() {
             return Err(format!("step {}: non-finite loss {loss}", i + 1));
@@ -317,7 +317,7 @@ fn measure<B: AutodiffBackend, M: Pretrain<B>>(
         }
     }
     // Wait for queued work (GPU backends run asynchronously).
-    let _ = B::sync(device);
+    let _ = device.sync();
     let seconds: f64 = times.iter().sum();
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);

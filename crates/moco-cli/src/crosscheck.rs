@@ -186,7 +186,7 @@ fn with_kernels(config: &MocoConfig, kernels: Kernels) -> MocoConfig {
 /// which zeroes the branch's output and the gradients of its convolutions: nothing of them
 /// would be compared. At full scale (1) the branches add up and make the step so
 /// ill-conditioned that two correct f32 formulations on the CPU differ beyond the tolerances.
-fn residual_scale<B: Backend>(resnet: &mut moco_models::ResNet<B>, scale: f32, device: &B::Device) {
+fn residual_scale(resnet: &mut moco_models::ResNet, scale: f32, device: &Device) {
     for block in resnet.stages.iter_mut().flatten() {
         let last = match &mut block.bn3 {
             Some(bn3) => bn3,
@@ -253,15 +253,15 @@ fn with_running_statistics(snapshots: Vec<TensorSnapshot>, seed: u64) -> Vec<Ten
 /// `kernels` fixes the formulations the device's model runs (by default its device's own,
 /// see [`moco_models::Kernels::for_device`]); on the CPU backend with [`Kernels::BACKEND`] it
 /// measures how far two correct formulations drift apart on a case.
-pub fn run_cross_case<B: Backend>(
+pub fn run_cross_case(
     case: &CrossCase,
     seed: u64,
     kernels: Option<Kernels>,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<CaseReport, String> {
     case.config.validate().map_err(|e| e.to_string())?;
     let cpu = Default::default();
-    Flex::seed(&cpu, seed);
+    cpu.seed(seed);
     // The reference runs the host formulations at every size (those the golden cases prove),
     // the second CPU run Burn's own kernels: two exact f32 computations of the same step.
     let mut reference =
@@ -285,14 +285,14 @@ pub fn run_cross_case<B: Backend>(
     };
     let shape = [case.batch, in_chans, case.img, case.img];
     let view =
-        || Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &cpu).into_data();
+        || Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &cpu).into_data();
     let (x1, x2) = (view(), view());
 
     let config = match kernels {
         Some(k) => with_kernels(&case.config, k),
         None => case.config.clone(),
     };
-    let mut model = config.init::<Autodiff<B>>(device);
+    let mut model = config.init::<Autodiff>(device);
     let applied = model.apply(reference.collect(None, None, false), None, None, false);
     if !applied.is_success() {
         return Err(format!(
@@ -319,7 +319,7 @@ pub fn run_cross_case<B: Backend>(
     }
     let spread = record_step::<Flex>(second, fam, x1.clone(), x2.clone(), &spec, &cpu)?;
     let expected = record_step::<Flex>(reference, fam, x1.clone(), x2.clone(), &spec, &cpu)?;
-    let actual = record_step::<B>(model, fam, x1, x2, &spec, device)?;
+    let actual = record_step(model, fam, x1, x2, &spec, device)?;
     let step = StepKind {
         adamw: matches!(case.optim.kind, moco_train::OptimizerKind::AdamW { .. }),
         lr: case.lr,

@@ -213,12 +213,12 @@ pub struct FeaturesArgs {
     pub out: PathBuf,
 }
 
-fn load<B: Backend>(m: &ModelArgs, device: &B::Device) -> Result<Pretrained<B>, String> {
+fn load(m: &ModelArgs, device: &Device) -> Result<Pretrained, String> {
     let path = m
         .checkpoint
         .as_ref()
         .ok_or("--checkpoint is required (a run directory, .mpk, .pth.tar or .safetensors)")?;
-    let model = load_pretrained::<B>(path, m.heads, device).map_err(|e| e.to_string())?;
+    let model = load_pretrained(path, m.heads, device).map_err(|e| e.to_string())?;
     let model = if m.random_init {
         model.random_init(0, device)
     } else {
@@ -232,7 +232,7 @@ fn load<B: Backend>(m: &ModelArgs, device: &B::Device) -> Result<Pretrained<B>, 
     Ok(model)
 }
 
-fn open_data<B: Backend>(d: &DataArgs, model: &Pretrained<B>) -> Result<EvalData, String> {
+fn open_data(d: &DataArgs, model: &Pretrained) -> Result<EvalData, String> {
     let data = open_eval_data(&d.spec()?, &model.backbone_config, model.pretrain.as_ref())
         .map_err(|e| e.to_string())?;
     println!("{}", data.note);
@@ -262,7 +262,7 @@ struct KnnJob(KnnArgs);
 
 impl BackendJob for KnnJob {
     type Output = CmdResult;
-    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+    fn run(self, device: Device) -> CmdResult {
         let a = &self.0;
         let knn = KnnConfig {
             k: a.k,
@@ -271,14 +271,14 @@ impl BackendJob for KnnJob {
         };
         let (result, what, data) = if a.raw_pixels && a.model.checkpoint.is_none() {
             let data = pixel_data(&a.data, a.img_size)?;
-            let r = raw_pixel_knn::<B>(&data, &knn, a.memory, a.queries, &device)
+            let r = raw_pixel_knn(&data, &knn, a.memory, a.queries, &device)
                 .map_err(|e| e.to_string())?;
             (r, "raw pixels".to_string(), data)
         } else {
-            let model = load::<B>(&a.model, &device)?;
+            let model = load(&a.model, &device)?;
             let data = open_data(&a.data, &model)?;
             let r = if a.raw_pixels {
-                raw_pixel_knn::<B>(&data, &knn, a.memory, a.queries, &device)
+                raw_pixel_knn(&data, &knn, a.memory, a.queries, &device)
             } else {
                 evaluate_knn(&model.backbone, &data, &knn, a.memory, a.queries, &device)
             }
@@ -310,7 +310,7 @@ struct ProbeJob(ProbeArgs);
 
 impl BackendJob for ProbeJob {
     type Output = CmdResult;
-    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+    fn run(self, device: Device) -> CmdResult {
         let a = &self.0;
         let config = ProbeConfig {
             epochs: a.epochs,
@@ -322,13 +322,13 @@ impl BackendJob for ProbeJob {
         };
         if a.raw_pixels {
             let data = pixel_data(&a.data, a.img_size)?;
-            let report = raw_pixel_probe::<Autodiff<B>>(&data, &config, &device)
+            let report = raw_pixel_probe::<Autodiff>(&data, &config, &device)
                 .map_err(|e| e.to_string())?;
             return print_probe(&report, "raw pixels", a);
         }
-        let model = load::<B>(&a.model, &device)?;
+        let model = load(&a.model, &device)?;
         let data = open_data(&a.data, &model)?;
-        let report = linear_probe::<Autodiff<B>>(
+        let report = linear_probe::<Autodiff>(
             &model.backbone,
             &model.backbone_config,
             &data,
@@ -352,7 +352,7 @@ impl BackendJob for ProbeJob {
 }
 
 /// Each learning rate's result, the best one, and the JSON file when asked for.
-fn print_probe<B: Backend>(report: &ProbeReport<B>, what: &str, a: &ProbeArgs) -> CmdResult {
+fn print_probe(report: &ProbeReport, what: &str, a: &ProbeArgs) -> CmdResult {
     for run in &report.runs {
         let (last, best) = (run.epochs.last(), run.best());
         if let (Some(last), Some(best)) = (last, best) {
@@ -387,9 +387,9 @@ struct FinetuneJob(FinetuneArgs);
 
 impl BackendJob for FinetuneJob {
     type Output = CmdResult;
-    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+    fn run(self, device: Device) -> CmdResult {
         let a = &self.0;
-        let model = load::<Autodiff<B>>(&a.model, &device)?;
+        let model = load::<Autodiff>(&a.model, &device)?;
         let data = open_data(&a.data, &model)?;
         let config = FinetuneConfig {
             epochs: a.epochs,
@@ -404,7 +404,7 @@ impl BackendJob for FinetuneJob {
             save: a.save.clone(),
             quiet: false,
         };
-        let report = finetune::<Autodiff<B>>(
+        let report = finetune::<Autodiff>(
             model.backbone,
             &model.backbone_config,
             &data,
@@ -432,9 +432,9 @@ struct FeaturesJob(FeaturesArgs);
 
 impl BackendJob for FeaturesJob {
     type Output = CmdResult;
-    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+    fn run(self, device: Device) -> CmdResult {
         let a = &self.0;
-        let model = load::<B>(&a.model, &device)?;
+        let model = load(&a.model, &device)?;
         let mut meta = HashMap::from([
             ("format".to_string(), "pt".to_string()),
             ("checkpoint".to_string(), model.source.clone()),

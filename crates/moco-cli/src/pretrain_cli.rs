@@ -334,7 +334,7 @@ struct PretrainJob {
 
 impl MultiDeviceJob for PretrainJob {
     type Output = Result<RunSummary, String>;
-    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Self::Output {
+    fn run(self, devices: Vec<Device>) -> Self::Output {
         if !self.options.quiet {
             println!("run directory: {}", self.out.display());
         }
@@ -349,7 +349,7 @@ impl MultiDeviceJob for PretrainJob {
                 .as_ref()
                 .is_none_or(|p| p.rank() == 0);
         let summary =
-            pretrain_data_parallel::<Autodiff<B>>(self.config, &self.out, &self.options, &devices)
+            pretrain_data_parallel::<Autodiff>(self.config, &self.out, &self.options, &devices)
                 .map_err(|e| e.to_string())?;
         if main {
             draw_plots(&self.out, self.options.quiet);

@@ -51,8 +51,8 @@ struct StudyJob {
 
 impl BackendJob for StudyJob {
     type Output = Result<StudySummary, String>;
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        run_study::<Autodiff<B>>(&self.study, &self.out, &self.options, &device)
+    fn run(self, device: Device) -> Self::Output {
+        run_study::<Autodiff>(&self.study, &self.out, &self.options, &device)
             .map_err(|e| e.to_string())
     }
 }

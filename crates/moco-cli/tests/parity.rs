@@ -104,7 +104,7 @@ fn cli_passes_on_the_golden_cases_and_fails_on_a_wrong_vector() {
         .map(|(k, v)| {
             let mut data = v.to_data().unwrap();
             if k == "eval.projection_x1" {
-                let mut values = data.to_vec::<f32>().unwrap();
+                let mut values = data.try_to_vec::<f32>().unwrap();
                 values[0] += 0.01;
                 data = burn::tensor::TensorData::new(values, data.shape.clone());
             }

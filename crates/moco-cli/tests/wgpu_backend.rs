@@ -26,7 +26,7 @@ fn values(n: usize, salt: usize) -> Vec<f32> {
         .collect()
 }
 
-fn tensor<B: Backend, const D: usize>(shape: [usize; D], salt: usize) -> Tensor<B, D> {
+fn tensor<const D: usize>(shape: [usize; D], salt: usize) -> Tensor<D> {
     let n = shape.iter().product();
     Tensor::from_data(TensorData::new(values(n, salt), shape), &Default::default())
 }
@@ -38,7 +38,7 @@ fn max_diff(a: Vec<f32>, b: Vec<f32>) -> f32 {
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
 
@@ -48,8 +48,8 @@ fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 /// of a ResNet: an 8 → 32 channel 1×1 convolution on `[8, 8, 16, 16]` was off by 2.7).
 #[test]
 fn matmul_with_a_transposed_operand_of_inner_size_8() {
-    fn product<B: Backend>() -> Vec<f32> {
-        to_vec(tensor::<B, 2>([2048, 8], 1).matmul(tensor::<B, 2>([32, 8], 2).transpose()))
+    fn product() -> Vec<f32> {
+        to_vec(tensor::<2>([2048, 8], 1).matmul(tensor::<2>([32, 8], 2).transpose()))
     }
     let d = max_diff(product::<Wgpu>(), product::<Flex>());
     assert!(d < 1e-4, "matrix product off by {d}");
@@ -57,19 +57,19 @@ fn matmul_with_a_transposed_operand_of_inner_size_8() {
 
 /// Output, input gradient and weight gradient of Burn's convolution of `[n, c, h, h]` to `o`
 /// channels (`k × k`, stride `s`, padding `p`).
-fn conv<B: AutodiffBackend>([n, c, h]: [usize; 3], [o, k, s, p]: [usize; 4]) -> [Vec<f32>; 3] {
+fn conv([n, c, h]: [usize; 3], [o, k, s, p]: [usize; 4]) -> [Vec<f32>; 3] {
     let device = Default::default();
     let mut conv = Conv2dConfig::new([c, o], [k, k])
         .with_stride([s, s])
         .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
         .with_bias(false)
-        .init::<B>(&device);
+        .init(&device);
     conv.weight = conv
         .weight
-        .map(|_| tensor::<B, 4>([o, c, k, k], 3).require_grad());
-    let x = tensor::<B, 4>([n, c, h, h], 4).require_grad();
+        .map(|_| tensor::<4>([o, c, k, k], 3).require_grad());
+    let x = tensor::<4>([n, c, h, h], 4).require_grad();
     let y = conv.forward(x.clone());
-    let r = tensor::<B, 4>(y.dims(), 5);
+    let r = tensor::<4>(y.dims(), 5);
     let g = y.clone().mul(r).sum().backward();
     [
         to_vec(y.inner()),
@@ -131,13 +131,13 @@ fn strided_pointwise_convolution_input_gradient() {
 #[test]
 #[ignore = "Burn 0.21.0 wgpu: wrong select gradient from 65,536 indices"]
 fn select_gradient_with_65536_indices() {
-    fn grad<B: AutodiffBackend>(len: usize) -> Vec<f32> {
+    fn grad(len: usize) -> Vec<f32> {
         let device = Default::default();
-        let x = tensor::<B, 2>([4, 1000], 6).require_grad();
+        let x = tensor::<2>([4, 1000], 6).require_grad();
         let index: Vec<i64> = (0..len).map(|i| ((i * 7) % 1000) as i64).collect();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [len]), &device);
+        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [len]), &device);
         let y = x.clone().select(1, index);
-        let r = tensor::<B, 2>([4, len], 7);
+        let r = tensor::<2>([4, len], 7);
         let g = y.mul(r).sum().backward();
         to_vec(x.grad(&g).unwrap())
     }

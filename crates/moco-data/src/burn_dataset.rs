@@ -21,22 +21,24 @@
 
 use std::marker::PhantomData;
 
-use burn::data::dataset::Dataset;
+use burn::data::dataset::{Dataset, DatasetError};
 
 use crate::dataset::{DataError, ImageDataset, Sample};
 
-/// A Burn dataset of items `I`, each turned into a labelled image by a function.
-pub struct FromBurn<D, I, F> {
+/// A Burn dataset of items `I` (with its error type `E`), each turned into a labelled image by
+/// a function.
+pub struct FromBurn<D, I, F, E = DatasetError> {
     dataset: D,
     to_sample: F,
     classes: Option<Vec<String>>,
     name: String,
-    _item: PhantomData<fn() -> I>,
+    _item: PhantomData<fn() -> (I, E)>,
 }
 
-impl<D, I, F> FromBurn<D, I, F>
+impl<D, I, F, E> FromBurn<D, I, F, E>
 where
-    D: Dataset<I>,
+    D: Dataset<I, E>,
+    E: std::error::Error + Send + Sync + 'static,
     F: Fn(I) -> Sample + Send + Sync,
 {
     /// `dataset` with `to_sample` making each item a [`Sample`] (an image in `[0, 1]`,
@@ -65,13 +67,17 @@ where
     }
 
     fn first(&self) -> Option<Sample> {
-        self.dataset.get(0).map(&self.to_sample)
+        if self.dataset.is_empty() {
+            return None;
+        }
+        self.dataset.get(0).ok().map(&self.to_sample)
     }
 }
 
-impl<D, I, F> ImageDataset for FromBurn<D, I, F>
+impl<D, I, F, E> ImageDataset for FromBurn<D, I, F, E>
 where
-    D: Dataset<I>,
+    D: Dataset<I, E>,
+    E: std::error::Error + Send + Sync + 'static,
     F: Fn(I) -> Sample + Send + Sync,
 {
     fn len(&self) -> usize {
@@ -79,13 +85,18 @@ where
     }
 
     fn get(&self, index: usize) -> Result<Sample, DataError> {
-        let item = self.dataset.get(index).ok_or_else(|| {
-            DataError::Invalid(format!(
+        // Burn's datasets panic on an index out of range: check it first.
+        if index >= self.dataset.len() {
+            return Err(DataError::Invalid(format!(
                 "{}: no item {index} (it holds {})",
                 self.name,
                 self.dataset.len()
-            ))
-        })?;
+            )));
+        }
+        let item = self
+            .dataset
+            .get(index)
+            .map_err(|e| DataError::Invalid(format!("{} item {index}: {e}", self.name)))?;
         Ok((self.to_sample)(item))
     }
 
@@ -94,7 +105,7 @@ where
             return c.clone();
         }
         let n = (0..self.dataset.len().min(1000))
-            .filter_map(|i| self.dataset.get(i).map(&self.to_sample))
+            .filter_map(|i| self.dataset.get(i).ok().map(&self.to_sample))
             .map(|s| s.label + 1)
             .max()
             .unwrap_or(0);

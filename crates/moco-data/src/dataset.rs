@@ -223,15 +223,20 @@ impl ImageDataset for Subset {
     }
 }
 
-/// Any of our datasets as a Burn `Dataset`; a sample that cannot be decoded reads as `None`.
+/// Any of our datasets as a Burn `Dataset`; a sample that cannot be decoded is an error
+/// naming it. As Burn's datasets do, an index out of range panics.
 pub struct BurnDataset(pub Arc<dyn ImageDataset>);
 
 impl burn::data::dataset::Dataset<Sample> for BurnDataset {
-    fn get(&self, index: usize) -> Option<Sample> {
-        if index >= self.0.len() {
-            return None;
-        }
-        self.0.get(index).ok()
+    fn get(&self, index: usize) -> Result<Sample, burn::data::dataset::DatasetError> {
+        assert!(
+            index < self.0.len(),
+            "index {index} out of range: the dataset holds {} samples",
+            self.0.len()
+        );
+        self.0
+            .get(index)
+            .map_err(burn::data::dataset::DatasetError::new)
     }
     fn len(&self) -> usize {
         self.0.len()

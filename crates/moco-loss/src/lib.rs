@@ -5,14 +5,13 @@
 //! in f32 and in half precision.
 //!
 //! ```
-//! use burn::backend::Flex;
-//! use burn::tensor::{Tensor, TensorData};
+//! use burn::tensor::{Device, Tensor, TensorData};
 //! use moco_loss::infonce;
 //!
-//! let device = Default::default();
-//! let q = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &device);
+//! let device = Device::flex();
+//! let q = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &device);
 //! // Keys equal to the queries: each query's positive has similarity 1, its negative 0.
-//! let loss = infonce(q.clone(), q, 1.0, 0).into_scalar();
+//! let loss: f32 = infonce(q.clone(), q, 1.0, 0).into_scalar();
 //! let expected = 2.0 * (1.0 + (-1.0f32).exp()).ln();
 //! assert!((loss - expected).abs() < 1e-6);
 //! ```
@@ -22,13 +21,13 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
 /// `F.normalize(x, dim=1)`: rows scaled to unit L2 norm (norms clamped at 1e-12).
-pub fn normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn normalize(x: Tensor<2>) -> Tensor<2> {
     let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
     x.div(norm)
 }
 
 /// Mean cross-entropy of `logits` `[n, c]` against class indices `targets` `[n]`.
-pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     let [n, _] = logits.dims();
     let picked = log_softmax(logits, 1).gather(1, targets.reshape([n, 1]));
     picked.mean().neg()
@@ -37,11 +36,11 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int
 /// Cross-entropy against targets smoothed by `smoothing` ε (PyTorch's `label_smoothing`): the
 /// target puts `1 − ε + ε/C` on the true class and `ε/C` on the others, so the loss is
 /// `(1 − ε)·CE + ε·mean_c(−log p_c)`. Returns a `[1]` tensor.
-pub fn cross_entropy_smoothed<B: Backend>(
-    logits: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
+pub fn cross_entropy_smoothed(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
     smoothing: f64,
-) -> Tensor<B, 1> {
+) -> Tensor<1> {
     let [n, _] = logits.dims();
     let log_p = log_softmax(logits, 1);
     let nll = log_p
@@ -61,26 +60,26 @@ pub fn cross_entropy_smoothed<B: Backend>(
 /// `k_all` holds the keys of every data-parallel rank, `[world · N, C]` (on one device, the
 /// local keys and `rank = 0`); the positive of query `i` is key `N·rank + i`, all other keys
 /// are negatives. Keys take no gradient. Returns a `[1]` tensor.
-pub fn infonce<B: Backend>(
-    q: Tensor<B, 2>,
-    k_all: Tensor<B, 2>,
+pub fn infonce(
+    q: Tensor<2>,
+    k_all: Tensor<2>,
     temperature: f64,
     rank: usize,
-) -> Tensor<B, 1> {
+) -> Tensor<1> {
     let [n, _] = q.dims();
     let device = q.device();
     let logits = normalize(q)
         .matmul(normalize(k_all.detach()).transpose())
         .div_scalar(temperature);
     let start = (n * rank) as i64;
-    let targets = Tensor::<B, 1, Int>::arange(start..start + n as i64, &device);
+    let targets = Tensor::<1, Int>::arange(start..start + n as i64, &device);
     cross_entropy(logits, targets).mul_scalar(2.0 * temperature)
 }
 
 /// SimCLR's NT-Xent over the `2N` samples of two views `z1`, `z2` (`[N, C]` each): cosine
 /// similarities over temperature `T`, self-similarity masked out, the positive of each sample
 /// its other view. Mean over the `2N` samples; returns a `[1]` tensor.
-pub fn nt_xent<B: Backend>(z1: Tensor<B, 2>, z2: Tensor<B, 2>, temperature: f64) -> Tensor<B, 1> {
+pub fn nt_xent(z1: Tensor<2>, z2: Tensor<2>, temperature: f64) -> Tensor<1> {
     nt_xent_gathered(z1.clone(), z2.clone(), z1, z2, temperature, 0)
 }
 
@@ -95,14 +94,14 @@ pub fn nt_xent<B: Backend>(z1: Tensor<B, 2>, z2: Tensor<B, 2>, temperature: f64)
 /// `z2` view), and the reverse for `z2`. The mean over the replicas of their `ℓ` is NT-Xent
 /// over the global batch; with one replica (`z*_all = z*`, rank 0) this is [`nt_xent`].
 /// Returns a `[1]` tensor.
-pub fn nt_xent_gathered<B: Backend>(
-    z1: Tensor<B, 2>,
-    z2: Tensor<B, 2>,
-    z1_all: Tensor<B, 2>,
-    z2_all: Tensor<B, 2>,
+pub fn nt_xent_gathered(
+    z1: Tensor<2>,
+    z2: Tensor<2>,
+    z1_all: Tensor<2>,
+    z2_all: Tensor<2>,
     temperature: f64,
     rank: usize,
-) -> Tensor<B, 1> {
+) -> Tensor<1> {
     let [n, _] = z1.dims();
     let [total, _] = z1_all.dims();
     let device = z1.device();
@@ -112,9 +111,9 @@ pub fn nt_xent_gathered<B: Backend>(
         .matmul(candidates.transpose())
         .div_scalar(temperature);
     let (first, second) = ((n * rank) as i64, (total + n * rank) as i64);
-    let range = |start: i64| Tensor::<B, 1, Int>::arange(start..start + n as i64, &device);
+    let range = |start: i64| Tensor::<1, Int>::arange(start..start + n as i64, &device);
     let own = Tensor::cat(vec![range(first), range(second)], 0);
-    let columns = Tensor::<B, 1, Int>::arange(0..2 * total as i64, &device);
+    let columns = Tensor::<1, Int>::arange(0..2 * total as i64, &device);
     let shape = [2 * n, 2 * total];
     let itself = columns
         .reshape([1, 2 * total])
@@ -127,7 +126,7 @@ pub fn nt_xent_gathered<B: Backend>(
 
 /// BYOL's regression loss `mean(2 − 2·cos(p, z))`; the target `z` takes no gradient.
 /// Returns a `[1]` tensor.
-pub fn byol<B: Backend>(p: Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B, 1> {
+pub fn byol(p: Tensor<2>, z: Tensor<2>) -> Tensor<1> {
     let cos = normalize(p).mul(normalize(z.detach())).sum_dim(1);
     cos.mul_scalar(-2.0).add_scalar(2.0).mean()
 }
@@ -135,13 +134,10 @@ pub fn byol<B: Backend>(p: Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B, 1> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, Flex};
     use burn::tensor::TensorData;
 
-    type B = Flex;
-
-    fn t(v: &[f32], shape: [usize; 2]) -> Tensor<B, 2> {
-        Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+    fn t(v: &[f32], shape: [usize; 2]) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(v.to_vec(), shape), &Device::flex())
     }
 
     fn close(a: f32, b: f32) {
@@ -160,12 +156,12 @@ mod tests {
             t(&values(0.0), [world * n, c]),
             t(&values(5.0), [world * n, c]),
         );
-        let whole = nt_xent(z1.clone(), z2.clone(), 0.5).into_scalar();
+        let whole: f32 = nt_xent(z1.clone(), z2.clone(), 0.5).into_scalar();
         let mut sum = 0.0;
         for rank in 0..world {
             let rows = rank * n..(rank + 1) * n;
             let (a, b) = (z1.clone().slice(rows.clone()), z2.clone().slice(rows));
-            sum += nt_xent_gathered(a, b, z1.clone(), z2.clone(), 0.5, rank).into_scalar();
+            sum += nt_xent_gathered(a, b, z1.clone(), z2.clone(), 0.5, rank).into_scalar::<f32>();
         }
         close(sum / world as f32, whole);
     }
@@ -201,7 +197,7 @@ mod tests {
         // (1 − ε)·(−ln ¾) + ε·½·(−ln ¼ − ln ¾).
         let logits = t(&[0.0, 3f32.ln()], [1, 2]);
         let y =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(vec![1i64], [1]), &Default::default());
+            Tensor::<1, Int>::from_data(TensorData::new(vec![1i64], [1]), &Device::flex());
         let want = 0.9 * -(0.75f32.ln()) + 0.1 * 0.5 * (-(0.25f32.ln()) - 0.75f32.ln());
         close(
             cross_entropy_smoothed(logits.clone(), y.clone(), 0.1).into_scalar(),
@@ -246,14 +242,13 @@ mod tests {
 
     #[test]
     fn keys_and_targets_take_no_gradient() {
-        type AD = Autodiff<Flex>;
-        let device = Default::default();
-        let q = Tensor::<AD, 2>::from_data(
+        let device = Device::flex().autodiff();
+        let q = Tensor::<2>::from_data(
             TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]),
             &device,
         )
         .require_grad();
-        let k = Tensor::<AD, 2>::from_data(
+        let k = Tensor::<2>::from_data(
             TensorData::new(vec![1.0f32, 0.0, 0.5, 4.0], [2, 2]),
             &device,
         )
@@ -266,15 +261,15 @@ mod tests {
     #[test]
     fn stable_with_huge_logits_and_in_half_precision() {
         let q = t(&[1.0, 0.0, 0.0, 1.0], [2, 2]);
-        let loss = infonce(q.clone(), q.clone(), 1e-4, 0).into_scalar();
+        let loss: f32 = infonce(q.clone(), q.clone(), 1e-4, 0).into_scalar();
         assert!(loss.is_finite() && loss.abs() < 1e-3, "{loss}");
-        let loss = nt_xent(q.clone(), q.clone(), 1e-4).into_scalar();
+        let loss: f32 = nt_xent(q.clone(), q.clone(), 1e-4).into_scalar();
         assert!(loss.is_finite());
         let half = q.clone().cast(burn::tensor::DType::F16);
-        let l16 = infonce(half.clone(), half, 0.2, 0)
+        let l16: f32 = infonce(half.clone(), half, 0.2, 0)
             .cast(burn::tensor::DType::F32)
             .into_scalar();
-        let l32 = infonce(q.clone(), q, 0.2, 0).into_scalar();
+        let l32: f32 = infonce(q.clone(), q, 0.2, 0).into_scalar();
         assert!((l16 - l32).abs() < 1e-2, "{l16} vs {l32}");
     }
 }

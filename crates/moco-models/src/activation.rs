@@ -5,7 +5,7 @@ use burn::prelude::*;
 use crate::kernels::GeluKernel;
 
 /// GELU(x) = x · Φ(x), Φ the standard normal CDF, computed as `kernel` says.
-pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>, kernel: GeluKernel) -> Tensor<B, D> {
+pub fn gelu<const D: usize>(x: Tensor<D>, kernel: GeluKernel) -> Tensor<D> {
     match kernel {
         GeluKernel::Erf => gelu_erf(x),
         GeluKernel::HostPass => crate::cpu::gelu(x),
@@ -14,7 +14,7 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>, kernel: GeluKernel) -> 
 
 /// GELU(x) = x · (1 + erf(x / √2)) / 2 from tensor operations, so autodiff differentiates the
 /// exact function: d/dx = Φ(x) + x · φ(x), through erf's derivative 2/√π · e^(−z²).
-pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn gelu_erf<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let cdf = x
         .clone()
         .mul_scalar(std::f64::consts::FRAC_1_SQRT_2)

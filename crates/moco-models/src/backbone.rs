@@ -8,12 +8,12 @@
 //!
 //! /// A user's own network: flattens the image and applies one linear layer.
 //! #[derive(Module, Debug)]
-//! struct Flat<B: Backend> {
-//!     fc: Linear<B>,
+//! struct Flat {
+//!     fc: Linear,
 //! }
 //!
-//! impl<B: Backend> Backbone<B> for Flat<B> {
-//!     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+//! impl Backbone for Flat {
+//!     fn forward(&self, images: Tensor<4>) -> Tensor<2> {
 //!         self.fc.forward(images.flatten(1, 3))
 //!     }
 //!     fn num_features(&self) -> usize {
@@ -41,9 +41,9 @@ use crate::vit::Vit;
 /// Parameters the backbone must not train are frozen the Burn way, in the module itself
 /// (`Param::set_require_grad(false)` or `Module::no_grad` on a part of it, as the ViT does with
 /// its random patch projection); [`Backbone::frozen_groups`] names them for the logs.
-pub trait Backbone<B: Backend>: Module<B> + ModuleDisplay {
+pub trait Backbone: Module + ModuleDisplay {
     /// Images to features.
-    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>;
+    fn forward(&self, images: Tensor<4>) -> Tensor<2>;
 
     /// Width of the features.
     fn num_features(&self) -> usize;
@@ -90,8 +90,8 @@ pub fn builtin_layer_group(path: &[String]) -> String {
     }
 }
 
-impl<B: Backend> Backbone<B> for Vit<B> {
-    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+impl Backbone for Vit {
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         Vit::forward(self, images)
     }
     fn num_features(&self) -> usize {
@@ -109,8 +109,8 @@ impl<B: Backend> Backbone<B> for Vit<B> {
     }
 }
 
-impl<B: Backend> Backbone<B> for ResNet<B> {
-    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+impl Backbone for ResNet {
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         ResNet::forward(self, images)
     }
     fn num_features(&self) -> usize {
@@ -128,8 +128,8 @@ impl<B: Backend> Backbone<B> for ResNet<B> {
     }
 }
 
-impl<B: Backend> Backbone<B> for AnyBackbone<B> {
-    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+impl Backbone for AnyBackbone {
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         AnyBackbone::forward(self, images)
     }
     fn num_features(&self) -> usize {

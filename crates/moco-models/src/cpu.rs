@@ -15,7 +15,7 @@ use rayon::prelude::*;
 /// Meant for the backends whose tensors live in host memory, where reading values back is free.
 /// On the flex backend it runs as one operation with its own backward
 /// (`moco_models::flex::gelu`): no copies and no constant tensors.
-pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if x.dtype() != DType::F32 {
         return crate::activation::gelu_erf(x);
     }
@@ -26,13 +26,13 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     };
     let device = x.device();
     let shape = x.shape();
-    let values = match x.clone().detach().into_data().into_vec::<f32>() {
+    let values = match x.clone().detach().into_data().try_into_vec::<f32>() {
         Ok(v) => v,
         Err(_) => return crate::activation::gelu_erf(x),
     };
     let tensor =
-        |v: Vec<f32>| Tensor::<B, D>::from_data(TensorData::new(v, shape.clone()), &device);
-    if B::ad_enabled(&device) {
+        |v: Vec<f32>| Tensor::<D>::from_data(TensorData::new(v, shape.clone()), &device);
+    if device.is_autodiff() {
         let (slope, offset) = gelu_slope_and_offset(&values);
         x.mul(tensor(slope)).add(tensor(offset))
     } else {

@@ -15,7 +15,7 @@ use crate::moco::{AnyBackbone, BackboneConfig, MoCo, MocoConfig};
 use crate::{write_atomic, ModelError};
 
 /// Every tensor of `module` under its PyTorch name, as f32 data in PyTorch's layout.
-pub fn torch_state_dict<B: Backend, M: Module<B>>(
+pub fn torch_state_dict<M: Module>(
     module: &M,
     family: Family,
 ) -> Vec<(String, TensorData)> {
@@ -24,8 +24,8 @@ pub fn torch_state_dict<B: Backend, M: Module<B>>(
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
         .into_iter()
         .map(|s| {
-            let name = burn_to_torch(&s.full_path(), family);
-            let data = s.to_data().unwrap_or_else(|e| {
+            let name = burn_to_torch(&s.name, family);
+            let data = burn_store::bridge::into_data(s).unwrap_or_else(|e| {
                 panic!("tensor '{name}' of a live module is unreadable: {e:?}")
             });
             (name, data.convert::<f32>())
@@ -33,12 +33,7 @@ pub fn torch_state_dict<B: Backend, M: Module<B>>(
         .collect()
 }
 
-/// Folds pending BN running-statistic updates into the stored values, so that visitors (which
-/// read the stored value) see the statistics of every forward pass so far.
-pub fn sync_running_stats<B: Backend, M: Module<B>>(module: &M) {
-    // Running states are shared between clones; making a record synchronises them.
-    let _ = module.clone().into_record();
-}
+pub use crate::checkpoint::sync_running_stats;
 
 /// Serialises named tensors to safetensors bytes, with string metadata.
 pub fn to_safetensors(
@@ -48,10 +43,10 @@ pub fn to_safetensors(
     let views = tensors
         .iter()
         .map(|(name, data)| {
-            debug_assert_eq!(data.dtype, DType::F32);
+            debug_assert_eq!(data.dtype(), DType::F32);
             let view = safetensors::tensor::TensorView::new(
                 safetensors::Dtype::F32,
-                data.shape.to_vec(),
+                data.shape().to_vec(),
                 data.as_bytes(),
             )
             .map_err(|e| ModelError::InvalidConfig(format!("tensor '{name}': {e}")))?;
@@ -67,8 +62,8 @@ pub fn to_safetensors(
 /// The file has no classifier: create the PyTorch model with `num_classes=0` (timm) or load
 /// with `strict=False` for torchvision's `fc`. The architecture is stored as JSON metadata
 /// under `moco_backbone`.
-pub fn export_backbone<B: Backend>(
-    backbone: &AnyBackbone<B>,
+pub fn export_backbone(
+    backbone: &AnyBackbone,
     config: &BackboneConfig,
     path: &Path,
 ) -> Result<usize, ModelError> {
@@ -97,8 +92,8 @@ pub fn write_safetensors(
 }
 
 /// Writes a whole MoCo model with the official checkpoint's key names (without `module.`).
-pub fn export_moco<B: Backend>(
-    model: &MoCo<B>,
+pub fn export_moco(
+    model: &MoCo,
     config: &MocoConfig,
     path: &Path,
 ) -> Result<usize, ModelError> {
@@ -112,8 +107,8 @@ pub fn export_moco<B: Backend>(
 /// `MoCo_ViT` / `MoCo_ResNet` (wrapped in `DistributedDataParallel`, as `main_moco.py` resumes)
 /// loads it with `strict=True`, and `main_lincls.py --pretrained FILE` takes its base
 /// encoder. Returns the tensor count.
-pub fn export_official<B: Backend>(
-    model: &MoCo<B>,
+pub fn export_official(
+    model: &MoCo,
     config: &MocoConfig,
     path: &Path,
 ) -> Result<usize, ModelError> {
@@ -134,8 +129,8 @@ pub fn export_official<B: Backend>(
 /// Writes a ViT backbone as a `torch.save` file in DeiT's layout, `{'model': state_dict}` with
 /// timm names, for DeiT / MAE-style fine-tuning scripts (`--finetune FILE`). The classifier is
 /// absent: those scripts create a fresh head. Returns the tensor count.
-pub fn export_deit<B: Backend>(
-    backbone: &AnyBackbone<B>,
+pub fn export_deit(
+    backbone: &AnyBackbone,
     config: &BackboneConfig,
     path: &Path,
 ) -> Result<usize, ModelError> {

@@ -17,13 +17,13 @@ use crate::precision::{compute_dtype, to_compute};
 
 /// `[N, C, H, W]` to channel-major `[C, N, H, W]` (and back: the permutation is its own
 /// inverse).
-pub fn swap_batch_channels<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn swap_batch_channels(x: Tensor<4>) -> Tensor<4> {
     x.swap_dims(0, 1)
 }
 
 /// Whether [`conv2d_cm`] can run `conv` as a matrix product (no groups, no dilation, explicit
 /// or no padding); other convolutions go through the backend's own kernel.
-fn gemm_supported<B: Backend>(conv: &Conv2d<B>) -> bool {
+fn gemm_supported(conv: &Conv2d) -> bool {
     conv.groups == 1
         && conv.dilation == [1, 1]
         && matches!(
@@ -35,12 +35,12 @@ fn gemm_supported<B: Backend>(conv: &Conv2d<B>) -> bool {
 /// The convolution `conv` on a channel-major `[C, N, H, W]` input, returning `[O, N, H', W']`,
 /// in the compute dtype of the enclosing autocast. With `frozen`, no gradient reaches the
 /// weights. Equal to `conv.forward` on the `[N, C, H, W]` layout up to float rounding.
-pub fn conv2d_cm<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
+pub fn conv2d_cm(conv: &Conv2d, x: Tensor<4>, frozen: bool) -> Tensor<4> {
     if !gemm_supported(conv) {
         let y = crate::precision::conv2d(conv, swap_batch_channels(x), frozen);
         return swap_batch_channels(y);
     }
-    let prepare = |t: Tensor<B, 4>| {
+    let prepare = |t: Tensor<4>| {
         let t = if frozen { t.detach() } else { t };
         match compute_dtype() {
             Some(dt) => t.cast(dt),
@@ -66,7 +66,7 @@ pub fn conv2d_cm<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) ->
         "a {h}×{w} map (padded {hp}×{wp}) is smaller than the {kh}×{kw} kernel"
     );
     let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
-    let cols: Tensor<B, 2> = if kh == 1 && kw == 1 && (sh, sw) == (1, 1) && hp == h && wp == w {
+    let cols: Tensor<2> = if kh == 1 && kw == 1 && (sh, sw) == (1, 1) && hp == h && wp == w {
         x.reshape([c, n * ho * wo])
     } else {
         let padding = [top, left, bottom, right];
@@ -88,12 +88,12 @@ pub fn conv2d_cm<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) ->
 /// the kernel reads there, rows ordered `(channel, ky, kx)` like the flattened weight's
 /// columns: on flex one operation ([`crate::flex::im2col`]), elsewhere the zero-padded map
 /// gathered with `select`.
-fn im2col<B: Backend>(
-    x: Tensor<B, 4>,
+fn im2col(
+    x: Tensor<4>,
     kernel: [usize; 2],
     stride: [usize; 2],
     padding: [usize; 4],
-) -> Tensor<B, 2> {
+) -> Tensor<2> {
     #[cfg(feature = "flex")]
     let x = match crate::flex::im2col(
         x,
@@ -112,7 +112,7 @@ fn im2col<B: Backend>(
     let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
     let x = if top + bottom + left + right > 0 {
         // Zeros in the input's dtype (half under autocast), the map written inside.
-        Tensor::<B, 4>::zeros([c, n, hp, wp], (&x.device(), x.dtype()))
+        Tensor::<4>::zeros([c, n, hp, wp], (&x.device(), x.dtype()))
             .slice_assign([0..c, 0..n, top..top + h, left..left + w], x)
     } else {
         x
@@ -125,7 +125,7 @@ fn im2col<B: Backend>(
 
 /// `a·b`: on flex one operation with its own backward ([`crate::flex::product`]), elsewhere
 /// the backend's product.
-fn product<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+fn product(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     #[cfg(feature = "flex")]
     let (a, b) = match crate::flex::product((a, b)) {
         Ok(y) => return y,
@@ -141,11 +141,11 @@ pub const MAX_SELECT: usize = 32_768;
 
 /// The columns `index` of `x` (`[rows, cols]`), as `select(1, index)` in pieces of at most
 /// [`MAX_SELECT`] indices.
-fn gather_columns<B: Backend>(x: Tensor<B, 2>, index: &[i64]) -> Tensor<B, 2> {
+fn gather_columns(x: Tensor<2>, index: &[i64]) -> Tensor<2> {
     let device = x.device();
     let select = |part: &[i64]| {
         let part =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(part.to_vec(), [part.len()]), &device);
+            Tensor::<1, Int>::from_data(TensorData::new(part.to_vec(), [part.len()]), &device);
         x.clone().select(1, part)
     };
     if index.len() <= MAX_SELECT {

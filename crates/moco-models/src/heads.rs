@@ -42,7 +42,7 @@ impl MlpHeadConfig {
     }
 
     /// Builds the head with PyTorch's default linear initialisation.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> MlpHead<B> {
+    pub fn init(&self, device: &Device) -> MlpHead {
         let mut linears = Vec::new();
         let mut norms = Vec::new();
         for l in 0..self.num_layers {
@@ -63,16 +63,16 @@ impl MlpHeadConfig {
 /// Linear → BN → ReLU → ... → Linear (→ BN). PyTorch indices: linear `i` is `3i`, BN `i` is
 /// `3i + 1`.
 #[derive(Module, Debug)]
-pub struct MlpHead<B: Backend> {
+pub struct MlpHead {
     /// Bias-free linear layers.
-    pub linears: Vec<Linear<B>>,
+    pub linears: Vec<Linear>,
     /// BNs after each hidden layer, plus the final one when present.
-    pub norms: Vec<BatchNorm<B>>,
+    pub norms: Vec<BatchNorm>,
 }
 
-impl<B: Backend> MlpHead<B> {
+impl MlpHead {
     /// `[batch, input_dim]` to `[batch, output_dim]`.
-    pub fn forward(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
         let n = self.linears.len();
         for (i, linear) in self.linears.iter().enumerate() {
             x = linear.forward(x);

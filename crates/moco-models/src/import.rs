@@ -8,7 +8,8 @@ use std::path::Path;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
+use burn_store::burn_pack::Tensor as PackTensor;
+use burn_store::{bridge, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
 
 use crate::heads::MlpHeadConfig;
 use crate::keys::{burn_to_torch, Family};
@@ -321,50 +322,50 @@ pub fn infer_head(dict: &StateDict, prefix: &str) -> Result<MlpHeadConfig, Model
 
 /// Loads a whole MoCo model from an official-format checkpoint (or our safetensors export of
 /// one), inferring its configuration.
-pub fn load_moco<B: Backend>(
+pub fn load_moco(
     path: &Path,
     options: &ImportOptions,
-    device: &B::Device,
-) -> Result<(MoCo<B>, MocoConfig), ModelError> {
+    device: &Device,
+) -> Result<(MoCo, MocoConfig), ModelError> {
     moco_from(&inspect(path, options)?, path, device)
 }
 
 /// Loads a backbone alone: from a MoCo checkpoint its base encoder, from a linear-probe,
 /// DeiT-style or exported file the backbone (a classifier there is left out).
-pub fn load_backbone<B: Backend>(
+pub fn load_backbone(
     path: &Path,
     options: &ImportOptions,
-    device: &B::Device,
-) -> Result<(AnyBackbone<B>, BackboneConfig), ModelError> {
+    device: &Device,
+) -> Result<(AnyBackbone, BackboneConfig), ModelError> {
     backbone_from(&inspect(path, options)?, path, device)
 }
 
 /// The whole MoCo model of weights already read from `path` by [`inspect`].
-pub fn moco_from<B: Backend>(
+pub fn moco_from(
     weights: &InspectedWeights,
     path: &Path,
-    device: &B::Device,
-) -> Result<(MoCo<B>, MocoConfig), ModelError> {
+    device: &Device,
+) -> Result<(MoCo, MocoConfig), ModelError> {
     let Some(config) = weights.moco_config.clone() else {
         return Err(ModelError::file(
             path,
             "holds a backbone only (no projector, predictor or momentum encoder): load it as a backbone",
         ));
     };
-    let mut model = config.init::<B>(device);
+    let mut model = config.init(device);
     let family = family_of_config(&config.backbone);
     apply_state_dict(&mut model, &weights.all, family, path)?;
     Ok((model, config))
 }
 
 /// The backbone of weights already read from `path` by [`inspect`].
-pub fn backbone_from<B: Backend>(
+pub fn backbone_from(
     weights: &InspectedWeights,
     path: &Path,
-    device: &B::Device,
-) -> Result<(AnyBackbone<B>, BackboneConfig), ModelError> {
+    device: &Device,
+) -> Result<(AnyBackbone, BackboneConfig), ModelError> {
     let config = weights.backbone_config.clone();
-    let mut model = config.init::<B>(device);
+    let mut model = config.init(device);
     apply_state_dict(
         &mut model,
         &weights.backbone,
@@ -384,7 +385,7 @@ pub fn family_of_config(config: &BackboneConfig) -> Family {
 
 /// Loads `dict` (PyTorch names and layouts) into `module`, requiring an exact match of keys
 /// and shapes. BN `num_batches_tracked` counters are accepted and not stored.
-pub fn apply_state_dict<B: Backend, M: Module<B>>(
+pub fn apply_state_dict<M: Module>(
     module: &mut M,
     dict: &StateDict,
     family: Family,
@@ -394,7 +395,7 @@ pub fn apply_state_dict<B: Backend, M: Module<B>>(
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
         .into_iter()
         .map(|s| {
-            let path = s.full_path();
+            let path = s.name.clone();
             (burn_to_torch(&path, family), (path, s.shape.to_vec()))
         })
         .collect();
@@ -419,9 +420,7 @@ pub fn apply_state_dict<B: Backend, M: Module<B>>(
             ));
             continue;
         }
-        let mut snap = as_f32(snap);
-        snap.path_stack = Some(burn_path.split('.').map(str::to_string).collect());
-        snapshots.push(snap);
+        snapshots.push(as_f32(snap, burn_path.clone()));
     }
     if !missing.is_empty() || !unexpected.is_empty() || !wrong_shape.is_empty() {
         return Err(ModelError::Mismatch {
@@ -441,20 +440,14 @@ pub fn apply_state_dict<B: Backend, M: Module<B>>(
     Ok(())
 }
 
-/// Float tensors in other precisions are converted to f32 when read.
-fn as_f32(snap: &TensorSnapshot) -> TensorSnapshot {
-    if snap.dtype == DType::F32 || !snap.dtype.is_float() {
-        return snap.clone();
+/// The tensor named `name` (the model's path); float tensors in other precisions are
+/// converted to f32 when read.
+fn as_f32(tensor: &PackTensor, name: String) -> PackTensor {
+    if tensor.dtype == DType::F32 || !tensor.dtype.is_float() {
+        let mut out = tensor.clone();
+        out.name = name;
+        return out;
     }
-    let inner = snap.clone_data_fn();
-    let mut out = TensorSnapshot::from_closure(
-        std::rc::Rc::new(move || inner().map(|d| d.convert::<f32>())),
-        DType::F32,
-        snap.shape.clone(),
-        snap.path_stack.clone().unwrap_or_default(),
-        snap.container_stack.clone().unwrap_or_default(),
-        snap.tensor_id.unwrap_or_default(),
-    );
-    out.path_stack = snap.path_stack.clone();
-    out
+    let shape = tensor.shape.clone();
+    bridge::map_data(tensor.clone(), name, DType::F32, shape, |d| d.convert::<f32>())
 }

@@ -22,7 +22,7 @@
 //! let config = MocoConfig::vit(vit, 256, 64);
 //! config.validate().unwrap();
 //! let model = config.init::<Flex>(&device);
-//! let images = Tensor::<Flex, 4>::zeros([2, 3, 32, 32], &device);
+//! let images = Tensor::<4>::zeros([2, 3, 32, 32], &device);
 //! let out = model.forward_query(images);
 //! assert_eq!(out.features.dims(), [2, 192]);
 //! assert_eq!(out.prediction.dims(), [2, 64]);
@@ -43,6 +43,7 @@ pub mod heads;
 pub mod import;
 pub mod kernels;
 pub mod keys;
+pub mod legacy;
 pub mod moco;
 pub mod norm;
 pub mod precision;

@@ -122,7 +122,7 @@ impl BackboneConfig {
     }
 
     /// Builds the backbone.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> AnyBackbone<B> {
+    pub fn init(&self, device: &Device) -> AnyBackbone {
         match self {
             Self::Vit(c) => AnyBackbone::Vit(c.init(device)),
             Self::ResNet(c) => AnyBackbone::ResNet(c.init(device)),
@@ -159,16 +159,16 @@ impl BackboneConfig {
 
 /// The ViT or ResNet a [`BackboneConfig`] builds.
 #[derive(Module, Debug)]
-pub enum AnyBackbone<B: Backend> {
+pub enum AnyBackbone {
     /// Vision Transformer.
-    Vit(Vit<B>),
+    Vit(Vit),
     /// ResNet.
-    ResNet(ResNet<B>),
+    ResNet(ResNet),
 }
 
-impl<B: Backend> AnyBackbone<B> {
+impl AnyBackbone {
     /// `[batch, C, H, W]` images to `[batch, features]`.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         match self {
             AnyBackbone::Vit(m) => m.forward(x),
             AnyBackbone::ResNet(m) => m.forward(x),
@@ -177,7 +177,7 @@ impl<B: Backend> AnyBackbone<B> {
 
     /// The forward of fine-tuning: stochastic depth at `drop_path` for a ViT (see
     /// [`Vit::forward_drop_path`]); a ResNet ignores it.
-    pub fn forward_drop_path(&self, x: Tensor<B, 4>, drop_path: f64) -> Tensor<B, 2> {
+    pub fn forward_drop_path(&self, x: Tensor<4>, drop_path: f64) -> Tensor<2> {
         match self {
             AnyBackbone::Vit(m) => m.forward_drop_path(x, drop_path),
             AnyBackbone::ResNet(m) => m.forward(x),
@@ -263,7 +263,7 @@ impl MocoConfig {
     ///
     /// # Panics
     /// On an invalid configuration; call [`MocoConfig::validate`] first for user input.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> MoCo<B> {
+    pub fn init(&self, device: &Device) -> MoCo {
         if let Err(e) = self.validate() {
             panic!("{e}");
         }
@@ -315,11 +315,11 @@ impl Heads {
     ///
     /// # Panics
     /// When the projector's input width is not the backbone's feature width.
-    pub fn init<B: Backend, N: Backbone<B>>(
+    pub fn init<N: Backbone>(
         &self,
         make: impl Fn() -> N,
-        device: &B::Device,
-    ) -> MoCo<B, N> {
+        device: &Device,
+    ) -> MoCo<N> {
         let base_encoder = Encoder {
             backbone: make(),
             projector: self.projector.init(device),
@@ -344,7 +344,7 @@ impl Heads {
 }
 
 /// Copies every tensor of `src` into `dst`, keeping `dst`'s parameter ids and grad settings.
-pub fn copy_weights<B: Backend, M: Module<B>>(src: &M, dst: &mut M) {
+pub fn copy_weights<M: Module>(src: &M, dst: &mut M) {
     let result = dst.apply(src.collect(None, None, false), None, None, false);
     debug_assert!(
         result.is_success(),
@@ -354,16 +354,16 @@ pub fn copy_weights<B: Backend, M: Module<B>>(src: &M, dst: &mut M) {
 
 /// Backbone plus projector.
 #[derive(Module, Debug)]
-pub struct Encoder<B: Backend, N = AnyBackbone<B>> {
+pub struct Encoder<N = AnyBackbone> {
     /// Feature extractor.
     pub backbone: N,
     /// Projection head (`head` of a ViT, `fc` of a ResNet in MoCo v3's checkpoints).
-    pub projector: MlpHead<B>,
+    pub projector: MlpHead,
 }
 
-impl<B: Backend, N: Backbone<B>> Encoder<B, N> {
+impl<N: Backbone> Encoder<N> {
     /// Backbone features and their projection.
-    pub fn forward(&self, x: Tensor<B, 4>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    pub fn forward(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
         let features = self.backbone.forward(x);
         let projection = self.projector.forward(features.clone());
         (features, projection)
@@ -372,30 +372,30 @@ impl<B: Backend, N: Backbone<B>> Encoder<B, N> {
 
 /// What the base encoder and predictor produce for a batch.
 #[derive(Debug, Clone)]
-pub struct QueryOutput<B: Backend> {
+pub struct QueryOutput {
     /// Backbone features `[batch, D]`.
-    pub features: Tensor<B, 2>,
+    pub features: Tensor<2>,
     /// Projector output `[batch, out]`.
-    pub projection: Tensor<B, 2>,
+    pub projection: Tensor<2>,
     /// Predictor output `[batch, out]`: the query `q`.
-    pub prediction: Tensor<B, 2>,
+    pub prediction: Tensor<2>,
 }
 
 /// MoCo v3: a base encoder with predictor producing queries, a momentum encoder producing keys.
 /// `N` is the backbone: this crate's ViT or ResNet by default, or any [`Backbone`].
 #[derive(Module, Debug)]
-pub struct MoCo<B: Backend, N = AnyBackbone<B>> {
+pub struct MoCo<N = AnyBackbone> {
     /// Trained encoder.
-    pub base_encoder: Encoder<B, N>,
+    pub base_encoder: Encoder<N>,
     /// Exponential moving average of the base encoder; never takes a gradient.
-    pub momentum_encoder: Encoder<B, N>,
+    pub momentum_encoder: Encoder<N>,
     /// Predictor on top of the base encoder's projection.
-    pub predictor: MlpHead<B>,
+    pub predictor: MlpHead,
 }
 
-impl<B: Backend, N: Backbone<B>> MoCo<B, N> {
+impl<N: Backbone> MoCo<N> {
     /// Runs the base encoder and predictor.
-    pub fn forward_query(&self, x: Tensor<B, 4>) -> QueryOutput<B> {
+    pub fn forward_query(&self, x: Tensor<4>) -> QueryOutput {
         let (features, projection) = self.base_encoder.forward(x);
         let prediction = self.predictor.forward(projection.clone());
         QueryOutput {
@@ -406,7 +406,7 @@ impl<B: Backend, N: Backbone<B>> MoCo<B, N> {
     }
 
     /// Runs the momentum encoder: the keys `k`.
-    pub fn forward_key(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    pub fn forward_key(&self, x: Tensor<4>) -> Tensor<2> {
         self.momentum_encoder.forward(x).1
     }
 }

@@ -28,22 +28,22 @@ pub struct BatchNormConfig {
 /// Uses batch statistics (and updates the running ones) when the backend tracks gradients,
 /// running statistics otherwise, as Burn's own modules do: `model.valid()` is eval mode.
 #[derive(Module, Debug)]
-pub struct BatchNorm<B: Backend> {
+pub struct BatchNorm {
     /// Scale (`weight` in PyTorch); absent without affine parameters.
-    pub gamma: Option<Param<Tensor<B, 1>>>,
+    pub gamma: Option<Param<Tensor<1>>>,
     /// Shift (`bias` in PyTorch); absent without affine parameters.
-    pub beta: Option<Param<Tensor<B, 1>>>,
+    pub beta: Option<Param<Tensor<1>>>,
     /// Running mean.
-    pub running_mean: RunningState<Tensor<B, 1>>,
+    pub running_mean: RunningState<Tensor<1>>,
     /// Running (unbiased) variance.
-    pub running_var: RunningState<Tensor<B, 1>>,
+    pub running_var: RunningState<Tensor<1>>,
     momentum: f64,
     epsilon: f64,
 }
 
 impl BatchNormConfig {
     /// Creates the module: scale 1, shift 0, running mean 0, running variance 1.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> BatchNorm<B> {
+    pub fn init(&self, device: &Device) -> BatchNorm {
         let c = self.num_features;
         let (gamma, beta) = if self.affine {
             (
@@ -64,25 +64,25 @@ impl BatchNormConfig {
     }
 }
 
-impl<B: Backend> BatchNorm<B> {
+impl BatchNorm {
     /// Normalises `x` of shape `[batch, channels, ...]`.
     ///
     /// Written as `x · scale + shift` with per-channel `scale = γ / √(var + ε)` and
     /// `shift = β − mean · scale`, and with the statistics reduced dimension by dimension: no
     /// transpose of `x` and two broadcast operations over it instead of four.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let channels = dims[1];
         let mut shape = [1; D];
         shape[1] = channels;
-        let (mean, var) = if B::ad_enabled(&x.device()) {
+        let (mean, var) = if x.device().is_autodiff() {
             let count: usize = dims
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != 1)
                 .map(|(_, d)| d)
                 .product();
-            let count = count * world_size::<B>();
+            let count = count * world_size();
             let mean = sync(per_channel_sum(x.clone(), shape).reshape([channels]))
                 .div_scalar(count as f64);
             let centered = x.clone().sub(expand(mean.clone().reshape(shape), dims[0]));
@@ -107,14 +107,14 @@ impl<B: Backend> BatchNorm<B> {
     /// the statistics are row reductions and the scale and shift per-row scalars. On flex, in
     /// training with affine parameters and one replica, this is one fused operation
     /// ([`crate::flex::batch_norm_rows`]).
-    pub fn forward_cm<const D: usize>(&self, x: Tensor<B, D>, relu: bool) -> Tensor<B, D> {
+    pub fn forward_cm<const D: usize>(&self, x: Tensor<D>, relu: bool) -> Tensor<D> {
         let dims = x.dims();
         let channels = dims[0];
-        let rows: Tensor<B, 2> = x.reshape([channels, dims[1..].iter().product::<usize>()]);
-        let training = B::ad_enabled(&rows.device());
+        let rows: Tensor<2> = x.reshape([channels, dims[1..].iter().product::<usize>()]);
+        let training = rows.device().is_autodiff();
         #[cfg(feature = "flex")]
         let rows = match (&self.gamma, &self.beta) {
-            (Some(g), Some(b)) if training && world_size::<B>() == 1 => {
+            (Some(g), Some(b)) if training && world_size() == 1 => {
                 let inputs = (rows, g.val(), b.val());
                 match crate::flex::batch_norm_rows(inputs, self.epsilon, relu) {
                     Ok((y, mean, var)) => {
@@ -128,7 +128,7 @@ impl<B: Backend> BatchNorm<B> {
             _ => rows,
         };
         let (mean, var) = if training {
-            let count = rows.dims()[1] * world_size::<B>();
+            let count = rows.dims()[1] * world_size();
             let mean = sync(rows.clone().sum_dim(1).reshape([channels])).div_scalar(count as f64);
             let centered = rows.clone().sub(mean.clone().reshape([channels, 1]));
             let var =
@@ -155,7 +155,7 @@ impl<B: Backend> BatchNorm<B> {
 
     /// Moves the running statistics towards the batch's (`var` biased over `count` values;
     /// the running variance is unbiased, as PyTorch keeps it).
-    fn update_running(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>, count: usize) {
+    fn update_running(&self, mean: Tensor<1>, var: Tensor<1>, count: usize) {
         let unbiased = count as f64 / (count.max(2) - 1) as f64;
         let m = self.momentum;
         let new_mean = self
@@ -173,7 +173,7 @@ impl<B: Backend> BatchNorm<B> {
     }
 
     /// Per-channel `scale = γ / √(var + ε)` and `shift = β − mean · scale`.
-    fn scale_shift(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    fn scale_shift(&self, mean: Tensor<1>, var: Tensor<1>) -> (Tensor<1>, Tensor<1>) {
         let inv_std = var.add_scalar(self.epsilon).sqrt().recip();
         let scale = match &self.gamma {
             Some(g) => g.val().mul(inv_std),
@@ -189,15 +189,15 @@ impl<B: Backend> BatchNorm<B> {
 }
 
 /// Replicas in the enclosing data-parallel group (1 without one).
-fn world_size<B: Backend>() -> usize {
-    crate::replica::replicas::<B>().map_or(1, |g| g.world_size())
+fn world_size() -> usize {
+    crate::replica::replicas().map_or(1, |g| g.world_size())
 }
 
 /// SyncBN under data parallelism: per-channel sums added over the shards of every replica
 /// (equal shard sizes), with the gradient flowing back to every replica.
-fn sync<B: Backend>(s: Tensor<B, 1>) -> Tensor<B, 1> {
+fn sync(s: Tensor<1>) -> Tensor<1> {
     let channels = s.dims()[0];
-    match crate::replica::replicas::<B>() {
+    match crate::replica::replicas() {
         Some(g) if g.world_size() > 1 => g.sum(s.reshape([1, channels])).reshape([channels]),
         _ => s,
     }
@@ -206,7 +206,7 @@ fn sync<B: Backend>(s: Tensor<B, 1>) -> Tensor<B, 1> {
 /// `[1, C, 1, …]` per-channel values repeated over the batch for inputs of rank > 2, so that
 /// the CPU backend applies them with its per-row broadcast kernel (a `[1, C, 1, 1]` operand
 /// takes its generic strided path, an order of magnitude slower).
-fn expand<B: Backend, const D: usize>(v: Tensor<B, D>, batch: usize) -> Tensor<B, D> {
+fn expand<const D: usize>(v: Tensor<D>, batch: usize) -> Tensor<D> {
     if D > 2 && batch > 1 {
         v.repeat_dim(0, batch)
     } else {
@@ -215,10 +215,10 @@ fn expand<B: Backend, const D: usize>(v: Tensor<B, D>, batch: usize) -> Tensor<B
 }
 
 /// Sum of `x` over every dimension but 1, shaped `shape` (`[1, C, 1, …]`).
-fn per_channel_sum<B: Backend, const D: usize>(x: Tensor<B, D>, shape: [usize; D]) -> Tensor<B, D> {
+fn per_channel_sum<const D: usize>(x: Tensor<D>, shape: [usize; D]) -> Tensor<D> {
     let dims = x.dims();
     let rest: usize = dims[2..].iter().product();
     // Over the batch first (contiguous slices add up), then over the spatial positions.
-    let over_batch: Tensor<B, 3> = x.sum_dim(0).reshape([1, dims[1], rest]);
+    let over_batch: Tensor<3> = x.sum_dim(0).reshape([1, dims[1], rest]);
     over_batch.sum_dim(2).reshape(shape)
 }

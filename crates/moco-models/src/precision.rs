@@ -38,11 +38,8 @@ impl Precision {
     }
 
     /// Whether `device` can compute in this precision.
-    pub fn supported_on<B: Backend>(self, device: &B::Device) -> bool {
-        self.half().is_none_or(|dt| {
-            B::dtype_usage(device, DType::from(dt))
-                .contains(burn::tensor::backend::DTypeUsage::Arithmetic)
-        })
+    pub fn supported_on(self, device: &Device) -> bool {
+        self.half().is_none_or(|dt| device.supports_dtype(DType::from(dt)))
     }
 }
 
@@ -91,7 +88,7 @@ pub fn compute_dtype() -> Option<FloatDType> {
 }
 
 /// `x` in the compute dtype (unchanged outside [`autocast`]).
-pub fn to_compute<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn to_compute<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     match compute_dtype() {
         Some(dt) if x.dtype() != DType::from(dt) => x.cast(dt),
         _ => x,
@@ -99,7 +96,7 @@ pub fn to_compute<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 /// `x` in f32 (a no-op for f32 tensors).
-pub fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if x.dtype() == DType::F32 {
         x
     } else {
@@ -109,10 +106,10 @@ pub fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 
 /// Runs `f` (a normalisation or softmax) on `x` in f32 and returns the result in the compute
 /// dtype, as autocast runs such operations.
-pub fn in_f32<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    f: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
-) -> Tensor<B, D> {
+pub fn in_f32<const D: usize>(
+    x: Tensor<D>,
+    f: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Tensor<D> {
     match compute_dtype() {
         None => f(x),
         Some(_) => to_compute(f(to_f32(x))),
@@ -124,7 +121,7 @@ pub fn in_f32<B: Backend, const D: usize>(
 /// Inputs of rank > 2 are flattened to `[rows, features]` first: one matrix product instead
 /// of one per leading index, and a weight gradient from a single product instead of a
 /// per-index stack of products summed afterwards.
-pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     if D > 2 {
         let dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
@@ -168,7 +165,7 @@ pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) ->
 /// position and nothing else: it runs as the stride-1 convolution of those positions, gathered
 /// with `select`. The same function on every backend; on Burn 0.21's wgpu backend the
 /// strided 1×1 convolution's input gradient is zero (docs/backends.md).
-pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>, frozen: bool) -> Tensor<4> {
     if conv.kernel_size == [1, 1] && conv.stride != [1, 1] && unpadded(&conv.padding) {
         let [_, _, h, w] = x.dims();
         let device = x.device();
@@ -176,14 +173,14 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Te
         let every = |len: usize, step: usize| {
             let index: Vec<i64> = (0..len).step_by(step).map(|i| i as i64).collect();
             let n = index.len();
-            Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(index, [n]), &device)
+            Tensor::<1, Int>::from_data(burn::tensor::TensorData::new(index, [n]), &device)
         };
         let x = x
             .select(2, every(h, conv.stride[0]))
             .select(3, every(w, conv.stride[1]));
         // The module's own parameters (a clone of a module whose parameters are not yet
         // initialised would draw its own random weights).
-        let prepare = |t: Tensor<B, 4>| {
+        let prepare = |t: Tensor<4>| {
             let t = if frozen { t.detach() } else { t };
             match compute_dtype() {
                 Some(dt) => t.cast(dt),
@@ -214,7 +211,7 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Te
         initialise(b);
     }
     let mut c = conv.clone();
-    let prepare = |t: Tensor<B, 4>| {
+    let prepare = |t: Tensor<4>| {
         let t = if frozen { t.detach() } else { t };
         match dt {
             Some(dt) => t.cast(dt),
@@ -237,7 +234,7 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Te
 /// Draws a lazily initialised parameter's value now, so that clones of its module share it:
 /// Burn clones a parameter that was never read with its initialiser, and each clone then
 /// draws its own random values.
-fn initialise<B: Backend, const D: usize>(param: &burn::module::Param<Tensor<B, D>>) {
+fn initialise<const D: usize>(param: &burn::module::Param<Tensor<D>>) {
     let _ = param.val();
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use burn::prelude::*;
 
 /// The replicas of one data-parallel step, seen from one of them.
-pub trait ReplicaGroup<B: Backend>: Send + Sync {
+pub trait ReplicaGroup: Send + Sync {
     /// This replica's index, `0..world_size`.
     fn rank(&self) -> usize;
     /// Number of replicas.
@@ -19,7 +19,7 @@ pub trait ReplicaGroup<B: Backend>: Send + Sync {
     /// Element-wise sum of `x` over the replicas (every replica passes a tensor of the same
     /// shape and gets the same result). Differentiable: the gradient of each replica's input
     /// is the sum over replicas of the gradients of the output.
-    fn sum(&self, x: Tensor<B, 2>) -> Tensor<B, 2>;
+    fn sum(&self, x: Tensor<2>) -> Tensor<2>;
 }
 
 thread_local! {
@@ -28,7 +28,7 @@ thread_local! {
 
 /// Runs `f` with `group` active on this thread, then restores the previous one (also when `f`
 /// panics).
-pub fn with_replicas<B: Backend, R>(group: Arc<dyn ReplicaGroup<B>>, f: impl FnOnce() -> R) -> R {
+pub fn with_replicas<R>(group: Arc<dyn ReplicaGroup>, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<Box<dyn Any>>);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -42,11 +42,11 @@ pub fn with_replicas<B: Backend, R>(group: Arc<dyn ReplicaGroup<B>>, f: impl FnO
 }
 
 /// The group active on this thread for backend `B`, if any.
-pub fn replicas<B: Backend>() -> Option<Arc<dyn ReplicaGroup<B>>> {
+pub fn replicas() -> Option<Arc<dyn ReplicaGroup>> {
     GROUP.with(|g| {
         g.borrow()
             .as_ref()
-            .and_then(|b| b.downcast_ref::<Arc<dyn ReplicaGroup<B>>>())
+            .and_then(|b| b.downcast_ref::<Arc<dyn ReplicaGroup>>())
             .cloned()
     })
 }
@@ -55,13 +55,13 @@ pub fn replicas<B: Backend>() -> Option<Arc<dyn ReplicaGroup<B>>> {
 /// `[N, C]` rows into its slot of a zero tensor and the group sums them (an all-gather built
 /// on an all-reduce: it moves `world` times the data of a true all-gather). The result keeps
 /// the gradient path of `x` when `x` has one.
-pub fn gather_rows<B: Backend>(group: &dyn ReplicaGroup<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn gather_rows(group: &dyn ReplicaGroup, x: Tensor<2>) -> Tensor<2> {
     let [n, c] = x.dims();
     let (rank, world) = (group.rank(), group.world_size());
     if world == 1 {
         return x;
     }
-    let slots = Tensor::<B, 2>::zeros([world * n, c], &x.device());
+    let slots = Tensor::<2>::zeros([world * n, c], &x.device());
     let placed = slots.slice_assign([rank * n..(rank + 1) * n, 0..c], x);
     group.sum(placed)
 }

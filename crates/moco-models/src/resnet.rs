@@ -7,6 +7,7 @@ use burn::nn::{Initializer, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::gemm_conv::{conv2d_cm, swap_batch_channels};
@@ -129,7 +130,7 @@ impl ResNetConfig {
     ///
     /// # Panics
     /// On an invalid configuration; call [`ResNetConfig::validate`] first for user input.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> ResNet<B> {
+    pub fn init(&self, device: &Device) -> ResNet {
         if let Err(e) = self.validate() {
             panic!("{e}");
         }
@@ -165,20 +166,20 @@ impl ResNetConfig {
             maxpool: self.stem == Stem::ImageNet,
             conv_kernel: self
                 .conv_kernel
-                .unwrap_or_else(|| Kernels::for_device::<B>(device).conv),
+                .unwrap_or_else(|| Kernels::for_device(device).conv),
         }
     }
 }
 
 /// torchvision's initialisation: Kaiming-normal with fan-out and ReLU gain, no bias.
-fn conv<B: Backend>(
+fn conv(
     c_in: usize,
     c_out: usize,
     kernel: usize,
     stride: usize,
     pad: usize,
-    device: &B::Device,
-) -> Conv2d<B> {
+    device: &Device,
+) -> Conv2d {
     Conv2dConfig::new([c_in, c_out], [kernel, kernel])
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
@@ -192,25 +193,26 @@ fn conv<B: Backend>(
 
 /// ResNet backbone; its output is the globally average-pooled last feature map.
 #[derive(Module, Debug)]
-pub struct ResNet<B: Backend> {
+pub struct ResNet {
     /// Stem convolution.
-    pub conv1: Conv2d<B>,
+    pub conv1: Conv2d,
     /// Stem BN.
-    pub bn1: BatchNorm<B>,
+    pub bn1: BatchNorm,
     /// Stages (`layer1`, `layer2`, ... in torchvision).
-    pub stages: Vec<Vec<ResidualBlock<B>>>,
+    pub stages: Vec<Vec<ResidualBlock>>,
     maxpool: bool,
+    #[module(skip)]
     conv_kernel: ConvKernel,
 }
 
-impl<B: Backend> ResNet<B> {
+impl ResNet {
     /// `[batch, C, H, W]` images to `[batch, features]`.
     ///
     /// With matrix-product convolutions (the CPU default for first-stage maps of at most
     /// 16×16, see [`ConvKernel`]) the feature maps are kept channel-major (`[C, batch, H, W]`)
     /// and every convolution is a single matrix product ([`crate::gemm_conv`]); otherwise the
     /// backend's own convolutions run on the usual layout. Both compute the same function.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let [_, _, h, w] = x.dims();
         let area = match self.maxpool {
             // Stride-2 convolution, then stride-2 pooling.
@@ -222,7 +224,12 @@ impl<B: Backend> ResNet<B> {
         let mut x = conv_bn(&self.conv1, &self.bn1, x, cm, true);
         if self.maxpool {
             // Pooling acts on each plane alone: the layout does not matter.
-            x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
+            x = max_pool2d(
+                x,
+                MaxPoolOptions::new([3, 3])
+                    .with_stride([2, 2])
+                    .with_padding([1, 1]),
+            );
         }
         for stage in &self.stages {
             for block in stage {
@@ -244,13 +251,13 @@ impl<B: Backend> ResNet<B> {
 
 /// A convolution followed by its BatchNorm (in f32) and, when `then_relu`, ReLU, on the
 /// batch-major (`cm` false) or channel-major (`cm` true) layout.
-fn conv_bn<B: Backend>(
-    conv: &Conv2d<B>,
-    bn: &BatchNorm<B>,
-    x: Tensor<B, 4>,
+fn conv_bn(
+    conv: &Conv2d,
+    bn: &BatchNorm,
+    x: Tensor<4>,
     cm: bool,
     then_relu: bool,
-) -> Tensor<B, 4> {
+) -> Tensor<4> {
     if cm {
         return in_f32(conv2d_cm(conv, x, false), |x| bn.forward_cm(x, then_relu));
     }
@@ -264,44 +271,44 @@ fn conv_bn<B: Backend>(
 
 /// Residual block, basic or bottleneck (the third convolution is absent in basic blocks).
 #[derive(Module, Debug)]
-pub struct ResidualBlock<B: Backend> {
+pub struct ResidualBlock {
     /// First convolution.
-    pub conv1: Conv2d<B>,
+    pub conv1: Conv2d,
     /// First BN.
-    pub bn1: BatchNorm<B>,
+    pub bn1: BatchNorm,
     /// Second convolution.
-    pub conv2: Conv2d<B>,
+    pub conv2: Conv2d,
     /// Second BN.
-    pub bn2: BatchNorm<B>,
+    pub bn2: BatchNorm,
     /// Third convolution (bottleneck only).
-    pub conv3: Option<Conv2d<B>>,
+    pub conv3: Option<Conv2d>,
     /// Third BN (bottleneck only).
-    pub bn3: Option<BatchNorm<B>>,
+    pub bn3: Option<BatchNorm>,
     /// Projection shortcut when the shape changes.
-    pub downsample: Option<Downsample<B>>,
+    pub downsample: Option<Downsample>,
 }
 
 /// 1×1 strided convolution and BN on the shortcut (`downsample.0`, `downsample.1`).
 #[derive(Module, Debug)]
-pub struct Downsample<B: Backend> {
+pub struct Downsample {
     /// Convolution.
-    pub conv: Conv2d<B>,
+    pub conv: Conv2d,
     /// BN.
-    pub bn: BatchNorm<B>,
+    pub bn: BatchNorm,
 }
 
-impl<B: Backend> ResidualBlock<B> {
+impl ResidualBlock {
     fn new(
         kind: BlockKind,
         inplanes: usize,
         planes: usize,
         stride: usize,
         zero_init_residual: bool,
-        device: &B::Device,
+        device: &Device,
     ) -> Self {
         let out = planes * kind.expansion();
         let bn = |c: usize, last: bool| {
-            let mut bn = BatchNormConfig::new(c).init::<B>(device);
+            let mut bn = BatchNormConfig::new(c).init(device);
             if last && zero_init_residual {
                 bn.gamma = Some(burn::module::Param::from_tensor(Tensor::zeros([c], device)));
             }
@@ -333,7 +340,7 @@ impl<B: Backend> ResidualBlock<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>, cm: bool) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<4>, cm: bool) -> Tensor<4> {
         let identity = match &self.downsample {
             Some(ds) => conv_bn(&ds.conv, &ds.bn, x.clone(), cm, false),
             None => x.clone(),

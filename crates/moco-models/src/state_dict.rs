@@ -5,16 +5,16 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use burn::module::ParamId;
 use burn::tensor::{DType, TensorData};
+use burn_store::burn_pack::Tensor as PackTensor;
+use burn_store::bridge;
 use burn_store::pytorch::PytorchReader;
-use burn_store::TensorSnapshot;
 
 use crate::weights::{sniff, WeightFile};
 use crate::ModelError;
 
 /// Tensors by PyTorch key.
-pub type StateDict = BTreeMap<String, TensorSnapshot>;
+pub type StateDict = BTreeMap<String, PackTensor>;
 
 /// Reads every tensor of a PyTorch weight file, whatever its name: a safetensors file, or a
 /// `torch.save` file, taking the `state_dict` entry (MoCo v3 release and linear-probe
@@ -46,7 +46,11 @@ fn read_torch(path: &Path) -> Result<StateDict, ModelError> {
         }));
         match attempt {
             Ok(Ok(reader)) if !reader.is_empty() => {
-                return Ok(reader.into_tensors().into_iter().collect());
+                return Ok(reader
+                    .into_tensors()
+                    .into_iter()
+                    .map(|(k, t)| (k, bridge::from_pytorch(t)))
+                    .collect());
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -103,11 +107,8 @@ fn read_safetensors(path: &Path) -> Result<StateDict, ModelError> {
                 ))
             }
         };
-        let parts = name.split('.').map(str::to_string).collect();
-        dict.insert(
-            name,
-            TensorSnapshot::from_data(data, parts, vec![], ParamId::new()),
-        );
+        let tensor = bridge::from_data(data, name.clone(), None);
+        dict.insert(name, tensor);
     }
     Ok(dict)
 }

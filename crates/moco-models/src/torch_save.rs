@@ -80,7 +80,7 @@ fn pickle(top_key: &str, tensors: &[(String, TensorData)]) -> Result<Vec<u8>, Mo
     p.ordered_dict();
     p.op(op::MARK);
     for (i, (name, data)) in tensors.iter().enumerate() {
-        let shape = &data.shape;
+        let shape: &[usize] = data.shape();
         let numel: usize = shape.iter().product();
         // Contiguous strides.
         let mut stride = vec![1usize; shape.len()];
@@ -93,7 +93,7 @@ fn pickle(top_key: &str, tensors: &[(String, TensorData)]) -> Result<Vec<u8>, Mo
         // Persistent id ('storage', torch.FloatStorage, key, location, numel).
         p.op(op::MARK);
         p.string("storage");
-        let storage = match data.dtype {
+        let storage = match data.dtype() {
             DType::I64 => "LongStorage",
             _ => "FloatStorage",
         };
@@ -125,7 +125,7 @@ pub fn torch_save_bytes(
 ) -> Result<Vec<u8>, ModelError> {
     let tensors: Vec<(String, TensorData)> = tensors
         .iter()
-        .map(|(n, d)| match d.dtype {
+        .map(|(n, d)| match d.dtype() {
             DType::I64 => (n.clone(), d.clone()),
             _ => (n.clone(), d.clone().convert::<f32>()),
         })

@@ -167,7 +167,7 @@ impl VitConfig {
     ///
     /// # Panics
     /// On an invalid configuration; call [`VitConfig::validate`] first for user input.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Vit<B> {
+    pub fn init(&self, device: &Device) -> Vit {
         if let Err(e) = self.validate() {
             panic!("{e}");
         }
@@ -201,7 +201,7 @@ impl VitConfig {
         .init([1, 1, d], device);
         let grid = self.grid_size();
         let pos = sincos_pos_embed(grid, grid, d);
-        let pos_embed = Param::from_tensor(Tensor::<B, 3>::from_data(
+        let pos_embed = Param::from_tensor(Tensor::<3>::from_data(
             TensorData::new(pos, [1, grid * grid + 1, d]),
             device,
         ))
@@ -218,7 +218,7 @@ impl VitConfig {
             num_heads: self.num_heads,
             freeze_patch_embed: self.patch_embed_frozen(),
             kernels: {
-                let default = Kernels::for_device::<B>(device);
+                let default = Kernels::for_device(device);
                 Kernels {
                     gelu: self.gelu_kernel.unwrap_or(default.gelu),
                     attention: self.attention_kernel.unwrap_or(default.attention),
@@ -256,30 +256,31 @@ pub fn sincos_pos_embed(h: usize, w: usize, dim: usize) -> Vec<f32> {
 
 /// The Vision Transformer backbone; its output is the CLS token after the final LayerNorm.
 #[derive(Module, Debug)]
-pub struct Vit<B: Backend> {
+pub struct Vit {
     /// Learned CLS token `[1, 1, D]`.
-    pub cls_token: Param<Tensor<B, 3>>,
+    pub cls_token: Param<Tensor<3>>,
     /// Fixed sin-cos position embedding `[1, 1 + N, D]`; saved with the weights, never trained.
-    pub pos_embed: Param<Tensor<B, 3>>,
+    pub pos_embed: Param<Tensor<3>>,
     /// Patch projection.
-    pub patch_embed: PatchEmbed<B>,
+    pub patch_embed: PatchEmbed,
     /// Transformer blocks.
-    pub blocks: Vec<Block<B>>,
+    pub blocks: Vec<Block>,
     /// Final LayerNorm.
-    pub norm: LayerNorm<B>,
+    pub norm: LayerNorm,
     num_heads: usize,
     freeze_patch_embed: bool,
+    #[module(skip)]
     kernels: Kernels,
 }
 
-impl<B: Backend> Vit<B> {
+impl Vit {
     /// `[batch, C, H, W]` images to `[batch, D]` CLS features.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         self.forward_drop_path(x, 0.0)
     }
 
     /// All tokens after the final LayerNorm, `[batch, 1 + N, D]`.
-    pub fn forward_tokens(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
+    pub fn forward_tokens(&self, x: Tensor<4>) -> Tensor<3> {
         to_f32(self.forward_tokens_drop_path(x, 0.0))
     }
 
@@ -287,20 +288,20 @@ impl<B: Backend> Vit<B> {
     /// drops its residual branches per sample with probability `rate · i / (L − 1)` (timm's
     /// linear rule), scaling kept ones by `1 / keep`. Only on an autodiff backend (training);
     /// elsewhere it is the plain forward.
-    pub fn forward_drop_path(&self, x: Tensor<B, 4>, rate: f64) -> Tensor<B, 2> {
+    pub fn forward_drop_path(&self, x: Tensor<4>, rate: f64) -> Tensor<2> {
         let tokens = self.forward_tokens_drop_path(x, rate);
         let [b, _, d] = tokens.dims();
         to_f32(tokens.slice([0..b, 0..1, 0..d]).reshape([b, d]))
     }
 
-    fn forward_tokens_drop_path(&self, x: Tensor<B, 4>, rate: f64) -> Tensor<B, 3> {
+    fn forward_tokens_drop_path(&self, x: Tensor<4>, rate: f64) -> Tensor<3> {
         let x = self.patch_embed.forward(x, self.freeze_patch_embed);
         let [b, n, d] = x.dims();
         let cls = to_compute(self.cls_token.val()).repeat_dim(0, b);
         let pos = to_compute(self.pos_embed.val().detach());
         debug_assert_eq!(pos.dims(), [1, n + 1, d]);
         let mut x = Tensor::cat(vec![cls, x], 1).add(pos);
-        let training = rate > 0.0 && B::ad_enabled(&x.device());
+        let training = rate > 0.0 && x.device().is_autodiff();
         let depth = self.blocks.len();
         for (i, block) in self.blocks.iter().enumerate() {
             let p = if training && depth > 1 {
@@ -322,16 +323,16 @@ impl<B: Backend> Vit<B> {
 /// The two patch embeddings MoCo v3 uses.
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]
-pub enum PatchEmbed<B: Backend> {
+pub enum PatchEmbed {
     /// One convolution with kernel = stride = patch size.
-    Patchify(Patchify<B>),
+    Patchify(Patchify),
     /// MoCo v3's ConvStem.
-    ConvStem(ConvStem<B>),
+    ConvStem(ConvStem),
 }
 
-impl<B: Backend> PatchEmbed<B> {
+impl PatchEmbed {
     /// `[batch, C, H, W]` to `[batch, N, D]`; `frozen` cuts the gradient to its weights.
-    pub fn forward(&self, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<4>, frozen: bool) -> Tensor<3> {
         let x = match self {
             PatchEmbed::Patchify(p) => p.forward(x, frozen),
             PatchEmbed::ConvStem(s) => s.forward(x, frozen),
@@ -343,35 +344,35 @@ impl<B: Backend> PatchEmbed<B> {
 
 /// Patchify convolution (`patch_embed.proj` in timm).
 #[derive(Module, Debug)]
-pub struct Patchify<B: Backend> {
+pub struct Patchify {
     /// The convolution.
-    pub proj: Conv2d<B>,
+    pub proj: Conv2d,
 }
 
-impl<B: Backend> Patchify<B> {
-    fn forward(&self, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
+impl Patchify {
+    fn forward(&self, x: Tensor<4>, frozen: bool) -> Tensor<4> {
         conv_forward(&self.proj, x, frozen)
     }
 }
 
 /// Runs a convolution (in the compute precision); with `frozen` its weights are detached so
 /// no gradient reaches them, whatever optimizer or loading path produced the module.
-fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
+fn conv_forward(conv: &Conv2d, x: Tensor<4>, frozen: bool) -> Tensor<4> {
     conv2d(conv, x, frozen)
 }
 
 /// MoCo v3's ConvStem: four 3×3 stride-2 convolutions (no bias) with BN and ReLU, from D/8 to
 /// D channels, then a 1×1 convolution.
 #[derive(Module, Debug)]
-pub struct ConvStem<B: Backend> {
+pub struct ConvStem {
     /// The five convolutions (`proj.0, 3, 6, 9, 12` in PyTorch).
-    pub convs: Vec<Conv2d<B>>,
+    pub convs: Vec<Conv2d>,
     /// The four BNs (`proj.1, 4, 7, 10`).
-    pub norms: Vec<BatchNorm<B>>,
+    pub norms: Vec<BatchNorm>,
 }
 
-impl<B: Backend> ConvStem<B> {
-    fn new(in_chans: usize, dim: usize, device: &B::Device) -> Self {
+impl ConvStem {
+    fn new(in_chans: usize, dim: usize, device: &Device) -> Self {
         let (mut convs, mut norms) = (Vec::new(), Vec::new());
         let (mut c_in, mut c_out) = (in_chans, dim / 8);
         for _ in 0..4 {
@@ -390,7 +391,7 @@ impl<B: Backend> ConvStem<B> {
         Self { convs, norms }
     }
 
-    fn forward(&self, mut x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
+    fn forward(&self, mut x: Tensor<4>, frozen: bool) -> Tensor<4> {
         for (conv, norm) in self.convs.iter().zip(&self.norms) {
             x = relu(in_f32(conv_forward(conv, x, frozen), |x| norm.forward(x)));
         }
@@ -400,19 +401,19 @@ impl<B: Backend> ConvStem<B> {
 
 /// Pre-norm transformer block.
 #[derive(Module, Debug)]
-pub struct Block<B: Backend> {
+pub struct Block {
     /// LayerNorm before attention.
-    pub norm1: LayerNorm<B>,
+    pub norm1: LayerNorm,
     /// Multi-head self-attention.
-    pub attn: Attention<B>,
+    pub attn: Attention,
     /// LayerNorm before the MLP.
-    pub norm2: LayerNorm<B>,
+    pub norm2: LayerNorm,
     /// Two-layer GELU MLP.
-    pub mlp: Mlp<B>,
+    pub mlp: Mlp,
 }
 
-impl<B: Backend> Block<B> {
-    fn new(cfg: &VitConfig, device: &B::Device) -> Self {
+impl Block {
+    fn new(cfg: &VitConfig, device: &Device) -> Self {
         let d = cfg.embed_dim;
         let ln = LayerNormConfig::new(d).with_epsilon(LAYER_NORM_EPS);
         // MoCo v3 treats q, k and v as three separate [D, D] matrices for Xavier's bound.
@@ -440,11 +441,11 @@ impl<B: Backend> Block<B> {
 
     fn forward(
         &self,
-        x: Tensor<B, 3>,
+        x: Tensor<3>,
         num_heads: usize,
         kernels: &Kernels,
         drop_path: f64,
-    ) -> Tensor<B, 3> {
+    ) -> Tensor<3> {
         let h = layer_norm(&self.norm1, x.clone(), kernels.layer_norm);
         let x = x + drop_path_branch(
             self.attn.forward(h, num_heads, kernels.attention),
@@ -456,11 +457,11 @@ impl<B: Backend> Block<B> {
 }
 
 /// A LayerNorm (MoCo v3's ε) in f32, fused on flex when `kernel` asks for it.
-fn layer_norm<B: Backend>(
-    norm: &LayerNorm<B>,
-    x: Tensor<B, 3>,
+fn layer_norm(
+    norm: &LayerNorm,
+    x: Tensor<3>,
     kernel: LayerNormKernel,
-) -> Tensor<B, 3> {
+) -> Tensor<3> {
     in_f32(x, |x| {
         #[cfg(feature = "flex")]
         let x = match (&norm.beta, kernel) {
@@ -479,13 +480,13 @@ fn layer_norm<B: Backend>(
 }
 
 /// Zeroes a residual branch per sample with probability `p`, scaling the rest by `1/(1−p)`.
-fn drop_path_branch<B: Backend>(branch: Tensor<B, 3>, p: f64) -> Tensor<B, 3> {
+fn drop_path_branch(branch: Tensor<3>, p: f64) -> Tensor<3> {
     if p <= 0.0 {
         return branch;
     }
     let keep = 1.0 - p;
     let [b, _, _] = branch.dims();
-    let mask = Tensor::<B, 3>::random(
+    let mask = Tensor::<3>::random(
         [b, 1, 1],
         burn::tensor::Distribution::Bernoulli(keep),
         &branch.device(),
@@ -494,14 +495,14 @@ fn drop_path_branch<B: Backend>(branch: Tensor<B, 3>, p: f64) -> Tensor<B, 3> {
 }
 
 /// Xavier-uniform weight, zero bias: MoCo v3's initialisation of every non-qkv linear layer.
-fn xavier_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
+fn xavier_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
     let linear = LinearConfig::new(d_in, d_out)
         .with_initializer(Initializer::XavierUniform { gain: 1.0 })
         .init(device);
     zero_bias(linear, device)
 }
 
-fn zero_bias<B: Backend>(mut linear: Linear<B>, device: &B::Device) -> Linear<B> {
+fn zero_bias(mut linear: Linear, device: &Device) -> Linear {
     if let Some(bias) = &linear.bias {
         let [n] = bias.dims();
         linear.bias = Some(Param::from_tensor(Tensor::zeros([n], device)));
@@ -511,18 +512,18 @@ fn zero_bias<B: Backend>(mut linear: Linear<B>, device: &B::Device) -> Linear<B>
 
 /// Multi-head self-attention with a fused `qkv` projection.
 #[derive(Module, Debug)]
-pub struct Attention<B: Backend> {
+pub struct Attention {
     /// `[D, 3D]` projection to queries, keys and values.
-    pub qkv: Linear<B>,
+    pub qkv: Linear,
     /// Output projection.
-    pub proj: Linear<B>,
+    pub proj: Linear,
 }
 
-impl<B: Backend> Attention<B> {
-    fn forward(&self, x: Tensor<B, 3>, num_heads: usize, kernel: AttentionKernel) -> Tensor<B, 3> {
+impl Attention {
+    fn forward(&self, x: Tensor<3>, num_heads: usize, kernel: AttentionKernel) -> Tensor<3> {
         // The fused operation computes in f32; half precision keeps the composition.
         let f32_compute = crate::precision::compute_dtype().is_none();
-        if kernel == AttentionKernel::Fused && f32_compute && crate::kernels::flex_backend::<B>() {
+        if kernel == AttentionKernel::Fused && f32_compute && crate::kernels::flex_backend(&x.device()) {
             return self.forward_fused(x, num_heads);
         }
         self.forward_composed(x, num_heads)
@@ -531,7 +532,7 @@ impl<B: Backend> Attention<B> {
     /// Queries, keys and values come from three products with column blocks of the fused
     /// `qkv` weight (the scale folded into the query block), each reshaped to heads as a
     /// strided view that the batched products read directly: no copies of the activations.
-    fn forward_composed(&self, x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 3> {
+    fn forward_composed(&self, x: Tensor<3>, num_heads: usize) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let hd = d / num_heads;
         let scale = (hd as f64).powf(-0.5);
@@ -539,7 +540,7 @@ impl<B: Backend> Attention<B> {
         let weight = to_compute(self.qkv.weight.val());
         let bias = self.qkv.bias.as_ref().map(|b| to_compute(b.val()));
         let heads = |i: usize, s: f64| {
-            let scaled = |t: Tensor<B, 2>| if s == 1.0 { t } else { t.mul_scalar(s) };
+            let scaled = |t: Tensor<2>| if s == 1.0 { t } else { t.mul_scalar(s) };
             let w = scaled(weight.clone().slice([0..d, i * d..(i + 1) * d]));
             let y = rows.clone().matmul(w);
             let y = match &bias {
@@ -554,7 +555,7 @@ impl<B: Backend> Attention<B> {
 
     /// One `qkv` product, then the fused attention of the flex backend, which reads q, k and
     /// v where the product wrote them (the composition on those rows if it declines them).
-    fn forward_fused(&self, x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 3> {
+    fn forward_fused(&self, x: Tensor<3>, num_heads: usize) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let hd = d / num_heads;
         let scale = (hd as f64).powf(-0.5);
@@ -588,7 +589,7 @@ impl<B: Backend> Attention<B> {
 
 /// `softmax(q·kᵀ)·v` over `[batch, heads, tokens, head_dim]` heads (the scale already in
 /// `q`), the heads merged back to `[batch, tokens, D]`.
-fn attend<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 3> {
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
     let [b, h, n, hd] = q.dims();
     let attn = in_f32(q.matmul(k.swap_dims(2, 3)), |s| softmax(s, 3));
     attn.matmul(v).swap_dims(1, 2).reshape([b, n, h * hd])
@@ -596,15 +597,15 @@ fn attend<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tens
 
 /// Transformer MLP with exact (erf) GELU.
 #[derive(Module, Debug)]
-pub struct Mlp<B: Backend> {
+pub struct Mlp {
     /// Expansion layer.
-    pub fc1: Linear<B>,
+    pub fc1: Linear,
     /// Contraction layer.
-    pub fc2: Linear<B>,
+    pub fc2: Linear,
 }
 
-impl<B: Backend> Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>, gelu: GeluKernel) -> Tensor<B, 3> {
+impl Mlp {
+    fn forward(&self, x: Tensor<3>, gelu: GeluKernel) -> Tensor<3> {
         linear(&self.fc2, activation::gelu(linear(&self.fc1, x), gelu))
     }
 }

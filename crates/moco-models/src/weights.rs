@@ -1,7 +1,8 @@
 //! What a weight file holds, decided by its content, never by its name: a `torch.save` file
-//! (zip or legacy pickle), a safetensors file, or one of our Burn records — a MoCo
-//! checkpoint, a backbone checkpoint (each records its kind in its own fields) or the model
-//! record of a training run's checkpoint folder.
+//! (zip or legacy pickle), a safetensors file, or one of our burnpack files — a MoCo
+//! checkpoint, a backbone checkpoint (each records its kind in its metadata) or the model of a
+//! training run's checkpoint folder — or the same three written with Burn 0.21 (MessagePack
+//! records, whose field names tell them apart).
 
 use std::io::Read;
 use std::path::Path;
@@ -22,13 +23,19 @@ pub enum WeightFile {
     /// Our checkpoint of a backbone alone with its configuration
     /// ([`crate::save_backbone_checkpoint`]).
     BackboneCheckpoint,
-    /// The model record of a training run's checkpoint folder (`RUN/checkpoints/step-N/
-    /// model.mpk`), read with the run's `config.json`.
+    /// The model of a training run's checkpoint folder (`RUN/checkpoints/step-N/model.bpk`,
+    /// `model.mpk` from Burn 0.21), read with the run's `config.json`.
     RunModel,
 }
 
 /// How many leading bytes decide the kind (our records name their fields near the start).
 const HEAD: u64 = 4096;
+
+/// The first bytes of a burnpack file (its magic number, little-endian).
+const BURNPACK_MAGIC: &[u8] = b"NRUB";
+
+/// The most metadata of a burnpack file read to tell its kind.
+const BURNPACK_METADATA_MAX: u64 = 64 << 20;
 
 /// Reads the start of `path` and says what kind of weight file it is.
 pub fn sniff(path: &Path) -> Result<WeightFile, ModelError> {
@@ -40,10 +47,19 @@ pub fn sniff(path: &Path) -> Result<WeightFile, ModelError> {
     if meta.len() == 0 {
         return Err(ModelError::file(path, "the file is empty"));
     }
-    let mut head = Vec::with_capacity(HEAD as usize);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(HEAD).read_to_end(&mut head))
-        .map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+    let read = |n: u64| {
+        let mut head = Vec::with_capacity(n.min(HEAD) as usize);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(n).read_to_end(&mut head))
+            .map(|_| head)
+            .map_err(|e| ModelError::file(path, format!("cannot read: {e}")))
+    };
+    let mut head = read(HEAD)?;
+    if head.starts_with(BURNPACK_MAGIC) && head.len() >= 10 {
+        // The header (magic, version, metadata size) and the metadata, where the kind is.
+        let size = u32::from_le_bytes(head[6..10].try_into().expect("4 bytes")) as u64;
+        head = read(10 + size.min(BURNPACK_METADATA_MAX))?;
+    }
     kind_of(&head, meta.len()).ok_or_else(|| {
         ModelError::file(
             path,
@@ -66,10 +82,20 @@ pub fn kind_of(head: &[u8], len: u64) -> Option<WeightFile> {
             return Some(WeightFile::Safetensors);
         }
     }
+    if head.starts_with(BURNPACK_MAGIC) {
+        // Our metadata as CBOR text: the key `moco.kind` (9 bytes, 0x69) and its value.
+        return Some(if contains(b"\x69moco.kind\x68backbone") {
+            WeightFile::BackboneCheckpoint
+        } else if contains(b"\x69moco.kind\x65model") {
+            WeightFile::MocoCheckpoint
+        } else {
+            WeightFile::RunModel
+        });
+    }
     match head {
         // A legacy (pre-zip) torch.save file: a pickle PROTO opcode and its version.
         [0x80, 2..=5, ..] => Some(WeightFile::Torch),
-        // A Burn record in named MessagePack: a map whose first key is a string.
+        // A Burn 0.21 record in named MessagePack: a map whose first key is a string.
         [0x80..=0x8f | 0xde | 0xdf, 0xa0..=0xbf | 0xd9, ..] => Some(
             // The field names of our records, as MessagePack strings (0xaf: 15 bytes, 0xa6:
             // 6); Burn's own metadata comes first and names neither.

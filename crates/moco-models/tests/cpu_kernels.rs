@@ -10,18 +10,18 @@ use moco_models::{BatchNormConfig, ConvKernel, GeluKernel, Kernels};
 
 type AD = Autodiff<Flex>;
 
-fn max_abs_diff<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
+fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b).abs().max().into_scalar()
 }
 
-fn max_abs<const D: usize>(a: Tensor<Flex, D>) -> f32 {
+fn max_abs<const D: usize>(a: Tensor<D>) -> f32 {
     a.abs().max().into_scalar()
 }
 
 #[test]
 fn cpu_backends_default_to_the_host_formulations() {
-    assert_eq!(Kernels::for_device::<AD>(&Default::default()), Kernels::CPU);
+    assert_eq!(Kernels::for_device(&Default::default()), Kernels::CPU);
     assert_eq!(
         Kernels::for_device::<Flex>(&Default::default()),
         Kernels::CPU
@@ -42,16 +42,16 @@ fn check_against_backend(
     case: usize,
     conv: &Conv2d<AD>,
     [h, w]: [usize; 2],
-    formulation: impl Fn(&Conv2d<AD>, Tensor<AD, 4>) -> Tensor<AD, 4>,
+    formulation: impl Fn(&Conv2d<AD>, Tensor<4>) -> Tensor<4>,
 ) {
     let device = Default::default();
     let cin = conv.weight.dims()[1];
-    let x = Tensor::<Flex, 4>::random([3, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
-    let x_native = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
+    let x = Tensor::<4>::random([3, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let x_native = Tensor::<4>::from_inner(x.clone()).require_grad();
     let y_native = conv.forward(x_native.clone());
-    let x_other = Tensor::<AD, 4>::from_inner(x).require_grad();
+    let x_other = Tensor::<4>::from_inner(x).require_grad();
     let y_other = formulation(conv, x_other.clone());
-    let r = Tensor::<AD, 4>::random(y_native.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let r = Tensor::<4>::random(y_native.dims(), Distribution::Normal(0.0, 1.0), &device);
     let scale = max_abs(y_native.clone().inner());
     let diff = max_abs_diff(y_native.clone().inner(), y_other.clone().inner());
     assert!(
@@ -111,7 +111,7 @@ fn matches_the_backend_convolution_and_its_gradients() {
             .with_stride([s, s])
             .with_padding(PaddingConfig2d::Explicit(t, l, b, r))
             .with_bias(bias)
-            .init::<AD>(&device);
+            .init(&device);
         check_against_backend(case, &conv, [h, w], |conv, x| {
             swap_batch_channels(conv2d_cm(conv, swap_batch_channels(x), false))
         });
@@ -134,7 +134,7 @@ fn strided_pointwise_convolutions_match_the_backend() {
         let conv = Conv2dConfig::new([cin, cout], [1, 1])
             .with_stride(stride)
             .with_bias(bias)
-            .init::<AD>(&device);
+            .init(&device);
         check_against_backend(case, &conv, [h, w], |conv, x| {
             moco_models::precision::conv2d(conv, x, false)
         });
@@ -146,8 +146,8 @@ fn frozen_weights_receive_no_gradient() {
     let device = Default::default();
     let conv = Conv2dConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .init::<AD>(&device);
-    let x = Tensor::<AD, 4>::random([3, 2, 5, 5], Distribution::Normal(0.0, 1.0), &device)
+        .init(&device);
+    let x = Tensor::<4>::random([3, 2, 5, 5], Distribution::Normal(0.0, 1.0), &device)
         .require_grad();
     let grads = conv2d_cm(&conv, x.clone(), true).sum().backward();
     assert!(conv.weight.val().grad(&grads).is_none());
@@ -157,9 +157,9 @@ fn frozen_weights_receive_no_gradient() {
 #[test]
 fn channel_major_batch_norm_matches_the_batch_major_one() {
     let device = Default::default();
-    let x = Tensor::<Flex, 4>::random([4, 6, 3, 5], Distribution::Normal(1.5, 2.0), &device);
+    let x = Tensor::<4>::random([4, 6, 3, 5], Distribution::Normal(1.5, 2.0), &device);
     let make = || {
-        let mut bn = BatchNormConfig::new(6).init::<AD>(&device);
+        let mut bn = BatchNormConfig::new(6).init(&device);
         bn.gamma = Some(burn::module::Param::from_tensor(Tensor::from_floats(
             [0.5, 1.0, 1.5, 2.0, -1.0, 0.0],
             &device,
@@ -167,12 +167,12 @@ fn channel_major_batch_norm_matches_the_batch_major_one() {
         bn
     };
     let (bn_a, bn_b) = (make(), make());
-    let xa = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
-    let xb = Tensor::<AD, 4>::from_inner(x).require_grad();
+    let xa = Tensor::<4>::from_inner(x.clone()).require_grad();
+    let xb = Tensor::<4>::from_inner(x).require_grad();
     let ya = bn_a.forward(xa.clone());
     let yb = swap_batch_channels(bn_b.forward_cm(swap_batch_channels(xb.clone()), false));
     assert!(max_abs_diff(ya.clone().inner(), yb.clone().inner()) < 1e-5);
-    let r = Tensor::<AD, 4>::random(ya.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let r = Tensor::<4>::random(ya.dims(), Distribution::Normal(0.0, 1.0), &device);
     let ga = (ya * r.clone()).sum().backward();
     let gb = (yb * r).sum().backward();
     let (gxa, gxb) = (xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
@@ -194,32 +194,32 @@ fn channel_major_batch_norm_matches_the_batch_major_one() {
 #[test]
 fn fast_gelu_matches_the_exact_gelu_and_its_gradient() {
     let device = Default::default();
-    let x = Tensor::<Flex, 2>::random([300, 70], Distribution::Normal(0.0, 3.0), &device);
-    let xa = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
-    let xb = Tensor::<AD, 2>::from_inner(x).require_grad();
+    let x = Tensor::<2>::random([300, 70], Distribution::Normal(0.0, 3.0), &device);
+    let xa = Tensor::<2>::from_inner(x.clone()).require_grad();
+    let xb = Tensor::<2>::from_inner(x).require_grad();
     let ya = burn::tensor::activation::gelu(xa.clone());
     let yb = moco_models::cpu::gelu(xb.clone());
     let diff = max_abs_diff(ya.clone().inner(), yb.clone().inner());
     assert!(diff < 2e-6, "GELU differs by {diff}");
-    let r = Tensor::<AD, 2>::random([300, 70], Distribution::Normal(0.0, 1.0), &device);
+    let r = Tensor::<2>::random([300, 70], Distribution::Normal(0.0, 1.0), &device);
     let ga = (ya * r.clone()).sum().backward();
     let gb = (yb * r).sum().backward();
     let diff = max_abs_diff(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
     assert!(diff < 2e-6, "GELU gradient differs by {diff}");
     // The erf composition every backend can run: the same values and gradient.
-    let xa = Tensor::<AD, 2>::from_inner(xa.inner()).require_grad();
-    let xc = Tensor::<AD, 2>::from_inner(xa.clone().inner()).require_grad();
+    let xa = Tensor::<2>::from_inner(xa.inner()).require_grad();
+    let xc = Tensor::<2>::from_inner(xa.clone().inner()).require_grad();
     let ya = burn::tensor::activation::gelu(xa.clone());
     let yc = moco_models::activation::gelu(xc.clone(), GeluKernel::Erf);
     let diff = max_abs_diff(ya.clone().inner(), yc.clone().inner());
     assert!(diff < 2e-6, "erf GELU differs by {diff}");
-    let r = Tensor::<AD, 2>::random([300, 70], Distribution::Normal(0.0, 1.0), &device);
+    let r = Tensor::<2>::random([300, 70], Distribution::Normal(0.0, 1.0), &device);
     let ga = (ya * r.clone()).sum().backward();
     let gc = (yc * r).sum().backward();
     let diff = max_abs_diff(xa.grad(&ga).unwrap(), xc.grad(&gc).unwrap());
     assert!(diff < 2e-6, "erf GELU gradient differs by {diff}");
     // Without autodiff (evaluation) the values come straight from the kernel.
-    let x = Tensor::<Flex, 1>::from_floats([-3.0, -1.0, 0.0, 0.5, 2.0], &device);
+    let x = Tensor::<1>::from_floats([-3.0, -1.0, 0.0, 0.5, 2.0], &device);
     let y = moco_models::cpu::gelu(x.clone());
     let exact = burn::tensor::activation::gelu(x);
     assert!(max_abs_diff(y, exact) < 1e-6);
@@ -232,15 +232,15 @@ fn long_im2col_gathers_are_split_and_match_the_backend_convolution() {
     let conv = Conv2dConfig::new([2, 3], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .with_bias(false)
-        .init::<AD>(&device);
-    let x = Tensor::<Flex, 4>::random([8, 2, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        .init(&device);
+    let x = Tensor::<4>::random([8, 2, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     const { assert!(8 * 9 * 32 * 32 > moco_models::gemm_conv::MAX_SELECT) };
-    let xa = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
-    let xb = Tensor::<AD, 4>::from_inner(swap_batch_channels(x)).require_grad();
+    let xa = Tensor::<4>::from_inner(x.clone()).require_grad();
+    let xb = Tensor::<4>::from_inner(swap_batch_channels(x)).require_grad();
     let ya = conv.forward(xa.clone());
     let yb = swap_batch_channels(conv2d_cm(&conv, xb.clone(), false));
     assert!(max_abs_diff(ya.clone().inner(), yb.clone().inner()) < 1e-5);
-    let r = Tensor::<AD, 4>::random(ya.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let r = Tensor::<4>::random(ya.dims(), Distribution::Normal(0.0, 1.0), &device);
     let ga = (ya * r.clone()).sum().backward();
     let gb = (yb * r).sum().backward();
     let (da, db) = (
@@ -259,7 +259,7 @@ fn fresh_modules_compute_with_their_own_weights() {
         let conv = Conv2dConfig::new([4, 6], [1, 1])
             .with_stride(stride)
             .init::<Flex>(&device);
-        let x = Tensor::<Flex, 4>::random([2, 4, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<4>::random([2, 4, 6, 6], Distribution::Normal(0.0, 1.0), &device);
         let first = moco_models::precision::conv2d(&conv, x.clone(), frozen);
         let reference = conv.forward(x);
         let diff = max_abs_diff(first, reference);

@@ -4,7 +4,7 @@
 //! set of kernels.
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::{AutodiffModule, Module};
+use burn::module::{Module, Module};
 use burn::nn::LayerNormConfig;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, FloatDType, Tensor};
@@ -14,14 +14,14 @@ use moco_models::{AttentionKernel, LayerNormKernel, VitConfig};
 type AD = Autodiff<Flex>;
 
 /// Largest |a − b| relative to the largest |a| (at least 1).
-fn rel_diff<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
+fn rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     assert_eq!(a.dims(), b.dims());
     let scale = a.clone().abs().max().into_scalar().max(1.0);
     (a - b).abs().max().into_scalar() / scale
 }
 
 /// `softmax(s·q·kᵀ)·v` per head with Burn's operations, `[batch·tokens, D]`.
-fn composed(qkv: Tensor<AD, 2>, s: AttentionShape) -> Tensor<AD, 2> {
+fn composed(qkv: Tensor<2>, s: AttentionShape) -> Tensor<2> {
     let (b, n, d, h) = (s.batch, s.tokens, s.dim, s.heads);
     let heads = |i: usize| {
         qkv.clone()
@@ -60,16 +60,16 @@ fn fused_attention_matches_the_composition_and_its_gradient() {
             scale: (hd as f32).powf(-0.5),
         };
         let rows = batch * tokens;
-        let x = Tensor::<Flex, 2>::random([rows, 3 * dim], Distribution::Normal(0.0, 1.5), &device);
+        let x = Tensor::<2>::random([rows, 3 * dim], Distribution::Normal(0.0, 1.5), &device);
         let upstream =
-            Tensor::<Flex, 2>::random([rows, dim], Distribution::Normal(0.0, 1.0), &device);
+            Tensor::<2>::random([rows, dim], Distribution::Normal(0.0, 1.0), &device);
 
-        let x_ref = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+        let x_ref = Tensor::<2>::from_inner(x.clone()).require_grad();
         let y_ref = composed(x_ref.clone(), shape);
         let g_ref = (y_ref.clone() * Tensor::from_inner(upstream.clone()))
             .sum()
             .backward();
-        let x_fused = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+        let x_fused = Tensor::<2>::from_inner(x.clone()).require_grad();
         let y_fused = attention(x_fused.clone(), shape).expect("flex runs the fused attention");
         let g_fused = (y_fused.clone() * Tensor::from_inner(upstream))
             .sum()
@@ -100,7 +100,7 @@ fn other_precisions_and_non_finite_values() {
         dim: 4,
         scale: 0.5,
     };
-    let x = Tensor::<Flex, 2>::random([6, 12], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<2>::random([6, 12], Distribution::Normal(0.0, 1.0), &device);
     // bf16 is left to the composition.
     let half = x.clone().cast(FloatDType::BF16);
     assert!(attention(half, shape).is_err());
@@ -108,7 +108,7 @@ fn other_precisions_and_non_finite_values() {
     let values: Vec<f32> = x.to_data().to_vec().unwrap();
     let mut poisoned = values;
     poisoned[0] = f32::NAN; // the first query of the first sequence, head 0
-    let x = Tensor::<Flex, 2>::from_data(burn::tensor::TensorData::new(poisoned, [6, 12]), &device);
+    let x = Tensor::<2>::from_data(burn::tensor::TensorData::new(poisoned, [6, 12]), &device);
     let out: Vec<f32> = attention(x, shape).unwrap().to_data().to_vec().unwrap();
     assert!(out[0].is_nan() && out[1].is_nan(), "{out:?}");
     assert!(out[2..].iter().all(|v| v.is_finite()), "{out:?}");
@@ -128,12 +128,12 @@ fn a_vit_is_the_same_function_with_either_set_of_kernels() {
             .with_attention_kernel(Some(kernel.0))
             .with_layer_norm_kernel(Some(kernel.1))
     };
-    let fused = config((AttentionKernel::Fused, LayerNormKernel::Fused)).init::<AD>(&device);
-    let images = Tensor::<AD, 4>::random([3, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let fused = config((AttentionKernel::Fused, LayerNormKernel::Fused)).init(&device);
+    let images = Tensor::<4>::random([3, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     // A first forward draws the lazily initialised weights, which the copy then shares.
     let _ = fused.forward(images.clone());
     let composed = config((AttentionKernel::Composed, LayerNormKernel::Backend))
-        .init::<AD>(&device)
+        .init(&device)
         .load_record(fused.clone().into_record());
     let (y_fused, y_composed) = (fused.forward(images.clone()), composed.forward(images));
     let out = rel_diff(y_fused.clone().inner(), y_composed.clone().inner());
@@ -164,23 +164,23 @@ fn fused_layer_norm_matches_burns_and_its_gradients() {
     for (case, &(rows, width)) in [(1, 1), (3, 7), (130, 192), (65, 33)].iter().enumerate() {
         let norm = LayerNormConfig::new(width)
             .with_epsilon(1e-6)
-            .init::<AD>(&device);
-        let gamma = Tensor::<Flex, 1>::random([width], Distribution::Normal(1.0, 0.5), &device);
-        let beta = Tensor::<Flex, 1>::random([width], Distribution::Normal(0.0, 0.5), &device);
+            .init(&device);
+        let gamma = Tensor::<1>::random([width], Distribution::Normal(1.0, 0.5), &device);
+        let beta = Tensor::<1>::random([width], Distribution::Normal(0.0, 0.5), &device);
         let mut norm = norm;
         norm.gamma = burn::module::Param::from_tensor(Tensor::from_inner(gamma));
         norm.beta = Some(burn::module::Param::from_tensor(Tensor::from_inner(beta)));
         let x =
-            Tensor::<Flex, 3>::random([rows, 2, width], Distribution::Normal(0.5, 2.0), &device);
+            Tensor::<3>::random([rows, 2, width], Distribution::Normal(0.5, 2.0), &device);
         let upstream =
-            Tensor::<Flex, 3>::random([rows, 2, width], Distribution::Normal(0.0, 1.0), &device);
+            Tensor::<3>::random([rows, 2, width], Distribution::Normal(0.0, 1.0), &device);
 
-        let x_ref = Tensor::<AD, 3>::from_inner(x.clone()).require_grad();
+        let x_ref = Tensor::<3>::from_inner(x.clone()).require_grad();
         let y_ref = norm.forward(x_ref.clone());
         let g_ref = (y_ref.clone() * Tensor::from_inner(upstream.clone()))
             .sum()
             .backward();
-        let x_fused = Tensor::<AD, 3>::from_inner(x.clone()).require_grad();
+        let x_fused = Tensor::<3>::from_inner(x.clone()).require_grad();
         let beta = norm.beta.as_ref().unwrap().val();
         let y_fused = layer_norm(x_fused.clone(), norm.gamma.val(), beta, 1e-6)
             .expect("flex runs the fused LayerNorm");
@@ -211,15 +211,15 @@ fn fused_layer_norm_matches_burns_and_its_gradients() {
 fn fused_gelu_matches_burns_on_strided_inputs() {
     let device = Default::default();
     for (case, dims) in [[1, 1, 1], [3, 5, 7], [2, 65, 129]].into_iter().enumerate() {
-        let x = Tensor::<Flex, 3>::random(dims, Distribution::Normal(0.0, 3.0), &device)
+        let x = Tensor::<3>::random(dims, Distribution::Normal(0.0, 3.0), &device)
             .swap_dims(1, 2); // a strided view
-        let x_ref = Tensor::<AD, 3>::from_inner(x.clone()).require_grad();
-        let x_fused = Tensor::<AD, 3>::from_inner(x).require_grad();
+        let x_ref = Tensor::<3>::from_inner(x.clone()).require_grad();
+        let x_fused = Tensor::<3>::from_inner(x).require_grad();
         let y_ref = burn::tensor::activation::gelu(x_ref.clone());
         let y_fused = gelu(x_fused.clone()).expect("flex runs the fused GELU");
         let out = rel_diff(y_ref.clone().inner(), y_fused.clone().inner());
         assert!(out < 2e-6, "case {case}: GELU differs by {out}");
-        let r = Tensor::<AD, 3>::random(y_ref.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let r = Tensor::<3>::random(y_ref.dims(), Distribution::Normal(0.0, 1.0), &device);
         let g_ref = (y_ref * r.clone()).sum().backward();
         let g_fused = (y_fused * r).sum().backward();
         let dx = rel_diff(x_ref.grad(&g_ref).unwrap(), x_fused.grad(&g_fused).unwrap());
@@ -235,22 +235,22 @@ fn fused_linear_matches_burns_and_its_gradients() {
         .iter()
         .enumerate()
     {
-        let layer = burn::nn::LinearConfig::new(d_in, d_out).init::<AD>(&device);
+        let layer = burn::nn::LinearConfig::new(d_in, d_out).init(&device);
         let mut layer = layer;
         layer.bias = Some(burn::module::Param::from_tensor(Tensor::random(
             [d_out],
             Distribution::Normal(0.0, 1.0),
             &device,
         )));
-        let x = Tensor::<Flex, 2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &device);
         let upstream =
-            Tensor::<Flex, 2>::random([rows, d_out], Distribution::Normal(0.0, 1.0), &device);
-        let x_ref = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+            Tensor::<2>::random([rows, d_out], Distribution::Normal(0.0, 1.0), &device);
+        let x_ref = Tensor::<2>::from_inner(x.clone()).require_grad();
         let y_ref = layer.forward(x_ref.clone());
         let g_ref = (y_ref.clone() * Tensor::from_inner(upstream.clone()))
             .sum()
             .backward();
-        let x_fused = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+        let x_fused = Tensor::<2>::from_inner(x.clone()).require_grad();
         let bias = layer.bias.as_ref().unwrap();
         let y_fused = moco_models::flex::linear((x_fused.clone(), layer.weight.val(), bias.val()))
             .expect("flex runs the fused linear layer");
@@ -285,13 +285,13 @@ fn fused_product_matches_burns_and_its_gradients() {
     let shapes = [(1, 1, 1), (3, 5, 7), (33, 130, 65), (64, 576, 2048)];
     for (case, &(m, k, n)) in shapes.iter().enumerate() {
         let normal = |dims: [usize; 2]| {
-            Tensor::<Flex, 2>::random(dims, Distribution::Normal(0.0, 1.0), &device)
+            Tensor::<2>::random(dims, Distribution::Normal(0.0, 1.0), &device)
         };
         let (a, b, upstream) = (normal([m, k]), normal([k, n]), normal([m, n]));
         // Every combination of operands that need a gradient (a frozen weight: `a` without).
         for (grad_a, grad_b) in [(true, true), (false, true), (true, false)] {
-            let leaf = |t: &Tensor<Flex, 2>, grad: bool| {
-                let t = Tensor::<AD, 2>::from_inner(t.clone());
+            let leaf = |t: &Tensor<2>, grad: bool| {
+                let t = Tensor::<2>::from_inner(t.clone());
                 if grad {
                     t.require_grad()
                 } else {
@@ -328,7 +328,7 @@ fn fused_product_matches_burns_and_its_gradients() {
         }
     }
     // Other dtypes are handed back.
-    let half = Tensor::<Flex, 2>::ones([2, 2], &device).cast(FloatDType::F16);
+    let half = Tensor::<2>::ones([2, 2], &device).cast(FloatDType::F16);
     assert!(moco_models::flex::product((half.clone(), half)).is_err());
 }
 
@@ -359,15 +359,15 @@ fn im2col_and_product_make_burns_convolution() {
         };
         let [ho, wo] = window.output(h, w).expect("a case that fits");
         let normal = |dims: [usize; 4]| {
-            Tensor::<Flex, 4>::random(dims, Distribution::Normal(0.0, 1.0), &device)
+            Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device)
         };
         let (x, weight) = (normal([n, c, h, w]), normal([o, c, kernel[0], kernel[1]]));
         let upstream = normal([n, o, ho, wo]);
         // Burn's convolution (symmetric padding only: asymmetric cases pad the input first).
         let [top, left, bottom, right] = padding;
-        let x_ref = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
-        let w_ref = Tensor::<AD, 4>::from_inner(weight.clone()).require_grad();
-        let padded = Tensor::<AD, 4>::zeros([n, c, h + top + bottom, w + left + right], &device)
+        let x_ref = Tensor::<4>::from_inner(x.clone()).require_grad();
+        let w_ref = Tensor::<4>::from_inner(weight.clone()).require_grad();
+        let padded = Tensor::<4>::zeros([n, c, h + top + bottom, w + left + right], &device)
             .slice_assign([0..n, 0..c, top..top + h, left..left + w], x_ref.clone());
         let options = ConvOptions::new(stride, [0, 0], [1, 1], 1);
         let y_ref = conv2d(padded, w_ref.clone(), None, options);
@@ -375,8 +375,8 @@ fn im2col_and_product_make_burns_convolution() {
             .sum()
             .backward();
 
-        let x_fused = Tensor::<AD, 4>::from_inner(x.clone()).require_grad();
-        let w_fused = Tensor::<AD, 4>::from_inner(weight.clone()).require_grad();
+        let x_fused = Tensor::<4>::from_inner(x.clone()).require_grad();
+        let w_fused = Tensor::<4>::from_inner(weight.clone()).require_grad();
         let cols = im2col(x_fused.clone().swap_dims(0, 1), window).expect("flex runs im2col");
         assert_eq!(
             cols.dims(),
@@ -399,7 +399,7 @@ fn im2col_and_product_make_burns_convolution() {
 
         // Without autodiff: the same columns.
         let plain = im2col(x.clone().swap_dims(0, 1), window).unwrap();
-        let tracked = im2col(Tensor::<AD, 4>::from_inner(x).swap_dims(0, 1), window).unwrap();
+        let tracked = im2col(Tensor::<4>::from_inner(x).swap_dims(0, 1), window).unwrap();
         assert_eq!(rel_diff(tracked.inner(), plain), 0.0, "case {case}");
     }
 }
@@ -407,11 +407,11 @@ fn im2col_and_product_make_burns_convolution() {
 /// BatchNorm over rows with batch statistics (biased variance), then ReLU, with Burn's
 /// operations: the reference for the fused form.
 fn composed_batch_norm(
-    x: Tensor<AD, 2>,
-    gamma: Tensor<AD, 1>,
-    beta: Tensor<AD, 1>,
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
     relu: bool,
-) -> (Tensor<AD, 2>, Tensor<AD, 1>, Tensor<AD, 1>) {
+) -> (Tensor<2>, Tensor<1>, Tensor<1>) {
     let [c, m] = x.dims();
     let mean = x.clone().sum_dim(1).div_scalar(m as f64);
     let centered = x.clone().sub(mean.clone());
@@ -437,13 +437,13 @@ fn fused_batch_norm_matches_burns_and_its_gradients() {
     let cases = [(1, 1), (3, 7), (5, 20_000), (300, 32), (64, 2048), (2, 1)];
     for (case, &(c, m)) in cases.iter().enumerate() {
         for relu in [false, true] {
-            let x = Tensor::<Flex, 2>::random([c, m], Distribution::Normal(0.5, 2.0), &device);
-            let gamma = Tensor::<Flex, 1>::random([c], Distribution::Normal(1.0, 0.5), &device);
-            let beta = Tensor::<Flex, 1>::random([c], Distribution::Normal(0.0, 0.5), &device);
+            let x = Tensor::<2>::random([c, m], Distribution::Normal(0.5, 2.0), &device);
+            let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &device);
+            let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &device);
             let upstream =
-                Tensor::<Flex, 2>::random([c, m], Distribution::Normal(0.0, 1.0), &device);
-            let leaf = |t: Tensor<Flex, 2>| Tensor::<AD, 2>::from_inner(t).require_grad();
-            let leaf1 = |t: Tensor<Flex, 1>| Tensor::<AD, 1>::from_inner(t).require_grad();
+                Tensor::<2>::random([c, m], Distribution::Normal(0.0, 1.0), &device);
+            let leaf = |t: Tensor<2>| Tensor::<2>::from_inner(t).require_grad();
+            let leaf1 = |t: Tensor<1>| Tensor::<1>::from_inner(t).require_grad();
             let run = |fused: bool| {
                 let (x, g, b) = (leaf(x.clone()), leaf1(gamma.clone()), leaf1(beta.clone()));
                 let (y, mean, var) = if fused {
@@ -455,7 +455,7 @@ fn fused_batch_norm_matches_burns_and_its_gradients() {
                 let grads = (y.clone() * Tensor::from_inner(upstream.clone()))
                     .sum()
                     .backward();
-                let grad = |t: &Tensor<AD, 1>| t.grad(&grads).unwrap();
+                let grad = |t: &Tensor<1>| t.grad(&grads).unwrap();
                 let dx = x.grad(&grads).unwrap();
                 (y.inner(), mean.inner(), var.inner(), dx, grad(&g), grad(&b))
             };

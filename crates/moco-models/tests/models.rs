@@ -2,7 +2,7 @@
 //! projection.
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{Distribution, Tensor, TensorData};
 use moco_models::state_dict::read_state_dict;
@@ -21,8 +21,8 @@ fn small_vit() -> VitConfig {
         .with_num_heads(4)
 }
 
-fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().into_vec::<f32>().unwrap()
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
 }
 
 fn golden(name: &str) -> std::path::PathBuf {
@@ -52,7 +52,7 @@ fn sincos_matches_moco_v3_including_non_square_grids() {
         ("sincos.h3_w5_d16", 3, 5, 16),
         ("sincos.h4_w4_d64", 4, 4, 64),
     ] {
-        let want = misc[key].to_data().unwrap().into_vec::<f32>().unwrap();
+        let want = misc[key].to_data().unwrap().try_into_vec::<f32>().unwrap();
         let got = sincos_pos_embed(h, w, d);
         assert_eq!(got.len(), want.len(), "{key}");
         let err = got
@@ -68,7 +68,7 @@ fn sincos_matches_moco_v3_including_non_square_grids() {
 fn vit_init_follows_moco_v3() {
     let device = Default::default();
     let cfg = small_vit().with_embed_dim(96).with_num_heads(3);
-    let vit = cfg.init::<B>(&device);
+    let vit = cfg.init(&device);
     let d = 96f32;
     let check_uniform = |name: &str, v: Vec<f32>, bound: f32| {
         let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -125,7 +125,7 @@ fn resnet_init_follows_torchvision_with_zero_residual() {
     let device = Default::default();
     let net = ResNetConfig::new(vec![1, 1])
         .with_width(32)
-        .init::<B>(&device);
+        .init(&device);
     let w = values(net.stages[0][0].conv2.weight.val());
     let std = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
     let want = (2.0f32 / (32.0 * 9.0)).sqrt();
@@ -143,7 +143,7 @@ fn resnet_init_follows_torchvision_with_zero_residual() {
         .all(|x| *x == 1.0));
     let basic = ResNetConfig::resnet18()
         .with_stem(Stem::Small)
-        .init::<B>(&device);
+        .init(&device);
     assert!(values(basic.stages[3][1].bn2.gamma.as_ref().unwrap().val())
         .iter()
         .all(|x| *x == 0.0));
@@ -152,9 +152,9 @@ fn resnet_init_follows_torchvision_with_zero_residual() {
 #[test]
 fn forward_shapes_of_every_family() {
     let device = Default::default();
-    let x = Tensor::<B, 4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let gray = Tensor::<B, 4>::random([2, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
-    let cases: Vec<(BackboneConfig, Tensor<B, 4>, usize)> = vec![
+    let x = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let gray = Tensor::<4>::random([2, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let cases: Vec<(BackboneConfig, Tensor<4>, usize)> = vec![
         (BackboneConfig::Vit(small_vit()), x.clone(), 64),
         (
             BackboneConfig::Vit(
@@ -199,7 +199,7 @@ fn forward_shapes_of_every_family() {
     for (cfg, input, features) in cases {
         cfg.validate().unwrap();
         assert_eq!(cfg.num_features(), features, "{}", cfg.describe());
-        let model = MocoConfig::for_backbone(cfg.clone(), 32, 16).init::<B>(&device);
+        let model = MocoConfig::for_backbone(cfg.clone(), 32, 16).init(&device);
         let out = model.forward_query(input.clone());
         assert_eq!(out.features.dims(), [2, features], "{}", cfg.describe());
         assert_eq!(out.prediction.dims(), [2, 16]);
@@ -281,15 +281,15 @@ fn impossible_configs_are_clear_errors() {
 #[test]
 fn batch_norm_matches_pytorch_running_statistics() {
     let device = Default::default();
-    let bn = BatchNormConfig::new(2).init::<AD>(&device);
-    let x = Tensor::<AD, 2>::from_data(
+    let bn = BatchNormConfig::new(2).init(&device);
+    let x = Tensor::<2>::from_data(
         TensorData::new(vec![1.0f32, 10.0, 2.0, 20.0, 3.0, 30.0, 6.0, 60.0], [4, 2]),
         &device,
     );
     let y = bn.forward(x);
     // Train mode: batch statistics with the biased variance.
     let (mean0, var0) = (3.0f32, (4.0f32 + 1.0 + 0.0 + 9.0) / 4.0);
-    let got = y.inner().into_data().into_vec::<f32>().unwrap();
+    let got = y.inner().into_data().try_into_vec::<f32>().unwrap();
     assert!((got[0] - (1.0 - mean0) / (var0 + 1e-5).sqrt()).abs() < 1e-5);
     // Running statistics: momentum 0.1 and the unbiased variance, as PyTorch.
     let rm = bn
@@ -297,14 +297,14 @@ fn batch_norm_matches_pytorch_running_statistics() {
         .value_sync()
         .inner()
         .into_data()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .unwrap();
     let rv = bn
         .running_var
         .value_sync()
         .inner()
         .into_data()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .unwrap();
     assert!(
         (rm[0] - 0.3).abs() < 1e-6 && (rm[1] - 3.0).abs() < 1e-5,
@@ -314,7 +314,7 @@ fn batch_norm_matches_pytorch_running_statistics() {
     assert!((rv[0] - (0.9 + 0.1 * unbiased0)).abs() < 1e-5, "{rv:?}");
     // Eval mode (no autodiff) uses the running statistics.
     let eval = bn.valid();
-    let x = Tensor::<B, 2>::from_data(TensorData::new(vec![0.3f32, 3.0], [1, 2]), &device);
+    let x = Tensor::<2>::from_data(TensorData::new(vec![0.3f32, 3.0], [1, 2]), &device);
     let out = values(eval.forward(x));
     assert!(out[0].abs() < 1e-6 && out[1].abs() < 1e-5, "{out:?}");
 }
@@ -322,7 +322,7 @@ fn batch_norm_matches_pytorch_running_statistics() {
 #[test]
 fn momentum_encoder_is_a_separate_gradient_free_copy() {
     let device = Default::default();
-    let model = MocoConfig::vit(small_vit(), 32, 16).init::<AD>(&device);
+    let model = MocoConfig::vit(small_vit(), 32, 16).init(&device);
     let base = vit_of(&model);
     let AnyBackbone::Vit(momentum) = &model.momentum_encoder.backbone else {
         panic!()
@@ -335,7 +335,7 @@ fn momentum_encoder_is_a_separate_gradient_free_copy() {
         base.blocks[0].attn.qkv.weight.val().inner().into_data(),
         momentum.blocks[0].attn.qkv.weight.val().inner().into_data()
     );
-    let x = Tensor::<AD, 4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let loss = model.forward_query(x.clone()).prediction.sum() + model.forward_key(x).sum();
     let grads = loss.backward();
     assert!(momentum.blocks[0]
@@ -347,8 +347,8 @@ fn momentum_encoder_is_a_separate_gradient_free_copy() {
         .is_none());
     assert!(base.blocks[0].attn.qkv.weight.val().grad(&grads).is_some());
     // BN state is not shared: a query forward moves only the base projector's running mean.
-    let model = MocoConfig::vit(small_vit(), 32, 16).init::<AD>(&device);
-    let x = Tensor::<AD, 4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let model = MocoConfig::vit(small_vit(), 32, 16).init(&device);
+    let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let _ = model.forward_query(x);
     let mean = |e: &Encoder<AD>| {
         e.projector.norms[0]
@@ -356,7 +356,7 @@ fn momentum_encoder_is_a_separate_gradient_free_copy() {
             .value_sync()
             .inner()
             .into_data()
-            .into_vec::<f32>()
+            .try_into_vec::<f32>()
             .unwrap()
     };
     assert!(mean(&model.base_encoder).iter().any(|v| *v != 0.0));
@@ -368,7 +368,7 @@ fn momentum_encoder_is_a_separate_gradient_free_copy() {
 fn adamw_step(model: MoCo<AD>) -> (TensorData, TensorData, bool, MoCo<AD>) {
     let device = Default::default();
     let before = patchify(vit_of(&model)).weight.val().inner().into_data();
-    let x = Tensor::<AD, 4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let out = model.forward_query(x);
     let loss = out.prediction.powf_scalar(2.0).sum() + out.features.sum();
     let grads = loss.backward();
@@ -391,7 +391,7 @@ fn adamw_step(model: MoCo<AD>) -> (TensorData, TensorData, bool, MoCo<AD>) {
 fn frozen_patch_projection_never_changes() {
     let device = Default::default();
     let config = MocoConfig::vit(small_vit(), 32, 16);
-    let (before, after, had_grad, model) = adamw_step(config.init::<AD>(&device));
+    let (before, after, had_grad, model) = adamw_step(config.init(&device));
     assert!(!had_grad, "the frozen patch projection received a gradient");
     assert_eq!(before, after);
 
@@ -399,7 +399,7 @@ fn frozen_patch_projection_never_changes() {
     let dir = std::env::temp_dir().join(format!("moco-frozen-{}", std::process::id()));
     let path = dir.join("model.mpk");
     save_checkpoint(&model, &config, &path).unwrap();
-    let (loaded, _) = load_checkpoint::<AD>(&path, &device).unwrap();
+    let (loaded, _) = load_checkpoint(&path, &device).unwrap();
     let (before, after, had_grad, _) = adamw_step(loaded);
     assert!(!had_grad);
     assert_eq!(before, after);
@@ -407,7 +407,7 @@ fn frozen_patch_projection_never_changes() {
     // Through the PyTorch export / import path.
     let st = dir.join("model.safetensors");
     export_moco(&model, &config, &st).unwrap();
-    let (imported, _) = load_moco::<AD>(&st, &ImportOptions::default(), &device).unwrap();
+    let (imported, _) = load_moco(&st, &ImportOptions::default(), &device).unwrap();
     let (before, after, had_grad, _) = adamw_step(imported);
     assert!(!had_grad);
     assert_eq!(before, after);
@@ -415,7 +415,7 @@ fn frozen_patch_projection_never_changes() {
 
     // Control: a learned projection does train.
     let learned = MocoConfig::vit(small_vit().with_freeze_patch_embed(false), 32, 16);
-    let (before, after, had_grad, _) = adamw_step(learned.init::<AD>(&device));
+    let (before, after, had_grad, _) = adamw_step(learned.init(&device));
     assert!(had_grad);
     assert_ne!(before, after);
 }
@@ -445,14 +445,14 @@ fn autocast_half_precision_keeps_f32_parameters_and_gradients() {
     for config in configs {
         <AD as burn::tensor::backend::Backend>::seed(&device, 1);
         let net: AnyBackbone<AD> = config.init(&device);
-        let x = Tensor::<AD, 4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
         let grads_of = |precision: Precision| {
             let y = autocast(precision, || net.forward(x.clone()));
             assert_eq!(y.dtype(), burn::tensor::DType::F32, "{precision}");
-            let values = y.clone().into_data().to_vec::<f32>().unwrap();
+            let values = y.clone().into_data().try_to_vec::<f32>().unwrap();
             // A fixed random projection of the features (LayerNorm makes Σy² nearly constant).
             let dims = y.dims();
-            let r = Tensor::<AD, 2>::from_data(
+            let r = Tensor::<2>::from_data(
                 TensorData::new(
                     (0..dims[0] * dims[1])
                         .map(|i| ((i * 7919 % 13) as f32 - 6.0) / 6.0)
@@ -475,11 +475,11 @@ fn autocast_half_precision_keeps_f32_parameters_and_gradients() {
             // bf16 keeps 8 mantissa bits: relative errors of a few 1e-3 per product.
             assert!(err < 0.05 * scale, "{precision}: {err} vs scale {scale}");
             let mut checked = 0;
-            let mut visit = |name: &str, a: Tensor<B, 2>, b: Tensor<B, 2>| {
+            let mut visit = |name: &str, a: Tensor<2>, b: Tensor<2>| {
                 assert_eq!(b.dtype(), burn::tensor::DType::F32, "{name}");
                 let (a, b) = (
-                    a.into_data().to_vec::<f32>().unwrap(),
-                    b.into_data().to_vec::<f32>().unwrap(),
+                    a.into_data().try_to_vec::<f32>().unwrap(),
+                    b.into_data().try_to_vec::<f32>().unwrap(),
                 );
                 let s = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
                 let e = a
@@ -505,14 +505,14 @@ fn autocast_half_precision_keeps_f32_parameters_and_gradients() {
                         ("qkv", &v.blocks[0].attn.qkv.weight),
                         ("fc2", &v.blocks[1].mlp.fc2.weight),
                     ] {
-                        let get = |g: &GradientsParams| g.get::<B, 2>(w.id).unwrap();
+                        let get = |g: &GradientsParams| g.get::<2>(w.id).unwrap();
                         visit(name, get(&g32), get(&gh));
                     }
                 }
                 AnyBackbone::ResNet(r) => {
                     let w = &r.conv1.weight;
                     let flat = |g: &GradientsParams| {
-                        let t: Tensor<B, 4> = g.get(w.id).unwrap();
+                        let t: Tensor<4> = g.get(w.id).unwrap();
                         let [a, b, c, d] = t.dims();
                         t.reshape([a, b * c * d])
                     };

@@ -71,7 +71,7 @@ fn official_checkpoints_load_every_tensor_exactly() {
         ("resnet_b16_l1111", ImportOptions::default(), Family::ResNet),
     ] {
         let path = golden(&format!("{tag}.pth.tar"));
-        let (model, _) = load_moco::<B>(&path, &options, &device).unwrap();
+        let (model, _) = load_moco(&path, &options, &device).unwrap();
         let loaded = as_map(torch_state_dict(&model, family));
         let file = file_tensors(&path);
         assert_eq!(
@@ -144,8 +144,8 @@ fn architecture_is_inferred_from_shapes() {
 fn backbone_loads_alone_from_a_moco_checkpoint() {
     let device = Default::default();
     let path = golden("vit_tiny_p8_32.pth.tar");
-    let (backbone, _) = load_backbone::<B>(&path, &vit_options(), &device).unwrap();
-    let (model, _) = load_moco::<B>(&path, &vit_options(), &device).unwrap();
+    let (backbone, _) = load_backbone(&path, &vit_options(), &device).unwrap();
+    let (model, _) = load_moco(&path, &vit_options(), &device).unwrap();
     assert_eq!(
         as_map(torch_state_dict(&backbone, Family::Vit)),
         as_map(torch_state_dict(&model.base_encoder.backbone, Family::Vit))
@@ -161,7 +161,7 @@ fn export_import_round_trip_is_exact() {
         ("resnet_b16_l1111", ImportOptions::default(), Family::ResNet),
     ] {
         let (model, config) =
-            load_moco::<B>(&golden(&format!("{tag}.pth.tar")), &options, &device).unwrap();
+            load_moco(&golden(&format!("{tag}.pth.tar")), &options, &device).unwrap();
         // Backbone with timm / torchvision names; heads travel in the metadata.
         let out = tmp.join(&format!("{tag}.backbone.safetensors"));
         export_backbone(&model.base_encoder.backbone, &config.backbone, &out).unwrap();
@@ -173,7 +173,7 @@ fn export_import_round_trip_is_exact() {
             "{tag}"
         );
         let (again, again_cfg) =
-            load_backbone::<B>(&out, &ImportOptions::default(), &device).unwrap();
+            load_backbone(&out, &ImportOptions::default(), &device).unwrap();
         assert_eq!(again_cfg, config.backbone);
         assert_eq!(
             as_map(torch_state_dict(&again, family)),
@@ -182,7 +182,7 @@ fn export_import_round_trip_is_exact() {
         // The whole model in the official key layout.
         let out = tmp.join(&format!("{tag}.safetensors"));
         export_moco(&model, &config, &out).unwrap();
-        let (again, again_cfg) = load_moco::<B>(&out, &ImportOptions::default(), &device).unwrap();
+        let (again, again_cfg) = load_moco(&out, &ImportOptions::default(), &device).unwrap();
         assert_eq!(again_cfg.projector, config.projector);
         assert_eq!(
             as_map(torch_state_dict(&again, family)),
@@ -195,7 +195,7 @@ fn export_import_round_trip_is_exact() {
 fn our_checkpoints_round_trip() {
     let device = Default::default();
     let tmp = TempDir::new("ckpt");
-    let (model, config) = load_moco::<B>(
+    let (model, config) = load_moco(
         &golden("resnet_b16_l1111.pth.tar"),
         &ImportOptions::default(),
         &device,
@@ -203,7 +203,7 @@ fn our_checkpoints_round_trip() {
     .unwrap();
     let path = tmp.join("run/ckpt.mpk");
     save_checkpoint(&model, &config, &path).unwrap();
-    let (again, again_cfg) = load_checkpoint::<B>(&path, &device).unwrap();
+    let (again, again_cfg) = load_checkpoint(&path, &device).unwrap();
     assert_eq!(again_cfg, config);
     assert_eq!(
         as_map(torch_state_dict(&again, Family::ResNet)),
@@ -218,7 +218,7 @@ fn our_checkpoints_round_trip() {
     // A damaged checkpoint is an error naming the file.
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let err = load_checkpoint::<B>(&path, &device)
+    let err = load_checkpoint(&path, &device)
         .unwrap_err()
         .to_string();
     assert!(err.contains("ckpt.mpk"), "{err}");
@@ -229,7 +229,7 @@ fn mismatched_keys_are_listed() {
     let device = Default::default();
     let tmp = TempDir::new("mismatch");
     let (model, config) =
-        load_moco::<B>(&golden("vit_tiny_p8_32.pth.tar"), &vit_options(), &device).unwrap();
+        load_moco(&golden("vit_tiny_p8_32.pth.tar"), &vit_options(), &device).unwrap();
     let mut tensors = as_map(torch_state_dict(&model, Family::Vit));
     tensors.remove("base_encoder.blocks.0.norm1.bias");
     tensors.insert(
@@ -252,7 +252,7 @@ fn mismatched_keys_are_listed() {
         to_safetensors(&tensors.into_iter().collect::<Vec<_>>(), Some(meta)).unwrap(),
     )
     .unwrap();
-    let err = load_moco::<B>(&path, &ImportOptions::default(), &device).unwrap_err();
+    let err = load_moco(&path, &ImportOptions::default(), &device).unwrap_err();
     let ModelError::Mismatch {
         missing,
         unexpected,
@@ -285,7 +285,7 @@ fn classifier_files_load_as_backbones() {
     let device = Default::default();
     let tmp = TempDir::new("lincls");
     let (model, _) =
-        load_moco::<B>(&golden("vit_tiny_p8_32.pth.tar"), &vit_options(), &device).unwrap();
+        load_moco(&golden("vit_tiny_p8_32.pth.tar"), &vit_options(), &device).unwrap();
     let mut tensors: Vec<_> = torch_state_dict(&model.base_encoder.backbone, Family::Vit)
         .into_iter()
         .map(|(k, v)| (format!("module.{k}"), v))
@@ -306,12 +306,12 @@ fn classifier_files_load_as_backbones() {
         w.ignored,
         vec!["head.bias".to_string(), "head.weight".to_string()]
     );
-    let (backbone, _) = load_backbone::<B>(&path, &vit_options(), &device).unwrap();
+    let (backbone, _) = load_backbone(&path, &vit_options(), &device).unwrap();
     assert_eq!(
         as_map(torch_state_dict(&backbone, Family::Vit)),
         as_map(torch_state_dict(&model.base_encoder.backbone, Family::Vit))
     );
-    let err = load_moco::<B>(&path, &vit_options(), &device)
+    let err = load_moco(&path, &vit_options(), &device)
         .unwrap_err()
         .to_string();
     assert!(err.contains("backbone only"), "{err}");
@@ -348,12 +348,12 @@ fn damaged_files_are_errors_not_panics() {
     for (name, bytes, expect) in cases {
         let path = tmp.join(name);
         std::fs::write(&path, bytes).unwrap();
-        let err = load_moco::<B>(&path, &vit_options(), &device)
+        let err = load_moco(&path, &vit_options(), &device)
             .unwrap_err()
             .to_string();
         assert!(err.contains(name) && err.contains(expect), "{name}: {err}");
     }
-    let err = load_moco::<B>(&tmp.join("absent.pth.tar"), &vit_options(), &device)
+    let err = load_moco(&tmp.join("absent.pth.tar"), &vit_options(), &device)
         .unwrap_err()
         .to_string();
     assert!(
@@ -381,7 +381,7 @@ fn the_official_layout_has_the_releases_keys_and_shapes() {
         ),
     ] {
         let original = golden(&format!("{tag}.pth.tar"));
-        let (model, config) = load_moco::<B>(&original, &options, &device).unwrap();
+        let (model, config) = load_moco(&original, &options, &device).unwrap();
         let out = tmp.join(&format!("{tag}.official"));
         export_official(&model, &config, &out).unwrap();
         let theirs = read_state_dict(&original).unwrap();
@@ -399,7 +399,7 @@ fn the_official_layout_has_the_releases_keys_and_shapes() {
                 );
             }
         }
-        let (again, _) = load_moco::<B>(&out, &options, &device).unwrap();
+        let (again, _) = load_moco(&out, &options, &device).unwrap();
         let family = moco_models::import::family_of_config(&config.backbone);
         assert_eq!(
             as_map(torch_state_dict(&again, family)),
@@ -420,7 +420,7 @@ fn an_ambiguous_head_count_is_a_warning() {
         .with_patch_size(16)
         .with_depth(1);
     let vit = BackboneConfig::Vit(config.clone());
-    let backbone: AnyBackbone<B> = vit.init(&device);
+    let backbone: AnyBackbone = vit.init(&device);
     let out = tmp.join("deit.pth");
     export_deit(&backbone, &vit, &out).unwrap();
     let read = inspect(&out, &ImportOptions::default()).unwrap();

@@ -14,19 +14,19 @@ fn is_buffer(stack: &[String]) -> bool {
     )
 }
 
-struct Collect<B: Backend> {
+struct Collect {
     stack: Vec<String>,
-    params: Vec<Tensor<B, 1>>,
+    params: Vec<Tensor<1>>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+impl ModuleVisitor for Collect {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.stack.push(name.to_string());
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.stack.pop();
     }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if !is_buffer(&self.stack) {
             let value = param.val().detach();
             let n = value.shape().num_elements();
@@ -35,20 +35,20 @@ impl<B: Backend> ModuleVisitor<B> for Collect<B> {
     }
 }
 
-struct Blend<B: Backend> {
+struct Blend {
     stack: Vec<String>,
-    source: std::vec::IntoIter<Tensor<B, 1>>,
+    source: std::vec::IntoIter<Tensor<1>>,
     momentum: f64,
 }
 
-impl<B: Backend> ModuleMapper<B> for Blend<B> {
+impl ModuleMapper for Blend {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.stack.push(name.to_string());
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.stack.pop();
     }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         if is_buffer(&self.stack) {
             return param;
         }
@@ -72,11 +72,11 @@ impl<B: Backend> ModuleMapper<B> for Blend<B> {
 
 /// `k ← m·k + (1 − m)·q` in one pass over `k`'s memory (the same `f32` arithmetic as the
 /// composition), or `Err(k)` untouched when the backend is not flex or a value is not `f32`.
-fn blend_in_place<B: Backend, const D: usize>(
-    k: Tensor<B, D>,
-    q: &Tensor<B, 1>,
+fn blend_in_place<const D: usize>(
+    k: Tensor<D>,
+    q: &Tensor<1>,
     m: f64,
-) -> Result<Tensor<B, D>, Tensor<B, D>> {
+) -> Result<Tensor<D>, Tensor<D>> {
     let mut k = HostValues::take(k)?;
     let q = match HostValues::take(q.clone()) {
         Ok(q) => q,
@@ -98,7 +98,7 @@ fn blend_in_place<B: Backend, const D: usize>(
 ///
 /// Both modules must have the same architecture; parameter ids and the target's BN running
 /// statistics are kept. The result takes no gradient.
-pub fn ema_update<B: Backend, M: Module<B>>(target: M, source: &M, momentum: f64) -> M {
+pub fn ema_update<M: Module>(target: M, source: &M, momentum: f64) -> M {
     let mut collect = Collect {
         stack: Vec::new(),
         params: Vec::new(),

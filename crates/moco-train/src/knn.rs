@@ -38,36 +38,36 @@ pub struct KnnResult {
 
 /// L2-normalised backbone features of every sample the loader yields (eval mode: pass a
 /// module on a backend without autodiff, e.g. `backbone.valid()`), with their labels.
-pub fn extract_features<B: Backend, N: Backbone<B>>(
+pub fn extract_features<N: Backbone>(
     backbone: &N,
     loader: &Loader,
-    device: &B::Device,
-) -> Result<(Tensor<B, 2>, Vec<usize>), DataError> {
+    device: &Device,
+) -> Result<(Tensor<2>, Vec<usize>), DataError> {
     extract_features_with(&|x| backbone.forward(x), loader, device)
 }
 
 /// L2-normalised `f(batch)` of every batch the loader yields, with the labels.
-pub fn extract_features_with<B: Backend, F: Fn(Tensor<B, 4>) -> Tensor<B, 2>>(
+pub fn extract_features_with<F: Fn(Tensor<4>) -> Tensor<2>>(
     f: &F,
     loader: &Loader,
-    device: &B::Device,
-) -> Result<(Tensor<B, 2>, Vec<usize>), DataError> {
+    device: &Device,
+) -> Result<(Tensor<2>, Vec<usize>), DataError> {
     let (feats, labels) = extract_raw_with(f, loader, device)?;
     Ok((moco_loss::normalize(feats), labels))
 }
 
 /// `f(batch)` of every batch the loader yields (not normalised), with the labels.
-pub fn extract_raw_with<B: Backend, F: Fn(Tensor<B, 4>) -> Tensor<B, 2>>(
+pub fn extract_raw_with<F: Fn(Tensor<4>) -> Tensor<2>>(
     f: &F,
     loader: &Loader,
-    device: &B::Device,
-) -> Result<(Tensor<B, 2>, Vec<usize>), DataError> {
+    device: &Device,
+) -> Result<(Tensor<2>, Vec<usize>), DataError> {
     let mut feats = Vec::new();
     let mut labels = Vec::new();
     for batch in loader.epoch(0, 0) {
         let mut batch = batch?;
         let view = batch.views.swap_remove(0);
-        let x = Tensor::<B, 4>::from_data(TensorData::new(view, batch.shape), device);
+        let x = Tensor::<4>::from_data(TensorData::new(view, batch.shape), device);
         feats.push(f(x));
         labels.extend(batch.labels);
     }
@@ -76,10 +76,10 @@ pub fn extract_raw_with<B: Backend, F: Fn(Tensor<B, 4>) -> Tensor<B, 2>>(
 
 /// Classifies `queries` by weighted vote of their `k` most similar `memory` features (both
 /// L2-normalised). Labels index `num_classes` classes.
-pub fn knn_classify<B: Backend>(
-    memory: Tensor<B, 2>,
+pub fn knn_classify(
+    memory: Tensor<2>,
     memory_labels: &[usize],
-    queries: Tensor<B, 2>,
+    queries: Tensor<2>,
     query_labels: &[usize],
     num_classes: usize,
     config: &KnnConfig,
@@ -97,12 +97,12 @@ pub fn knn_classify<B: Backend>(
         let sim = sim
             .into_data()
             .convert::<f32>()
-            .into_vec::<f32>()
+            .try_into_vec::<f32>()
             .expect("f32 similarities");
         let idx = idx
             .into_data()
             .convert::<i64>()
-            .into_vec::<i64>()
+            .try_into_vec::<i64>()
             .expect("integer indices");
         for (row, label) in query_labels[start..end].iter().enumerate() {
             let mut votes = vec![0f64; num_classes];
@@ -130,12 +130,12 @@ pub fn knn_classify<B: Backend>(
 }
 
 /// Encodes the memory and evaluation sets with `backbone` and classifies the evaluation set.
-pub fn knn_evaluate<B: Backend, N: Backbone<B>>(
+pub fn knn_evaluate<N: Backbone>(
     backbone: &N,
     memory: &Loader,
     eval: &Loader,
     config: &KnnConfig,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<KnnResult, DataError> {
     let (mem, mem_labels) = extract_features(backbone, memory, device)?;
     let (query, query_labels) = extract_features(backbone, eval, device)?;
@@ -163,7 +163,7 @@ mod tests {
     fn weighted_vote_by_hand() {
         let device = Default::default();
         let t = |v: Vec<f32>, n: usize| {
-            Tensor::<Flex, 2>::from_data(TensorData::new(v, [n, 2]), &device)
+            Tensor::<2>::from_data(TensorData::new(v, [n, 2]), &device)
         };
         // Memory: two of class 0 near (1,0), one of class 1 at (0,1).
         let memory = t(vec![1.0, 0.0, 0.8, 0.6, 0.0, 1.0], 3);

@@ -70,14 +70,14 @@ impl KnnMonitor {
     /// Evaluates `backbone` (an inference copy, e.g. `model.backbone().valid()`) after `step`
     /// steps: the accuracy, and the events to report (the evaluation, and a dip if there is
     /// one).
-    pub fn evaluate<B: Backend, N: Backbone<B>>(
+    pub fn evaluate<N: Backbone>(
         &mut self,
         backbone: &N,
         step: u64,
-        device: &B::Device,
+        device: &Device,
     ) -> Result<(KnnResult, Vec<Event>), TrainError> {
         let started = Instant::now();
-        let r = knn_evaluate::<B, N>(backbone, &self.memory, &self.eval, &self.config, device)?;
+        let r = knn_evaluate::<N>(backbone, &self.memory, &self.eval, &self.config, device)?;
         let mut events = vec![Event::Knn {
             step,
             top1: r.top1,

@@ -3,7 +3,7 @@
 //! methods with a target network its momentum update, done before the keys are computed as
 //! MoCo v3 does.
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{Module, Module};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use moco_loss::{byol, infonce, nt_xent, nt_xent_gathered};
@@ -58,34 +58,34 @@ pub struct StepParams {
 
 /// What one forward of both views produced.
 #[derive(Clone, Debug)]
-pub struct StepOutput<B: Backend> {
+pub struct StepOutput {
     /// The loss to minimise, `[1]`.
-    pub loss: Tensor<B, 1>,
+    pub loss: Tensor<1>,
     /// Queries / online predictions / projections of view 1.
-    pub q1: Tensor<B, 2>,
+    pub q1: Tensor<2>,
     /// Same for view 2.
-    pub q2: Tensor<B, 2>,
+    pub q2: Tensor<2>,
     /// Keys / targets of view 1 (no gradient); absent for SimCLR.
-    pub k1: Option<Tensor<B, 2>>,
+    pub k1: Option<Tensor<2>>,
     /// Keys / targets of view 2.
-    pub k2: Option<Tensor<B, 2>>,
+    pub k2: Option<Tensor<2>>,
 }
 
 /// A model that can be pretrained with one of the [`Method`]s: [`Siamese`] (MoCo v3, BYOL)
 /// and [`SimClr`], around any [`Backbone`].
-pub trait Pretrain<B: AutodiffBackend>: AutodiffModule<B> + Clone + Send {
+pub trait Pretrain: Module + Clone + Send {
     /// The backbone being pretrained; its inference copy (on the inner backend) is what the
     /// kNN monitor evaluates.
-    type Net: Backbone<B> + AutodiffModule<B, InnerModule: Backbone<B::InnerBackend>>;
+    type Net: Backbone + Module<InnerModule: Backbone>;
 
     /// Forwards both views, updates the target network if there is one, and returns the
     /// model with the loss.
     fn forward_loss(
         self,
-        x1: Tensor<B, 4>,
-        x2: Tensor<B, 4>,
+        x1: Tensor<4>,
+        x2: Tensor<4>,
         params: &StepParams,
-    ) -> (Self, StepOutput<B>);
+    ) -> (Self, StepOutput);
     /// The backbone being pretrained (the base / online encoder's).
     fn backbone(&self) -> &Self::Net;
 
@@ -109,26 +109,26 @@ pub trait Pretrain<B: AutodiffBackend>: AutodiffModule<B> + Clone + Send {
 
 /// MoCo v3 or BYOL: both use a base encoder with predictor and a momentum encoder.
 #[derive(Module, Debug)]
-pub struct Siamese<B: Backend, N = AnyBackbone<B>> {
+pub struct Siamese<N = AnyBackbone> {
     /// The networks, in MoCo v3's layout.
-    pub model: MoCo<B, N>,
+    pub model: MoCo<N>,
     /// MoCo v3's InfoNCE (`false`) or BYOL's regression (`true`).
     pub byol: bool,
 }
 
-impl<B, N> Pretrain<B> for Siamese<B, N>
+impl<N> Pretrain for Siamese<N>
 where
     B: AutodiffBackend,
-    N: Backbone<B> + AutodiffModule<B, InnerModule: Backbone<B::InnerBackend>>,
+    N: Backbone + Module<InnerModule: Backbone>,
 {
     type Net = N;
 
     fn forward_loss(
         mut self,
-        x1: Tensor<B, 4>,
-        x2: Tensor<B, 4>,
+        x1: Tensor<4>,
+        x2: Tensor<4>,
         params: &StepParams,
-    ) -> (Self, StepOutput<B>) {
+    ) -> (Self, StepOutput) {
         let q1 = self.model.forward_query(x1.clone()).prediction;
         let q2 = self.model.forward_query(x2.clone()).prediction;
         self.model.momentum_encoder = ema_update(
@@ -144,7 +144,7 @@ where
             let t = params.temperature;
             // Under data parallelism the keys of every replica are the negatives, and this
             // replica's positives sit at its rank's offset.
-            match moco_models::replicas::<B>() {
+            match moco_models::replicas() {
                 Some(g) => {
                     let rank = g.rank();
                     let k2_all = moco_models::gather_rows(g.as_ref(), k2.clone());
@@ -175,30 +175,30 @@ where
 
 /// SimCLR: one encoder with projector.
 #[derive(Module, Debug)]
-pub struct SimClr<B: Backend, N = AnyBackbone<B>> {
+pub struct SimClr<N = AnyBackbone> {
     /// Backbone and projector.
-    pub encoder: Encoder<B, N>,
+    pub encoder: Encoder<N>,
 }
 
-impl<B, N> Pretrain<B> for SimClr<B, N>
+impl<N> Pretrain for SimClr<N>
 where
     B: AutodiffBackend,
-    N: Backbone<B> + AutodiffModule<B, InnerModule: Backbone<B::InnerBackend>>,
+    N: Backbone + Module<InnerModule: Backbone>,
 {
     type Net = N;
 
     fn forward_loss(
         self,
-        x1: Tensor<B, 4>,
-        x2: Tensor<B, 4>,
+        x1: Tensor<4>,
+        x2: Tensor<4>,
         params: &StepParams,
-    ) -> (Self, StepOutput<B>) {
+    ) -> (Self, StepOutput) {
         let z1 = self.encoder.forward(x1).1;
         let z2 = self.encoder.forward(x2).1;
         let t = params.temperature;
         // Under data parallelism every replica's samples are negatives, gathered with their
         // gradient, as SimCLR trains on many devices.
-        let loss = match moco_models::replicas::<B>() {
+        let loss = match moco_models::replicas() {
             Some(g) => {
                 let z1_all = moco_models::gather_rows(g.as_ref(), z1.clone());
                 let z2_all = moco_models::gather_rows(g.as_ref(), z2.clone());
@@ -223,21 +223,21 @@ where
     }
 }
 
-impl<B: Backend, N> Siamese<B, N> {
+impl<N> Siamese<N> {
     /// MoCo v3 on a model built around any backbone (see [`moco_models::Heads::init`]).
-    pub fn moco_v3(model: MoCo<B, N>) -> Self {
+    pub fn moco_v3(model: MoCo<N>) -> Self {
         Siamese { model, byol: false }
     }
 
     /// BYOL on a model built around any backbone.
-    pub fn byol(model: MoCo<B, N>) -> Self {
+    pub fn byol(model: MoCo<N>) -> Self {
         Siamese { model, byol: true }
     }
 }
 
 impl Method {
     /// Builds the MoCo v3 / BYOL model for `config`.
-    pub fn siamese<B: Backend>(self, config: &MocoConfig, device: &B::Device) -> Siamese<B> {
+    pub fn siamese(self, config: &MocoConfig, device: &Device) -> Siamese {
         assert!(
             self != Method::SimClr,
             "SimCLR has no target network: use Method::simclr"
@@ -249,9 +249,9 @@ impl Method {
     }
 
     /// Builds the SimCLR model for `config` (its predictor is not used).
-    pub fn simclr<B: Backend>(config: &MocoConfig, device: &B::Device) -> SimClr<B> {
+    pub fn simclr(config: &MocoConfig, device: &Device) -> SimClr {
         SimClr {
-            encoder: config.init::<B>(device).base_encoder,
+            encoder: config.init(device).base_encoder,
         }
     }
 }

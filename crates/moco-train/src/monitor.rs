@@ -27,26 +27,26 @@ pub fn layer_group(path: &[String]) -> String {
     moco_models::backbone::builtin_layer_group(path)
 }
 
-struct GradNorms<'a, B: AutodiffBackend, G: Fn(&[String]) -> String> {
+struct GradNorms<'a, G: Fn(&[String]) -> String> {
     grads: &'a GradientsParams,
     group: G,
     stack: Vec<String>,
     order: Vec<String>,
-    sums: BTreeMap<String, GroupSum<B::InnerBackend>>,
+    sums: BTreeMap<String, GroupSum>,
 }
 
 /// Σ g² of a group's gradients read on the host (flex), and of the others as a tensor.
-type GroupSum<B> = (f64, Option<Tensor<B, 1>>);
+type GroupSum = (f64, Option<Tensor<1>>);
 
-impl<B: AutodiffBackend, G: Fn(&[String]) -> String> ModuleVisitor<B> for GradNorms<'_, B, G> {
+impl<G: Fn(&[String]) -> String> ModuleVisitor for GradNorms<'_, B, G> {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.stack.push(name.to_string());
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.stack.pop();
     }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) else {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(g) = self.grads.get::<D>(param.id) else {
             return;
         };
         let group = (self.group)(&self.stack);
@@ -55,7 +55,7 @@ impl<B: AutodiffBackend, G: Fn(&[String]) -> String> ModuleVisitor<B> for GradNo
         }
         let (host, tensor) = self.sums.entry(group).or_insert((0.0, None));
         // On flex, one pass over the gradient's memory; elsewhere a reduction on the device.
-        match HostValues::<B::InnerBackend, D>::take(g) {
+        match HostValues::<D>::take(g) {
             Ok(values) => *host += sum_of_squares(values.values()),
             Err(g) => {
                 let n = g.shape().num_elements();
@@ -85,12 +85,12 @@ fn sum_of_squares(values: &[f32]) -> f64 {
 
 /// L2 norm of the gradient of each layer group (`group` of a parameter's path), in the
 /// model's order (first layer first).
-pub fn gradient_norms<B: AutodiffBackend, M: Module<B>>(
+pub fn gradient_norms<M: Module>(
     model: &M,
     grads: &GradientsParams,
     group: impl Fn(&[String]) -> String,
 ) -> Vec<(String, f64)> {
-    let mut v = GradNorms::<B, _> {
+    let mut v = GradNorms::<_> {
         grads,
         group,
         stack: Vec::new(),
@@ -102,7 +102,7 @@ pub fn gradient_norms<B: AutodiffBackend, M: Module<B>>(
         return Vec::new();
     }
     // The device sums of all groups in one transfer.
-    let on_device: Vec<Tensor<B::InnerBackend, 1>> =
+    let on_device: Vec<Tensor<1>> =
         v.order.iter().filter_map(|g| v.sums[g].1.clone()).collect();
     let mut device_sums = if on_device.is_empty() {
         Vec::new()
@@ -110,7 +110,7 @@ pub fn gradient_norms<B: AutodiffBackend, M: Module<B>>(
         Tensor::cat(on_device, 0)
             .into_data()
             .convert::<f64>()
-            .into_vec::<f64>()
+            .try_into_vec::<f64>()
             .unwrap_or_default()
     }
     .into_iter();
@@ -270,9 +270,9 @@ mod tests {
     }
 
     #[derive(Module, Debug)]
-    struct TwoLayers<B: Backend> {
-        first: burn::nn::Linear<B>,
-        second: burn::nn::Linear<B>,
+    struct TwoLayers {
+        first: burn::nn::Linear,
+        second: burn::nn::Linear,
     }
 
     /// The norm of each group is √(Σ g²) over its parameters' gradients (the host pass on flex),
@@ -282,19 +282,19 @@ mod tests {
         type B = burn::backend::Autodiff<burn::backend::Flex>;
         let device = Default::default();
         for (d_in, d_mid) in [(3, 5), (130, 257)] {
-            let model = TwoLayers::<B> {
+            let model = TwoLayers {
                 first: burn::nn::LinearConfig::new(d_in, d_mid).init(&device),
                 second: burn::nn::LinearConfig::new(d_mid, 2).init(&device),
             };
-            let x = Tensor::<B, 2>::random([4, d_in], burn::tensor::Distribution::Default, &device);
+            let x = Tensor::<2>::random([4, d_in], burn::tensor::Distribution::Default, &device);
             let loss = model
                 .second
                 .forward(model.first.forward(x).tanh())
                 .powf_scalar(2.0)
                 .sum();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let norms = gradient_norms::<B, _>(&model, &grads, |path| path[0].clone());
-            let expected = |layer: &burn::nn::Linear<B>| {
+            let norms = gradient_norms::<_>(&model, &grads, |path| path[0].clone());
+            let expected = |layer: &burn::nn::Linear| {
                 let w = grads
                     .get::<burn::backend::Flex, 2>(layer.weight.id)
                     .unwrap();

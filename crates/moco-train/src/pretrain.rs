@@ -64,23 +64,23 @@ impl RunOptions {
 
 /// Pretrains as `config` says, writing `config.json`, `metrics.jsonl` and checkpoints to
 /// `run_dir`. With `options.resume`, the stored configuration and newest checkpoint are used.
-pub fn pretrain<B: CollectiveBackend>(
+pub fn pretrain(
     config: PretrainConfig,
     run_dir: &Path,
     options: &RunOptions,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<RunSummary, TrainError> {
-    pretrain_data_parallel::<B>(config, run_dir, options, std::slice::from_ref(device))
+    pretrain_data_parallel(config, run_dir, options, std::slice::from_ref(device))
 }
 
 /// [`pretrain`] with one replica per device of `devices` (data parallelism: each device
 /// computes its shard of every batch, see [`crate::distributed`]); the first device holds the
 /// model that is evaluated and checkpointed. One device is the single-device run.
-pub fn pretrain_data_parallel<B: CollectiveBackend>(
+pub fn pretrain_data_parallel(
     config: PretrainConfig,
     run_dir: &Path,
     options: &RunOptions,
-    devices: &[B::Device],
+    devices: &[Device],
 ) -> Result<RunSummary, TrainError> {
     let Some(device) = devices.first() else {
         return Err(TrainError::Config("no device given".into()));
@@ -111,7 +111,7 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
     // Held until the run ends: one writer per run directory (the main process writes it).
     let (config, _lock) = run_config(config, run_dir, options, main)?;
     let precision = config.precision.unwrap_or_default();
-    if !precision.supported_on::<B>(device) {
+    if !precision.supported_on(device) {
         return Err(TrainError::Config(format!(
             "this device cannot compute in {precision}: use --precision f32"
         )));
@@ -132,17 +132,17 @@ pub fn pretrain_data_parallel<B: CollectiveBackend>(
     if !options.quiet {
         println!("{}", data.note);
     }
-    B::seed(device, config.seed);
+    device.seed(config.seed);
     let model_config = config.model_config()?;
     let optim = config.optim_config().map_err(TrainError::Config)?;
     match config.method {
         Method::SimClr => {
-            let model = Method::simclr::<B>(&model_config, device);
+            let model = Method::simclr(&model_config, device);
             let make_optim = move || optim.init();
             train(model, make_optim, &config, data, run_dir, options, devices)
         }
         method => {
-            let model = method.siamese::<B>(&model_config, device);
+            let model = method.siamese(&model_config, device);
             let make_optim = move || optim.init();
             train(model, make_optim, &config, data, run_dir, options, devices)
         }
@@ -182,20 +182,20 @@ fn run_config(
 }
 
 /// Assembles the [`Trainer`] of a configured run and runs it.
-fn train<B, M, O>(
+fn train<M, O>(
     model: M,
     make_optim: impl Fn() -> O + Clone + 'static,
     config: &PretrainConfig,
     data: RunData,
     run_dir: &Path,
     options: &RunOptions,
-    devices: &[B::Device],
+    devices: &[Device],
 ) -> Result<RunSummary, TrainError>
 where
     B: CollectiveBackend,
-    M: Pretrain<B> + 'static,
-    M::InnerModule: Send,
-    O: Optimizer<M, B> + Send + 'static,
+    M: Pretrain + 'static,
+    M: Send,
+    O: Optimizer<M> + Send + 'static,
     O::Record: Send,
 {
     let settings = config.loop_settings(data.train.batches_per_epoch());

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -60,7 +60,7 @@ pub fn list_checkpoints(run_dir: &Path) -> Vec<PathBuf> {
 
 /// Writes a checkpoint of `model`, `optim` and `position` under `run_dir/checkpoints`, then
 /// removes all but the newest `keep`. Returns its folder.
-pub fn save<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+pub fn save<M: Module, O: Optimizer<M>>(
     run_dir: &Path,
     model: &M,
     optim: &O,
@@ -75,9 +75,9 @@ pub fn save<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp, "cannot create"))?;
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
-    let model_bytes = Recorder::<B>::record(&recorder, model.clone().into_record(), ())
+    let model_bytes = Recorder::record(&recorder, model.clone().into_record(), ())
         .map_err(|e| TrainError::Io(format!("encoding the model: {e}")))?;
-    let optim_bytes = Recorder::<B>::record(&recorder, optim.to_record(), ())
+    let optim_bytes = Recorder::record(&recorder, optim.to_record(), ())
         .map_err(|e| TrainError::Io(format!("encoding the optimizer state: {e}")))?;
     let state = serde_json::to_vec_pretty(position).expect("position serialises");
     let files = [
@@ -115,21 +115,21 @@ pub fn save<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
 /// The records of the checkpoint in `dir`: the model's, the optimizer's, and the position.
 /// Nothing is applied, so a damaged checkpoint leaves the model as it was.
 #[allow(clippy::type_complexity)]
-pub fn read<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+pub fn read<M: Module, O: Optimizer<M>>(
     dir: &Path,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<(M::Record, O::Record, RunPosition), TrainError> {
     let read = |f: &str| std::fs::read(dir.join(f)).map_err(io(dir, &format!("cannot read {f}")));
     let position: RunPosition = serde_json::from_slice(&read("state.json")?)
         .map_err(|e| TrainError::Io(format!("{}: state.json: {e}", dir.display())))?;
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
-    let model = Recorder::<B>::load(&recorder, read("model.mpk")?, device).map_err(|e| {
+    let model = Recorder::load(&recorder, read("model.mpk")?, device).map_err(|e| {
         TrainError::Io(format!(
             "{}: model.mpk is not a checkpoint of this model: {e}",
             dir.display()
         ))
     })?;
-    let optim = Recorder::<B>::load(&recorder, read("optim.mpk")?, device).map_err(|e| {
+    let optim = Recorder::load(&recorder, read("optim.mpk")?, device).map_err(|e| {
         TrainError::Io(format!(
             "{}: optim.mpk does not match this optimizer: {e}",
             dir.display()
@@ -139,12 +139,12 @@ pub fn read<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
 }
 
 /// Loads the checkpoint in `dir` into `model` and `optim`.
-pub fn load<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+pub fn load<M: Module, O: Optimizer<M>>(
     dir: &Path,
     model: M,
     optim: O,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<(M, O, RunPosition), TrainError> {
-    let (m, o, position) = read::<B, M, O>(dir, device)?;
+    let (m, o, position) = read::<M, O>(dir, device)?;
     Ok((model.load_record(m), optim.load_record(o), position))
 }

@@ -3,7 +3,7 @@
 //! questions of both: the gradients of a micro-batch, then the step's gradients and loss
 //! reduced over every replica.
 
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use moco_data::Batch;
@@ -19,16 +19,16 @@ use crate::step::forward_backward;
 use crate::TrainError;
 
 /// One device, or a data-parallel group whose replica 0 runs here.
-pub struct StepRunner<B: CollectiveBackend> {
+pub struct StepRunner {
     precision: Precision,
     #[cfg(feature = "distributed")]
-    parallel: Option<DataParallel<B>>,
+    parallel: Option<DataParallel>,
     #[cfg(feature = "distributed")]
-    processes: Option<ProcessParallel<B>>,
-    _backend: PhantomData<B>,
+    processes: Option<ProcessParallel>,
+    _backend: PhantomData,
 }
 
-impl<B: CollectiveBackend> StepRunner<B> {
+impl StepRunner {
     /// Everything on one device, the backbone in `precision`.
     pub fn single(precision: Precision) -> Self {
         StepRunner {
@@ -43,7 +43,7 @@ impl<B: CollectiveBackend> StepRunner<B> {
 
     /// The replicas of `group`.
     #[cfg(feature = "distributed")]
-    pub fn parallel(group: DataParallel<B>, precision: Precision) -> Self {
+    pub fn parallel(group: DataParallel, precision: Precision) -> Self {
         StepRunner {
             precision,
             parallel: Some(group),
@@ -54,7 +54,7 @@ impl<B: CollectiveBackend> StepRunner<B> {
 
     /// This process's replica of a run over processes.
     #[cfg(feature = "distributed")]
-    pub fn processes(replica: ProcessParallel<B>, precision: Precision) -> Self {
+    pub fn processes(replica: ProcessParallel, precision: Precision) -> Self {
         StepRunner {
             precision,
             parallel: None,
@@ -64,7 +64,7 @@ impl<B: CollectiveBackend> StepRunner<B> {
     }
 
     #[cfg(feature = "distributed")]
-    fn group(&self) -> Option<&DataParallel<B>> {
+    fn group(&self) -> Option<&DataParallel> {
         self.parallel.as_ref()
     }
 
@@ -74,7 +74,7 @@ impl<B: CollectiveBackend> StepRunner<B> {
     }
 
     #[cfg(feature = "distributed")]
-    fn processes_replica(&self) -> Option<&ProcessParallel<B>> {
+    fn processes_replica(&self) -> Option<&ProcessParallel> {
         self.processes.as_ref()
     }
 
@@ -101,13 +101,13 @@ impl<B: CollectiveBackend> StepRunner<B> {
 
     /// Forward and backward of one micro-batch (both views); `scale` multiplies the loss
     /// before backward. Returns the model, the loss and this replica's gradients.
-    pub fn micro_step<M: Pretrain<B>>(
+    pub fn micro_step<M: Pretrain>(
         &self,
         model: M,
         batch: Batch,
         params: &StepParams,
         scale: f64,
-        device: &B::Device,
+        device: &Device,
     ) -> Result<(M, f64, GradientsParams), TrainError> {
         let shape = batch.shape;
         let mut views = batch.views.into_iter();
@@ -119,7 +119,7 @@ impl<B: CollectiveBackend> StepRunner<B> {
         if let Some(group) = self.group() {
             return group.micro_step(model, [v1, v2], shape, params, scale, device);
         }
-        let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), device);
+        let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), device);
         if let Some(p) = self.processes_replica() {
             return Ok(p.micro_step(model, [t(v1), t(v2)], params, scale));
         }
@@ -137,13 +137,13 @@ impl<B: CollectiveBackend> StepRunner<B> {
     /// the other local replicas are told to update with `lr`, `clip` and `skip_nonfinite`.
     /// `stop` is this process's wish to stop after the step; the answer's is whether any
     /// process of the run wishes so (every process must stop at the same step).
-    pub fn reduce<M: AutodiffModule<B>>(
+    pub fn reduce<M: Module>(
         &self,
         model: &M,
         grads: GradientsParams,
         (loss, stop): (f64, bool),
         (lr, clip, skip_nonfinite): (f64, Option<f64>, bool),
-        device: &B::Device,
+        device: &Device,
     ) -> Result<(GradientsParams, f64, bool), TrainError> {
         if let Some(p) = self.processes_replica() {
             return p.reduce(model, grads, loss, stop, device);
@@ -170,14 +170,14 @@ impl NoGroup {
     fn world_size(&self) -> usize {
         match *self {}
     }
-    fn micro_step<B: CollectiveBackend, M: Pretrain<B>>(
+    fn micro_step<M: Pretrain>(
         &self,
         _: M,
         _: [Vec<f32>; 2],
         _: [usize; 4],
         _: &StepParams,
         _: f64,
-        _: &B::Device,
+        _: &Device,
     ) -> Result<(M, f64, GradientsParams), TrainError> {
         match *self {}
     }
@@ -206,10 +206,10 @@ impl NoProcesses {
     fn world_size(&self) -> usize {
         match *self {}
     }
-    fn micro_step<B: CollectiveBackend, M: Pretrain<B>>(
+    fn micro_step<M: Pretrain>(
         &self,
         _: M,
-        _: [Tensor<B, 4>; 2],
+        _: [Tensor<4>; 2],
         _: &StepParams,
         _: f64,
     ) -> (M, f64, GradientsParams) {

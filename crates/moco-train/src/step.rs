@@ -2,7 +2,7 @@
 //! (forward of both views, loss, backward), the gradient monitor, and the update (clipping,
 //! optimizer).
 
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -13,7 +13,7 @@ use crate::method::{Pretrain, StepParams};
 use crate::monitor::gradient_norms;
 
 /// Scales every gradient so that their global L2 norm is at most `max_norm`.
-fn clip_global<B: AutodiffBackend, M: AutodiffModule<B>>(
+fn clip_global<M: Module>(
     model: &M,
     grads: GradientsParams,
     norm: f64,
@@ -26,9 +26,9 @@ fn clip_global<B: AutodiffBackend, M: AutodiffModule<B>>(
         grads: &'a mut GradientsParams,
         factor: f64,
     }
-    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Scale<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
-            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+    impl burn::module::ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
                 self.grads.register(param.id, g.mul_scalar(self.factor));
             }
         }
@@ -45,16 +45,16 @@ fn clip_global<B: AutodiffBackend, M: AutodiffModule<B>>(
 /// the method's loss (and its target-network update), backward. `scale` multiplies the loss
 /// before backward (1 / micro-batches under accumulation). Returns the model, the unscaled
 /// loss and the gradients (of the f32 parameters).
-pub fn forward_backward<B: AutodiffBackend, M: Pretrain<B>>(
+pub fn forward_backward<M: Pretrain>(
     model: M,
-    x1: Tensor<B, 4>,
-    x2: Tensor<B, 4>,
+    x1: Tensor<4>,
+    x2: Tensor<4>,
     params: &StepParams,
     scale: f64,
     precision: Precision,
 ) -> (M, f64, GradientsParams) {
     let (model, out) = autocast(precision, || model.forward_loss(x1, x2, params));
-    let value = out.loss.clone().into_scalar().elem::<f64>();
+    let value = out.loss.clone().into_scalar::<f64>();
     let loss = if scale != 1.0 {
         out.loss.mul_scalar(scale)
     } else {
@@ -65,18 +65,18 @@ pub fn forward_backward<B: AutodiffBackend, M: Pretrain<B>>(
 }
 
 /// Gradient norm per layer group (first layer first) and the global norm.
-pub fn measure_gradients<B: AutodiffBackend, M: Pretrain<B>>(
+pub fn measure_gradients<M: Pretrain>(
     model: &M,
     grads: &GradientsParams,
 ) -> (Vec<(String, f64)>, f64) {
-    let norms = gradient_norms::<B, M>(model, grads, |path| model.layer_group(path));
+    let norms = gradient_norms::<M>(model, grads, |path| model.layer_group(path));
     let global = norms.iter().map(|(_, n)| n * n).sum::<f64>().sqrt();
     (norms, global)
 }
 
 /// The update part of a training step: optional clipping to a global norm, then the
 /// optimizer step at `lr`.
-pub fn apply_step<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+pub fn apply_step<M: Module, O: Optimizer<M>>(
     model: M,
     optim: &mut O,
     grads: GradientsParams,
@@ -85,7 +85,7 @@ pub fn apply_step<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
     clip: Option<f64>,
 ) -> M {
     let grads = match clip {
-        Some(max) => clip_global::<B, M>(&model, grads, global_norm, max),
+        Some(max) => clip_global::<M>(&model, grads, global_norm, max),
         None => grads,
     };
     optim.step(lr, model, grads)
@@ -111,7 +111,7 @@ pub enum Update<M> {
 /// step is skipped with `skip_nonfinite`, and stops the run without. `norms` and `global` are
 /// [`measure_gradients`]'s.
 #[allow(clippy::too_many_arguments)]
-pub fn update<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+pub fn update<M: Module, O: Optimizer<M>>(
     model: M,
     optim: &mut O,
     grads: GradientsParams,

@@ -8,7 +8,7 @@
 //! # use burn::backend::{Autodiff, Flex};
 //! # use moco_train::{Trainer, LoopSettings, Schedule, Pretrain, OptimConfig};
 //! # fn run<M: Pretrain<Autodiff<Flex>> + 'static>(model: M, train: moco_data::Loader)
-//! # where M::InnerModule: Send {
+//! # where M: Send {
 //! let schedule = Schedule {
 //!     epochs: 10.0, warmup_epochs: 1.0, peak_lr: 1e-3, base_momentum: 0.99,
 //!     batches_per_epoch: train.batches_per_epoch(), grad_accum: 1,
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use moco_data::{BatchIter, Loader};
 use moco_models::{Backbone, Precision};
@@ -133,24 +133,24 @@ pub struct RunSummary {
 type MakeOptim<O> = Box<dyn Fn() -> O>;
 
 #[cfg_attr(not(feature = "distributed"), allow(dead_code))]
-struct ParallelSetup<B: CollectiveBackend, O> {
-    devices: Vec<B::Device>,
+struct ParallelSetup<O> {
+    devices: Vec<Device>,
     make_optim: MakeOptim<O>,
     cluster: Option<Cluster>,
     timeout: Duration,
 }
 
 /// The training loop of one run, assembled from its parts; [`Trainer::run`] runs it.
-pub struct Trainer<B: CollectiveBackend, M, O> {
+pub struct Trainer<M, O> {
     model: M,
     optim: O,
     settings: LoopSettings,
     train: Loader,
-    device: B::Device,
+    device: Device,
     knn: Option<KnnMonitor>,
     sinks: Vec<Box<dyn MetricSink>>,
     run_dir: Option<RunDirectory>,
-    parallel: Option<ParallelSetup<B, O>>,
+    parallel: Option<ParallelSetup<O>>,
     #[cfg(feature = "distributed")]
     processes: Option<(Arc<dyn ProcessGroup>, Duration)>,
     stop: Option<Arc<AtomicBool>>,
@@ -161,12 +161,12 @@ pub struct Trainer<B: CollectiveBackend, M, O> {
     resumed_from: Option<PathBuf>,
 }
 
-impl<B, M, O> Trainer<B, M, O>
+impl<M, O> Trainer<M, O>
 where
     B: CollectiveBackend,
-    M: Pretrain<B> + 'static,
-    M::InnerModule: Send,
-    O: Optimizer<M, B> + Send + 'static,
+    M: Pretrain + 'static,
+    M: Send,
+    O: Optimizer<M> + Send + 'static,
     O::Record: Send,
 {
     /// Trains `model` with `optim` on the two-view batches of `train` (a loader with
@@ -176,7 +176,7 @@ where
         optim: O,
         train: Loader,
         settings: LoopSettings,
-        device: B::Device,
+        device: Device,
     ) -> Self {
         Trainer {
             model,
@@ -246,7 +246,7 @@ where
     /// with `cluster` adding other machines; see [`crate::distributed`].
     pub fn data_parallel(
         mut self,
-        devices: Vec<B::Device>,
+        devices: Vec<Device>,
         make_optim: impl Fn() -> O + 'static,
         cluster: Option<Cluster>,
         timeout: Duration,
@@ -273,7 +273,7 @@ where
     /// Continues from the checkpoint folder `checkpoint`: model, optimizer state and the
     /// position in the schedule and the data.
     pub fn resume(self, checkpoint: PathBuf) -> Result<Self, TrainError> {
-        let (model, optim, pos) = run_state::read::<B, M, O>(&checkpoint, &self.device)?;
+        let (model, optim, pos) = run_state::read::<M, O>(&checkpoint, &self.device)?;
         Ok(self.resumed(checkpoint, model, optim, pos))
     }
 
@@ -282,7 +282,7 @@ where
     pub fn resume_newest(self, checkpoints: &[PathBuf]) -> Result<Self, TrainError> {
         let mut last_error = None;
         for dir in checkpoints.iter().rev() {
-            match run_state::read::<B, M, O>(dir, &self.device) {
+            match run_state::read::<M, O>(dir, &self.device) {
                 Ok((model, optim, pos)) => return Ok(self.resumed(dir.clone(), model, optim, pos)),
                 Err(e) => {
                     eprintln!("warning: cannot resume from {}: {e}", dir.display());
@@ -320,7 +320,7 @@ where
     }
 
     /// One device, or the replicas of [`Trainer::data_parallel`] started from this model.
-    fn runner(&self) -> Result<StepRunner<B>, TrainError> {
+    fn runner(&self) -> Result<StepRunner, TrainError> {
         let precision = self.settings.precision;
         #[cfg(feature = "distributed")]
         if let Some((group, timeout)) = &self.processes {
@@ -437,16 +437,16 @@ enum Flow {
 }
 
 /// A running loop: the parts of the [`Trainer`] and the state they share.
-struct Run<B: CollectiveBackend, O> {
+struct Run<O> {
     optim: O,
     settings: LoopSettings,
     total: u64,
     train: Loader,
-    device: B::Device,
+    device: Device,
     knn: Option<KnnMonitor>,
     sinks: Vec<Box<dyn MetricSink>>,
     run_dir: Option<RunDirectory>,
-    runner: StepRunner<B>,
+    runner: StepRunner,
     stop: Option<Arc<AtomicBool>>,
     /// Set from elsewhere to ask for a checkpoint after the current step (cleared here).
     checkpoint_request: Option<Arc<AtomicBool>>,
@@ -463,14 +463,14 @@ struct Run<B: CollectiveBackend, O> {
     started: Instant,
 }
 
-impl<B, O> Run<B, O>
+impl<O> Run<O>
 where
     B: CollectiveBackend,
 {
     fn execute<M>(mut self, mut model: M, resumed: bool) -> Result<(M, RunSummary), TrainError>
     where
-        M: Pretrain<B>,
-        O: Optimizer<M, B>,
+        M: Pretrain,
+        O: Optimizer<M>,
     {
         if !resumed {
             self.evaluate(&model, 0)?;
@@ -499,7 +499,7 @@ where
         Ok((model, self.summary))
     }
 
-    fn banner<M: Pretrain<B>>(&self, model: &M) {
+    fn banner<M: Pretrain>(&self, model: &M) {
         if self.progress_quiet() {
             return;
         }
@@ -548,8 +548,8 @@ where
         start_step: u64,
     ) -> Result<(M, Flow), TrainError>
     where
-        M: Pretrain<B>,
-        O: Optimizer<M, B>,
+        M: Pretrain,
+        O: Optimizer<M>,
     {
         let g = match self.gradients(model, batches)? {
             (model, None) => return Ok((model, Flow::EpochEnd)),
@@ -625,7 +625,7 @@ where
 
     /// Forward and backward of the step's micro-batches; `None` when the epoch has too few
     /// batches left for a whole step.
-    fn gradients<M: Pretrain<B>>(
+    fn gradients<M: Pretrain>(
         &mut self,
         mut model: M,
         batches: &mut BatchIter,
@@ -770,12 +770,12 @@ where
     }
 
     /// The kNN monitor's evaluation of the backbone after `step` steps (if there is one).
-    fn evaluate<M: Pretrain<B>>(&mut self, model: &M, step: u64) -> Result<(), TrainError> {
+    fn evaluate<M: Pretrain>(&mut self, model: &M, step: u64) -> Result<(), TrainError> {
         let Some(knn) = &mut self.knn else {
             return Ok(());
         };
         let backbone = model.backbone().valid();
-        let (r, events) = knn.evaluate::<B::InnerBackend, _>(&backbone, step, &self.device)?;
+        let (r, events) = knn.evaluate::<_>(&backbone, step, &self.device)?;
         let seconds = match events.first() {
             Some(Event::Knn { seconds, .. }) => *seconds,
             _ => 0.0,
@@ -796,8 +796,8 @@ where
     /// Saves a checkpoint when one is due or the run stops here; stops when asked to.
     fn checkpoint_or_stop<M>(&mut self, model: &M, step: u64) -> Result<Flow, TrainError>
     where
-        M: AutodiffModule<B>,
-        O: Optimizer<M, B>,
+        M: Module,
+        O: Optimizer<M>,
     {
         let interrupted = self.stop_agreed || self.stop_after.is_some_and(|s| step >= s);
         let requested = (self.checkpoint_request.as_ref())

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use moco_models::{gather_rows, with_replicas, MocoConfig, Precision, ReplicaGroup, VitConfig};
@@ -37,27 +37,27 @@ fn gather_places_each_replica_at_its_offset_and_sums_gradients_back() {
         .map(|rank| {
             std::thread::spawn(move || {
                 let device = Default::default();
-                join_group::<B>(rank, &Topology::single_node(world), &device).unwrap();
-                let group: Arc<dyn ReplicaGroup<B>> = Arc::new(CollectiveGroup::new(rank, world));
+                join_group(rank, &Topology::single_node(world), &device).unwrap();
+                let group: Arc<dyn ReplicaGroup> = Arc::new(CollectiveGroup::new(rank, world));
                 // Rows of rank r: r·10 + 0..6, shape [2, 3].
-                let x = Tensor::<B, 1, Int>::arange(0..6, &device)
+                let x = Tensor::<1, Int>::arange(0..6, &device)
                     .float()
                     .add_scalar(10.0 * rank as f64)
                     .reshape([2, 3])
                     .require_grad();
                 let all = with_replicas(group.clone(), || gather_rows(group.as_ref(), x.clone()));
-                let values = all.clone().into_data().to_vec::<f32>().unwrap();
+                let values = all.clone().into_data().try_to_vec::<f32>().unwrap();
                 // Each replica weighs the gathered rows by (rank + 1): the gradient of its own
                 // rows is the sum over replicas, 1 + 2 + 3 = 6.
                 let loss = all.mul_scalar((rank + 1) as f64).sum();
                 let grads = loss.backward();
-                let gx = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+                let gx = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
                 // Detached keys gather without a gradient path.
                 let keys = with_replicas(group.clone(), || {
                     gather_rows(group.as_ref(), x.clone().detach())
                 });
                 let keys_tracked = keys.is_require_grad();
-                leave_group::<B>(rank);
+                leave_group(rank);
                 (values, gx, keys_tracked)
             })
         })
@@ -73,7 +73,7 @@ fn gather_places_each_replica_at_its_offset_and_sums_gradients_back() {
     }
 }
 
-fn tiny_moco(device: &burn_flex::FlexDevice) -> Siamese<B> {
+fn tiny_moco(device: &burn_flex::FlexDevice) -> Siamese {
     let vit = VitConfig::vit_tiny()
         .with_img_size(16)
         .with_patch_size(8)
@@ -81,8 +81,8 @@ fn tiny_moco(device: &burn_flex::FlexDevice) -> Siamese<B> {
         .with_embed_dim(32)
         .with_depth(1)
         .with_num_heads(2);
-    B::seed(device, 7);
-    Method::MocoV3.siamese::<B>(&MocoConfig::vit(vit, 48, 16), device)
+    device.seed(7);
+    Method::MocoV3.siamese(&MocoConfig::vit(vit, 48, 16), device)
 }
 
 fn batch(n: usize, seed: u64) -> Vec<f32> {
@@ -100,10 +100,10 @@ fn batch(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn grads_vector(model: &Siamese<B>, grads: &GradientsParams) -> Vec<f32> {
+fn grads_vector(model: &Siamese, grads: &GradientsParams) -> Vec<f32> {
     struct Collect<'a>(&'a GradientsParams, Vec<f32>);
-    impl burn::module::ModuleVisitor<B> for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
             if let Some(g) = self.0.get::<Flex, D>(param.id) {
                 self.1.extend(g.into_data().iter::<f32>());
             }
@@ -146,7 +146,7 @@ fn step(world: usize, n: usize) -> StepResult {
     let lr = 0.05;
     if world == 0 {
         // The single-device step on the whole batch.
-        let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), &device);
+        let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), &device);
         let (model, loss, grads) =
             forward_backward(model, t(v1), t(v2), &params, 1.0, Precision::F32);
         let g = grads_vector(&model, &grads);
@@ -160,8 +160,8 @@ fn step(world: usize, n: usize) -> StepResult {
         };
     }
     let devices = vec![device; world];
-    let model = Siamese::<B>::from_inner(model.valid());
-    let dp = DataParallel::<B>::start(
+    let model = Siamese::from_inner(model.valid());
+    let dp = DataParallel::start(
         &model,
         &optim,
         make_optim,
@@ -298,7 +298,7 @@ fn processes_match_the_single_device_step() {
                     size: world,
                     shared,
                 });
-                let replica = ProcessParallel::<B>::start(
+                let replica = ProcessParallel::start(
                     group,
                     std::time::Duration::from_secs(60),
                     Precision::F32,
@@ -310,7 +310,7 @@ fn processes_match_the_single_device_step() {
                 let shape = [8, 1, 16, 16];
                 let mine = |seed| shard(batch(8, seed), shape, world).swap_remove(rank);
                 let ((x1, s), (x2, _)) = (mine(1), mine(2));
-                let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, s), &device);
+                let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, s), &device);
                 let (model, loss, grads) = replica.micro_step(model, [t(x1), t(x2)], &params, 1.0);
                 let (grads, loss, stop) = replica
                     .reduce(&model, grads, loss, rank == 1, &device)
@@ -373,8 +373,8 @@ fn a_data_parallel_run_follows_the_single_device_run() {
     };
     let device = burn_flex::FlexDevice;
     let (a, b) = (Tmp::new("single"), Tmp::new("two"));
-    let single = pretrain::<B>(config.clone(), &a.0, &quiet, &device).unwrap();
-    let two = pretrain_data_parallel::<B>(config.clone(), &b.0, &quiet, &[device, device]).unwrap();
+    let single = pretrain(config.clone(), &a.0, &quiet, &device).unwrap();
+    let two = pretrain_data_parallel(config.clone(), &b.0, &quiet, &[device, device]).unwrap();
     assert_eq!(two.steps, 4);
     for (x, y) in single.losses.iter().zip(&two.losses) {
         assert!(
@@ -389,14 +389,14 @@ fn a_data_parallel_run_follows_the_single_device_run() {
     // SimCLR: the negatives of every replica are gathered, so its losses follow too.
     let simclr = config.clone().with_method(Method::SimClr);
     let (c, d) = (Tmp::new("simclr-single"), Tmp::new("simclr-two"));
-    let single = pretrain::<B>(simclr.clone(), &c.0, &quiet, &device).unwrap();
-    let two = pretrain_data_parallel::<B>(simclr, &d.0, &quiet, &[device, device]).unwrap();
+    let single = pretrain(simclr.clone(), &c.0, &quiet, &device).unwrap();
+    let two = pretrain_data_parallel(simclr, &d.0, &quiet, &[device, device]).unwrap();
     for (x, y) in single.losses.iter().zip(&two.losses) {
         let close = (x - y).abs() < 1e-4;
         assert!(close, "SimCLR: {:?} vs {:?}", single.losses, two.losses);
     }
     // An odd split is refused with the reason.
-    let e = pretrain_data_parallel::<B>(config.with_batch_size(18), &b.0, &quiet, &[device; 4])
+    let e = pretrain_data_parallel(config.with_batch_size(18), &b.0, &quiet, &[device; 4])
         .unwrap_err()
         .to_string();
     assert!(e.contains("cannot be split evenly over 4 devices"), "{e}");
@@ -428,7 +428,7 @@ fn processes_refuse_to_start_from_different_places() {
                         size: 2,
                         shared,
                     });
-                    let replica = ProcessParallel::<B>::start(
+                    let replica = ProcessParallel::start(
                         group,
                         std::time::Duration::from_secs(60),
                         Precision::F32,
@@ -447,11 +447,11 @@ fn processes_refuse_to_start_from_different_places() {
 /// Adds 1 to every float parameter.
 struct AddOne;
 
-impl burn::module::ModuleMapper<B> for AddOne {
+impl burn::module::ModuleMapper for AddOne {
     fn map_float<const D: usize>(
         &mut self,
-        param: burn::module::Param<Tensor<B, D>>,
-    ) -> burn::module::Param<Tensor<B, D>> {
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
         param.map(|t| t.add_scalar(1.0))
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::prelude::*;
 use moco_data::{bundled_fashion_mnist, AugmentConfig};
 use moco_models::export::torch_state_dict;
@@ -92,7 +92,7 @@ fn tiny_resnet() -> BackboneConfig {
 fn tensors<Bk: Backend>(b: &AnyBackbone<Bk>, c: &BackboneConfig) -> Vec<(String, Vec<f32>)> {
     torch_state_dict(b, family_of_config(c))
         .into_iter()
-        .map(|(k, d)| (k, d.to_vec::<f32>().unwrap()))
+        .map(|(k, d)| (k, d.try_to_vec::<f32>().unwrap()))
         .collect()
 }
 
@@ -102,8 +102,8 @@ fn probe_keeps_a_bn_backbone_frozen_and_learns() {
     let device = Default::default();
     let data = small_data();
     let config = tiny_resnet();
-    B::seed(&device, 3);
-    let backbone: AnyBackbone<B> = config.init(&device);
+    device.seed(3);
+    let backbone: AnyBackbone = config.init(&device);
     // Give the BN layers the running statistics of real images, as a pretrained network has.
     let warm: AnyBackbone<AB> = AnyBackbone::<AB>::from_inner(backbone.clone());
     let loader = data.eval_loader(&data.train, 128).unwrap();
@@ -150,8 +150,8 @@ fn probe_of_a_random_vit_beats_chance() {
     let device = Default::default();
     let data = small_data();
     let config = tiny_vit();
-    B::seed(&device, 4);
-    let backbone: AnyBackbone<B> = config.init(&device);
+    device.seed(4);
+    let backbone: AnyBackbone = config.init(&device);
     for cached in [true, false] {
         let probe = ProbeConfig {
             epochs: 3,
@@ -175,7 +175,7 @@ fn finetune_with_layer_decay_and_drop_path_trains_every_group() {
     let device = Default::default();
     let data = small_data();
     let config = tiny_vit();
-    B::seed(&device, 5);
+    device.seed(5);
     let backbone: AnyBackbone<AB> = config.init(&device);
     let before = tensors(&backbone.valid(), &config);
     let tmp = Tmp::new("finetune");
@@ -206,7 +206,7 @@ fn finetune_with_layer_decay_and_drop_path_trains_every_group() {
     // The saved file holds the trained backbone and the head, and imports as a backbone.
     let saved = read_state_dict(&tmp.join("ft.safetensors")).unwrap();
     assert_eq!(saved["head.weight"].shape.to_vec(), vec![10, 32]);
-    let loaded = load_pretrained::<B>(&tmp.join("ft.safetensors"), None, &device).unwrap();
+    let loaded = load_pretrained(&tmp.join("ft.safetensors"), None, &device).unwrap();
     let after = tensors(&loaded.backbone, &config);
     let changed = |key: &str| {
         let a = &before.iter().find(|(k, _)| k == key).unwrap().1;
@@ -227,19 +227,19 @@ fn knn_features_and_raw_pixels_on_the_bundled_split() {
     let device = Default::default();
     let data = small_data();
     let config = tiny_vit();
-    B::seed(&device, 7);
-    let backbone: AnyBackbone<B> = config.init(&device);
+    device.seed(7);
+    let backbone: AnyBackbone = config.init(&device);
     let knn = KnnConfig {
         k: 20,
         ..KnnConfig::default()
     };
     let r = evaluate_knn(&backbone, &data, &knn, None, None, &device).unwrap();
     assert!(r.top1 > 30.0 && r.top5 >= r.top1, "{r:?}");
-    let raw = raw_pixel_knn::<B>(&data, &knn, None, None, &device).unwrap();
+    let raw = raw_pixel_knn(&data, &knn, None, None, &device).unwrap();
     // Raw-pixel cosine kNN on 512 Fashion-MNIST images lands around 70 %.
     assert!(raw.top1 > 55.0 && raw.top1 < 90.0, "{raw:?}");
 
-    let model = moco_train::eval::Pretrained::<B> {
+    let model = moco_train::eval::Pretrained {
         backbone,
         backbone_config: config.clone(),
         projector: None,
@@ -252,7 +252,7 @@ fn knn_features_and_raw_pixels_on_the_bundled_split() {
     let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["features", "labels"]);
     assert_eq!(out[0].1.shape.to_vec(), vec![256, 32]);
-    let labels = out[1].1.to_vec::<i64>().unwrap();
+    let labels = out[1].1.try_to_vec::<i64>().unwrap();
     let expected: Vec<i64> = (0..256)
         .map(|i| data.test.get(i).unwrap().label as i64)
         .collect();
@@ -271,8 +271,8 @@ fn knn_features_and_raw_pixels_on_the_bundled_split() {
     .unwrap();
     let read = read_images(&tmp.join("in.safetensors"), &config).unwrap();
     let feats = features_of_images(&model, read, &device);
-    let a = feats[0].1.to_vec::<f32>().unwrap();
-    let b = out[0].1.to_vec::<f32>().unwrap();
+    let a = feats[0].1.try_to_vec::<f32>().unwrap();
+    let b = out[0].1.try_to_vec::<f32>().unwrap();
     for (x, y) in a.iter().zip(&b[..8 * 32]) {
         assert!((x - y).abs() < 1e-5);
     }
@@ -294,7 +294,7 @@ fn tiny_vit_32() -> BackboneConfig {
 fn deit_export_matches_the_golden_checkpoint() {
     let device = Default::default();
     let pth = golden("vit_tiny_p8_32.pth.tar");
-    let loaded = load_pretrained::<B>(&pth, Some(4), &device).unwrap();
+    let loaded = load_pretrained(&pth, Some(4), &device).unwrap();
     assert!(loaded.moco.is_some() && loaded.predictor.is_some());
     let tmp = Tmp::new("deit");
     let out = tmp.join("deit.pth");
@@ -309,22 +309,22 @@ fn deit_export_matches_the_golden_checkpoint() {
             .unwrap_or_else(|| panic!("{key} not in the golden file"));
         assert_eq!(t.shape, src.shape, "{key}");
         assert_eq!(
-            t.to_data().unwrap().to_vec::<f32>().unwrap(),
-            src.to_data().unwrap().to_vec::<f32>().unwrap(),
+            t.to_data().unwrap().try_to_vec::<f32>().unwrap(),
+            src.to_data().unwrap().try_to_vec::<f32>().unwrap(),
             "{key}"
         );
     }
     // The DeiT file imports as a backbone with identical outputs.
-    let back = load_pretrained::<B>(&out, Some(4), &device).unwrap();
+    let back = load_pretrained(&out, Some(4), &device).unwrap();
     assert!(back.moco.is_none());
-    let x = Tensor::<B, 4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+    let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
     let (a, b) = (
         loaded.backbone.forward(x.clone()).into_data(),
         back.backbone.forward(x).into_data(),
     );
     a.assert_approx_eq::<f32>(&b, burn::tensor::Tolerance::absolute(1e-6));
     // A ResNet has no DeiT layout.
-    let resnet = load_pretrained::<B>(&golden("resnet_b16_l1111.pth.tar"), None, &device).unwrap();
+    let resnet = load_pretrained(&golden("resnet_b16_l1111.pth.tar"), None, &device).unwrap();
     let err = export_deit(
         &resnet.backbone,
         &resnet.backbone_config,
@@ -340,11 +340,11 @@ fn every_checkpoint_kind_loads_and_mismatches_are_clear() {
     let device = Default::default();
     let tmp = Tmp::new("kinds");
     let config = tiny_resnet();
-    B::seed(&device, 9);
-    let backbone: AnyBackbone<B> = config.init(&device);
-    let x = Tensor::<B, 4>::random([2, 1, 28, 28], burn::tensor::Distribution::Default, &device);
+    device.seed(9);
+    let backbone: AnyBackbone = config.init(&device);
+    let x = Tensor::<4>::random([2, 1, 28, 28], burn::tensor::Distribution::Default, &device);
     let want = backbone.forward(x.clone()).into_data();
-    let check = |p: &moco_train::Pretrained<B>| {
+    let check = |p: &moco_train::Pretrained| {
         p.backbone
             .forward(x.clone())
             .into_data()
@@ -353,17 +353,17 @@ fn every_checkpoint_kind_loads_and_mismatches_are_clear() {
     // A backbone-only moco checkpoint.
     save_backbone_checkpoint(&backbone, &config, &tmp.join("b.mpk")).unwrap();
     assert!(is_backbone_checkpoint(&tmp.join("b.mpk")));
-    check(&load_pretrained::<B>(&tmp.join("b.mpk"), None, &device).unwrap());
+    check(&load_pretrained(&tmp.join("b.mpk"), None, &device).unwrap());
     // A linear-probe-style file: backbone + classifier; the classifier is left out.
-    let fc = moco_train::eval::probe::init_classifier::<B>(config.num_features(), 10, &device);
+    let fc = moco_train::eval::probe::init_classifier(config.num_features(), 10, &device);
     save_classifier_model(&backbone, &config, &fc, &tmp.join("probe.safetensors")).unwrap();
-    check(&load_pretrained::<B>(&tmp.join("probe.safetensors"), None, &device).unwrap());
+    check(&load_pretrained(&tmp.join("probe.safetensors"), None, &device).unwrap());
     // A whole-model checkpoint is not mistaken for a backbone one.
     let moco_cfg = MocoConfig::for_backbone(config.clone(), 32, 16);
-    let model: MoCo<B> = moco_cfg.init(&device);
+    let model: MoCo = moco_cfg.init(&device);
     save_checkpoint(&model, &moco_cfg, &tmp.join("m.mpk")).unwrap();
     assert!(!is_backbone_checkpoint(&tmp.join("m.mpk")));
-    let loaded = load_pretrained::<B>(&tmp.join("m.mpk"), None, &device).unwrap();
+    let loaded = load_pretrained(&tmp.join("m.mpk"), None, &device).unwrap();
     assert!(loaded.projector.is_some() && loaded.moco.is_some());
 
     // Names do not matter: the content says what a file is.
@@ -373,14 +373,14 @@ fn every_checkpoint_kind_loads_and_mismatches_are_clear() {
         ("m.mpk", "m.safetensors"),
     ] {
         std::fs::copy(tmp.join(from), tmp.join(to)).unwrap();
-        let loaded = load_pretrained::<B>(&tmp.join(to), None, &device).unwrap();
+        let loaded = load_pretrained(&tmp.join(to), None, &device).unwrap();
         match from {
             "m.mpk" => assert!(loaded.moco.is_some(), "{to}"),
             _ => check(&loaded),
         }
     }
     std::fs::write(tmp.join("notes.txt"), "not weights").unwrap();
-    let err = load_pretrained::<B>(&tmp.join("notes.txt"), None, &device)
+    let err = load_pretrained(&tmp.join("notes.txt"), None, &device)
         .unwrap_err()
         .to_string();
     assert!(
@@ -400,7 +400,7 @@ fn every_checkpoint_kind_loads_and_mismatches_are_clear() {
         serde_json::to_string(&cfg).unwrap(),
     )
     .unwrap();
-    let err = load_pretrained::<B>(&run, None, &device)
+    let err = load_pretrained(&run, None, &device)
         .unwrap_err()
         .to_string();
     assert!(
@@ -408,11 +408,11 @@ fn every_checkpoint_kind_loads_and_mismatches_are_clear() {
         "{err}"
     );
     // Not a checkpoint at all.
-    let err = load_pretrained::<B>(&tmp.0, None, &device)
+    let err = load_pretrained(&tmp.0, None, &device)
         .unwrap_err()
         .to_string();
     assert!(err.contains("neither a run directory"), "{err}");
-    let err = load_pretrained::<B>(&tmp.join("nope.pth"), None, &device)
+    let err = load_pretrained(&tmp.join("nope.pth"), None, &device)
         .unwrap_err()
         .to_string();
     assert!(err.contains("nope.pth"), "{err}");
@@ -426,11 +426,11 @@ fn an_import_written_with_burn_0_21_loads_to_the_same_networks() {
     let device = Default::default();
     let stored = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/checkpoints/burn-0.21-vit_tiny_p8_32.mpk");
-    let old = load_pretrained::<B>(&stored, Some(4), &device).unwrap();
-    let new = load_pretrained::<B>(&golden("vit_tiny_p8_32.pth.tar"), Some(4), &device).unwrap();
+    let old = load_pretrained(&stored, Some(4), &device).unwrap();
+    let new = load_pretrained(&golden("vit_tiny_p8_32.pth.tar"), Some(4), &device).unwrap();
     let ((old_moco, old_config), (new_moco, _)) = (old.moco.unwrap(), new.moco.unwrap());
     assert_eq!(old_config.backbone, new.backbone_config);
-    let x = Tensor::<B, 4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+    let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
     let (a, b) = (
         old_moco.forward_query(x.clone()),
         new_moco.forward_query(x.clone()),

@@ -15,14 +15,14 @@ use moco_train::OptimConfig;
 
 type F = Flex;
 
-fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<F, D> {
+fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
     let device = Default::default();
     F::seed(&device, seed);
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device)
 }
 
-fn values<const D: usize>(t: &Tensor<F, D>) -> Vec<f32> {
-    t.to_data().into_vec::<f32>().unwrap()
+fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data().try_into_vec::<f32>().unwrap()
 }
 
 fn assert_close(what: &str, a: &[f32], b: &[f32]) {
@@ -50,7 +50,7 @@ type State<const D: usize> = Option<OptimState<F, D>>;
 
 /// Three steps of `optim` from `p` with gradients drawn per step; the parameter and state after
 /// each step.
-fn run<const D: usize>(optim: &Optim, p: Tensor<F, D>, seed: u64) -> Vec<(Vec<f32>, State<D>)> {
+fn run<const D: usize>(optim: &Optim, p: Tensor<D>, seed: u64) -> Vec<(Vec<f32>, State<D>)> {
     let (mut p, mut state) = (p, None);
     let mut out = Vec::new();
     for (i, lr) in [0.1, 0.03, 1e-3].into_iter().enumerate() {
@@ -122,14 +122,14 @@ fn one_pass_step_takes_strided_parameters_and_leaves_shared_memory_alone() {
 
 #[test]
 fn momentum_blend_matches_its_formula_on_autodiff_and_plain_flex() {
-    fn blend<B: Backend>(seed: u64) {
+    fn blend(seed: u64) {
         let device = Default::default();
-        B::seed(&device, seed);
-        let target: Linear<B> = LinearConfig::new(300, 130).init(&device);
-        let source: Linear<B> = LinearConfig::new(300, 130).init(&device);
-        let weights = |m: &Linear<B>| {
-            let w = m.weight.val().to_data().into_vec::<f32>().unwrap();
-            let b = m.bias.as_ref().unwrap().val().to_data().into_vec::<f32>();
+        device.seed(seed);
+        let target: Linear = LinearConfig::new(300, 130).init(&device);
+        let source: Linear = LinearConfig::new(300, 130).init(&device);
+        let weights = |m: &Linear| {
+            let w = m.weight.val().to_data().try_into_vec::<f32>().unwrap();
+            let b = m.bias.as_ref().unwrap().val().to_data().try_into_vec::<f32>();
             (w, b.unwrap())
         };
         let (k, kb) = weights(&target);
@@ -146,7 +146,7 @@ fn momentum_blend_matches_its_formula_on_autodiff_and_plain_flex() {
         assert_eq!(b, formula(&kb, &qb));
         assert_eq!(weights(&kept), (k, kb), "a clone of the target changed");
         assert_eq!(weights(&source), (q, qb), "the source changed");
-        let _: &Param<Tensor<B, 2>> = &updated.weight;
+        let _: &Param<Tensor<2>> = &updated.weight;
         assert!(!updated.weight.val().is_require_grad());
     }
     blend::<F>(1);
@@ -174,7 +174,7 @@ fn one_pass_step_of_a_module_matches_composed() {
     let mut composed =
         burn::optim::adaptor::OptimizerAdaptor::<_, Linear<A>, A>::from(config.build().composed());
     let b = composed.step(0.5, model.clone(), gb);
-    let v = |m: &Linear<A>| m.weight.val().to_data().into_vec::<f32>().unwrap();
+    let v = |m: &Linear<A>| m.weight.val().to_data().try_into_vec::<f32>().unwrap();
     assert_close("module weight", &v(&a), &v(&b));
     assert_ne!(v(&a), v(&model));
 }

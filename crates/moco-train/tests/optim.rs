@@ -11,11 +11,11 @@ use moco_train::{Method, OptimConfig, Pretrain, Siamese, StepParams};
 
 type B = Autodiff<Flex>;
 
-fn step<O: Optimizer<Siamese<B>, B>>(model: Siamese<B>, optim: &mut O, seed: u64) -> Siamese<B> {
+fn step<O: Optimizer<Siamese>>(model: Siamese, optim: &mut O, seed: u64) -> Siamese {
     let device = Default::default();
-    B::seed(&device, seed);
-    let x1 = Tensor::<B, 4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let x2 = Tensor::<B, 4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    device.seed(seed);
+    let x1 = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let x2 = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let (model, out) = model.forward_loss(
         x1,
         x2,
@@ -28,10 +28,10 @@ fn step<O: Optimizer<Siamese<B>, B>>(model: Siamese<B>, optim: &mut O, seed: u64
     optim.step(1e-2, model, grads)
 }
 
-fn params(model: &Siamese<B>) -> Vec<Vec<f32>> {
+fn params(model: &Siamese) -> Vec<Vec<f32>> {
     moco_models::export::torch_state_dict(&model.model, moco_models::keys::Family::Vit)
         .into_iter()
-        .map(|(_, d)| d.into_vec::<f32>().unwrap())
+        .map(|(_, d)| d.try_into_vec::<f32>().unwrap())
         .collect()
 }
 
@@ -49,25 +49,25 @@ fn optimizer_state_round_trips() {
         (MocoConfig::vit(vit, 32, 16), OptimConfig::adamw(0.1)),
         (MocoConfig::resnet(resnet, 32, 16), OptimConfig::lars(1e-4)),
     ] {
-        let mut optim = optim_config.init::<B, Siamese<B>>();
-        let model = Method::MocoV3.siamese::<B>(&config, &device);
+        let mut optim = optim_config.init::<Siamese>();
+        let model = Method::MocoV3.siamese(&config, &device);
         let model = step(model, &mut optim, 1);
         let model = step(model, &mut optim, 2);
         // Save the optimizer state and load it into a fresh optimizer.
         let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
-        let bytes = Recorder::<B>::record(&recorder, optim.to_record(), ()).unwrap();
-        let mut restored = optim_config.init::<B, Siamese<B>>();
-        restored = restored.load_record(Recorder::<B>::load(&recorder, bytes, &device).unwrap());
+        let bytes = Recorder::record(&recorder, optim.to_record(), ()).unwrap();
+        let mut restored = optim_config.init::<Siamese>();
+        restored = restored.load_record(Recorder::load(&recorder, bytes, &device).unwrap());
         let model_bytes =
-            Recorder::<B>::record(&recorder, model.clone().into_record(), ()).unwrap();
+            Recorder::record(&recorder, model.clone().into_record(), ()).unwrap();
         let copy = Method::MocoV3
-            .siamese::<B>(&config, &device)
-            .load_record(Recorder::<B>::load(&recorder, model_bytes, &device).unwrap());
+            .siamese(&config, &device)
+            .load_record(Recorder::load(&recorder, model_bytes, &device).unwrap());
         let a = step(model, &mut optim, 3);
         let b = step(copy, &mut restored, 3);
         assert_eq!(params(&a), params(&b), "{optim_config:?}");
         // A fresh optimizer (no moments) would have taken a different step.
-        let mut fresh = optim_config.init::<B, Siamese<B>>();
+        let mut fresh = optim_config.init::<Siamese>();
         let c = step(b.clone(), &mut fresh, 4);
         let d = step(b, &mut restored, 4);
         assert_ne!(params(&c), params(&d), "{optim_config:?}");

@@ -49,7 +49,7 @@ fn a_two_by_two_grid_runs_reports_and_is_skipped_when_done() {
         ..Default::default()
     };
     let device = Default::default();
-    let s = run_study::<B>(&study, &tmp.0, &options, &device).unwrap();
+    let s = run_study(&study, &tmp.0, &options, &device).unwrap();
     assert_eq!((s.ran, s.skipped, s.diverged), (4, 0, 0));
     let report = std::fs::read_to_string(s.report.unwrap()).unwrap();
     for name in [
@@ -82,12 +82,12 @@ fn a_two_by_two_grid_runs_reports_and_is_skipped_when_done() {
     assert_eq!(runs[0]["last_layer"], "block01");
 
     // Again: everything is done, nothing trains.
-    let s = run_study::<B>(&study, &tmp.0, &options, &device).unwrap();
+    let s = run_study(&study, &tmp.0, &options, &device).unwrap();
     assert_eq!((s.ran, s.skipped), (0, 4));
     // Another grid into the same directory is refused.
     let mut other = study.clone();
     other.base_lrs = vec![5e-3];
-    let e = run_study::<B>(&other, &tmp.0, &options, &device).unwrap_err();
+    let e = run_study(&other, &tmp.0, &options, &device).unwrap_err();
     assert!(e.to_string().contains("different study"), "{e}");
 }
 

@@ -62,7 +62,7 @@ fn every_method_runs_end_to_end() {
     let _turn = serial();
     for method in [Method::MocoV3, Method::SimClr, Method::Byol] {
         let dir = Tmp::new(&format!("smoke-{method}"));
-        let summary = pretrain::<B>(tiny(method), &dir.0, &quiet(), &Default::default()).unwrap();
+        let summary = pretrain(tiny(method), &dir.0, &quiet(), &Default::default()).unwrap();
         assert_eq!(summary.steps, 6, "{method}");
         assert_eq!(summary.losses.len(), 6);
         assert!(
@@ -123,7 +123,7 @@ fn the_schedule_is_taken_where_each_step_starts() {
         config.schedule.batch_size,
         config.schedule.momentum,
     );
-    pretrain::<B>(config, &dir.0, &quiet(), &Default::default()).unwrap();
+    pretrain(config, &dir.0, &quiet(), &Default::default()).unwrap();
     let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();
     let steps: Vec<serde_json::Value> = metrics
         .lines()
@@ -164,7 +164,7 @@ fn a_conv_stem_is_trained() {
         .with_freeze_patch_embed(true)
         .with_max_steps(Some(2))
         .with_knn_every(0);
-    pretrain::<B>(config, &dir.0, &quiet(), &Default::default()).unwrap();
+    pretrain(config, &dir.0, &quiet(), &Default::default()).unwrap();
     let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();
     let step = metrics
         .lines()
@@ -180,10 +180,10 @@ fn resume_continues_exactly() {
     let _turn = serial();
     let config = tiny(Method::MocoV3);
     let full_dir = Tmp::new("full");
-    let full = pretrain::<B>(config.clone(), &full_dir.0, &quiet(), &Default::default()).unwrap();
+    let full = pretrain(config.clone(), &full_dir.0, &quiet(), &Default::default()).unwrap();
 
     let dir = Tmp::new("resumed");
-    let first = pretrain::<B>(
+    let first = pretrain(
         config.clone(),
         &dir.0,
         &RunOptions {
@@ -196,11 +196,11 @@ fn resume_continues_exactly() {
     assert!(first.interrupted);
     assert_eq!(first.losses, full.losses[..3]);
     // Starting again without --resume is refused: the run directory has checkpoints.
-    let err = pretrain::<B>(config.clone(), &dir.0, &quiet(), &Default::default())
+    let err = pretrain(config.clone(), &dir.0, &quiet(), &Default::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("--resume"), "{err}");
-    let second = pretrain::<B>(
+    let second = pretrain(
         config,
         &dir.0,
         &RunOptions {
@@ -235,7 +235,7 @@ fn non_finite_values_stop_the_run_or_are_skipped() {
         .with_optimizer(moco_train::config::OptimizerName::Lars)
         .with_weight_decay(0.0);
     let dir = Tmp::new("nan");
-    let err = pretrain::<B>(config.clone(), &dir.0, &quiet(), &Default::default()).unwrap_err();
+    let err = pretrain(config.clone(), &dir.0, &quiet(), &Default::default()).unwrap_err();
     let TrainError::NonFinite { step, .. } = &err else {
         panic!("{err}")
     };
@@ -247,7 +247,7 @@ fn non_finite_values_stop_the_run_or_are_skipped() {
     );
 
     let dir = Tmp::new("nan-skip");
-    let summary = pretrain::<B>(
+    let summary = pretrain(
         config.with_skip_nonfinite(true),
         &dir.0,
         &quiet(),
@@ -294,7 +294,7 @@ fn a_run_directory_of_an_earlier_version_resumes() {
         ..Default::default()
     };
     let summary =
-        pretrain::<B>(PretrainConfig::new(), &dir.0, &options, &Default::default()).unwrap();
+        pretrain(PretrainConfig::new(), &dir.0, &options, &Default::default()).unwrap();
     assert_eq!((summary.steps, summary.losses.len()), (4, 2));
     for (loss, then) in summary
         .losses
@@ -332,7 +332,7 @@ fn a_resnet_run_written_with_burn_0_21_resumes() {
         ..Default::default()
     };
     let summary =
-        pretrain::<B>(PretrainConfig::new(), &dir.0, &options, &Default::default()).unwrap();
+        pretrain(PretrainConfig::new(), &dir.0, &options, &Default::default()).unwrap();
     assert_eq!((summary.steps, summary.losses.len()), (4, 2));
     for (loss, then) in summary.losses.iter().zip(RESNET_LOSSES_3_4) {
         assert!((loss - then).abs() < 1e-5, "{:?}", summary.losses);
@@ -363,14 +363,14 @@ fn resume_falls_back_past_a_damaged_checkpoint() {
         .with_max_steps(Some(3))
         .with_knn_every(0)
         .with_checkpoint_every(1);
-    pretrain::<B>(config.clone(), &dir.0, &quiet(), &Default::default()).unwrap();
+    pretrain(config.clone(), &dir.0, &quiet(), &Default::default()).unwrap();
     let newest = dir.0.join("checkpoints/step-00000003");
     std::fs::write(newest.join("model.mpk"), b"not a record").unwrap();
     let resume = RunOptions {
         resume: true,
         ..quiet()
     };
-    let summary = pretrain::<B>(config.clone(), &dir.0, &resume, &Default::default()).unwrap();
+    let summary = pretrain(config.clone(), &dir.0, &resume, &Default::default()).unwrap();
     // From step 2: one step ran again.
     assert_eq!((summary.steps, summary.losses.len()), (3, 1));
     let from_first = RunOptions {
@@ -378,6 +378,6 @@ fn resume_falls_back_past_a_damaged_checkpoint() {
         resume_from: Some(dir.0.join("checkpoints/step-00000001")),
         ..quiet()
     };
-    let summary = pretrain::<B>(config, &dir.0, &from_first, &Default::default()).unwrap();
+    let summary = pretrain(config, &dir.0, &from_first, &Default::default()).unwrap();
     assert_eq!((summary.steps, summary.losses.len()), (3, 2));
 }

@@ -321,14 +321,14 @@ struct ParityJob {
 
 impl BackendJob for ParityJob {
     type Output = CmdResult;
-    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+    fn run(self, device: Device) -> CmdResult {
         let (dir, tags) = parity::resolve(&self.target)?;
         let mut failed = Vec::new();
         for tag in &tags {
             let report = if tag == "misc" {
-                parity::run_misc::<B>(&dir, &device)
+                parity::run_misc(&dir, &device)
             } else {
-                parity::run_case::<B>(&dir, tag, &device)
+                parity::run_case(&dir, tag, &device)
             };
             match report {
                 Ok(report) => {
@@ -373,7 +373,7 @@ struct CrosscheckJob {
 
 impl BackendJob for CrosscheckJob {
     type Output = CmdResult;
-    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+    fn run(self, device: Device) -> CmdResult {
         let cases: Vec<_> = self
             .grid
             .cases()
@@ -391,7 +391,7 @@ impl BackendJob for CrosscheckJob {
         for case in &cases {
             let start = std::time::Instant::now();
             let report =
-                moco_cli::crosscheck::run_cross_case::<B>(case, self.seed, self.kernels, &device)
+                moco_cli::crosscheck::run_cross_case(case, self.seed, self.kernels, &device)
                     .map_err(|e| format!("{}: {e}", case.name))?;
             let secs = start.elapsed().as_secs_f64();
             let worst = report.worst().map_or(String::new(), |c| match &c.error {
@@ -476,7 +476,7 @@ struct ImportJob {
 
 impl BackendJob for ImportJob {
     type Output = CmdResult;
-    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
+    fn run(self, device: Device) -> CmdResult {
         let opts = options(self.heads);
         let inspected = inspect(&self.file, &opts).map_err(|e| e.to_string())?;
         for w in &inspected.warnings {
@@ -485,12 +485,12 @@ impl BackendJob for ImportJob {
         let what = match inspected.layout {
             Layout::Moco => {
                 let (model, config) =
-                    moco_from::<B>(&inspected, &self.file, &device).map_err(|e| e.to_string())?;
+                    moco_from(&inspected, &self.file, &device).map_err(|e| e.to_string())?;
                 save_checkpoint(&model, &config, &self.out).map_err(|e| e.to_string())?;
                 format!("MoCo model, {}", config.backbone.describe())
             }
             Layout::Backbone => {
-                let (backbone, config) = backbone_from::<B>(&inspected, &self.file, &device)
+                let (backbone, config) = backbone_from(&inspected, &self.file, &device)
                     .map_err(|e| e.to_string())?;
                 save_backbone_checkpoint(&backbone, &config, &self.out)
                     .map_err(|e| e.to_string())?;
@@ -522,8 +522,8 @@ struct ExportJob {
 
 impl BackendJob for ExportJob {
     type Output = CmdResult;
-    fn run<B: Backend>(self, device: B::Device) -> CmdResult {
-        let loaded = moco_cli::train::load_pretrained::<B>(&self.checkpoint, self.heads, &device)
+    fn run(self, device: Device) -> CmdResult {
+        let loaded = moco_cli::train::load_pretrained(&self.checkpoint, self.heads, &device)
             .map_err(|e| e.to_string())?;
         check_format(self.format, &loaded.backbone_config)?;
         // The official layout is a whole model.

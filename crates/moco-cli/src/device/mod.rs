@@ -370,7 +370,7 @@ pub trait BackendJob {
     /// What the job returns.
     type Output;
     /// Runs on backend `B` and `device`.
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+    fn run(self, device: Device) -> Self::Output;
 }
 
 /// Selects the device named by `spec`, prints the banner (device, backend, `precision`) on
@@ -384,8 +384,8 @@ pub fn dispatch<J: BackendJob>(
     struct Single<J>(J);
     impl<J: BackendJob> MultiDeviceJob for Single<J> {
         type Output = J::Output;
-        fn run<B: Backend>(self, mut devices: Vec<B::Device>) -> J::Output {
-            self.0.run::<B>(devices.remove(0))
+        fn run(self, mut devices: Vec<Device>) -> J::Output {
+            self.0.run(devices.remove(0))
         }
     }
     on_backend(std::slice::from_ref(&selected), Single(job), precision)
@@ -396,7 +396,7 @@ pub trait MultiDeviceJob {
     /// What the job returns.
     type Output;
     /// Runs on backend `B` with `devices` (at least one).
-    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Self::Output;
+    fn run(self, devices: Vec<Device>) -> Self::Output;
 }
 
 /// A comma-separated device list (`cuda:0,cuda:1`).
@@ -470,9 +470,9 @@ fn on_backend<J: MultiDeviceJob>(
     struct Banner<J>(J, Selected, Precision);
     impl<J: MultiDeviceJob> MultiDeviceJob for Banner<J> {
         type Output = J::Output;
-        fn run<B: Backend>(self, devices: Vec<B::Device>) -> J::Output {
+        fn run(self, devices: Vec<Device>) -> J::Output {
             eprintln!("{}", self.1.banner(&B::name(&devices[0]), self.2));
-            self.0.run::<B>(devices)
+            self.0.run(devices)
         }
     }
     let first = &selected[0];
@@ -567,7 +567,7 @@ mod tests {
     struct Nop;
     impl MultiDeviceJob for Nop {
         type Output = usize;
-        fn run<B: Backend>(self, devices: Vec<B::Device>) -> usize {
+        fn run(self, devices: Vec<Device>) -> usize {
             devices.len()
         }
     }
@@ -610,7 +610,7 @@ mod tests {
         struct One;
         impl BackendJob for One {
             type Output = ();
-            fn run<B: Backend>(self, _: B::Device) {}
+            fn run(self, _: Device) {}
         }
         let err = dispatch(&DeviceSpec::Cuda(0), Precision::F32, One)
             .unwrap_err()

@@ -29,9 +29,9 @@ fn quietly<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, Strin
 /// Sums a small tensor on `device`: a kernel is compiled and run, so the driver, the runtime
 /// compiler and the device all work.
 #[allow(dead_code)]
-fn run_one_kernel<B: burn::prelude::Backend>(device: &B::Device) -> f32 {
+fn run_one_kernel(device: &Device) -> f32 {
     use burn::prelude::*;
-    Tensor::<B, 1>::ones([8], device).sum().into_scalar().elem()
+    Tensor::<1>::ones([8], device).sum().into_scalar().elem()
 }
 
 /// CUDA device `index`, if the driver, NVRTC and the device answer.

@@ -68,7 +68,7 @@ pub struct Check {
 fn floats(data: &TensorData) -> Vec<f32> {
     data.clone()
         .convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .unwrap_or_default()
 }
 

@@ -39,7 +39,7 @@ pub fn has_misc(dir: &Path) -> bool {
 }
 
 /// Checks the model-free vectors: losses, three LARS steps, schedules, position embeddings.
-pub fn run_misc<B: Backend>(dir: &Path, device: &B::Device) -> Result<CaseReport, String> {
+pub fn run_misc(dir: &Path, device: &Device) -> Result<CaseReport, String> {
     use moco_train::optim::OptimState;
     use moco_train::schedule;
     let json = dir.join("misc.json");
@@ -49,9 +49,9 @@ pub fn run_misc<B: Backend>(dir: &Path, device: &B::Device) -> Result<CaseReport
     let file = dir.join("misc.expected.safetensors");
     let expected = read_record(&file)?;
     let t2 =
-        |key: &str| tensor(&expected, key, &file).map(|d| Tensor::<B, 2>::from_data(d, device));
+        |key: &str| tensor(&expected, key, &file).map(|d| Tensor::<2>::from_data(d, device));
     let t1 =
-        |key: &str| tensor(&expected, key, &file).map(|d| Tensor::<B, 1>::from_data(d, device));
+        |key: &str| tensor(&expected, key, &file).map(|d| Tensor::<1>::from_data(d, device));
     let mut checks = Vec::new();
     let mut compare = |name: &str, actual: TensorData| -> Result<(), String> {
         checks.push(Check::compare(
@@ -97,7 +97,7 @@ pub fn run_misc<B: Backend>(dir: &Path, device: &B::Device) -> Result<CaseReport
     )
     .build();
     let (mut w, mut b) = (t2("lars.w0")?, t1("lars.b0")?);
-    let (mut sw, mut sb): (Option<OptimState<B, 2>>, Option<OptimState<B, 1>>) = (None, None);
+    let (mut sw, mut sb): (Option<OptimState<2>>, Option<OptimState<1>>) = (None, None);
     for i in 0..3 {
         (w, sw) =
             burn::optim::SimpleOptimizer::step(&optim, l.lr, w, t2(&format!("lars.gw{i}"))?, sw);
@@ -110,7 +110,7 @@ pub fn run_misc<B: Backend>(dir: &Path, device: &B::Device) -> Result<CaseReport
     let s = &misc.schedule;
     let epochs = tensor(&expected, "schedule.epoch", &file)?
         .convert::<f64>()
-        .into_vec::<f64>()
+        .try_into_vec::<f64>()
         .unwrap_or_default();
     let lr: Vec<f32> = epochs
         .iter()

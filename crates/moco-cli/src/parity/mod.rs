@@ -245,10 +245,10 @@ pub fn tensor(record: &Record, key: &str, file: &Path) -> Result<TensorData, Str
 
 /// Runs case `tag` of `dir` on backend `B`: the checkpoint goes through the import path users
 /// use, then the eval forward and the training step are recorded and compared with PyTorch's.
-pub fn run_case<B: Backend>(
+pub fn run_case(
     dir: &Path,
     tag: &str,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<CaseReport, String> {
     let case = GoldenCase::load(dir, tag)?;
     let expected_config = case.moco_config()?;
@@ -258,7 +258,7 @@ pub fn run_case<B: Backend>(
     };
     let ckpt = dir.join(format!("{tag}.pth.tar"));
     let (model, config) =
-        load_moco::<Autodiff<B>>(&ckpt, &options, device).map_err(|e| e.to_string())?;
+        load_moco::<Autodiff>(&ckpt, &options, device).map_err(|e| e.to_string())?;
     let mut checks = Vec::new();
     if config != expected_config {
         checks.push(Check::failed(
@@ -274,7 +274,7 @@ pub fn run_case<B: Backend>(
         optim: case.optim_config()?,
         lr: case.lr,
     };
-    let actual = record_step::<B>(
+    let actual = record_step(
         model,
         family(&config.backbone),
         tensor(&expected, "input.x1", &vectors)?,

@@ -4,7 +4,7 @@
 //! with PyTorch's, or with another backend's record, by [`super::check::compare_records`].
 
 use burn::backend::Autodiff;
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
@@ -38,18 +38,18 @@ pub fn family(backbone: &BackboneConfig) -> Family {
 
 /// Runs the eval-mode forward of `x1` (BN on running statistics) and one training step of
 /// `model` on the views `x1`, `x2`, and records every result.
-pub fn record_step<B: Backend>(
-    model: MoCo<Autodiff<B>>,
+pub fn record_step(
+    model: MoCo<Autodiff>,
     family: Family,
     x1: TensorData,
     x2: TensorData,
     spec: &StepSpec,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<Record, String> {
     let mut record = Record::new();
     let eval = model
         .valid()
-        .forward_query(Tensor::<B, 4>::from_data(x1.clone(), device));
+        .forward_query(Tensor::<4>::from_data(x1.clone(), device));
     for (name, t) in [
         ("eval.features_x1", eval.features),
         ("eval.projection_x1", eval.projection),
@@ -58,13 +58,13 @@ pub fn record_step<B: Backend>(
         record.insert(name.into(), t.into_data());
     }
 
-    let input = |d: TensorData| Tensor::<Autodiff<B>, 4>::from_data(d, device);
+    let input = |d: TensorData| Tensor::<Autodiff, 4>::from_data(d, device);
     let params = StepParams {
         temperature: spec.temperature,
         momentum: spec.momentum,
     };
     let (siamese, out) = Siamese { model, byol: false }.forward_loss(input(x1), input(x2), &params);
-    let keys = |k: Option<Tensor<Autodiff<B>, 2>>| {
+    let keys = |k: Option<Tensor<Autodiff, 2>>| {
         k.map(|k| k.inner().into_data())
             .ok_or("the MoCo step produced no keys")
     };
@@ -85,12 +85,12 @@ pub fn record_step<B: Backend>(
         let linear_weight =
             snap.module_type().as_deref() == Some("Struct:Linear") && name.ends_with(".weight");
         let grad = match snap.shape.num_dims() {
-            1 => grads.get::<B, 1>(id).map(|g| g.into_data()),
+            1 => grads.get::<1>(id).map(|g| g.into_data()),
             2 => grads
-                .get::<B, 2>(id)
+                .get::<2>(id)
                 .map(|g| if linear_weight { g.transpose() } else { g }.into_data()),
-            3 => grads.get::<B, 3>(id).map(|g| g.into_data()),
-            4 => grads.get::<B, 4>(id).map(|g| g.into_data()),
+            3 => grads.get::<3>(id).map(|g| g.into_data()),
+            4 => grads.get::<4>(id).map(|g| g.into_data()),
             n => return Err(format!("{name}: unexpected rank {n}")),
         };
         if let Some(g) = grad {
@@ -98,7 +98,7 @@ pub fn record_step<B: Backend>(
         }
     }
 
-    let mut optim = spec.optim.init::<Autodiff<B>, Siamese<Autodiff<B>>>();
+    let mut optim = spec.optim.init::<Autodiff, Siamese<Autodiff>>();
     let siamese = optim.step(spec.lr, siamese, grads);
     for (name, data) in torch_state_dict(&siamese.model, family) {
         record.insert(format!("after.{name}"), data);

@@ -19,13 +19,14 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::prelude::*;
-use burn_flex::{Flex, FlexTensor};
+use burn::backend::Flex;
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Strides};
 use super::{
-    cast, contiguous_f32, flex_tensor, float_primitive, from_float_primitive, is_f32, same, values,
-    FlexAutodiff,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route_of, tracked,
+    values, Route,
 };
 
 /// The sizes of one attention call.
@@ -56,45 +57,39 @@ impl AttentionShape {
 /// Attention over `qkv` (`[batch · tokens, 3·D]`, shape checked) on flex: `Ok` with the
 /// `[batch · tokens, D]` output, or `Err(qkv)` untouched when the backend is not flex or the
 /// values are not `f32`.
-pub fn attention<B: Backend>(
-    qkv: Tensor<B, 2>,
+pub fn attention(
+    qkv: Tensor<2>,
     shape: AttentionShape,
-) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+) -> Result<Tensor<2>, Tensor<2>> {
     assert_eq!(
         qkv.dims(),
         [shape.batch * shape.tokens, 3 * shape.dim],
         "attention: qkv shape"
     );
     assert_eq!(shape.dim % shape.heads, 0, "attention: heads must divide D");
-    if !is_f32(&qkv) {
-        return Err(qkv);
-    }
-    let qkv = match cast::<Tensor<B, 2>, Tensor<FlexAutodiff, 2>>(qkv) {
-        Ok(tracked) => return Ok(same(attention_autodiff(tracked, shape))),
-        Err(qkv) => qkv,
-    };
-    match cast::<Tensor<B, 2>, Tensor<Flex, 2>>(qkv) {
-        Ok(plain) => {
-            let qkv = contiguous_f32(float_primitive(plain));
+    match route_of(&qkv) {
+        None => Err(qkv),
+        Some(Route::Tracked) => Ok(attention_autodiff(qkv, shape)),
+        Some(Route::Plain) => {
+            let qkv = contiguous_f32(plain(qkv));
             let (out, _) = forward(values(&qkv), shape);
             let out = flex_tensor(out, [shape.batch * shape.tokens, shape.dim]);
-            Ok(same(from_float_primitive::<Flex, 2>(out)))
+            Ok(from_plain(out))
         }
-        Err(qkv) => Err(qkv),
     }
 }
 
 fn attention_autodiff(
-    qkv: Tensor<FlexAutodiff, 2>,
+    qkv: Tensor<2>,
     shape: AttentionShape,
-) -> Tensor<FlexAutodiff, 2> {
-    let input = qkv.into_primitive().tensor();
-    let qkv = contiguous_f32(input.primitive.clone());
+) -> Tensor<2> {
+    let input = tracked(qkv);
+    let qkv = contiguous_f32(input.primitive().clone());
     let (out, probs) = forward(values(&qkv), shape);
     let out = flex_tensor(out, [shape.batch * shape.tokens, shape.dim]);
     let op = FusedAttention { shape };
     let output = match op
-        .prepare::<NoCheckpointing>([input.node.clone()])
+        .prepare::<NoCheckpointing>([input.node()])
         .compute_bound()
         .stateful()
     {
@@ -105,7 +100,7 @@ fn attention_autodiff(
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
-    from_float_primitive(output)
+    from_tracked(output)
 }
 
 #[derive(Debug)]

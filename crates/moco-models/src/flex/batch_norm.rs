@@ -19,71 +19,69 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
-use burn_flex::{Flex, FlexTensor};
+use burn::backend::Flex;
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{
-    cast, contiguous_f32, flex_tensor, float_primitive, from_float_primitive, is_f32, same, values,
-    FlexAutodiff,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked,
+    values, Route,
 };
 
 /// Values per parallel block (whole rows).
 const BLOCK: usize = 1 << 14;
 
 /// The inputs: `x` `[channels, values]`, `γ` and `β` `[channels]`.
-pub type BatchNormInputs<B> = (Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 1>);
+pub type BatchNormInputs = (Tensor<2>, Tensor<1>, Tensor<1>);
 
 /// The output and the batch's per-channel mean and biased variance (without gradient).
-pub type BatchNormOutput<B> = (Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 1>);
+pub type BatchNormOutput = (Tensor<2>, Tensor<1>, Tensor<1>);
 
 /// BatchNorm (batch statistics, scale `γ`, shift `β`) of the rows of `x`, followed by ReLU when
 /// `relu`, on flex: `Ok` with the output and the statistics, or `Err` with the inputs untouched
 /// when the backend is not flex or a value is not `f32`.
-pub fn batch_norm_rows<B: Backend>(
-    (x, gamma, beta): BatchNormInputs<B>,
+pub fn batch_norm_rows(
+    (x, gamma, beta): BatchNormInputs,
     epsilon: f64,
     relu: bool,
-) -> Result<BatchNormOutput<B>, BatchNormInputs<B>> {
+) -> Result<BatchNormOutput, BatchNormInputs> {
     let channels = x.dims()[0];
     assert_eq!(gamma.dims(), [channels], "batch norm: γ per channel");
     assert_eq!(beta.dims(), [channels], "batch norm: β per channel");
-    if !(is_f32(&x) && is_f32(&gamma) && is_f32(&beta)) || x.dims()[1] == 0 {
+    if x.dims()[1] == 0 {
         return Err((x, gamma, beta));
     }
-    let inputs = match cast::<BatchNormInputs<B>, BatchNormInputs<FlexAutodiff>>((x, gamma, beta)) {
-        Ok(inputs) => return Ok(same(autodiff(inputs, epsilon as f32, relu))),
-        Err(inputs) => inputs,
-    };
-    match cast::<BatchNormInputs<B>, BatchNormInputs<Flex>>(inputs) {
-        Ok((x, gamma, beta)) => {
-            let x = contiguous_f32(float_primitive(x));
-            let [g, b] = [gamma, beta].map(|t| contiguous_f32(float_primitive(t)));
+    match route(&[route_of(&x), route_of(&gamma), route_of(&beta)]) {
+        None => Err((x, gamma, beta)),
+        Some(Route::Tracked) => Ok(autodiff((x, gamma, beta), epsilon as f32, relu)),
+        Some(Route::Plain) => {
+            let x = contiguous_f32(plain(x));
+            let [g, b] = [gamma, beta].map(|t| contiguous_f32(plain(t)));
             let f = forward(values(&x), values(&g), values(&b), epsilon as f32, relu);
             let channels = f.mean.len();
-            Ok(same((
-                from_float_primitive::<Flex, 2>(flex_tensor(f.y, x.layout().shape().clone())),
-                from_float_primitive::<Flex, 1>(flex_tensor(f.mean, [channels])),
-                from_float_primitive::<Flex, 1>(flex_tensor(f.var, [channels])),
-            )))
+            Ok((
+                from_plain(flex_tensor(f.y, x.layout().shape().clone())),
+                from_plain(flex_tensor(f.mean, [channels])),
+                from_plain(flex_tensor(f.var, [channels])),
+            ))
         }
-        Err(inputs) => Err(inputs),
     }
 }
 
 fn autodiff(
-    (x, gamma, beta): BatchNormInputs<FlexAutodiff>,
+    (x, gamma, beta): BatchNormInputs,
     epsilon: f32,
     relu: bool,
-) -> BatchNormOutput<FlexAutodiff> {
-    let x = x.into_primitive().tensor();
-    let [gamma, beta] = [gamma, beta].map(|t| t.into_primitive().tensor());
-    let xv = contiguous_f32(x.primitive.clone());
-    let g = contiguous_f32(gamma.primitive.clone());
-    let b = contiguous_f32(beta.primitive.clone());
+) -> BatchNormOutput {
+    let x = tracked(x);
+    let [gamma, beta] = [gamma, beta].map(tracked);
+    let xv = contiguous_f32(x.primitive().clone());
+    let g = contiguous_f32(gamma.primitive().clone());
+    let b = contiguous_f32(beta.primitive().clone());
     let f = forward(values(&xv), values(&g), values(&b), epsilon, relu);
     let channels = f.mean.len();
     let y = flex_tensor(f.y, xv.layout().shape().clone());
-    let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+    let nodes = [x.node(), gamma.node(), beta.node()];
     let op = BatchNormOp { relu };
     let output = match op
         .prepare::<NoCheckpointing>(nodes)
@@ -99,10 +97,8 @@ fn autodiff(
         }
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    let stat = |v: Vec<f32>| {
-        Tensor::<FlexAutodiff, 1>::from_inner(from_float_primitive(flex_tensor(v, [channels])))
-    };
-    (from_float_primitive(output), stat(f.mean), stat(f.var))
+    let stat = |v: Vec<f32>| from_plain::<1>(flex_tensor(v, [channels])).autodiff();
+    (from_tracked(output), stat(f.mean), stat(f.var))
 }
 
 /// Per-row mean and `r = 1 / √(σ² + ε)`, kept for the backward.

@@ -8,48 +8,42 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::Flex;
 use burn::prelude::*;
-use burn_flex::{Flex, FlexTensor};
+use burn_flex::FlexTensor;
 
 use super::{
-    cast, contiguous_f32, flex_tensor, float_primitive, from_float_primitive, is_f32, same, values,
-    FlexAutodiff,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route_of, tracked, values, Route,
 };
 use crate::cpu::{gelu_backward, gelu_values};
 
-/// The exact GELU of `x` on flex: `Ok` with the result, or `Err(x)` untouched when the backend
-/// is not flex or the values are not `f32`.
-pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    if !is_f32(&x) {
-        return Err(x);
-    }
-    let x = match cast::<Tensor<B, D>, Tensor<FlexAutodiff, D>>(x) {
-        Ok(tracked) => return Ok(same(gelu_autodiff(tracked))),
-        Err(x) => x,
-    };
-    match cast::<Tensor<B, D>, Tensor<Flex, D>>(x) {
-        Ok(plain) => {
-            let x = contiguous_f32(float_primitive(plain));
+/// The exact GELU of `x` on flex: `Ok` with the result, or `Err(x)` untouched when `x` is not
+/// an `f32` tensor on the flex device.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
+    match route_of(&x) {
+        None => Err(x),
+        Some(Route::Tracked) => Ok(gelu_autodiff(x)),
+        Some(Route::Plain) => {
+            let x = contiguous_f32(plain(x));
             let y = flex_tensor(gelu_values(values(&x)), x.layout().shape().clone());
-            Ok(same(from_float_primitive::<Flex, D>(y)))
+            Ok(from_plain(y))
         }
-        Err(x) => Err(x),
     }
 }
 
-fn gelu_autodiff<const D: usize>(x: Tensor<FlexAutodiff, D>) -> Tensor<FlexAutodiff, D> {
-    let input = x.into_primitive().tensor();
-    let x = contiguous_f32(input.primitive.clone());
+fn gelu_autodiff<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let input = tracked(x);
+    let x = contiguous_f32(input.primitive().clone());
     let y = flex_tensor(gelu_values(values(&x)), x.layout().shape().clone());
     let output = match ExactGelu
-        .prepare::<NoCheckpointing>([input.node.clone()])
+        .prepare::<NoCheckpointing>([input.node()])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => prep.finish(x, y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    from_float_primitive(output)
+    from_tracked(output)
 }
 
 #[derive(Debug)]

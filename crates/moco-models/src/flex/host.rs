@@ -2,40 +2,41 @@
 //! (the optimizer's update, the momentum encoder's blend) instead of allocating a new tensor
 //! per operation.
 //!
-//! Taken from a tensor of `Flex` or `Autodiff<Flex>` (the autodiff side is detached: these are
-//! parameter values, not part of a graph) and given back as a tensor of the same backend. The
+//! Taken from a tensor on the flex device, plain or under autodiff (the autodiff side is
+//! detached: these are parameter values, not part of a graph), and given back on the same
+//! device. The
 //! buffer is written in place when the tensor owns its memory alone; when it shares it, the
 //! first write copies it (copy on write), so no other tensor ever sees the change.
 
-use std::marker::PhantomData;
-
+use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_flex::{Flex, FlexTensor};
+use burn_flex::FlexTensor;
 
-use super::{cast, contiguous_f32, float_primitive, from_float_primitive, same, FlexAutodiff};
+use super::{contiguous_f32, runs_fused};
 
-/// The `f32` values of a tensor of backend `B` (flex, plain or under autodiff), contiguous
-/// and writable on the host; [`HostValues::into_tensor`] gives the tensor back.
-pub struct HostValues<B: Backend, const D: usize> {
+/// The `f32` values of a tensor on the flex device (plain or under autodiff), contiguous and
+/// writable on the host; [`HostValues::into_tensor`] gives the tensor back.
+pub struct HostValues<const D: usize> {
     tensor: FlexTensor,
-    backend: PhantomData<B>,
+    autodiff: bool,
 }
 
-impl<B: Backend, const D: usize> HostValues<B, D> {
-    /// The values of `tensor`, or `Err(tensor)` untouched when the backend is not flex or the
-    /// values are not `f32`.
-    pub fn take(tensor: Tensor<B, D>) -> Result<Self, Tensor<B, D>> {
-        if tensor.dtype() != DType::F32 {
+impl<const D: usize> HostValues<D> {
+    /// The values of `tensor`, or `Err(tensor)` untouched when it is not on the flex device or
+    /// its values are not `f32`.
+    pub fn take(tensor: Tensor<D>) -> Result<Self, Tensor<D>> {
+        if tensor.dtype() != DType::F32 || !runs_fused(&tensor.device()) {
             return Err(tensor);
         }
-        let plain = match cast::<Tensor<B, D>, Tensor<FlexAutodiff, D>>(tensor) {
-            Ok(tracked) => tracked.inner(),
-            Err(tensor) => cast::<Tensor<B, D>, Tensor<Flex, D>>(tensor)?,
-        };
+        let autodiff = tensor.is_autodiff();
+        let plain = tensor
+            .inner()
+            .try_into_primitive::<Flex>()
+            .expect("an f32 flex tensor (checked above)");
         Ok(Self {
-            tensor: contiguous_f32(float_primitive(plain)),
-            backend: PhantomData,
+            tensor: contiguous_f32(plain),
+            autodiff,
         })
     }
 
@@ -43,7 +44,7 @@ impl<B: Backend, const D: usize> HostValues<B, D> {
     pub fn zeros_like(&self) -> Self {
         Self {
             tensor: FlexTensor::zeros(self.tensor.layout().shape().clone(), DType::F32),
-            backend: PhantomData,
+            autodiff: self.autodiff,
         }
     }
 
@@ -60,12 +61,14 @@ impl<B: Backend, const D: usize> HostValues<B, D> {
         &mut self.tensor.storage_mut::<f32>()[..len]
     }
 
-    /// The tensor of backend `B` holding these values (on autodiff: a leaf without gradient).
-    pub fn into_tensor(self) -> Tensor<B, D> {
-        let plain = from_float_primitive::<Flex, D>(self.tensor);
-        match cast::<Tensor<Flex, D>, Tensor<B, D>>(plain) {
-            Ok(tensor) => tensor,
-            Err(plain) => same(Tensor::<FlexAutodiff, D>::from_inner(plain)),
+    /// The tensor holding these values, on the device it was taken from (under autodiff: a
+    /// leaf without gradient).
+    pub fn into_tensor(self) -> Tensor<D> {
+        let plain = Tensor::<D>::from_primitive::<Flex>(self.tensor);
+        if self.autodiff {
+            plain.autodiff()
+        } else {
+            plain
         }
     }
 }

@@ -23,8 +23,8 @@ use burn_flex::Flex;
 use rayon::prelude::*;
 
 use super::{
-    cast, contiguous_f32, flex_tensor, float_primitive, from_float_primitive, is_f32, same, values,
-    FlexAutodiff,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route_of, tracked,
+    values, Route,
 };
 
 /// The window a convolution slides over its input.
@@ -58,50 +58,42 @@ impl Im2colWindow {
 ///
 /// # Panics
 /// When the padded map is smaller than the kernel or a stride is 0.
-pub fn im2col<B: Backend>(
-    x: Tensor<B, 4>,
+pub fn im2col(
+    x: Tensor<4>,
     window: Im2colWindow,
-) -> Result<Tensor<B, 2>, Tensor<B, 4>> {
+) -> Result<Tensor<2>, Tensor<4>> {
     let [_, _, h, w] = x.dims();
     assert!(
         window.output(h, w).is_some(),
         "im2col: a {h}×{w} map does not fit the window {window:?}"
     );
-    if !is_f32(&x) {
-        return Err(x);
-    }
-    let x = match cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(x) {
-        Ok(tracked) => return Ok(same(im2col_autodiff(tracked, window))),
-        Err(x) => x,
-    };
-    match cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x) {
-        Ok(plain) => {
-            let dims = plain.dims();
-            let x = contiguous_f32(float_primitive(plain));
+    match route_of(&x) {
+        None => Err(x),
+        Some(Route::Tracked) => Ok(im2col_autodiff(x, window)),
+        Some(Route::Plain) => {
+            let dims = x.dims();
+            let x = contiguous_f32(plain(x));
             let (cols, shape) = forward(values(&x), dims, window);
-            Ok(same(from_float_primitive::<Flex, 2>(flex_tensor(
-                cols, shape,
-            ))))
+            Ok(from_plain(flex_tensor(cols, shape)))
         }
-        Err(x) => Err(x),
     }
 }
 
-fn im2col_autodiff(x: Tensor<FlexAutodiff, 4>, window: Im2colWindow) -> Tensor<FlexAutodiff, 2> {
+fn im2col_autodiff(x: Tensor<4>, window: Im2colWindow) -> Tensor<2> {
     let dims = x.dims();
-    let input = x.into_primitive().tensor();
-    let xv = contiguous_f32(input.primitive.clone());
+    let input = tracked(x);
+    let xv = contiguous_f32(input.primitive().clone());
     let (cols, shape) = forward(values(&xv), dims, window);
     let cols = flex_tensor(cols, shape);
     let output = match Im2colOp
-        .prepare::<NoCheckpointing>([input.node.clone()])
+        .prepare::<NoCheckpointing>([input.node()])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => prep.finish((dims, window), cols),
         OpsKind::UnTracked(prep) => prep.finish(cols),
     };
-    from_float_primitive(output)
+    from_tracked(output)
 }
 
 /// The output positions `o` (of `len_out`) whose input position `o·stride + offset` lies in

@@ -15,12 +15,13 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
-use burn_flex::{Flex, FlexTensor};
+use burn::backend::Flex;
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{
-    cast, contiguous_f32, flex_tensor, float_primitive, from_float_primitive, is_f32, same, values,
-    FlexAutodiff,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked,
+    values, Route,
 };
 
 /// Rows per parallel block.
@@ -30,57 +31,46 @@ const ROWS_PER_BLOCK: usize = 64;
 /// with the result, or `Err` with the inputs untouched when the backend is not flex or a value
 /// is not `f32`.
 #[allow(clippy::type_complexity)]
-pub fn layer_norm<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    gamma: Tensor<B, 1>,
-    beta: Tensor<B, 1>,
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
     epsilon: f64,
-) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, 1>, Tensor<B, 1>)> {
+) -> Result<Tensor<D>, (Tensor<D>, Tensor<1>, Tensor<1>)> {
     let width = x.dims()[D - 1];
     assert_eq!(gamma.dims(), [width], "layer norm: γ width");
     assert_eq!(beta.dims(), [width], "layer norm: β width");
-    if !(is_f32(&x) && is_f32(&gamma) && is_f32(&beta)) {
-        return Err((x, gamma, beta));
-    }
-    let inputs = (x, gamma, beta);
-    type Inputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, 1>, Tensor<B, 1>);
-    let inputs = match cast::<Inputs<B, D>, Inputs<FlexAutodiff, D>>(inputs) {
-        Ok((x, g, b)) => return Ok(same(layer_norm_autodiff(x, g, b, epsilon))),
-        Err(inputs) => inputs,
-    };
-    match cast::<Inputs<B, D>, Inputs<Flex, D>>(inputs) {
-        Ok((x, g, b)) => {
-            let x = contiguous_f32(float_primitive(x));
-            let (g, b) = (
-                contiguous_f32(float_primitive(g)),
-                contiguous_f32(float_primitive(b)),
-            );
+    match route(&[route_of(&x), route_of(&gamma), route_of(&beta)]) {
+        None => Err((x, gamma, beta)),
+        Some(Route::Tracked) => Ok(layer_norm_autodiff(x, gamma, beta, epsilon)),
+        Some(Route::Plain) => {
+            let x = contiguous_f32(plain(x));
+            let (g, b) = (contiguous_f32(plain(gamma)), contiguous_f32(plain(beta)));
             let out = forward(values(&x), values(&g), values(&b), epsilon as f32);
             let y = flex_tensor(out.y, x.layout().shape().clone());
-            Ok(same(from_float_primitive::<Flex, D>(y)))
+            Ok(from_plain(y))
         }
-        Err(inputs) => Err(inputs),
     }
 }
 
 fn layer_norm_autodiff<const D: usize>(
-    x: Tensor<FlexAutodiff, D>,
-    gamma: Tensor<FlexAutodiff, 1>,
-    beta: Tensor<FlexAutodiff, 1>,
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
     epsilon: f64,
-) -> Tensor<FlexAutodiff, D> {
+) -> Tensor<D> {
     let (x, gamma, beta) = (
-        x.into_primitive().tensor(),
-        gamma.into_primitive().tensor(),
-        beta.into_primitive().tensor(),
+        tracked(x),
+        tracked(gamma),
+        tracked(beta),
     );
-    let xv = contiguous_f32(x.primitive.clone());
-    let g = contiguous_f32(gamma.primitive.clone());
-    let b = contiguous_f32(beta.primitive.clone());
+    let xv = contiguous_f32(x.primitive().clone());
+    let g = contiguous_f32(gamma.primitive().clone());
+    let b = contiguous_f32(beta.primitive().clone());
     let shape = xv.layout().shape().clone();
     let out = forward(values(&xv), values(&g), values(&b), epsilon as f32);
     let y = flex_tensor(out.y, shape.clone());
-    let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+    let nodes = [x.node(), gamma.node(), beta.node()];
     let output = match LayerNormOp
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()
@@ -97,7 +87,7 @@ fn layer_norm_autodiff<const D: usize>(
         }
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    from_float_primitive(output)
+    from_tracked(output)
 }
 
 #[derive(Debug)]

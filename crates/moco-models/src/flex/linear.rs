@@ -13,66 +13,52 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Flex;
 use burn::prelude::*;
-use burn_flex::{Flex, FlexTensor};
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::matmul::{matmul_parallel, Strides};
 use super::{
-    cast, contiguous_f32, flex_tensor, float_primitive, from_float_primitive, is_f32, same, values,
-    FlexAutodiff,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked,
+    values, Route,
 };
 
 /// The inputs of a linear layer: `x` `[rows, in]`, `W` `[in, out]`, `b` `[out]`.
-pub type LinearInputs<B> = (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1>);
+pub type LinearInputs = (Tensor<2>, Tensor<2>, Tensor<1>);
 
 /// `x·W + b` on flex: `Ok` with the `[rows, out]` result, or `Err` with the inputs untouched
-/// when the backend is not flex or a value is not `f32`.
-pub fn linear<B: Backend>(
-    (x, weight, bias): LinearInputs<B>,
-) -> Result<Tensor<B, 2>, LinearInputs<B>> {
+/// when one is not an `f32` tensor on the flex device.
+pub fn linear((x, weight, bias): LinearInputs) -> Result<Tensor<2>, LinearInputs> {
     let [_, d_in] = x.dims();
     let [w_in, d_out] = weight.dims();
     assert_eq!(d_in, w_in, "linear: input width");
     assert_eq!(bias.dims(), [d_out], "linear: bias width");
-    if !(is_f32(&x) && is_f32(&weight) && is_f32(&bias)) {
-        return Err((x, weight, bias));
-    }
-    let inputs = match cast::<LinearInputs<B>, LinearInputs<FlexAutodiff>>((x, weight, bias)) {
-        Ok(tracked) => return Ok(same(linear_autodiff(tracked))),
-        Err(inputs) => inputs,
-    };
-    match cast::<LinearInputs<B>, LinearInputs<Flex>>(inputs) {
-        Ok((x, w, b)) => {
+    match route(&[route_of(&x), route_of(&weight), route_of(&bias)]) {
+        None => Err((x, weight, bias)),
+        Some(Route::Tracked) => Ok(linear_autodiff((x, weight, bias))),
+        Some(Route::Plain) => {
             let (x, w, b) = (
-                contiguous_f32(float_primitive(x)),
-                contiguous_f32(float_primitive(w)),
-                contiguous_f32(float_primitive(b)),
+                contiguous_f32(plain(x)),
+                contiguous_f32(plain(weight)),
+                contiguous_f32(plain(bias)),
             );
             let rows = rows_of(&x);
             let y = forward(values(&x), values(&w), values(&b), rows);
-            Ok(same(from_float_primitive::<Flex, 2>(flex_tensor(
-                y,
-                [rows, d_out],
-            ))))
+            Ok(from_plain(flex_tensor(y, [rows, d_out])))
         }
-        Err(inputs) => Err(inputs),
     }
 }
 
-fn linear_autodiff((x, weight, bias): LinearInputs<FlexAutodiff>) -> Tensor<FlexAutodiff, 2> {
-    let (x, weight, bias) = (
-        x.into_primitive().tensor(),
-        weight.into_primitive().tensor(),
-        bias.into_primitive().tensor(),
-    );
-    let xv = contiguous_f32(x.primitive.clone());
-    let wv = contiguous_f32(weight.primitive.clone());
-    let bv = contiguous_f32(bias.primitive.clone());
+fn linear_autodiff((x, weight, bias): LinearInputs) -> Tensor<2> {
+    let (x, weight, bias) = (tracked(x), tracked(weight), tracked(bias));
+    let xv = contiguous_f32(x.primitive().clone());
+    let wv = contiguous_f32(weight.primitive().clone());
+    let bv = contiguous_f32(bias.primitive().clone());
     let rows = rows_of(&xv);
     let y = forward(values(&xv), values(&wv), values(&bv), rows);
     let y = flex_tensor(y, [rows, values(&bv).len()]);
-    let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
+    let nodes = [x.node(), weight.node(), bias.node()];
     let output = match LinearOp
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()
@@ -81,7 +67,7 @@ fn linear_autodiff((x, weight, bias): LinearInputs<FlexAutodiff>) -> Tensor<Flex
         OpsKind::Tracked(prep) => prep.finish((xv, wv), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    from_float_primitive(output)
+    from_tracked(output)
 }
 
 fn rows_of(x: &FlexTensor) -> usize {

@@ -1,21 +1,20 @@
 //! Fused operations for Burn's `flex` CPU backend, each with its own backward.
 //!
-//! A model stays generic over its backend: it hands a tensor to one of these operations,
-//! which runs the fused form when the backend is `flex` (`Flex`, or `Autodiff<Flex>` in
-//! training) and gives the tensor back untouched on any other backend, where the model runs
-//! its composition of Burn operations instead. Which form a model asks for is chosen once when
-//! it is built ([`crate::kernels`]).
+//! A model runs on any device: it hands a tensor to one of these operations, which runs the
+//! fused form when the tensor is an `f32` tensor on the flex device (plain, or tracked by
+//! autodiff without gradient checkpointing) and gives it back untouched anywhere else, where
+//! the model runs its composition of Burn operations instead. Which form a model asks for is
+//! chosen once when it is built ([`crate::kernels`]).
 //!
 //! The fused forms read and write the tensors' host memory directly and multiply with `gemm`
 //! at the strides where the values already are, so they save the copies, permutes and
 //! separate element-wise passes of the composition.
 
-use std::any::Any;
-
-use burn::backend::Autodiff;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use burn::tensor::{DType, TensorPrimitive};
-use burn_flex::{Flex, FlexTensor, Layout};
+use burn::tensor::{DType, GradientCheckpointingStrategy};
+use burn_flex::{FlexTensor, Layout};
 
 mod attention;
 mod batch_norm;
@@ -36,30 +35,85 @@ pub use layer_norm::layer_norm;
 pub use linear::{linear, LinearInputs};
 pub use product::{product, ProductInputs};
 
-/// Training on flex: the autodiff backend over it, without checkpointing (Burn's default).
+/// Training on flex: the autodiff backend over it, without gradient checkpointing (Burn's
+/// default), the backend whose graph the fused operations' backward steps join.
 pub type FlexAutodiff = Autodiff<Flex>;
 
-/// Whether backend `B` is flex (plain or under autodiff), where the fused operations run.
-pub fn runs_fused<B: Backend>() -> bool {
-    let b = std::any::TypeId::of::<B>();
-    b == std::any::TypeId::of::<Flex>() || b == std::any::TypeId::of::<FlexAutodiff>()
+/// A float tensor of [`FlexAutodiff`]: the flex values and their node in the graph.
+pub(crate) type Tracked = FloatTensor<FlexAutodiff>;
+
+/// Whether `device` is the flex device (plain or under autodiff), where the fused operations
+/// run.
+pub fn runs_fused(device: &Device) -> bool {
+    // Device equality ignores autodiff: this holds for `Device::flex().autodiff()` too.
+    *device == Device::flex()
 }
 
-/// `value` as a `U` when `T` is `U`, else `value` back.
-fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
-    let mut slot = Some(value);
-    match (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>() {
-        Some(target) => Ok(target.take().expect("filled above")),
-        None => Err(slot.expect("filled above")),
+/// How a fused operation runs its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// On flex tensors, no graph.
+    Plain,
+    /// On flex tensors tracked by autodiff (without gradient checkpointing): the operation
+    /// registers its own backward step.
+    Tracked,
+}
+
+/// The route of one tensor: `None` when it is not an `f32` tensor on flex, or when its
+/// autodiff checkpoints gradients (the composition then runs, with Burn's checkpointing).
+pub(crate) fn route_of<const D: usize, K: burn::tensor::kind::Basic>(
+    tensor: &Tensor<D, K>,
+) -> Option<Route> {
+    if tensor.dtype() != DType::F32 || !runs_fused(&tensor.device()) {
+        return None;
+    }
+    match tensor.device().gradient_checkpointing_strategy() {
+        None => Some(Route::Plain),
+        Some(GradientCheckpointingStrategy::Disabled) => Some(Route::Tracked),
+        Some(_) => None,
     }
 }
 
-/// `value` as the type it is known to be (`T` is `U`).
-fn same<T: 'static, U: 'static>(value: T) -> U {
-    match cast(value) {
-        Ok(value) => value,
-        Err(_) => unreachable!("same type"),
+/// The route of an operation's inputs: tracked when one of them is (the others join the
+/// graph as constants), `None` when one cannot take the fused form.
+pub(crate) fn route(routes: &[Option<Route>]) -> Option<Route> {
+    let mut out = Route::Plain;
+    for r in routes {
+        if (*r)? == Route::Tracked {
+            out = Route::Tracked;
+        }
     }
+    Some(out)
+}
+
+/// The flex values of a tensor routed [`Route::Plain`].
+pub(crate) fn plain<const D: usize>(tensor: Tensor<D>) -> FlexTensor {
+    tensor
+        .try_into_primitive::<Flex>()
+        .expect("a plain f32 flex tensor (checked by its route)")
+}
+
+/// The tracked primitive of a tensor of an operation routed [`Route::Tracked`]; a plain input
+/// joins the graph as a constant.
+pub(crate) fn tracked<const D: usize>(tensor: Tensor<D>) -> Tracked {
+    let tensor = if tensor.is_autodiff() {
+        tensor
+    } else {
+        tensor.autodiff()
+    };
+    tensor
+        .try_into_primitive::<FlexAutodiff>()
+        .expect("an f32 flex tensor under autodiff (checked by its route)")
+}
+
+/// A plain flex tensor as a Burn tensor.
+pub(crate) fn from_plain<const D: usize>(tensor: FlexTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(tensor)
+}
+
+/// A tracked primitive as a Burn tensor.
+pub(crate) fn from_tracked<const D: usize>(tensor: Tracked) -> Tensor<D> {
+    Tensor::from_primitive::<FlexAutodiff>(tensor)
 }
 
 /// The tensor's values as a contiguous `f32` buffer, copied only when the layout needs it.
@@ -83,20 +137,4 @@ fn flex_tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
         Layout::contiguous(shape),
         DType::F32,
     )
-}
-
-/// Whether `tensor` is an `f32` tensor a fused operation can take.
-fn is_f32<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
-    tensor.dtype() == DType::F32
-}
-
-/// The primitive of a float tensor of a known backend.
-fn float_primitive<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> B::FloatTensorPrimitive {
-    tensor.into_primitive().tensor()
-}
-
-fn from_float_primitive<B: Backend, const D: usize>(
-    primitive: B::FloatTensorPrimitive,
-) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }

@@ -14,16 +14,17 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
-use burn_flex::{Flex, FlexTensor};
+use burn::backend::Flex;
+use burn_flex::FlexTensor;
 
 use super::matmul::{matmul, matmul_parallel, Strides};
 use super::{
-    cast, contiguous_f32, flex_tensor, float_primitive, from_float_primitive, is_f32, same, values,
-    FlexAutodiff,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked,
+    values, Route,
 };
 
 /// The operands of a product: `a` `[m, k]` and `b` `[k, n]`.
-pub type ProductInputs<B> = (Tensor<B, 2>, Tensor<B, 2>);
+pub type ProductInputs = (Tensor<2>, Tensor<2>);
 
 /// Products with fewer multiply-adds run on the calling thread (splitting them costs more
 /// than it saves).
@@ -31,33 +32,26 @@ const PARALLEL_FROM: usize = 1 << 20;
 
 /// `a·b` on flex: `Ok` with the `[m, n]` result, or `Err` with the operands untouched when the
 /// backend is not flex or a value is not `f32`.
-pub fn product<B: Backend>((a, b): ProductInputs<B>) -> Result<Tensor<B, 2>, ProductInputs<B>> {
+pub fn product((a, b): ProductInputs) -> Result<Tensor<2>, ProductInputs> {
     let ([_, k], [k_b, _]) = (a.dims(), b.dims());
     assert_eq!(k, k_b, "product: inner dimensions {k} and {k_b}");
-    if !(is_f32(&a) && is_f32(&b)) {
-        return Err((a, b));
-    }
-    let operands = match cast::<ProductInputs<B>, ProductInputs<FlexAutodiff>>((a, b)) {
-        Ok(tracked) => return Ok(same(product_autodiff(tracked))),
-        Err(operands) => operands,
-    };
-    match cast::<ProductInputs<B>, ProductInputs<Flex>>(operands) {
-        Ok((a, b)) => {
-            let a = contiguous_f32(float_primitive(a));
-            let b = contiguous_f32(float_primitive(b));
-            let y = forward(&a, &b);
-            Ok(same(from_float_primitive::<Flex, 2>(y)))
+    match route(&[route_of(&a), route_of(&b)]) {
+        None => Err((a, b)),
+        Some(Route::Tracked) => Ok(product_autodiff((a, b))),
+        Some(Route::Plain) => {
+            let a = contiguous_f32(plain(a));
+            let b = contiguous_f32(plain(b));
+            Ok(from_plain(forward(&a, &b)))
         }
-        Err(operands) => Err(operands),
     }
 }
 
-fn product_autodiff((a, b): ProductInputs<FlexAutodiff>) -> Tensor<FlexAutodiff, 2> {
-    let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-    let av = contiguous_f32(a.primitive.clone());
-    let bv = contiguous_f32(b.primitive.clone());
+fn product_autodiff((a, b): ProductInputs) -> Tensor<2> {
+    let (a, b) = (tracked(a), tracked(b));
+    let av = contiguous_f32(a.primitive().clone());
+    let bv = contiguous_f32(b.primitive().clone());
     let y = forward(&av, &bv);
-    let nodes = [a.node.clone(), b.node.clone()];
+    let nodes = [a.node(), b.node()];
     let output = match ProductOp
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()
@@ -66,7 +60,7 @@ fn product_autodiff((a, b): ProductInputs<FlexAutodiff>) -> Tensor<FlexAutodiff,
         OpsKind::Tracked(prep) => prep.finish((av, bv), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    from_float_primitive(output)
+    from_tracked(output)
 }
 
 /// `[rows, cols]` of a 2-D flex tensor.

@@ -25,14 +25,14 @@ use crate::TrainError;
 /// with a gradient (the sum's backward is again a sum over the replicas).
 pub trait CollectiveBackend: AutodiffBackend {
     /// Sum of `x` over the peers of the group `peer` belongs to.
-    fn collective_sum<const D: usize>(peer: PeerId, x: Tensor<Self, D>) -> Tensor<Self, D>;
+    fn collective_sum<const D: usize>(peer: PeerId, x: Tensor<D>) -> Tensor<D>;
 
     /// Sum of `x` over the processes of `group` (one replica each), staged through host
     /// memory.
     fn process_sum<const D: usize>(
         group: &Arc<dyn ProcessGroup>,
-        x: Tensor<Self, D>,
-    ) -> Tensor<Self, D>;
+        x: Tensor<D>,
+    ) -> Tensor<D>;
 }
 
 #[derive(Debug)]
@@ -40,7 +40,7 @@ struct SumOverPeers {
     peer: PeerId,
 }
 
-fn all_reduce_or_panic<I: Backend>(
+fn all_reduce_or_panic(
     peer: PeerId,
     x: I::FloatTensorPrimitive,
 ) -> I::FloatTensorPrimitive {
@@ -52,7 +52,7 @@ fn all_reduce_or_panic<I: Backend>(
     })
 }
 
-impl<I: Backend> Backward<I, 1> for SumOverPeers {
+impl Backward<I, 1> for SumOverPeers {
     type State = ();
 
     fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -73,15 +73,15 @@ impl<const D: usize> std::fmt::Debug for SumOverProcesses<D> {
     }
 }
 
-fn process_sum_primitive<I: Backend, const D: usize>(
+fn process_sum_primitive<const D: usize>(
     group: &dyn ProcessGroup,
     x: I::FloatTensorPrimitive,
 ) -> I::FloatTensorPrimitive {
-    let x = Tensor::<I, D>::from_primitive(TensorPrimitive::Float(x));
+    let x = Tensor::<D>::from_primitive(TensorPrimitive::Float(x));
     host_sum(group, x).into_primitive().tensor()
 }
 
-impl<I: Backend, const D: usize> Backward<I, 1> for SumOverProcesses<D> {
+impl<const D: usize> Backward<I, 1> for SumOverProcesses<D> {
     type State = ();
 
     fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -117,18 +117,18 @@ where
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
-impl<I: Backend, C: CheckpointStrategy> CollectiveBackend for Autodiff<I, C> {
+impl<C: CheckpointStrategy> CollectiveBackend for Autodiff<I, C> {
     fn process_sum<const D: usize>(
         group: &Arc<dyn ProcessGroup>,
-        x: Tensor<Self, D>,
-    ) -> Tensor<Self, D> {
+        x: Tensor<D>,
+    ) -> Tensor<D> {
         let op = SumOverProcesses::<D> {
             group: group.clone(),
         };
         sum_with_backward(x, op, |p| process_sum_primitive::<I, D>(group.as_ref(), p))
     }
 
-    fn collective_sum<const D: usize>(peer: PeerId, x: Tensor<Self, D>) -> Tensor<Self, D> {
+    fn collective_sum<const D: usize>(peer: PeerId, x: Tensor<D>) -> Tensor<D> {
         sum_with_backward(x, SumOverPeers { peer }, |p| {
             all_reduce_or_panic::<I>(peer, p)
         })
@@ -152,14 +152,14 @@ impl CollectiveGroup {
     }
 }
 
-impl<B: CollectiveBackend> ReplicaGroup<B> for CollectiveGroup {
+impl ReplicaGroup for CollectiveGroup {
     fn rank(&self) -> usize {
         self.rank
     }
     fn world_size(&self) -> usize {
         self.world
     }
-    fn sum(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    fn sum(&self, x: Tensor<2>) -> Tensor<2> {
         B::collective_sum(self.peer(), x)
     }
 }
@@ -184,17 +184,17 @@ pub(crate) fn collective_config(topology: &Topology) -> Result<CollectiveConfig,
 
 /// Joins the collective group as local replica `local_rank` on `device`; blocks until every
 /// replica of every node has joined, or fails after the topology's timeout.
-pub fn join_group<B: AutodiffBackend>(
+pub fn join_group(
     local_rank: usize,
     topology: &Topology,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<(), TrainError> {
     let config = collective_config(topology)?;
     let rank = topology.rank(local_rank);
     let device = device.clone();
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        let _ = tx.send(collective::register::<B::InnerBackend>(
+        let _ = tx.send(collective::register(
             PeerId(rank as u32),
             device,
             config,
@@ -227,36 +227,35 @@ pub fn join_group<B: AutodiffBackend>(
 
 /// Sum of the gradients over the replicas (each replica's loss is already divided by the
 /// number of replicas, so this is the gradient of the mean loss).
-pub fn all_reduce_gradients<B: AutodiffBackend>(
+pub fn all_reduce_gradients(
     rank: usize,
     grads: GradientsParams,
 ) -> Result<GradientsParams, TrainError> {
     grads
-        .all_reduce::<B::InnerBackend>(PeerId(rank as u32), ReduceOperation::Sum)
+        .all_reduce(PeerId(rank as u32), ReduceOperation::Sum)
         .map_err(|e| TrainError::Config(format!("gradient all-reduce (replica {rank}): {e:?}")))
 }
 
 /// Mean of a scalar over `world` replicas.
-pub fn all_reduce_scalar<B: AutodiffBackend>(
+pub fn all_reduce_scalar(
     rank: usize,
     world: usize,
     value: f64,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<f64, TrainError> {
-    let t = Tensor::<B::InnerBackend, 1>::from_floats([value as f32], device);
-    let out = collective::all_reduce::<B::InnerBackend>(
+    let t = Tensor::<1>::from_floats([value as f32], device);
+    let out = collective::all_reduce(
         PeerId(rank as u32),
         t.into_primitive().tensor(),
         ReduceOperation::Sum,
     )
     .map_err(|e| TrainError::Config(format!("all-reduce (replica {rank}): {e:?}")))?;
-    let sum = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(out))
-        .into_scalar()
-        .elem::<f64>();
+    let sum = Tensor::<1>::from_primitive(TensorPrimitive::Float(out))
+        .into_scalar::<f64>();
     Ok(sum / world as f64)
 }
 
 /// Leaves the group (every replica calls it) so that another group can form in this process.
-pub fn leave_group<B: AutodiffBackend>(rank: usize) {
-    let _ = collective::finish_collective::<B::InnerBackend>(PeerId(rank as u32));
+pub fn leave_group(rank: usize) {
+    let _ = collective::finish_collective(PeerId(rank as u32));
 }

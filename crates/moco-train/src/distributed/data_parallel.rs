@@ -24,16 +24,16 @@ use crate::TrainError;
 
 /// One replica's part of the gradient computation: its shard forward and backward with the
 /// group active (SyncBN, gathered keys).
-pub fn replica_forward_backward<B: CollectiveBackend, M: Pretrain<B>>(
+pub fn replica_forward_backward<M: Pretrain>(
     group: &Arc<CollectiveGroup>,
     model: M,
-    x1: Tensor<B, 4>,
-    x2: Tensor<B, 4>,
+    x1: Tensor<4>,
+    x2: Tensor<4>,
     params: &StepParams,
     scale: f64,
     precision: Precision,
 ) -> (M, f64, GradientsParams) {
-    let g: Arc<dyn ReplicaGroup<B>> = group.clone();
+    let g: Arc<dyn ReplicaGroup> = group.clone();
     with_replicas(g, || {
         forward_backward(model, x1, x2, params, scale, precision)
     })
@@ -67,10 +67,10 @@ enum Command {
 }
 
 /// Every float parameter of `module`, flattened and concatenated in the module's order.
-pub fn flat_parameters<B: Backend, M: burn::module::Module<B>>(module: &M) -> Vec<f32> {
+pub fn flat_parameters<M: burn::module::Module>(module: &M) -> Vec<f32> {
     struct Collect(Vec<f32>);
-    impl<B: Backend> burn::module::ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
             let data = param.val().into_data().convert::<f32>();
             self.0.extend(data.iter::<f32>());
         }
@@ -82,7 +82,7 @@ pub fn flat_parameters<B: Backend, M: burn::module::Module<B>>(module: &M) -> Ve
 
 /// The local replicas 1.. of a data-parallel run, and the group of local replica 0 (this
 /// thread).
-pub struct DataParallel<B: CollectiveBackend> {
+pub struct DataParallel {
     topology: Topology,
     group: Arc<CollectiveGroup>,
     senders: Vec<Sender<Command>>,
@@ -91,10 +91,10 @@ pub struct DataParallel<B: CollectiveBackend> {
     precision: Precision,
     progress: Arc<AtomicU64>,
     stop_watchdog: Arc<AtomicBool>,
-    _backend: std::marker::PhantomData<B>,
+    _backend: std::marker::PhantomData,
 }
 
-impl<B: CollectiveBackend> DataParallel<B> {
+impl DataParallel {
     /// Starts local replicas 1.. on `devices[1..]`, each a copy of `model` (same parameter ids,
     /// own autodiff graph) with an optimizer from `make_optim` loaded with `optim`'s state, and
     /// joins the group as local replica 0 on `devices[0]`. `cluster` adds the other machines.
@@ -102,15 +102,15 @@ impl<B: CollectiveBackend> DataParallel<B> {
         model: &M,
         optim: &O,
         make_optim: impl Fn() -> O,
-        devices: &[B::Device],
+        devices: &[Device],
         cluster: Option<Cluster>,
         timeout: Duration,
         precision: Precision,
     ) -> Result<Self, TrainError>
     where
-        M: Pretrain<B> + 'static,
-        M::InnerModule: Send,
-        O: Optimizer<M, B> + Send + 'static,
+        M: Pretrain + 'static,
+        M: Send,
+        O: Optimizer<M> + Send + 'static,
         O::Record: Send,
     {
         if devices.is_empty() {
@@ -122,7 +122,7 @@ impl<B: CollectiveBackend> DataParallel<B> {
             timeout,
         };
         super::collective::collective_config(&topology)?;
-        collective::reset_collective::<B::InnerBackend>();
+        collective::reset_collective();
         let (done_tx, done) = channel();
         let mut senders = Vec::new();
         let mut handles = Vec::new();
@@ -141,7 +141,7 @@ impl<B: CollectiveBackend> DataParallel<B> {
                         // Forked as a trainable module: forking the inner module would drop
                         // which parameters take a gradient.
                         let model = M::from_inner(replica).fork(&device);
-                        let result = worker::<B, M, O>(
+                        let result = worker::<M, O>(
                             local_rank,
                             &topology,
                             model,
@@ -158,7 +158,7 @@ impl<B: CollectiveBackend> DataParallel<B> {
             );
             senders.push(tx);
         }
-        join_group::<B>(0, &topology, &devices[0])?;
+        join_group(0, &topology, &devices[0])?;
         let progress = Arc::new(AtomicU64::new(0));
         let stop_watchdog = Arc::new(AtomicBool::new(false));
         spawn_watchdog(
@@ -206,14 +206,14 @@ impl<B: CollectiveBackend> DataParallel<B> {
     /// machines the loader reads only that slice, see [`moco_data::Shard`]): one shard per
     /// local replica, the first of them runs here. Returns this replica's model, its loss and
     /// its (not yet reduced) gradients.
-    pub fn micro_step<M: Pretrain<B>>(
+    pub fn micro_step<M: Pretrain>(
         &self,
         model: M,
         views: [Vec<f32>; 2],
         shape: [usize; 4],
         params: &StepParams,
         scale: f64,
-        device: &B::Device,
+        device: &Device,
     ) -> Result<(M, f64, GradientsParams), TrainError> {
         let local = self.topology.local;
         if !shape[0].is_multiple_of(local) {
@@ -242,7 +242,7 @@ impl<B: CollectiveBackend> DataParallel<B> {
                 },
             )?;
         }
-        let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, local_shape), device);
+        let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, local_shape), device);
         Ok(replica_forward_backward(
             &self.group,
             model,
@@ -278,7 +278,7 @@ impl<B: CollectiveBackend> DataParallel<B> {
         lr: f64,
         clip: Option<f64>,
         skip_nonfinite: bool,
-        device: &B::Device,
+        device: &Device,
     ) -> Result<(GradientsParams, f64), TrainError> {
         for local_rank in 1..self.topology.local {
             self.send(
@@ -291,8 +291,8 @@ impl<B: CollectiveBackend> DataParallel<B> {
             )?;
         }
         let rank = self.topology.rank(0);
-        let grads = all_reduce_gradients::<B>(rank, grads)?;
-        let loss = all_reduce_scalar::<B>(rank, self.world_size(), loss, device)?;
+        let grads = all_reduce_gradients(rank, grads)?;
+        let loss = all_reduce_scalar(rank, self.world_size(), loss, device)?;
         self.progress.fetch_add(1, Ordering::SeqCst);
         Ok((grads, loss))
     }
@@ -326,27 +326,27 @@ pub(crate) fn spawn_watchdog(
     });
 }
 
-impl<B: CollectiveBackend> Drop for DataParallel<B> {
+impl Drop for DataParallel {
     fn drop(&mut self) {
         self.stop_watchdog.store(true, Ordering::SeqCst);
         self.senders.clear();
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
-        leave_group::<B>(self.topology.rank(0));
+        leave_group(self.topology.rank(0));
     }
 }
 
-fn worker<B: CollectiveBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
+fn worker<M: Pretrain, O: Optimizer<M>>(
     local_rank: usize,
     topology: &Topology,
     mut model: M,
     mut optim: O,
-    device: B::Device,
+    device: Device,
     commands: Receiver<Command>,
     precision: Precision,
 ) -> Result<(), TrainError> {
-    join_group::<B>(local_rank, topology, &device)?;
+    join_group(local_rank, topology, &device)?;
     let (rank, world) = (topology.rank(local_rank), topology.world());
     let group = Arc::new(CollectiveGroup::new(rank, world));
     let mut accumulator = GradientsAccumulator::<M>::new();
@@ -361,7 +361,7 @@ fn worker<B: CollectiveBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
                 params,
                 scale,
             } => {
-                let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), &device);
+                let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), &device);
                 let (value, grads);
                 (model, value, grads) = replica_forward_backward(
                     &group,
@@ -386,9 +386,9 @@ fn worker<B: CollectiveBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
             } => {
                 let grads =
                     std::mem::replace(&mut accumulator, GradientsAccumulator::new()).grads();
-                let grads = all_reduce_gradients::<B>(rank, grads)?;
+                let grads = all_reduce_gradients(rank, grads)?;
                 let loss =
-                    all_reduce_scalar::<B>(rank, world, loss_sum / micros.max(1) as f64, &device)?;
+                    all_reduce_scalar(rank, world, loss_sum / micros.max(1) as f64, &device)?;
                 (loss_sum, micros) = (0.0, 0);
                 let (norms, global) = measure_gradients(&model, &grads);
                 let outcome = update(
@@ -409,6 +409,6 @@ fn worker<B: CollectiveBackend, M: Pretrain<B>, O: Optimizer<M, B>>(
             }
         }
     }
-    leave_group::<B>(rank);
+    leave_group(rank);
     Ok(())
 }

@@ -47,4 +47,4 @@ pub use process_group::{ProcessGroup, ProcessParallel, ProcessReplica};
 pub trait CollectiveBackend: burn::tensor::backend::AutodiffBackend {}
 
 #[cfg(not(feature = "distributed"))]
-impl<B: burn::tensor::backend::AutodiffBackend> CollectiveBackend for B {}
+impl CollectiveBackend for B {}

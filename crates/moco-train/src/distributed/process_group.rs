@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -45,15 +45,15 @@ impl std::fmt::Debug for dyn ProcessGroup {
 }
 
 /// Sum of `x` over the processes of `group`, staged through host memory.
-pub(crate) fn host_sum<I: Backend, const D: usize>(
+pub(crate) fn host_sum<const D: usize>(
     group: &dyn ProcessGroup,
-    x: Tensor<I, D>,
-) -> Tensor<I, D> {
+    x: Tensor<D>,
+) -> Tensor<D> {
     let (shape, device, dtype) = (x.shape(), x.device(), x.dtype());
     let mut values = x
         .into_data()
         .convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .expect("a float tensor");
     if let Err(e) = group.sum(&mut values) {
         // Inside a forward or backward pass there is no error path: end the whole run.
@@ -69,29 +69,29 @@ pub struct ProcessReplica {
     group: Arc<dyn ProcessGroup>,
 }
 
-impl<B: CollectiveBackend> ReplicaGroup<B> for ProcessReplica {
+impl ReplicaGroup for ProcessReplica {
     fn rank(&self) -> usize {
         self.group.rank()
     }
     fn world_size(&self) -> usize {
         self.group.size()
     }
-    fn sum(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    fn sum(&self, x: Tensor<2>) -> Tensor<2> {
         B::process_sum(&self.group, x)
     }
 }
 
 /// The replica of this process in a run over processes: its step and the reductions.
-pub struct ProcessParallel<B: CollectiveBackend> {
+pub struct ProcessParallel {
     group: Arc<dyn ProcessGroup>,
     replica: Arc<ProcessReplica>,
     precision: Precision,
     progress: Arc<AtomicU64>,
     stop_watchdog: Arc<AtomicBool>,
-    _backend: std::marker::PhantomData<B>,
+    _backend: std::marker::PhantomData,
 }
 
-impl<B: CollectiveBackend> ProcessParallel<B> {
+impl ProcessParallel {
     /// This process's replica of `group`; the process ends when no step finishes for
     /// `timeout` (a process that stopped answering).
     pub fn start(group: Arc<dyn ProcessGroup>, timeout: Duration, precision: Precision) -> Self {
@@ -135,7 +135,7 @@ impl<B: CollectiveBackend> ProcessParallel<B> {
     /// schedule (`step`, `epoch`, `batch`) and the same weights (a checksum of `model`'s
     /// parameters). A process that resumed from another checkpoint, or initialised other
     /// weights, would otherwise train out of step with the others.
-    pub fn check_same_start<M: AutodiffModule<B>>(
+    pub fn check_same_start<M: Module>(
         &self,
         model: &M,
         position: [u64; 3],
@@ -166,17 +166,17 @@ impl<B: CollectiveBackend> ProcessParallel<B> {
 
     /// Forward and backward of this process's shard of a micro-batch (the loader already read
     /// only this shard, see [`moco_data::Shard`]), with the group active.
-    pub fn micro_step<M: Pretrain<B>>(
+    pub fn micro_step<M: Pretrain>(
         &self,
         model: M,
-        views: [Tensor<B, 4>; 2],
+        views: [Tensor<4>; 2],
         params: &StepParams,
         scale: f64,
     ) -> (M, f64, GradientsParams) {
         // Each replica's loss is divided by the number of replicas: the summed gradients are
         // those of the mean loss.
         let scale = scale / self.world_size() as f64;
-        let g: Arc<dyn ReplicaGroup<B>> = self.replica.clone();
+        let g: Arc<dyn ReplicaGroup> = self.replica.clone();
         let [x1, x2] = views;
         with_replicas(g, || {
             forward_backward(model, x1, x2, params, scale, self.precision)
@@ -185,15 +185,15 @@ impl<B: CollectiveBackend> ProcessParallel<B> {
 
     /// The step's gradients summed over the processes (one transfer for all of them), the
     /// loss averaged, and whether any process asked to stop.
-    pub fn reduce<M: AutodiffModule<B>>(
+    pub fn reduce<M: Module>(
         &self,
         model: &M,
         grads: GradientsParams,
         loss: f64,
         stop: bool,
-        device: &B::Device,
+        device: &Device,
     ) -> Result<(GradientsParams, f64, bool), TrainError> {
-        let grads = all_reduce_flat::<B, M>(self.group.as_ref(), model, grads, device)?;
+        let grads = all_reduce_flat::<M>(self.group.as_ref(), model, grads, device)?;
         let mut scalars = [loss as f32, if stop { 1.0 } else { 0.0 }];
         self.group.sum(&mut scalars)?;
         self.progress.fetch_add(1, Ordering::SeqCst);
@@ -205,7 +205,7 @@ impl<B: CollectiveBackend> ProcessParallel<B> {
     }
 }
 
-impl<B: CollectiveBackend> Drop for ProcessParallel<B> {
+impl Drop for ProcessParallel {
     fn drop(&mut self) {
         self.stop_watchdog.store(true, Ordering::SeqCst);
     }
@@ -213,22 +213,22 @@ impl<B: CollectiveBackend> Drop for ProcessParallel<B> {
 
 /// The gradients of `model`'s parameters (in the module's order, which is the same in every
 /// process), concatenated into one vector, summed over the processes, and put back.
-fn all_reduce_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
+fn all_reduce_flat<M: Module>(
     group: &dyn ProcessGroup,
     model: &M,
     mut grads: GradientsParams,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<GradientsParams, TrainError> {
     /// Takes each parameter's gradient out, flattened; `has` holds the shape of each that had
     /// one.
-    struct Take<'a, I: Backend> {
+    struct Take<'a> {
         grads: &'a mut GradientsParams,
-        parts: Vec<Tensor<I, 1>>,
+        parts: Vec<Tensor<1>>,
         has: Vec<Option<Shape>>,
     }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Take<'_, B::InnerBackend> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let g = self.grads.remove::<B::InnerBackend, D>(param.id);
+    impl ModuleVisitor for Take<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let g = self.grads.remove::<D>(param.id);
             self.has.push(g.as_ref().map(|g| g.shape()));
             if let Some(g) = g {
                 self.parts.push(g.flatten(0, D - 1));
@@ -236,24 +236,24 @@ fn all_reduce_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
         }
     }
     /// Puts the slices of the summed vector back, in the same order.
-    struct Put<'a, I: Backend> {
+    struct Put<'a> {
         grads: &'a mut GradientsParams,
-        flat: Tensor<I, 1>,
+        flat: Tensor<1>,
         has: std::vec::IntoIter<Option<Shape>>,
         offset: usize,
     }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Put<'_, B::InnerBackend> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+    impl ModuleVisitor for Put<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let Some(Some(shape)) = self.has.next() else {
                 return;
             };
             let n = shape.num_elements();
             let g = self.flat.clone().narrow(0, self.offset, n).reshape(shape);
-            self.grads.register::<B::InnerBackend, D>(param.id, g);
+            self.grads.register::<D>(param.id, g);
             self.offset += n;
         }
     }
-    let mut take = Take::<B::InnerBackend> {
+    let mut take = Take {
         grads: &mut grads,
         parts: Vec::new(),
         has: Vec::new(),
@@ -264,7 +264,7 @@ fn all_reduce_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
         return Ok(grads);
     }
     let flat = host_sum(group, Tensor::cat(parts, 0)).to_device(device);
-    let mut put = Put::<B::InnerBackend> {
+    let mut put = Put {
         grads: &mut grads,
         flat,
         has: has.into_iter(),
@@ -275,11 +275,11 @@ fn all_reduce_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
 }
 
 /// Sum of every float parameter of `model`, summed in the module's order.
-fn parameter_checksum<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> f64 {
+fn parameter_checksum<M: Module>(model: &M) -> f64 {
     struct Sum(f64);
-    impl<B: Backend> ModuleVisitor<B> for Sum {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0 += param.val().sum().into_scalar().elem::<f64>();
+    impl ModuleVisitor for Sum {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0 += param.val().sum().into_scalar::<f64>();
         }
     }
     let mut s = Sum(0.0);

@@ -20,7 +20,7 @@ pub type Outputs = Vec<(String, TensorData)>;
 const BATCH: usize = 256;
 
 /// Runs the network on one batch: `features`, then `projection` and `prediction` when present.
-fn forward_all<B: Backend>(model: &Pretrained<B>, x: Tensor<B, 4>) -> Vec<Tensor<B, 2>> {
+fn forward_all(model: &Pretrained, x: Tensor<4>) -> Vec<Tensor<2>> {
     let features = model.backbone.forward(x);
     let mut out = vec![features.clone()];
     if let Some(projector) = &model.projector {
@@ -35,7 +35,7 @@ fn forward_all<B: Backend>(model: &Pretrained<B>, x: Tensor<B, 4>) -> Vec<Tensor
     out
 }
 
-fn names<B: Backend>(model: &Pretrained<B>) -> Vec<&'static str> {
+fn names(model: &Pretrained) -> Vec<&'static str> {
     let mut names = vec!["features"];
     if model.projector.is_some() {
         names.push("projection");
@@ -58,7 +58,7 @@ fn collect(names: &[&str], parts: Vec<Vec<TensorData>>) -> Outputs {
                 let d = &batch[i];
                 rows += d.shape[0];
                 cols = d.shape[1];
-                values.extend(d.to_vec::<f32>().expect("f32 outputs"));
+                values.extend(d.try_to_vec::<f32>().expect("f32 outputs"));
             }
             (name.to_string(), TensorData::new(values, [rows, cols]))
         })
@@ -67,18 +67,18 @@ fn collect(names: &[&str], parts: Vec<Vec<TensorData>>) -> Outputs {
 
 /// Features (and head outputs) of every image of `set` under the evaluation transform, in
 /// dataset order, with `labels` (i64). Pass a module of a backend without autodiff: eval mode.
-pub fn features_of_dataset<B: Backend>(
-    model: &Pretrained<B>,
+pub fn features_of_dataset(
+    model: &Pretrained,
     data: &EvalData,
     set: &SharedDataset,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<Outputs, TrainError> {
     let loader = data.eval_loader(set, BATCH)?;
     let mut parts = Vec::new();
     let mut labels = Vec::new();
     for batch in loader.epoch(0, 0) {
         let mut batch = batch?;
-        let x = Tensor::<B, 4>::from_data(
+        let x = Tensor::<4>::from_data(
             TensorData::new(batch.views.swap_remove(0), batch.shape),
             device,
         );
@@ -139,12 +139,12 @@ pub fn read_images(path: &Path, config: &BackboneConfig) -> Result<TensorData, T
 }
 
 /// Features (and head outputs) of user-supplied images `[N, C, H, W]`.
-pub fn features_of_images<B: Backend>(
-    model: &Pretrained<B>,
+pub fn features_of_images(
+    model: &Pretrained,
     images: TensorData,
-    device: &B::Device,
+    device: &Device,
 ) -> Outputs {
-    let all = Tensor::<B, 4>::from_data(images, device);
+    let all = Tensor::<4>::from_data(images, device);
     let n = all.dims()[0];
     let mut parts = Vec::new();
     let mut start = 0;

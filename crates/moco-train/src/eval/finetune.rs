@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::{Module, Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
@@ -71,16 +71,16 @@ impl Default for FinetuneConfig {
 
 /// A backbone with a linear classification head.
 #[derive(Module, Debug)]
-pub struct Classifier<B: Backend> {
+pub struct Classifier {
     /// The pretrained feature extractor.
-    pub backbone: AnyBackbone<B>,
+    pub backbone: AnyBackbone,
     /// The fresh head.
-    pub head: Linear<B>,
+    pub head: Linear,
 }
 
-impl<B: Backend> Classifier<B> {
+impl Classifier {
     /// Logits `[batch, classes]`, with stochastic depth at `drop_path` when training.
-    pub fn forward(&self, x: Tensor<B, 4>, drop_path: f64) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<4>, drop_path: f64) -> Tensor<2> {
         self.head
             .forward(self.backbone.forward_drop_path(x, drop_path))
     }
@@ -113,23 +113,23 @@ pub fn layer_id(path: &[String], depth: usize) -> usize {
 }
 
 /// Splits gradients into one set per layer id.
-struct SplitByLayer<'a, B: AutodiffBackend> {
+struct SplitByLayer<'a> {
     grads: &'a mut GradientsParams,
     stack: Vec<String>,
     depth: usize,
     groups: Vec<GradientsParams>,
-    _b: std::marker::PhantomData<B>,
+    _b: std::marker::PhantomData,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for SplitByLayer<'_, B> {
+impl ModuleVisitor for SplitByLayer<'_> {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.stack.push(name.to_string());
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.stack.pop();
     }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
             let id = layer_id(&self.stack, self.depth).min(self.depth + 1);
             self.groups[id].register(param.id, g);
         }
@@ -173,7 +173,7 @@ fn check(config: &FinetuneConfig, backbone: &BackboneConfig) -> Result<(), Train
     Ok(())
 }
 
-type Adamw<B> = OptimizerAdaptor<Optim, Classifier<B>, B>;
+type Adamw = OptimizerAdaptor<Optim, Classifier>;
 
 /// The learning rates of a run: peak `lr` (scaled by batch / 256) and the layer-wise factor
 /// of each layer id (`layer_decay^(depth + 1 − id)`), over `steps_per_epoch` steps an epoch.
@@ -187,18 +187,18 @@ struct LrPlan {
 impl LrPlan {
     /// The AdamW step at `lr`, each layer id's gradients at its own factor when the layers
     /// decay.
-    fn step<B: AutodiffBackend>(
+    fn step(
         &self,
-        model: Classifier<B>,
-        optim: &mut Adamw<B>,
+        model: Classifier,
+        optim: &mut Adamw,
         mut grads: GradientsParams,
         lr: f64,
         layer_decay: f64,
-    ) -> Classifier<B> {
+    ) -> Classifier {
         if self.depth == 0 || layer_decay >= 1.0 {
             return optim.step(lr, model, grads);
         }
-        let mut split = SplitByLayer::<B> {
+        let mut split = SplitByLayer {
             grads: &mut grads,
             stack: Vec::new(),
             depth: self.depth,
@@ -227,14 +227,14 @@ struct EpochTrained {
 
 /// One epoch over the training views: label-smoothed cross-entropy with stochastic depth,
 /// the learning rate of each step on the warm-up and cosine schedule.
-fn train_epoch<B: AutodiffBackend>(
-    mut model: Classifier<B>,
-    optim: &mut Adamw<B>,
+fn train_epoch(
+    mut model: Classifier,
+    optim: &mut Adamw,
     loader: &Loader,
     (epoch, plan): (usize, &LrPlan),
     config: &FinetuneConfig,
-    device: &B::Device,
-) -> Result<(Classifier<B>, EpochTrained), TrainError> {
+    device: &Device,
+) -> Result<(Classifier, EpochTrained), TrainError> {
     let mut done = EpochTrained {
         loss: 0.0,
         last_lr: 0.0,
@@ -245,12 +245,12 @@ fn train_epoch<B: AutodiffBackend>(
         let mut batch = batch?;
         let view = batch.views.swap_remove(0);
         let n = batch.labels.len();
-        let x = Tensor::<B, 4>::from_data(TensorData::new(view, batch.shape), device);
+        let x = Tensor::<4>::from_data(TensorData::new(view, batch.shape), device);
         let y: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [n]), device);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(y, [n]), device);
         let logits = model.forward(x, config.drop_path);
         let loss = cross_entropy_smoothed(logits, y, config.label_smoothing);
-        let value = loss.clone().into_scalar().elem::<f64>();
+        let value = loss.clone().into_scalar::<f64>();
         if !value.is_finite() {
             return Err(TrainError::Config(format!(
                 "epoch {}: non-finite loss {value}; lower the learning rate",
@@ -272,25 +272,25 @@ fn train_epoch<B: AutodiffBackend>(
 
 /// Fine-tunes `backbone` with a fresh head on `data`, evaluating on the test split after every
 /// epoch.
-pub fn finetune<B: AutodiffBackend>(
-    backbone: AnyBackbone<B>,
+pub fn finetune(
+    backbone: AnyBackbone,
     backbone_config: &BackboneConfig,
     data: &EvalData,
     config: &FinetuneConfig,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<FinetuneReport, TrainError> {
     check(config, backbone_config)?;
     let start = Instant::now();
     let depth = backbone.depth();
     let dim = backbone_config.num_features();
-    B::seed(device, config.seed);
+    device.seed(config.seed);
     let mut model = Classifier {
         backbone,
-        head: init_classifier::<B>(dim, data.num_classes(), device),
+        head: init_classifier(dim, data.num_classes(), device),
     };
     let mut optim = OptimConfig::adamw(config.weight_decay)
         .with_decay_1d(false)
-        .init::<B, Classifier<B>>();
+        .init::<Classifier>();
     let loader = data.train_loader(config.batch_size)?;
     let test = data.eval_loader(&data.test, 256)?;
     let plan = LrPlan {

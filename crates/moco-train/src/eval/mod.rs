@@ -30,25 +30,25 @@ use crate::TrainError;
 
 /// A pretrained network loaded for evaluation.
 #[derive(Debug)]
-pub struct Pretrained<B: Backend> {
+pub struct Pretrained {
     /// The backbone (the base / online encoder's).
-    pub backbone: AnyBackbone<B>,
+    pub backbone: AnyBackbone,
     /// Its architecture.
     pub backbone_config: BackboneConfig,
     /// The projector, when the file holds one.
-    pub projector: Option<MlpHead<B>>,
+    pub projector: Option<MlpHead>,
     /// The predictor, when the file holds one (MoCo v3, BYOL).
-    pub predictor: Option<MlpHead<B>>,
+    pub predictor: Option<MlpHead>,
     /// The pretraining configuration, when loaded from a run.
     pub pretrain: Option<PretrainConfig>,
     /// What was loaded, for messages.
     pub source: String,
     /// The whole MoCo model (both encoders and the predictor), when the file holds one.
-    pub moco: Option<(MoCo<B>, MocoConfig)>,
+    pub moco: Option<(MoCo, MocoConfig)>,
 }
 
-impl<B: Backend> Pretrained<B> {
-    fn from_moco(model: MoCo<B>, config: MocoConfig, source: String) -> Self {
+impl Pretrained {
+    fn from_moco(model: MoCo, config: MocoConfig, source: String) -> Self {
         Pretrained {
             backbone: model.base_encoder.backbone.clone(),
             backbone_config: config.backbone.clone(),
@@ -60,7 +60,7 @@ impl<B: Backend> Pretrained<B> {
         }
     }
 
-    fn from_backbone(backbone: AnyBackbone<B>, config: BackboneConfig, source: String) -> Self {
+    fn from_backbone(backbone: AnyBackbone, config: BackboneConfig, source: String) -> Self {
         Pretrained {
             backbone,
             backbone_config: config,
@@ -74,8 +74,8 @@ impl<B: Backend> Pretrained<B> {
 
     /// The same architecture at a fresh random initialisation (seeded), without heads: the
     /// baseline every pretrained number is compared with.
-    pub fn random_init(self, seed: u64, device: &B::Device) -> Self {
-        B::seed(device, seed);
+    pub fn random_init(self, seed: u64, device: &Device) -> Self {
+        device.seed(seed);
         Pretrained {
             backbone: self.backbone_config.init(device),
             projector: None,
@@ -96,11 +96,11 @@ impl<B: Backend> Pretrained<B> {
 ///
 /// whatever the file is called: its content says which ([`moco_models::weights`]).
 /// `heads` is the ViT's attention-head count where the width has no preset.
-pub fn load_pretrained<B: Backend>(
+pub fn load_pretrained(
     path: &Path,
     heads: Option<usize>,
-    device: &B::Device,
-) -> Result<Pretrained<B>, TrainError> {
+    device: &Device,
+) -> Result<Pretrained, TrainError> {
     if path.is_dir() {
         if path.join("model.mpk").is_file() {
             return load_run_checkpoint(path, device);
@@ -129,11 +129,11 @@ pub fn load_pretrained<B: Backend>(
             load_run_checkpoint(folder, device)
         }
         WeightFile::BackboneCheckpoint => {
-            let (backbone, config) = load_backbone_checkpoint::<B>(path, device)?;
+            let (backbone, config) = load_backbone_checkpoint(path, device)?;
             Ok(Pretrained::from_backbone(backbone, config, source))
         }
         WeightFile::MocoCheckpoint => {
-            let (model, config) = load_checkpoint::<B>(path, device)?;
+            let (model, config) = load_checkpoint(path, device)?;
             Ok(Pretrained::from_moco(model, config, source))
         }
         WeightFile::Torch | WeightFile::Safetensors => {
@@ -148,11 +148,11 @@ pub fn load_pretrained<B: Backend>(
             }
             Ok(match weights.layout {
                 Layout::Moco => {
-                    let (model, config) = moco_from::<B>(&weights, path, device)?;
+                    let (model, config) = moco_from(&weights, path, device)?;
                     Pretrained::from_moco(model, config, source)
                 }
                 Layout::Backbone => {
-                    let (backbone, config) = backbone_from::<B>(&weights, path, device)?;
+                    let (backbone, config) = backbone_from(&weights, path, device)?;
                     Pretrained::from_backbone(backbone, config, source)
                 }
             })
@@ -161,10 +161,10 @@ pub fn load_pretrained<B: Backend>(
 }
 
 /// Loads the checkpoint folder `dir` (`RUN/checkpoints/step-N`) with the run's configuration.
-fn load_run_checkpoint<B: Backend>(
+fn load_run_checkpoint(
     dir: &Path,
-    device: &B::Device,
-) -> Result<Pretrained<B>, TrainError> {
+    device: &Device,
+) -> Result<Pretrained, TrainError> {
     let run_dir = dir.parent().and_then(Path::parent).ok_or_else(|| {
         TrainError::Config(format!("{}: not inside a run directory", dir.display()))
     })?;
@@ -188,12 +188,12 @@ fn load_run_checkpoint<B: Backend>(
     let source = dir.display().to_string();
     // A record of another architecture makes Burn panic while loading: report it instead.
     let load = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-        || -> Result<Pretrained<B>, TrainError> {
+        || -> Result<Pretrained, TrainError> {
             Ok(match config.method {
                 Method::SimClr => {
                     let record =
-                        Recorder::<B>::load(&recorder, bytes.clone(), device).map_err(bad)?;
-                    let model = Method::simclr::<B>(&model_config, device).load_record(record);
+                        Recorder::load(&recorder, bytes.clone(), device).map_err(bad)?;
+                    let model = Method::simclr(&model_config, device).load_record(record);
                     let SimClr { encoder } = model;
                     let mut p = Pretrained::from_backbone(
                         encoder.backbone,
@@ -205,9 +205,9 @@ fn load_run_checkpoint<B: Backend>(
                 }
                 method => {
                     let record =
-                        Recorder::<B>::load(&recorder, bytes.clone(), device).map_err(bad)?;
-                    let model: Siamese<B> = method
-                        .siamese::<B>(&model_config, device)
+                        Recorder::load(&recorder, bytes.clone(), device).map_err(bad)?;
+                    let model: Siamese = method
+                        .siamese(&model_config, device)
                         .load_record(record);
                     Pretrained::from_moco(model.model, model_config.clone(), source.clone())
                 }
@@ -367,13 +367,13 @@ pub fn limit(set: &SharedDataset, limit: Option<usize>, seed: u64) -> SharedData
 /// Weighted kNN of `backbone`'s features: the training split is the memory, the test split
 /// the queries; both optionally limited to a fixed random subset. The backbone runs as given
 /// (pass a module of a backend without autodiff for eval mode).
-pub fn evaluate_knn<B: Backend>(
-    backbone: &AnyBackbone<B>,
+pub fn evaluate_knn(
+    backbone: &AnyBackbone,
     data: &EvalData,
     knn: &KnnConfig,
     memory_limit: Option<usize>,
     query_limit: Option<usize>,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<KnnResult, TrainError> {
     let memory = data.eval_loader(&limit(&data.train, memory_limit, 7), 256)?;
     let queries = data.eval_loader(&limit(&data.test, query_limit, 11), 256)?;
@@ -392,12 +392,12 @@ pub fn evaluate_knn<B: Backend>(
 
 /// The raw-pixel baseline: weighted kNN on the cosine similarity of the evaluation views'
 /// pixels in [0, 1] (no normalisation by the dataset mean).
-pub fn raw_pixel_knn<B: Backend>(
+pub fn raw_pixel_knn(
     data: &EvalData,
     knn: &KnnConfig,
     memory_limit: Option<usize>,
     query_limit: Option<usize>,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<KnnResult, TrainError> {
     let mut aug = (*data.aug).clone();
     aug.mean = vec![0.0; aug.mean.len()];
@@ -412,7 +412,7 @@ pub fn raw_pixel_knn<B: Backend>(
     };
     let memory = raw.eval_loader(&limit(&raw.train, memory_limit, 7), 256)?;
     let queries = raw.eval_loader(&limit(&raw.test, query_limit, 11), 256)?;
-    let f = |x: Tensor<B, 4>| x.flatten(1, 3);
+    let f = |x: Tensor<4>| x.flatten(1, 3);
     let (mem, mem_labels) = extract_features_with(&f, &memory, device)?;
     let (q, q_labels) = extract_features_with(&f, &queries, device)?;
     Ok(knn_classify(

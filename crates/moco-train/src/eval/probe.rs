@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Param};
+use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
@@ -102,23 +102,23 @@ impl ProbeRun {
 
 /// What linear probing measured.
 #[derive(Debug)]
-pub struct ProbeReport<B: Backend> {
+pub struct ProbeReport {
     /// One run per base learning rate.
     pub runs: Vec<ProbeRun>,
     /// Index in `runs` of the best final top-1.
     pub best: usize,
     /// The classifier of that run, after the last epoch.
-    pub classifier: Linear<B>,
+    pub classifier: Linear,
     /// Wall time, seconds.
     pub seconds: f64,
 }
 
 /// A linear classifier as MoCo v3 initialises it: weight N(0, 0.01), bias 0.
-pub fn init_classifier<B: Backend>(
+pub fn init_classifier(
     features: usize,
     classes: usize,
-    device: &B::Device,
-) -> Linear<B> {
+    device: &Device,
+) -> Linear {
     let mut fc = LinearConfig::new(features, classes)
         .with_initializer(Initializer::Normal {
             mean: 0.0,
@@ -130,7 +130,7 @@ pub fn init_classifier<B: Backend>(
 }
 
 /// Top-1 and top-5 accuracy (%) of `logits` against `labels`.
-pub fn accuracy<B: Backend>(logits: Tensor<B, 2>, labels: &[usize]) -> (f64, f64) {
+pub fn accuracy(logits: Tensor<2>, labels: &[usize]) -> (f64, f64) {
     let [n, classes] = logits.dims();
     let k = classes.min(5);
     let idx = logits
@@ -138,7 +138,7 @@ pub fn accuracy<B: Backend>(logits: Tensor<B, 2>, labels: &[usize]) -> (f64, f64
         .1
         .into_data()
         .convert::<i64>()
-        .into_vec::<i64>()
+        .try_into_vec::<i64>()
         .expect("integer indices");
     let (mut top1, mut top5) = (0usize, 0usize);
     for (row, &label) in labels.iter().enumerate().take(n) {
@@ -152,8 +152,8 @@ pub fn accuracy<B: Backend>(logits: Tensor<B, 2>, labels: &[usize]) -> (f64, f64
 
 /// The tensors of a backbone, used to check that probing changed none of them (parameters and
 /// BN running statistics), as MoCo v3's `sanity_check` does.
-fn fingerprint<B: Backend>(
-    backbone: &AnyBackbone<B>,
+fn fingerprint(
+    backbone: &AnyBackbone,
     config: &BackboneConfig,
 ) -> Vec<(String, Vec<u8>)> {
     torch_state_dict(backbone, family_of_config(config))
@@ -162,28 +162,28 @@ fn fingerprint<B: Backend>(
         .collect()
 }
 
-fn labels_tensor<B: Backend>(labels: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+fn labels_tensor(labels: &[usize], device: &Device) -> Tensor<1, Int> {
     let v: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
     Tensor::from_data(TensorData::new(v, [labels.len()]), device)
 }
 
-type Sgd<B> = OptimizerAdaptor<Optim, Linear<B>, B>;
+type Sgd = OptimizerAdaptor<Optim, Linear>;
 
 /// One linear classifier per base learning rate, each with its SGD state, trained side by
 /// side on the same features.
-struct Probes<B: AutodiffBackend> {
-    heads: Vec<(Linear<B>, Sgd<B>)>,
+struct Probes {
+    heads: Vec<(Linear, Sgd)>,
     /// Summed loss of each head over the epoch so far.
     loss_sums: Vec<f64>,
     batches: usize,
 }
 
-impl<B: AutodiffBackend> Probes<B> {
-    fn new(count: usize, dim: usize, classes: usize, momentum: f64, device: &B::Device) -> Self {
+impl Probes {
+    fn new(count: usize, dim: usize, classes: usize, momentum: f64, device: &Device) -> Self {
         let heads = (0..count)
             .map(|_| {
-                let fc = init_classifier::<B>(dim, classes, device);
-                (fc, OptimConfig::sgd(momentum, 0.0).init::<B, Linear<B>>())
+                let fc = init_classifier(dim, classes, device);
+                (fc, OptimConfig::sgd(momentum, 0.0).init::<Linear>())
             })
             .collect();
         Probes {
@@ -194,12 +194,12 @@ impl<B: AutodiffBackend> Probes<B> {
     }
 
     /// One SGD step of every head on a batch of features, head `i` at `lrs[i]`.
-    fn step(&mut self, x: Tensor<B::InnerBackend, 2>, labels: &[usize], lrs: &[f64]) {
-        let x = Tensor::<B, 2>::from_inner(x);
-        let y = labels_tensor::<B>(labels, &x.device());
+    fn step(&mut self, x: Tensor<2>, labels: &[usize], lrs: &[f64]) {
+        let x = Tensor::<2>::from_inner(x);
+        let y = labels_tensor(labels, &x.device());
         for (i, (fc, optim)) in self.heads.iter_mut().enumerate() {
             let loss = cross_entropy(fc.forward(x.clone()), y.clone());
-            self.loss_sums[i] += loss.clone().into_scalar().elem::<f64>();
+            self.loss_sums[i] += loss.clone().into_scalar::<f64>();
             let grads = GradientsParams::from_grads(loss.backward(), &*fc);
             *fc = optim.step(lrs[i], fc.clone(), grads);
         }
@@ -238,17 +238,15 @@ fn probe_lrs(config: &ProbeConfig, default: f64) -> Result<Vec<f64>, TrainError>
 
 /// One epoch of every head: over the cached training features in a seeded order, or over
 /// fresh augmented views through the frozen backbone.
-fn probe_epoch<
-    B: AutodiffBackend,
-    F: Fn(Tensor<B::InnerBackend, 4>) -> Tensor<B::InnerBackend, 2>,
+fn probe_epoch<F: Fn(Tensor<4>) -> Tensor<2>,
 >(
-    probes: &mut Probes<B>,
+    probes: &mut Probes,
     features: &F,
-    cached: Option<&(Tensor<B::InnerBackend, 2>, Vec<usize>)>,
+    cached: Option<&(Tensor<2>, Vec<usize>)>,
     data: &EvalData,
     (epoch, lrs): (usize, &[f64]),
     config: &ProbeConfig,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<(), TrainError> {
     let Some((feats, labels)) = cached else {
         for batch in data.train_loader(config.batch_size)?.epoch(epoch as u64, 0) {
@@ -263,7 +261,7 @@ fn probe_epoch<
     Rng::for_sample(config.seed, epoch as u64, 0, 7).shuffle(&mut order);
     for chunk in order.chunks(config.batch_size) {
         let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::<B::InnerBackend, 1, Int>::from_data(
+        let idx = Tensor::<1, Int>::from_data(
             TensorData::new(idx, [chunk.len()]),
             device,
         );
@@ -276,17 +274,17 @@ fn probe_epoch<
 /// Trains linear classifiers on the frozen `backbone` (a module of `B::InnerBackend`, so it
 /// runs in eval mode and takes no gradient) and evaluates them on the test split after every
 /// epoch. Fails if any backbone tensor changed.
-pub fn linear_probe<B: AutodiffBackend>(
-    backbone: &AnyBackbone<B::InnerBackend>,
+pub fn linear_probe(
+    backbone: &AnyBackbone,
     backbone_config: &BackboneConfig,
     data: &EvalData,
     config: &ProbeConfig,
-    device: &B::Device,
-) -> Result<ProbeReport<B::InnerBackend>, TrainError> {
+    device: &Device,
+) -> Result<ProbeReport, TrainError> {
     let base_lrs = probe_lrs(config, default_probe_lr(backbone_config))?;
     let before = fingerprint(backbone, backbone_config);
-    let features = |x: Tensor<B::InnerBackend, 4>| backbone.forward(x);
-    let report = probe_features::<B, _>(&features, data, config, &base_lrs, device)?;
+    let features = |x: Tensor<4>| backbone.forward(x);
+    let report = probe_features::<_>(&features, data, config, &base_lrs, device)?;
     if fingerprint(backbone, backbone_config) != before {
         return Err(TrainError::Config(
             "sanity check failed: the frozen backbone changed during linear probing".into(),
@@ -301,28 +299,28 @@ pub const RAW_PIXEL_PROBE_LR: f64 = 0.1;
 /// The floor of the linear probe: the same classifiers, protocol and views, trained on the
 /// pixels themselves (normalised by the dataset's mean and deviation, flattened) instead of
 /// a backbone's features.
-pub fn raw_pixel_probe<B: AutodiffBackend>(
+pub fn raw_pixel_probe(
     data: &EvalData,
     config: &ProbeConfig,
-    device: &B::Device,
-) -> Result<ProbeReport<B::InnerBackend>, TrainError> {
+    device: &Device,
+) -> Result<ProbeReport, TrainError> {
     let base_lrs = probe_lrs(config, RAW_PIXEL_PROBE_LR)?;
-    let pixels = |x: Tensor<B::InnerBackend, 4>| x.flatten(1, 3);
-    probe_features::<B, _>(&pixels, data, config, &base_lrs, device)
+    let pixels = |x: Tensor<4>| x.flatten(1, 3);
+    probe_features::<_>(&pixels, data, config, &base_lrs, device)
 }
 
 /// Linear classifiers, one per base learning rate, trained on `features` of the training
 /// views and evaluated on those of the test split after every epoch.
-fn probe_features<B, F>(
+fn probe_features<F>(
     features: &F,
     data: &EvalData,
     config: &ProbeConfig,
     base_lrs: &[f64],
-    device: &B::Device,
-) -> Result<ProbeReport<B::InnerBackend>, TrainError>
+    device: &Device,
+) -> Result<ProbeReport, TrainError>
 where
     B: AutodiffBackend,
-    F: Fn(Tensor<B::InnerBackend, 4>) -> Tensor<B::InnerBackend, 2>,
+    F: Fn(Tensor<4>) -> Tensor<2>,
 {
     let start = Instant::now();
     let test_loader = data.eval_loader(&data.test, 256)?;
@@ -333,9 +331,9 @@ where
     } else {
         None
     };
-    B::seed(device, config.seed);
+    device.seed(config.seed);
     let dim = test_feats.dims()[1];
-    let mut probes = Probes::<B>::new(
+    let mut probes = Probes::new(
         base_lrs.len(),
         dim,
         data.num_classes(),
@@ -402,8 +400,8 @@ where
 
 /// The classifier's tensors under PyTorch's names (`head.*` for a ViT as timm, `fc.*` for a
 /// ResNet as torchvision), weight as `[classes, features]`.
-pub fn classifier_tensors<B: Backend>(
-    classifier: &Linear<B>,
+pub fn classifier_tensors(
+    classifier: &Linear,
     family: Family,
 ) -> Vec<(String, TensorData)> {
     let name = match family {
@@ -428,10 +426,10 @@ pub fn classifier_tensors<B: Backend>(
 /// Writes backbone and classifier as one safetensors file with timm / torchvision names: the
 /// layout of a linear-probe or fine-tuned checkpoint, loadable with `num_classes` set in
 /// PyTorch and importable here.
-pub fn save_classifier_model<B: Backend>(
-    backbone: &AnyBackbone<B>,
+pub fn save_classifier_model(
+    backbone: &AnyBackbone,
     config: &BackboneConfig,
-    classifier: &Linear<B>,
+    classifier: &Linear,
     path: &Path,
 ) -> Result<usize, TrainError> {
     let family = family_of_config(config);

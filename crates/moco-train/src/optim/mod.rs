@@ -8,7 +8,7 @@
 
 mod one_pass;
 
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{LearningRate, SimpleOptimizer};
 use burn::prelude::*;
@@ -88,7 +88,7 @@ impl OptimConfig {
     }
 
     /// The Burn optimizer for a module `M` trained on `B`.
-    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<Optim, M, B> {
+    pub fn init<M: Module>(&self) -> OptimizerAdaptor<Optim, M> {
         OptimizerAdaptor::from(self.build())
     }
 }
@@ -114,30 +114,30 @@ impl Optim {
 /// Per-parameter state: the first buffer is Adam's first moment or the momentum buffer, the
 /// second Adam's second moment.
 #[derive(Record, Clone, Debug)]
-pub struct OptimState<B: Backend, const D: usize> {
+pub struct OptimState<const D: usize> {
     /// First moment / momentum buffer.
-    pub buf1: Tensor<B, D>,
+    pub buf1: Tensor<D>,
     /// Second moment (AdamW only).
-    pub buf2: Option<Tensor<B, D>>,
+    pub buf2: Option<Tensor<D>>,
     /// Steps taken.
     pub step: usize,
 }
 
-fn l2_norm<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+fn l2_norm<const D: usize>(t: Tensor<D>) -> Tensor<1> {
     let n = t.shape().num_elements();
     t.reshape([n]).square().sum().sqrt()
 }
 
-impl<B: Backend> SimpleOptimizer<B> for Optim {
-    type State<const D: usize> = OptimState<B, D>;
+impl SimpleOptimizer for Optim {
+    type State<const D: usize> = OptimState<D>;
 
     fn step<const D: usize>(
         &self,
         lr: LearningRate,
-        tensor: Tensor<B, D>,
-        grad: Tensor<B, D>,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
         state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
         let (tensor, grad, state) = match self.one_pass {
             true => match one_pass::step(&self.config, lr, (tensor, grad, state)) {
                 Ok(updated) => return updated,
@@ -230,7 +230,7 @@ impl<B: Backend> SimpleOptimizer<B> for Optim {
         }
     }
 
-    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
         OptimState {
             buf1: state.buf1.to_device(device),
             buf2: state.buf2.map(|t| t.to_device(device)),

@@ -16,16 +16,16 @@ use super::{OptimConfig, OptimState, OptimizerKind};
 /// Elements per task: large enough that a task outweighs its scheduling.
 const CHUNK: usize = 1 << 15;
 
-type Inputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Option<OptimState<B, D>>);
-type Outputs<B, const D: usize> = (Tensor<B, D>, Option<OptimState<B, D>>);
+type Inputs<const D: usize> = (Tensor<D>, Tensor<D>, Option<OptimState<D>>);
+type Outputs<const D: usize> = (Tensor<D>, Option<OptimState<D>>);
 
 /// One optimizer step of `tensor` in one pass, or the inputs back untouched when the backend
 /// is not flex or the values are not `f32`.
-pub(super) fn step<B: Backend, const D: usize>(
+pub(super) fn step<const D: usize>(
     config: &OptimConfig,
     lr: f64,
-    (tensor, grad, state): Inputs<B, D>,
-) -> Result<Outputs<B, D>, Inputs<B, D>> {
+    (tensor, grad, state): Inputs<D>,
+) -> Result<Outputs<D>, Inputs<D>> {
     let mut param = match HostValues::take(tensor) {
         Ok(param) => param,
         Err(tensor) => return Err((tensor, grad, state)),
@@ -39,7 +39,7 @@ pub(super) fn step<B: Backend, const D: usize>(
         Some(s) => (Some(s.buf1), s.buf2),
         None => (None, None),
     };
-    let host = |buf: Option<Tensor<B, D>>, param: &HostValues<B, D>| match buf {
+    let host = |buf: Option<Tensor<D>>, param: &HostValues<D>| match buf {
         Some(t) => HostValues::take(t).unwrap_or_else(|_| unreachable!("state of a flex tensor")),
         None => param.zeros_like(),
     };

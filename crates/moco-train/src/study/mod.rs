@@ -51,11 +51,11 @@ pub struct StudySummary {
 
 /// Runs (or continues) the study in `out` and writes its report. A study directory belongs to
 /// one grid: running a different configuration into it is refused.
-pub fn run_study<B: CollectiveBackend>(
+pub fn run_study(
     study: &StudyConfig,
     out: &Path,
     options: &StudyOptions,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<StudySummary, TrainError> {
     let runs = study.runs().map_err(TrainError::Config)?;
     // One writer per study directory, as per run directory (each run takes its own too).
@@ -124,7 +124,7 @@ pub fn run_study<B: CollectiveBackend>(
             quiet: options.quiet,
             ..Default::default()
         };
-        let status = match pretrain::<B>(run.config.clone(), &dir, &run_options, device) {
+        let status = match pretrain(run.config.clone(), &dir, &run_options, device) {
             Ok(s) if s.interrupted => {
                 summary.interrupted = true;
                 break;

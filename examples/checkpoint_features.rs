@@ -43,7 +43,7 @@ fn main() -> Result<(), String> {
             ),
         ),
     };
-    let device = Default::default();
+    let device = Device::flex();
     let pretrained = load_pretrained(&path, heads, &device).map_err(|e| e.to_string())?;
     let config = &pretrained.backbone_config;
     println!("{}: {}", pretrained.source, config.describe());

@@ -18,7 +18,7 @@ use moco::data::{AugmentConfig, FromBurn, Image, Loader, LoaderConfig, Sample, V
 use moco::models::{Backbone, Heads};
 use moco::train::{Event, KnnMonitor, LoopSettings, OptimConfig, Schedule, Siamese, Trainer};
 
-type B = Autodiff<Flex>;
+type B = Autodiff;
 
 /// Side of a patch: a 28×28 image is 16 patches of 7×7.
 const PATCH: usize = 7;
@@ -141,7 +141,7 @@ fn to_sample(item: Item) -> Sample {
 }
 
 fn main() -> Result<(), String> {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     device.seed(0);
     let (train, held_out) = in_memory_items()?;
     let train = Arc::new(FromBurn::new(train, to_sample).with_name("train"));

@@ -8,10 +8,10 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use moco::loss::infonce;
 
-type B = Autodiff<Flex>;
+type B = Autodiff;
 
 fn main() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     device.seed(0);
     let (batch, dim, temperature) = (8, 16, 0.2);
     // Two views of the same `batch` images give similar vectors: here one random vector per

@@ -265,7 +265,7 @@ pub fn run_cross_case(
     // The reference runs the host formulations at every size (those the golden cases prove),
     // the second CPU run Burn's own kernels: two exact f32 computations of the same step.
     let mut reference =
-        with_kernels(&case.config, Kernels::CPU_EVERYWHERE).init::<Autodiff<Flex>>(&cpu);
+        with_kernels(&case.config, Kernels::CPU_EVERYWHERE).init(&cpu);
     for encoder in [&mut reference.base_encoder, &mut reference.momentum_encoder] {
         if let moco_models::AnyBackbone::ResNet(r) = &mut encoder.backbone {
             residual_scale(r, 0.25, &cpu);
@@ -309,7 +309,7 @@ pub fn run_cross_case(
     let fam = family(&case.config.backbone);
     // The same step on the CPU with Burn's own kernels instead of the host formulations: how
     // far two exact f32 computations drift apart on this case (the noise floor).
-    let mut second = with_kernels(&case.config, Kernels::BACKEND).init::<Autodiff<Flex>>(&cpu);
+    let mut second = with_kernels(&case.config, Kernels::BACKEND).init(&cpu);
     let applied = second.apply(reference.collect(None, None, false), None, None, false);
     if !applied.is_success() {
         return Err(format!(
@@ -317,8 +317,8 @@ pub fn run_cross_case(
             case.name
         ));
     }
-    let spread = record_step::<Flex>(second, fam, x1.clone(), x2.clone(), &spec, &cpu)?;
-    let expected = record_step::<Flex>(reference, fam, x1.clone(), x2.clone(), &spec, &cpu)?;
+    let spread = record_step(second, fam, x1.clone(), x2.clone(), &spec, &cpu)?;
+    let expected = record_step(reference, fam, x1.clone(), x2.clone(), &spec, &cpu)?;
     let actual = record_step(model, fam, x1, x2, &spec, device)?;
     let step = StepKind {
         adamw: matches!(case.optim.kind, moco_train::OptimizerKind::AdamW { .. }),

@@ -17,7 +17,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
 
 type G = Autodiff<Wgpu>;
-type C = Autodiff<Flex>;
+type C = Autodiff;
 
 /// Deterministic values in [-1, 1).
 fn values(n: usize, salt: usize) -> Vec<f32> {
@@ -28,7 +28,7 @@ fn values(n: usize, salt: usize) -> Vec<f32> {
 
 fn tensor<const D: usize>(shape: [usize; D], salt: usize) -> Tensor<D> {
     let n = shape.iter().product();
-    Tensor::from_data(TensorData::new(values(n, salt), shape), &Default::default())
+    Tensor::from_data(TensorData::new(values(n, salt), shape), &Device::flex())
 }
 
 fn max_diff(a: Vec<f32>, b: Vec<f32>) -> f32 {
@@ -51,14 +51,14 @@ fn matmul_with_a_transposed_operand_of_inner_size_8() {
     fn product() -> Vec<f32> {
         to_vec(tensor::<2>([2048, 8], 1).matmul(tensor::<2>([32, 8], 2).transpose()))
     }
-    let d = max_diff(product::<Wgpu>(), product::<Flex>());
+    let d = max_diff(product::<Wgpu>(), product());
     assert!(d < 1e-4, "matrix product off by {d}");
 }
 
 /// Output, input gradient and weight gradient of Burn's convolution of `[n, c, h, h]` to `o`
 /// channels (`k × k`, stride `s`, padding `p`).
 fn conv([n, c, h]: [usize; 3], [o, k, s, p]: [usize; 4]) -> [Vec<f32>; 3] {
-    let device = Default::default();
+    let device = Device::flex();
     let mut conv = Conv2dConfig::new([c, o], [k, k])
         .with_stride([s, s])
         .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
@@ -132,7 +132,7 @@ fn strided_pointwise_convolution_input_gradient() {
 #[ignore = "Burn 0.21.0 wgpu: wrong select gradient from 65,536 indices"]
 fn select_gradient_with_65536_indices() {
     fn grad(len: usize) -> Vec<f32> {
-        let device = Default::default();
+        let device = Device::flex();
         let x = tensor::<2>([4, 1000], 6).require_grad();
         let index: Vec<i64> = (0..len).map(|i| ((i * 7) % 1000) as i64).collect();
         let index = Tensor::<1, Int>::from_data(TensorData::new(index, [len]), &device);

@@ -21,7 +21,7 @@
 //! let vit = VitConfig::vit_tiny().with_img_size(32).with_patch_size(8).with_depth(2);
 //! let config = MocoConfig::vit(vit, 256, 64);
 //! config.validate().unwrap();
-//! let model = config.init::<Flex>(&device);
+//! let model = config.init(&device);
 //! let images = Tensor::<4>::zeros([2, 3, 32, 32], &device);
 //! let out = model.forward_query(images);
 //! assert_eq!(out.features.dims(), [2, 192]);

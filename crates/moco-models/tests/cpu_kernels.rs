@@ -1,29 +1,27 @@
 //! The CPU formulations agree with Burn's own operations, forward and backward: the
 //! channel-major matrix-product convolution and BatchNorm, and the fast exact GELU.
 
-use burn::backend::{Autodiff, Flex};
+use burn::tensor::Device;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Distribution, Tensor};
 use moco_models::gemm_conv::{conv2d_cm, swap_batch_channels};
 use moco_models::{BatchNormConfig, ConvKernel, GeluKernel, Kernels};
 
-type AD = Autodiff<Flex>;
-
 fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar()
+    (a - b).abs().max().into_scalar::<f32>()
 }
 
 fn max_abs<const D: usize>(a: Tensor<D>) -> f32 {
-    a.abs().max().into_scalar()
+    a.abs().max().into_scalar::<f32>()
 }
 
 #[test]
 fn cpu_backends_default_to_the_host_formulations() {
-    assert_eq!(Kernels::for_device(&Default::default()), Kernels::CPU);
+    assert_eq!(Kernels::for_device(&Device::flex().autodiff()), Kernels::CPU);
     assert_eq!(
-        Kernels::for_device::<Flex>(&Default::default()),
+        Kernels::for_device(&Device::flex().autodiff()),
         Kernels::CPU
     );
     let conv = Kernels::CPU.conv;
@@ -40,11 +38,11 @@ fn cpu_backends_default_to_the_host_formulations() {
 /// input: output, input, weight and bias gradients.
 fn check_against_backend(
     case: usize,
-    conv: &Conv2d<AD>,
+    conv: &Conv2d,
     [h, w]: [usize; 2],
-    formulation: impl Fn(&Conv2d<AD>, Tensor<4>) -> Tensor<4>,
+    formulation: impl Fn(&Conv2d, Tensor<4>) -> Tensor<4>,
 ) {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     let cin = conv.weight.dims()[1];
     let x = Tensor::<4>::random([3, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
     let x_native = Tensor::<4>::from_inner(x.clone()).require_grad();
@@ -94,7 +92,7 @@ fn check_against_backend(
 
 #[test]
 fn matches_the_backend_convolution_and_its_gradients() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     // (in, out, kernel, stride, padding (top, left, bottom, right), bias, height, width)
     let cases = [
         (8, 16, 1, 1, (0, 0, 0, 0), false, 4, 4),
@@ -121,7 +119,7 @@ fn matches_the_backend_convolution_and_its_gradients() {
 /// A strided 1×1 convolution runs as the stride-1 convolution of every stride-th position.
 #[test]
 fn strided_pointwise_convolutions_match_the_backend() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     // (in, out, stride (rows, columns), bias, height, width): even, odd and one-pixel maps.
     let cases = [
         (8, 12, [2, 2], false, 8, 8),
@@ -143,7 +141,7 @@ fn strided_pointwise_convolutions_match_the_backend() {
 
 #[test]
 fn frozen_weights_receive_no_gradient() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     let conv = Conv2dConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .init(&device);
@@ -156,7 +154,7 @@ fn frozen_weights_receive_no_gradient() {
 
 #[test]
 fn channel_major_batch_norm_matches_the_batch_major_one() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     let x = Tensor::<4>::random([4, 6, 3, 5], Distribution::Normal(1.5, 2.0), &device);
     let make = || {
         let mut bn = BatchNormConfig::new(6).init(&device);
@@ -178,13 +176,13 @@ fn channel_major_batch_norm_matches_the_batch_major_one() {
     let (gxa, gxb) = (xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
     assert!(max_abs_diff(gxa, gxb) < 1e-5);
     let gamma =
-        |bn: &moco_models::BatchNorm<AD>, g| bn.gamma.as_ref().unwrap().val().grad(g).unwrap();
+        |bn: &moco_models::BatchNorm, g| bn.gamma.as_ref().unwrap().val().grad(g).unwrap();
     assert!(max_abs_diff(gamma(&bn_a, &ga), gamma(&bn_b, &gb)) < 1e-4);
     let ra = bn_a.running_var.value_sync().inner();
     let rb = bn_b.running_var.value_sync().inner();
     assert!(max_abs_diff(ra.clone(), rb) < 1e-6);
     // The unbiased batch variance of a N(1.5, 2²) sample of 60 values, moved 10 % of the way.
-    let v: f32 = ra.mean().into_scalar();
+    let v: f32 = ra.mean().into_scalar::<f32>();
     assert!((v - (0.9 + 0.1 * 4.0)).abs() < 0.2, "running variance {v}");
     let ma = bn_a.running_mean.value_sync().inner();
     let mb = bn_b.running_mean.value_sync().inner();
@@ -193,7 +191,7 @@ fn channel_major_batch_norm_matches_the_batch_major_one() {
 
 #[test]
 fn fast_gelu_matches_the_exact_gelu_and_its_gradient() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     let x = Tensor::<2>::random([300, 70], Distribution::Normal(0.0, 3.0), &device);
     let xa = Tensor::<2>::from_inner(x.clone()).require_grad();
     let xb = Tensor::<2>::from_inner(x).require_grad();
@@ -228,7 +226,7 @@ fn fast_gelu_matches_the_exact_gelu_and_its_gradient() {
 #[test]
 fn long_im2col_gathers_are_split_and_match_the_backend_convolution() {
     // 8 images of 32×32, 3×3 taps: 73,728 gathered columns, more than one select takes.
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     let conv = Conv2dConfig::new([2, 3], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .with_bias(false)
@@ -254,11 +252,11 @@ fn long_im2col_gathers_are_split_and_match_the_backend_convolution() {
 /// compute with the module's own weights, not with a clone that draws its own.
 #[test]
 fn fresh_modules_compute_with_their_own_weights() {
-    let device = Default::default();
+    let device = Device::flex();
     for (stride, frozen) in [([2, 2], false), ([1, 1], true), ([2, 2], true)] {
         let conv = Conv2dConfig::new([4, 6], [1, 1])
             .with_stride(stride)
-            .init::<Flex>(&device);
+            .init(&device);
         let x = Tensor::<4>::random([2, 4, 6, 6], Distribution::Normal(0.0, 1.0), &device);
         let first = moco_models::precision::conv2d(&conv, x.clone(), frozen);
         let reference = conv.forward(x);

@@ -3,21 +3,19 @@
 //! backward, over grids of shapes; a ViT gives the same features and gradients with either
 //! set of kernels.
 
-use burn::backend::{Autodiff, Flex};
-use burn::module::{Module, Module};
+use burn::tensor::Device;
+use burn::module::Module;
 use burn::nn::LayerNormConfig;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, FloatDType, Tensor};
 use moco_models::flex::{attention, batch_norm_rows, gelu, layer_norm, AttentionShape};
 use moco_models::{AttentionKernel, LayerNormKernel, VitConfig};
 
-type AD = Autodiff<Flex>;
-
 /// Largest |a − b| relative to the largest |a| (at least 1).
 fn rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    let scale = a.clone().abs().max().into_scalar().max(1.0);
-    (a - b).abs().max().into_scalar() / scale
+    let scale = a.clone().abs().max().into_scalar::<f32>().max(1.0);
+    (a - b).abs().max().into_scalar::<f32>() / scale
 }
 
 /// `softmax(s·q·kᵀ)·v` per head with Burn's operations, `[batch·tokens, D]`.
@@ -40,7 +38,7 @@ fn composed(qkv: Tensor<2>, s: AttentionShape) -> Tensor<2> {
 
 #[test]
 fn fused_attention_matches_the_composition_and_its_gradient() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     // (batch, tokens, heads, head width): single elements, odd sizes, ViT-Tiny/4 at 32 px.
     let grid = [
         (1, 1, 1, 1),
@@ -92,7 +90,7 @@ fn fused_attention_matches_the_composition_and_its_gradient() {
 
 #[test]
 fn other_precisions_and_non_finite_values() {
-    let device = Default::default();
+    let device = Device::flex();
     let shape = AttentionShape {
         batch: 2,
         tokens: 3,
@@ -105,18 +103,18 @@ fn other_precisions_and_non_finite_values() {
     let half = x.clone().cast(FloatDType::BF16);
     assert!(attention(half, shape).is_err());
     // A NaN score makes its row NaN, as the composition does.
-    let values: Vec<f32> = x.to_data().to_vec().unwrap();
+    let values: Vec<f32> = x.to_data().try_to_vec::<f32>().unwrap();
     let mut poisoned = values;
     poisoned[0] = f32::NAN; // the first query of the first sequence, head 0
     let x = Tensor::<2>::from_data(burn::tensor::TensorData::new(poisoned, [6, 12]), &device);
-    let out: Vec<f32> = attention(x, shape).unwrap().to_data().to_vec().unwrap();
+    let out: Vec<f32> = attention(x, shape).unwrap().to_data().try_to_vec::<f32>().unwrap();
     assert!(out[0].is_nan() && out[1].is_nan(), "{out:?}");
     assert!(out[2..].iter().all(|v| v.is_finite()), "{out:?}");
 }
 
 #[test]
 fn a_vit_is_the_same_function_with_either_set_of_kernels() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     let config = |kernel: (AttentionKernel, LayerNormKernel)| {
         VitConfig::new()
             .with_img_size(16)
@@ -139,10 +137,10 @@ fn a_vit_is_the_same_function_with_either_set_of_kernels() {
     let out = rel_diff(y_fused.clone().inner(), y_composed.clone().inner());
     assert!(out < 1e-5, "features differ by {out}");
     let (g_fused, g_composed) = (y_fused.sum().backward(), y_composed.sum().backward());
-    let qkv = |vit: &moco_models::Vit<AD>, g| vit.blocks[0].attn.qkv.weight.grad(g).unwrap();
+    let qkv = |vit: &moco_models::Vit, g| vit.blocks[0].attn.qkv.weight.grad(g).unwrap();
     let grad = rel_diff(qkv(&fused, &g_fused), qkv(&composed, &g_composed));
     assert!(grad < 1e-4, "qkv weight gradients differ by {grad}");
-    let patch = |vit: &moco_models::Vit<AD>, g| match &vit.patch_embed {
+    let patch = |vit: &moco_models::Vit, g| match &vit.patch_embed {
         moco_models::vit::PatchEmbed::Patchify(p) => p.proj.weight.grad(g).unwrap(),
         _ => unreachable!("a linear patch projection"),
     };
@@ -159,7 +157,7 @@ fn a_vit_is_the_same_function_with_either_set_of_kernels() {
 
 #[test]
 fn fused_layer_norm_matches_burns_and_its_gradients() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     // (rows, width): one value per row, odd widths, more rows than one parallel block.
     for (case, &(rows, width)) in [(1, 1), (3, 7), (130, 192), (65, 33)].iter().enumerate() {
         let norm = LayerNormConfig::new(width)
@@ -209,7 +207,7 @@ fn fused_layer_norm_matches_burns_and_its_gradients() {
 
 #[test]
 fn fused_gelu_matches_burns_on_strided_inputs() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     for (case, dims) in [[1, 1, 1], [3, 5, 7], [2, 65, 129]].into_iter().enumerate() {
         let x = Tensor::<3>::random(dims, Distribution::Normal(0.0, 3.0), &device)
             .swap_dims(1, 2); // a strided view
@@ -229,7 +227,7 @@ fn fused_gelu_matches_burns_on_strided_inputs() {
 
 #[test]
 fn fused_linear_matches_burns_and_its_gradients() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     // (rows, in, out): single elements, odd sizes, a ViT-sized product.
     for (case, &(rows, d_in, d_out)) in [(1, 1, 1), (3, 5, 7), (130, 33, 65), (257, 192, 576)]
         .iter()
@@ -279,7 +277,7 @@ fn fused_linear_matches_burns_and_its_gradients() {
 
 #[test]
 fn fused_product_matches_burns_and_its_gradients() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     // (m, k, n): single elements, odd sizes, both sides of the parallel threshold, a ResNet
     // convolution's `weight · im2col` (64 filters of 3×3×64 over 32 maps of 8×8).
     let shapes = [(1, 1, 1), (3, 5, 7), (33, 130, 65), (64, 576, 2048)];
@@ -340,7 +338,7 @@ fn im2col_and_product_make_burns_convolution() {
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
     use moco_models::flex::{im2col, product, Im2colWindow};
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     // (channels, images, h, w, out, kernel, stride, padding [top, left, bottom, right])
     let cases = [
         (1, 1, 1, 1, 1, [1, 1], [1, 1], [0, 0, 0, 0]),
@@ -431,7 +429,7 @@ fn composed_batch_norm(
 
 #[test]
 fn fused_batch_norm_matches_burns_and_its_gradients() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     // (channels, values per channel): one value, odd sizes, rows longer than a parallel block,
     // many short rows (a 32 px ResNet's last stage).
     let cases = [(1, 1), (3, 7), (5, 20_000), (300, 32), (64, 2048), (2, 1)];

@@ -1,16 +1,13 @@
 //! Construction, initialisation, configuration errors, BN semantics and the frozen patch
 //! projection.
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::Device;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use moco_models::state_dict::read_state_dict;
 use moco_models::vit::{sincos_pos_embed, PatchEmbed};
 use moco_models::*;
-
-type B = Flex;
-type AD = Autodiff<Flex>;
 
 fn small_vit() -> VitConfig {
     VitConfig::new()
@@ -31,14 +28,14 @@ fn golden(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-fn vit_of<Bk: burn::prelude::Backend>(model: &MoCo<Bk>) -> &Vit<Bk> {
+fn vit_of(model: &MoCo) -> &Vit {
     match &model.base_encoder.backbone {
         AnyBackbone::Vit(v) => v,
         AnyBackbone::ResNet(_) => panic!("expected a ViT"),
     }
 }
 
-fn patchify<Bk: burn::prelude::Backend>(vit: &Vit<Bk>) -> &burn::nn::conv::Conv2d<Bk> {
+fn patchify(vit: &Vit) -> &burn::nn::conv::Conv2d {
     match &vit.patch_embed {
         PatchEmbed::Patchify(p) => &p.proj,
         PatchEmbed::ConvStem(_) => panic!("expected a patchify embedding"),
@@ -52,7 +49,7 @@ fn sincos_matches_moco_v3_including_non_square_grids() {
         ("sincos.h3_w5_d16", 3, 5, 16),
         ("sincos.h4_w4_d64", 4, 4, 64),
     ] {
-        let want = misc[key].to_data().unwrap().try_into_vec::<f32>().unwrap();
+        let want = burn_store::bridge::to_data(&misc[key]).unwrap().try_into_vec::<f32>().unwrap();
         let got = sincos_pos_embed(h, w, d);
         assert_eq!(got.len(), want.len(), "{key}");
         let err = got
@@ -66,7 +63,7 @@ fn sincos_matches_moco_v3_including_non_square_grids() {
 
 #[test]
 fn vit_init_follows_moco_v3() {
-    let device = Default::default();
+    let device = Device::flex();
     let cfg = small_vit().with_embed_dim(96).with_num_heads(3);
     let vit = cfg.init(&device);
     let d = 96f32;
@@ -122,7 +119,7 @@ fn vit_init_follows_moco_v3() {
 
 #[test]
 fn resnet_init_follows_torchvision_with_zero_residual() {
-    let device = Default::default();
+    let device = Device::flex();
     let net = ResNetConfig::new(vec![1, 1])
         .with_width(32)
         .init(&device);
@@ -151,7 +148,7 @@ fn resnet_init_follows_torchvision_with_zero_residual() {
 
 #[test]
 fn forward_shapes_of_every_family() {
-    let device = Default::default();
+    let device = Device::flex();
     let x = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let gray = Tensor::<4>::random([2, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
     let cases: Vec<(BackboneConfig, Tensor<4>, usize)> = vec![
@@ -280,7 +277,7 @@ fn impossible_configs_are_clear_errors() {
 
 #[test]
 fn batch_norm_matches_pytorch_running_statistics() {
-    let device = Default::default();
+    let device = Device::flex();
     let bn = BatchNormConfig::new(2).init(&device);
     let x = Tensor::<2>::from_data(
         TensorData::new(vec![1.0f32, 10.0, 2.0, 20.0, 3.0, 30.0, 6.0, 60.0], [4, 2]),
@@ -321,7 +318,7 @@ fn batch_norm_matches_pytorch_running_statistics() {
 
 #[test]
 fn momentum_encoder_is_a_separate_gradient_free_copy() {
-    let device = Default::default();
+    let device = Device::flex();
     let model = MocoConfig::vit(small_vit(), 32, 16).init(&device);
     let base = vit_of(&model);
     let AnyBackbone::Vit(momentum) = &model.momentum_encoder.backbone else {
@@ -350,7 +347,7 @@ fn momentum_encoder_is_a_separate_gradient_free_copy() {
     let model = MocoConfig::vit(small_vit(), 32, 16).init(&device);
     let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let _ = model.forward_query(x);
-    let mean = |e: &Encoder<AD>| {
+    let mean = |e: &Encoder| {
         e.projector.norms[0]
             .running_mean
             .value_sync()
@@ -365,8 +362,8 @@ fn momentum_encoder_is_a_separate_gradient_free_copy() {
 
 /// Runs a step of AdamW with weight decay on `model` and returns the patch projection's
 /// weight before and after, and whether it received a gradient.
-fn adamw_step(model: MoCo<AD>) -> (TensorData, TensorData, bool, MoCo<AD>) {
-    let device = Default::default();
+fn adamw_step(model: MoCo) -> (TensorData, TensorData, bool, MoCo) {
+    let device = Device::flex();
     let before = patchify(vit_of(&model)).weight.val().inner().into_data();
     let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let out = model.forward_query(x);
@@ -389,7 +386,7 @@ fn adamw_step(model: MoCo<AD>) -> (TensorData, TensorData, bool, MoCo<AD>) {
 
 #[test]
 fn frozen_patch_projection_never_changes() {
-    let device = Default::default();
+    let device = Device::flex();
     let config = MocoConfig::vit(small_vit(), 32, 16);
     let (before, after, had_grad, model) = adamw_step(config.init(&device));
     assert!(!had_grad, "the frozen patch projection received a gradient");
@@ -424,7 +421,7 @@ fn frozen_patch_projection_never_changes() {
 /// forward, and every gradient reaches the f32 parameters, close to the f32 gradient.
 #[test]
 fn autocast_half_precision_keeps_f32_parameters_and_gradients() {
-    let device = Default::default();
+    let device = Device::flex();
     let configs = [
         BackboneConfig::Vit(
             VitConfig::vit_tiny()
@@ -443,8 +440,8 @@ fn autocast_half_precision_keeps_f32_parameters_and_gradients() {
         ),
     ];
     for config in configs {
-        <AD as burn::tensor::backend::Backend>::seed(&device, 1);
-        let net: AnyBackbone<AD> = config.init(&device);
+        device.seed(1);
+        let net: AnyBackbone = config.init(&device);
         let x = Tensor::<4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
         let grads_of = |precision: Precision| {
             let y = autocast(precision, || net.forward(x.clone()));

@@ -4,15 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::backend::Flex;
-use burn::tensor::TensorData;
+use burn::tensor::{Device, TensorData};
 use moco_models::export::{to_safetensors, torch_state_dict};
 use moco_models::import::{inspect, load_backbone, load_moco, ImportOptions, Layout};
 use moco_models::keys::Family;
 use moco_models::state_dict::read_state_dict;
 use moco_models::*;
-
-type B = Flex;
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -53,7 +50,7 @@ fn file_tensors(path: &Path) -> BTreeMap<String, TensorData> {
         .map(|(k, v)| {
             (
                 k.trim_start_matches("module.").to_string(),
-                v.to_data().unwrap(),
+                burn_store::bridge::to_data(&v).unwrap(),
             )
         })
         .collect()
@@ -65,7 +62,7 @@ fn as_map(v: Vec<(String, TensorData)>) -> BTreeMap<String, TensorData> {
 
 #[test]
 fn official_checkpoints_load_every_tensor_exactly() {
-    let device = Default::default();
+    let device = Device::flex();
     for (tag, options, family) in [
         ("vit_tiny_p8_32", vit_options(), Family::Vit),
         ("resnet_b16_l1111", ImportOptions::default(), Family::ResNet),
@@ -142,7 +139,7 @@ fn architecture_is_inferred_from_shapes() {
 
 #[test]
 fn backbone_loads_alone_from_a_moco_checkpoint() {
-    let device = Default::default();
+    let device = Device::flex();
     let path = golden("vit_tiny_p8_32.pth.tar");
     let (backbone, _) = load_backbone(&path, &vit_options(), &device).unwrap();
     let (model, _) = load_moco(&path, &vit_options(), &device).unwrap();
@@ -154,7 +151,7 @@ fn backbone_loads_alone_from_a_moco_checkpoint() {
 
 #[test]
 fn export_import_round_trip_is_exact() {
-    let device = Default::default();
+    let device = Device::flex();
     let tmp = TempDir::new("roundtrip");
     for (tag, options, family) in [
         ("vit_tiny_p8_32", vit_options(), Family::Vit),
@@ -193,7 +190,7 @@ fn export_import_round_trip_is_exact() {
 
 #[test]
 fn our_checkpoints_round_trip() {
-    let device = Default::default();
+    let device = Device::flex();
     let tmp = TempDir::new("ckpt");
     let (model, config) = load_moco(
         &golden("resnet_b16_l1111.pth.tar"),
@@ -226,7 +223,7 @@ fn our_checkpoints_round_trip() {
 
 #[test]
 fn mismatched_keys_are_listed() {
-    let device = Default::default();
+    let device = Device::flex();
     let tmp = TempDir::new("mismatch");
     let (model, config) =
         load_moco(&golden("vit_tiny_p8_32.pth.tar"), &vit_options(), &device).unwrap();
@@ -282,7 +279,7 @@ fn mismatched_keys_are_listed() {
 #[test]
 fn classifier_files_load_as_backbones() {
     // A linear-probe style file: `module.` prefix, backbone plus a `head` classifier.
-    let device = Default::default();
+    let device = Device::flex();
     let tmp = TempDir::new("lincls");
     let (model, _) =
         load_moco(&golden("vit_tiny_p8_32.pth.tar"), &vit_options(), &device).unwrap();
@@ -319,7 +316,7 @@ fn classifier_files_load_as_backbones() {
 
 #[test]
 fn damaged_files_are_errors_not_panics() {
-    let device = Default::default();
+    let device = Device::flex();
     let tmp = TempDir::new("damaged");
     let original = std::fs::read(golden("vit_tiny_p8_32.pth.tar")).unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -367,7 +364,7 @@ fn damaged_files_are_errors_not_panics() {
 /// float values; the file loads back as the same model.
 #[test]
 fn the_official_layout_has_the_releases_keys_and_shapes() {
-    let device = Default::default();
+    let device = Device::flex();
     let tmp = TempDir::new("official");
     for (tag, options) in [
         ("vit_tiny_p8_32", vit_options()),
@@ -393,8 +390,8 @@ fn the_official_layout_has_the_releases_keys_and_shapes() {
             assert_eq!(mine.shape, snapshot.shape, "{tag} {name}");
             if !name.ends_with("num_batches_tracked") {
                 assert_eq!(
-                    mine.to_data().unwrap().convert::<f32>(),
-                    snapshot.to_data().unwrap().convert::<f32>(),
+                    burn_store::bridge::to_data(&mine).unwrap().convert::<f32>(),
+                    burn_store::bridge::to_data(&snapshot).unwrap().convert::<f32>(),
                     "{tag} {name}"
                 );
             }
@@ -413,7 +410,7 @@ fn the_official_layout_has_the_releases_keys_and_shapes() {
 /// the import says that DeiT, DINO and timm use 6; a given head count silences it.
 #[test]
 fn an_ambiguous_head_count_is_a_warning() {
-    let device = Default::default();
+    let device = Device::flex();
     let tmp = TempDir::new("heads");
     let config = VitConfig::vit_small()
         .with_img_size(32)

@@ -10,7 +10,7 @@
 //! use moco_models::{MocoConfig, VitConfig};
 //! use moco_train::{Method, OptimConfig, Pretrain, StepParams};
 //!
-//! type B = Autodiff<Flex>;
+//! type B = Autodiff;
 //! let device = Default::default();
 //! let vit = VitConfig::vit_tiny().with_img_size(32).with_patch_size(8).with_depth(1);
 //! let model = Method::MocoV3.siamese(&MocoConfig::vit(vit, 64, 32), &device);

@@ -280,7 +280,7 @@ mod tests {
     #[test]
     fn gradient_norms_are_the_l2_norms_of_each_group() {
         type B = burn::backend::Autodiff<burn::backend::Flex>;
-        let device = Default::default();
+        let device = Device::flex().autodiff();
         for (d_in, d_mid) in [(3, 5), (130, 257)] {
             let model = TwoLayers {
                 first: burn::nn::LinearConfig::new(d_in, d_mid).init(&device),

@@ -7,14 +7,14 @@
 //! ```no_run
 //! # use burn::backend::{Autodiff, Flex};
 //! # use moco_train::{Trainer, LoopSettings, Schedule, Pretrain, OptimConfig};
-//! # fn run<M: Pretrain<Autodiff<Flex>> + 'static>(model: M, train: moco_data::Loader)
+//! # fn run<M: Pretrain<Autodiff> + 'static>(model: M, train: moco_data::Loader)
 //! # where M: Send {
 //! let schedule = Schedule {
 //!     epochs: 10.0, warmup_epochs: 1.0, peak_lr: 1e-3, base_momentum: 0.99,
 //!     batches_per_epoch: train.batches_per_epoch(), grad_accum: 1,
 //! };
 //! let optim = OptimConfig::adamw(0.1).init();
-//! let (model, summary) = Trainer::<Autodiff<Flex>, _, _>::new(
+//! let (model, summary) = Trainer::<_, _>::new(
 //!     model, optim, train, LoopSettings::new(schedule), Default::default(),
 //! )
 //! .run()

@@ -19,7 +19,7 @@ use moco_train::{
     DataParallel, Method, OptimConfig, PretrainConfig, RunOptions, Siamese, StepParams,
 };
 
-type B = Autodiff<Flex>;
+type B = Autodiff;
 
 /// One collective group per backend and process: the tests take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -31,12 +31,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn gather_places_each_replica_at_its_offset_and_sums_gradients_back() {
     let _turn = serial();
-    burn::collective::reset_collective::<Flex>();
+    burn::collective::reset_collective();
     let world = 3;
     let handles: Vec<_> = (0..world)
         .map(|rank| {
             std::thread::spawn(move || {
-                let device = Default::default();
+                let device = Device::flex().autodiff();
                 join_group(rank, &Topology::single_node(world), &device).unwrap();
                 let group: Arc<dyn ReplicaGroup> = Arc::new(CollectiveGroup::new(rank, world));
                 // Rows of rank r: r·10 + 0..6, shape [2, 3].
@@ -104,7 +104,7 @@ fn grads_vector(model: &Siamese, grads: &GradientsParams) -> Vec<f32> {
     struct Collect<'a>(&'a GradientsParams, Vec<f32>);
     impl burn::module::ModuleVisitor for Collect<'_> {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            if let Some(g) = self.0.get::<Flex, D>(param.id) {
+            if let Some(g) = self.0.get::<D>(param.id) {
                 self.1.extend(g.into_data().iter::<f32>());
             }
         }
@@ -131,7 +131,7 @@ struct StepResult {
 }
 
 fn step(world: usize, n: usize) -> StepResult {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     let model = tiny_moco(&device);
     // SGD: the update is linear in the gradient, so the parameters inherit the gradients'
     // agreement (AdamW's first step is sign-like and flips on near-zero gradients).
@@ -282,7 +282,7 @@ fn processes_match_the_single_device_step() {
         std::sync::Barrier::new(world),
     ));
     // The same initial weights in every process.
-    let model = tiny_moco(&Default::default());
+    let model = tiny_moco(&Device::flex().autodiff());
     // Initialised here (parameters are initialised lazily, from the seeded generator).
     let _ = flat_parameters(&model);
     let handles: Vec<_> = (0..world)
@@ -290,7 +290,7 @@ fn processes_match_the_single_device_step() {
             let shared = shared.clone();
             let model = model.clone();
             std::thread::spawn(move || {
-                let device = Default::default();
+                let device = Device::flex().autodiff();
                 // Its own autodiff graph (a process has its own).
                 let model = model.fork(&device);
                 let group: Arc<dyn ProcessGroup> = Arc::new(ThreadProcesses {
@@ -407,7 +407,7 @@ fn a_data_parallel_run_follows_the_single_device_run() {
 #[test]
 fn processes_refuse_to_start_from_different_places() {
     let _turn = serial();
-    let model = tiny_moco(&Default::default());
+    let model = tiny_moco(&Device::flex().autodiff());
     let _ = flat_parameters(&model);
     let check = |positions: [[u64; 3]; 2], perturb: bool| -> Vec<bool> {
         let shared = Arc::new((
@@ -418,7 +418,7 @@ fn processes_refuse_to_start_from_different_places() {
             .map(|rank| {
                 let (shared, model) = (shared.clone(), model.clone());
                 std::thread::spawn(move || {
-                    let device = Default::default();
+                    let device = Device::flex().autodiff();
                     let mut model = model.fork(&device);
                     if perturb && rank == 1 {
                         model = model.map(&mut AddOne);

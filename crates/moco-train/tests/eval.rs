@@ -22,7 +22,7 @@ use moco_train::eval::{evaluate_knn, limit, load_pretrained, raw_pixel_knn, Eval
 use moco_train::KnnConfig;
 
 type B = Flex;
-type AB = Autodiff<Flex>;
+type AB = Autodiff;
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -99,7 +99,7 @@ fn tensors<Bk: Backend>(b: &AnyBackbone<Bk>, c: &BackboneConfig) -> Vec<(String,
 #[test]
 fn probe_keeps_a_bn_backbone_frozen_and_learns() {
     let _g = serial();
-    let device = Default::default();
+    let device = Device::flex();
     let data = small_data();
     let config = tiny_resnet();
     device.seed(3);
@@ -147,7 +147,7 @@ fn probe_keeps_a_bn_backbone_frozen_and_learns() {
 #[test]
 fn probe_of_a_random_vit_beats_chance() {
     let _g = serial();
-    let device = Default::default();
+    let device = Device::flex();
     let data = small_data();
     let config = tiny_vit();
     device.seed(4);
@@ -172,7 +172,7 @@ fn probe_of_a_random_vit_beats_chance() {
 #[test]
 fn finetune_with_layer_decay_and_drop_path_trains_every_group() {
     let _g = serial();
-    let device = Default::default();
+    let device = Device::flex();
     let data = small_data();
     let config = tiny_vit();
     device.seed(5);
@@ -224,7 +224,7 @@ fn finetune_with_layer_decay_and_drop_path_trains_every_group() {
 #[test]
 fn knn_features_and_raw_pixels_on_the_bundled_split() {
     let _g = serial();
-    let device = Default::default();
+    let device = Device::flex();
     let data = small_data();
     let config = tiny_vit();
     device.seed(7);
@@ -266,7 +266,7 @@ fn knn_features_and_raw_pixels_on_the_bundled_split() {
     write_outputs(
         &tmp.join("in.safetensors"),
         &vec![("images".to_string(), images)],
-        Default::default(),
+        Device::flex(),
     )
     .unwrap();
     let read = read_images(&tmp.join("in.safetensors"), &config).unwrap();
@@ -292,7 +292,7 @@ fn tiny_vit_32() -> BackboneConfig {
 
 #[test]
 fn deit_export_matches_the_golden_checkpoint() {
-    let device = Default::default();
+    let device = Device::flex();
     let pth = golden("vit_tiny_p8_32.pth.tar");
     let loaded = load_pretrained(&pth, Some(4), &device).unwrap();
     assert!(loaded.moco.is_some() && loaded.predictor.is_some());
@@ -309,8 +309,8 @@ fn deit_export_matches_the_golden_checkpoint() {
             .unwrap_or_else(|| panic!("{key} not in the golden file"));
         assert_eq!(t.shape, src.shape, "{key}");
         assert_eq!(
-            t.to_data().unwrap().try_to_vec::<f32>().unwrap(),
-            src.to_data().unwrap().try_to_vec::<f32>().unwrap(),
+            burn_store::bridge::to_data(&t).unwrap().try_to_vec::<f32>().unwrap(),
+            burn_store::bridge::to_data(&src).unwrap().try_to_vec::<f32>().unwrap(),
             "{key}"
         );
     }
@@ -337,7 +337,7 @@ fn deit_export_matches_the_golden_checkpoint() {
 #[test]
 fn every_checkpoint_kind_loads_and_mismatches_are_clear() {
     let _g = serial();
-    let device = Default::default();
+    let device = Device::flex();
     let tmp = Tmp::new("kinds");
     let config = tiny_resnet();
     device.seed(9);
@@ -423,7 +423,7 @@ fn every_checkpoint_kind_loads_and_mismatches_are_clear() {
 /// networks of the file it was imported from: every `.mpk` a user has must stay readable.
 #[test]
 fn an_import_written_with_burn_0_21_loads_to_the_same_networks() {
-    let device = Default::default();
+    let device = Device::flex();
     let stored = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/checkpoints/burn-0.21-vit_tiny_p8_32.mpk");
     let old = load_pretrained(&stored, Some(4), &device).unwrap();

@@ -3,6 +3,7 @@
 //! boundaries, for several steps; tensors that share memory with the updated one keep their
 //! values.
 
+use burn::tensor::Device;
 use burn::backend::{Autodiff, Flex};
 use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
@@ -16,7 +17,7 @@ use moco_train::OptimConfig;
 type F = Flex;
 
 fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
-    let device = Default::default();
+    let device = Device::flex();
     F::seed(&device, seed);
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device)
 }
@@ -123,7 +124,7 @@ fn one_pass_step_takes_strided_parameters_and_leaves_shared_memory_alone() {
 #[test]
 fn momentum_blend_matches_its_formula_on_autodiff_and_plain_flex() {
     fn blend(seed: u64) {
-        let device = Default::default();
+        let device = Device::flex();
         device.seed(seed);
         let target: Linear = LinearConfig::new(300, 130).init(&device);
         let source: Linear = LinearConfig::new(300, 130).init(&device);
@@ -158,7 +159,7 @@ fn one_pass_step_of_a_module_matches_composed() {
     // Through Burn's optimizer adaptor: a whole module, parameters of rank 1 and 2.
     use burn::optim::{GradientsParams, Optimizer};
     type A = Autodiff<F>;
-    let device = Default::default();
+    let device = Device::flex();
     A::seed(&device, 5);
     let model: Linear<A> = LinearConfig::new(64, 48).init(&device);
     let x = Tensor::<A, 2>::random([9, 64], Distribution::Normal(0.0, 1.0), &device);

@@ -1,5 +1,6 @@
 //! Optimizer state survives a save/load round trip; LARS leaves 1-D parameters undecayed.
 
+use burn::tensor::Device;
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::optim::{GradientsParams, Optimizer};
@@ -9,10 +10,10 @@ use burn::tensor::{Distribution, Tensor};
 use moco_models::{MocoConfig, ResNetConfig, VitConfig};
 use moco_train::{Method, OptimConfig, Pretrain, Siamese, StepParams};
 
-type B = Autodiff<Flex>;
+type B = Autodiff;
 
 fn step<O: Optimizer<Siamese>>(model: Siamese, optim: &mut O, seed: u64) -> Siamese {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     device.seed(seed);
     let x1 = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let x2 = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
@@ -37,7 +38,7 @@ fn params(model: &Siamese) -> Vec<Vec<f32>> {
 
 #[test]
 fn optimizer_state_round_trips() {
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     let vit = VitConfig::new()
         .with_img_size(32)
         .with_patch_size(8)

@@ -1,6 +1,7 @@
 //! The instability study: a 2×2 grid end to end on the bundled data (runs, skip on rerun,
 //! report and figures), and the analysis on a hand-written metrics log.
 
+use burn::tensor::Device;
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
@@ -9,7 +10,7 @@ use moco_train::study::{PatchEmbed, StudyRun};
 use moco_train::{run_study, StudyConfig, StudyOptions};
 use serde_json::json;
 
-type B = Autodiff<Flex>;
+type B = Autodiff;
 
 struct Tmp(PathBuf);
 impl Tmp {
@@ -48,7 +49,7 @@ fn a_two_by_two_grid_runs_reports_and_is_skipped_when_done() {
         quiet: true,
         ..Default::default()
     };
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     let s = run_study(&study, &tmp.0, &options, &device).unwrap();
     assert_eq!((s.ran, s.skipped, s.diverged), (4, 0, 0));
     let report = std::fs::read_to_string(s.report.unwrap()).unwrap();

@@ -1,11 +1,12 @@
 //! End-to-end runs on the bundled data: every method, exact resume, the non-finite guard.
 
+use burn::tensor::Device;
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
 use moco_train::{pretrain, Method, PretrainConfig, RunOptions, TrainError};
 
-type B = Autodiff<Flex>;
+type B = Autodiff;
 
 /// Burn's random initialisation draws from one generator per backend, seeded per run: runs in
 /// parallel threads of one process would interleave their draws. These tests take turns.
@@ -62,7 +63,7 @@ fn every_method_runs_end_to_end() {
     let _turn = serial();
     for method in [Method::MocoV3, Method::SimClr, Method::Byol] {
         let dir = Tmp::new(&format!("smoke-{method}"));
-        let summary = pretrain(tiny(method), &dir.0, &quiet(), &Default::default()).unwrap();
+        let summary = pretrain(tiny(method), &dir.0, &quiet(), &Device::flex().autodiff()).unwrap();
         assert_eq!(summary.steps, 6, "{method}");
         assert_eq!(summary.losses.len(), 6);
         assert!(
@@ -123,7 +124,7 @@ fn the_schedule_is_taken_where_each_step_starts() {
         config.schedule.batch_size,
         config.schedule.momentum,
     );
-    pretrain(config, &dir.0, &quiet(), &Default::default()).unwrap();
+    pretrain(config, &dir.0, &quiet(), &Device::flex().autodiff()).unwrap();
     let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();
     let steps: Vec<serde_json::Value> = metrics
         .lines()
@@ -164,7 +165,7 @@ fn a_conv_stem_is_trained() {
         .with_freeze_patch_embed(true)
         .with_max_steps(Some(2))
         .with_knn_every(0);
-    pretrain(config, &dir.0, &quiet(), &Default::default()).unwrap();
+    pretrain(config, &dir.0, &quiet(), &Device::flex().autodiff()).unwrap();
     let metrics = std::fs::read_to_string(dir.0.join("metrics.jsonl")).unwrap();
     let step = metrics
         .lines()
@@ -180,7 +181,7 @@ fn resume_continues_exactly() {
     let _turn = serial();
     let config = tiny(Method::MocoV3);
     let full_dir = Tmp::new("full");
-    let full = pretrain(config.clone(), &full_dir.0, &quiet(), &Default::default()).unwrap();
+    let full = pretrain(config.clone(), &full_dir.0, &quiet(), &Device::flex().autodiff()).unwrap();
 
     let dir = Tmp::new("resumed");
     let first = pretrain(
@@ -190,13 +191,13 @@ fn resume_continues_exactly() {
             stop_after: Some(3),
             ..quiet()
         },
-        &Default::default(),
+        &Device::flex().autodiff(),
     )
     .unwrap();
     assert!(first.interrupted);
     assert_eq!(first.losses, full.losses[..3]);
     // Starting again without --resume is refused: the run directory has checkpoints.
-    let err = pretrain(config.clone(), &dir.0, &quiet(), &Default::default())
+    let err = pretrain(config.clone(), &dir.0, &quiet(), &Device::flex().autodiff())
         .unwrap_err()
         .to_string();
     assert!(err.contains("--resume"), "{err}");
@@ -207,7 +208,7 @@ fn resume_continues_exactly() {
             resume: true,
             ..quiet()
         },
-        &Default::default(),
+        &Device::flex().autodiff(),
     )
     .unwrap();
     assert_eq!(second.steps, 6);
@@ -235,7 +236,7 @@ fn non_finite_values_stop_the_run_or_are_skipped() {
         .with_optimizer(moco_train::config::OptimizerName::Lars)
         .with_weight_decay(0.0);
     let dir = Tmp::new("nan");
-    let err = pretrain(config.clone(), &dir.0, &quiet(), &Default::default()).unwrap_err();
+    let err = pretrain(config.clone(), &dir.0, &quiet(), &Device::flex().autodiff()).unwrap_err();
     let TrainError::NonFinite { step, .. } = &err else {
         panic!("{err}")
     };
@@ -251,7 +252,7 @@ fn non_finite_values_stop_the_run_or_are_skipped() {
         config.with_skip_nonfinite(true),
         &dir.0,
         &quiet(),
-        &Default::default(),
+        &Device::flex().autodiff(),
     )
     .unwrap();
     assert!(summary.skipped_steps >= 1);
@@ -294,7 +295,7 @@ fn a_run_directory_of_an_earlier_version_resumes() {
         ..Default::default()
     };
     let summary =
-        pretrain(PretrainConfig::new(), &dir.0, &options, &Default::default()).unwrap();
+        pretrain(PretrainConfig::new(), &dir.0, &options, &Device::flex().autodiff()).unwrap();
     assert_eq!((summary.steps, summary.losses.len()), (4, 2));
     for (loss, then) in summary
         .losses
@@ -332,7 +333,7 @@ fn a_resnet_run_written_with_burn_0_21_resumes() {
         ..Default::default()
     };
     let summary =
-        pretrain(PretrainConfig::new(), &dir.0, &options, &Default::default()).unwrap();
+        pretrain(PretrainConfig::new(), &dir.0, &options, &Device::flex().autodiff()).unwrap();
     assert_eq!((summary.steps, summary.losses.len()), (4, 2));
     for (loss, then) in summary.losses.iter().zip(RESNET_LOSSES_3_4) {
         assert!((loss - then).abs() < 1e-5, "{:?}", summary.losses);
@@ -363,14 +364,14 @@ fn resume_falls_back_past_a_damaged_checkpoint() {
         .with_max_steps(Some(3))
         .with_knn_every(0)
         .with_checkpoint_every(1);
-    pretrain(config.clone(), &dir.0, &quiet(), &Default::default()).unwrap();
+    pretrain(config.clone(), &dir.0, &quiet(), &Device::flex().autodiff()).unwrap();
     let newest = dir.0.join("checkpoints/step-00000003");
     std::fs::write(newest.join("model.mpk"), b"not a record").unwrap();
     let resume = RunOptions {
         resume: true,
         ..quiet()
     };
-    let summary = pretrain(config.clone(), &dir.0, &resume, &Default::default()).unwrap();
+    let summary = pretrain(config.clone(), &dir.0, &resume, &Device::flex().autodiff()).unwrap();
     // From step 2: one step ran again.
     assert_eq!((summary.steps, summary.losses.len()), (3, 1));
     let from_first = RunOptions {
@@ -378,6 +379,6 @@ fn resume_falls_back_past_a_damaged_checkpoint() {
         resume_from: Some(dir.0.join("checkpoints/step-00000001")),
         ..quiet()
     };
-    let summary = pretrain(config, &dir.0, &from_first, &Default::default()).unwrap();
+    let summary = pretrain(config, &dir.0, &from_first, &Device::flex().autodiff()).unwrap();
     assert_eq!((summary.steps, summary.losses.len()), (3, 2));
 }

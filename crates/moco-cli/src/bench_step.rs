@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Distribution;
 use clap::Args;
 use moco_train::config::OptimizerName;

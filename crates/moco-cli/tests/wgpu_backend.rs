@@ -13,7 +13,6 @@ use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
 
 type G = Autodiff<Wgpu>;

@@ -53,8 +53,6 @@ pub mod trainer;
 
 pub use config::{PretrainConfig, TRAIN_PRESETS};
 pub use data::{open_splits, prepare_data, RunData};
-pub use distributed::CollectiveBackend;
-#[cfg(feature = "distributed")]
 pub use distributed::DataParallel;
 pub use ema::ema_update;
 pub use eval::{load_pretrained, open_eval_data, DataSpec, EvalData, Pretrained};

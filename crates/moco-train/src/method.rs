@@ -3,9 +3,8 @@
 //! methods with a target network its momentum update, done before the keys are computed as
 //! MoCo v3 does.
 
-use burn::module::{Module, Module};
+use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use moco_loss::{byol, infonce, nt_xent, nt_xent_gathered};
 use moco_models::{AnyBackbone, Backbone, Encoder, MoCo, MocoConfig};
 use serde::{Deserialize, Serialize};
@@ -76,7 +75,7 @@ pub struct StepOutput {
 pub trait Pretrain: Module + Clone + Send {
     /// The backbone being pretrained; its inference copy (on the inner backend) is what the
     /// kNN monitor evaluates.
-    type Net: Backbone + Module<InnerModule: Backbone>;
+    type Net: Backbone;
 
     /// Forwards both views, updates the target network if there is one, and returns the
     /// model with the loss.
@@ -118,8 +117,7 @@ pub struct Siamese<N = AnyBackbone> {
 
 impl<N> Pretrain for Siamese<N>
 where
-    B: AutodiffBackend,
-    N: Backbone + Module<InnerModule: Backbone>,
+    N: Backbone,
 {
     type Net = N;
 
@@ -182,8 +180,7 @@ pub struct SimClr<N = AnyBackbone> {
 
 impl<N> Pretrain for SimClr<N>
 where
-    B: AutodiffBackend,
-    N: Backbone + Module<InnerModule: Backbone>,
+    N: Backbone,
 {
     type Net = N;
 

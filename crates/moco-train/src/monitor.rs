@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, VecDeque};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use moco_models::flex::HostValues;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -38,7 +37,7 @@ struct GradNorms<'a, G: Fn(&[String]) -> String> {
 /// Σ g² of a group's gradients read on the host (flex), and of the others as a tensor.
 type GroupSum = (f64, Option<Tensor<1>>);
 
-impl<G: Fn(&[String]) -> String> ModuleVisitor for GradNorms<'_, B, G> {
+impl<G: Fn(&[String]) -> String> ModuleVisitor for GradNorms<'_, G> {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.stack.push(name.to_string());
     }

@@ -8,11 +8,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use burn::optim::Optimizer;
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
 
 use crate::config::PretrainConfig;
 use crate::data::{prepare_data, RunData};
-use crate::distributed::{Cluster, CollectiveBackend};
 use crate::knn_monitor::KnnMonitor;
 use crate::method::{Method, Pretrain};
 use crate::run_lock::RunLock;
@@ -37,21 +37,17 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// No progress lines.
     pub quiet: bool,
-    /// The other machines of a multi-node data-parallel run.
-    pub cluster: Option<Cluster>,
-    /// How long a data-parallel run waits for its group to form, or for a step to finish,
-    /// before it gives up (30 minutes when absent).
+    /// How long a data-parallel run waits for a step to finish before it gives up (30
+    /// minutes when absent).
     pub collective_timeout: Option<Duration>,
     /// This process is one replica of a run over processes (e.g. [`crate::distributed::MpiGroup`]
     /// under `mpirun`), on its one device.
-    #[cfg(feature = "distributed")]
     pub processes: Option<Arc<dyn crate::distributed::ProcessGroup>>,
 }
 
 impl RunOptions {
     /// The process's index and the number of processes of a run over processes.
     fn process_shard(&self) -> Option<moco_data::Shard> {
-        #[cfg(feature = "distributed")]
         if let Some(p) = &self.processes {
             return Some(moco_data::Shard {
                 rank: p.rank(),
@@ -75,25 +71,28 @@ pub fn pretrain(
 
 /// [`pretrain`] with one replica per device of `devices` (data parallelism: each device
 /// computes its shard of every batch, see [`crate::distributed`]); the first device holds the
-/// model that is evaluated and checkpointed. One device is the single-device run.
+/// model that is evaluated and checkpointed. One device is the single-device run. Training
+/// runs under autodiff on these devices (a plain device is taken as `device.autodiff()`).
 pub fn pretrain_data_parallel(
     config: PretrainConfig,
     run_dir: &Path,
     options: &RunOptions,
     devices: &[Device],
 ) -> Result<RunSummary, TrainError> {
+    let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let devices = &devices[..];
     let Some(device) = devices.first() else {
         return Err(TrainError::Config("no device given".into()));
     };
     let processes = options.process_shard();
-    if processes.is_some() && (devices.len() > 1 || options.cluster.is_some()) {
+    if processes.is_some() && devices.len() > 1 {
         return Err(TrainError::Config(
-            "a run over processes has one device per process and no other cluster".into(),
+            "a run over processes has one device per process".into(),
         ));
     }
     let world = match processes {
         Some(p) => p.world,
-        None => devices.len() * options.cluster.as_ref().map_or(1, |c| c.nodes),
+        None => devices.len(),
     };
     let micro = config.schedule.batch_size / config.schedule.grad_accum.max(1);
     if world > 1 && !micro.is_multiple_of(world) {
@@ -117,16 +116,8 @@ pub fn pretrain_data_parallel(
         )));
     }
     let mut data = prepare_data(&config)?;
-    let node_shard = options
-        .cluster
-        .as_ref()
-        .filter(|c| c.nodes > 1)
-        .map(|c| moco_data::Shard {
-            rank: c.node_rank,
-            world: c.nodes,
-        });
-    if let Some(shard) = processes.or(node_shard).filter(|s| s.world > 1) {
-        // Each machine (or process) decodes only its own slice of every global batch.
+    if let Some(shard) = processes.filter(|s| s.world > 1) {
+        // Each process decodes only its own slice of every global batch.
         data.train = data.train.sharded(shard)?;
     }
     if !options.quiet {
@@ -182,9 +173,9 @@ fn run_config(
 }
 
 /// Assembles the [`Trainer`] of a configured run and runs it.
-fn train<M, O>(
+fn train<M>(
     model: M,
-    make_optim: impl Fn() -> O + Clone + 'static,
+    make_optim: impl Fn() -> ModuleOptimizer + Clone + 'static,
     config: &PretrainConfig,
     data: RunData,
     run_dir: &Path,
@@ -192,11 +183,8 @@ fn train<M, O>(
     devices: &[Device],
 ) -> Result<RunSummary, TrainError>
 where
-    B: CollectiveBackend,
     M: Pretrain + 'static,
     M: Send,
-    O: Optimizer<M> + Send + 'static,
-    O::Record: Send,
 {
     let settings = config.loop_settings(data.train.batches_per_epoch());
     let mut knn = KnnMonitor::new(
@@ -247,18 +235,12 @@ where
             }
         };
     }
-    if devices.len() > 1 || options.cluster.is_some() {
+    if devices.len() > 1 {
         let timeout = options
             .collective_timeout
             .unwrap_or(Duration::from_secs(1800));
-        trainer = trainer.data_parallel(
-            devices.to_vec(),
-            make_optim,
-            options.cluster.clone(),
-            timeout,
-        );
+        trainer = trainer.data_parallel(devices.to_vec(), make_optim, timeout);
     }
-    #[cfg(feature = "distributed")]
     if let Some(group) = &options.processes {
         let timeout = options
             .collective_timeout

@@ -1,15 +1,36 @@
-//! Checkpoints of a training run: the model and optimizer records at full precision plus the
-//! position in the schedule and the data, written atomically as one folder per checkpoint.
+//! Checkpoints of a training run: the model's tensors and the optimizer's state (burnpack
+//! files, parameter ids kept so that each state finds its parameter) plus the position in the
+//! schedule and the data, written atomically as one folder per checkpoint. Checkpoints
+//! written with Burn 0.21 (`model.mpk`, `optim.mpk`) are read too.
 
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::optim::Optimizer;
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::backend::AutodiffBackend;
+use burn::optim::{ModuleOptimizer, OptimizerRecord};
+use burn::tensor::Bytes;
+use burn_store::burn_pack::{Scalar, Tensor as PackTensor, Writer};
+use moco_models::checkpoint::{apply_tensors, module_bytes, read_tensors};
+use moco_models::legacy::{read_optimizer, LegacyValue};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+
+/// The model's file in a checkpoint folder.
+pub const MODEL_FILE: &str = "model.bpk";
+/// The optimizer's file in a checkpoint folder.
+pub const OPTIM_FILE: &str = "optim.bpk";
+/// The model's file in a checkpoint folder written with Burn 0.21.
+pub const LEGACY_MODEL_FILE: &str = "model.mpk";
+/// The optimizer's file in a checkpoint folder written with Burn 0.21.
+pub const LEGACY_OPTIM_FILE: &str = "optim.mpk";
+
+/// The model file of the checkpoint folder `dir` (this build's, else Burn 0.21's).
+pub fn model_file(dir: &Path) -> PathBuf {
+    match dir.join(LEGACY_MODEL_FILE).is_file() && !dir.join(MODEL_FILE).is_file() {
+        true => dir.join(LEGACY_MODEL_FILE),
+        false => dir.join(MODEL_FILE),
+    }
+}
 
 /// Where a run is in its schedule and its data.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -60,10 +81,10 @@ pub fn list_checkpoints(run_dir: &Path) -> Vec<PathBuf> {
 
 /// Writes a checkpoint of `model`, `optim` and `position` under `run_dir/checkpoints`, then
 /// removes all but the newest `keep`. Returns its folder.
-pub fn save<M: Module, O: Optimizer<M>>(
+pub fn save<M: Module>(
     run_dir: &Path,
     model: &M,
-    optim: &O,
+    optim: &ModuleOptimizer,
     position: &RunPosition,
     keep: usize,
 ) -> Result<PathBuf, TrainError> {
@@ -74,15 +95,15 @@ pub fn save<M: Module, O: Optimizer<M>>(
     let final_dir = dir.join(&name);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp, "cannot create"))?;
-    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
-    let model_bytes = Recorder::record(&recorder, model.clone().into_record(), ())
+    let model_bytes = module_bytes(model, &[])
         .map_err(|e| TrainError::Io(format!("encoding the model: {e}")))?;
-    let optim_bytes = Recorder::record(&recorder, optim.to_record(), ())
+    let optim_bytes = optim
+        .into_bytes()
         .map_err(|e| TrainError::Io(format!("encoding the optimizer state: {e}")))?;
     let state = serde_json::to_vec_pretty(position).expect("position serialises");
     let files = [
-        ("model.mpk", &model_bytes[..]),
-        ("optim.mpk", &optim_bytes[..]),
+        (MODEL_FILE, &model_bytes[..]),
+        (OPTIM_FILE, &optim_bytes[..]),
         ("state.json", &state[..]),
     ];
     for (name, bytes) in files {
@@ -112,39 +133,76 @@ pub fn save<M: Module, O: Optimizer<M>>(
     Ok(final_dir)
 }
 
-/// The records of the checkpoint in `dir`: the model's, the optimizer's, and the position.
-/// Nothing is applied, so a damaged checkpoint leaves the model as it was.
-#[allow(clippy::type_complexity)]
-pub fn read<M: Module, O: Optimizer<M>>(
-    dir: &Path,
-    device: &Device,
-) -> Result<(M::Record, O::Record, RunPosition), TrainError> {
+/// What a checkpoint holds: the model's tensors, the optimizer's state, the position.
+pub struct Checkpoint {
+    /// The model's tensors, named by their path, with their parameter ids.
+    pub model: Vec<PackTensor>,
+    /// The optimizer's state.
+    pub optim: OptimizerRecord,
+    /// Where the run was.
+    pub position: RunPosition,
+}
+
+/// The checkpoint in `dir`, read but not applied, so that a damaged checkpoint leaves the
+/// model as it was.
+pub fn read(dir: &Path) -> Result<Checkpoint, TrainError> {
     let read = |f: &str| std::fs::read(dir.join(f)).map_err(io(dir, &format!("cannot read {f}")));
     let position: RunPosition = serde_json::from_slice(&read("state.json")?)
         .map_err(|e| TrainError::Io(format!("{}: state.json: {e}", dir.display())))?;
-    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
-    let model = Recorder::load(&recorder, read("model.mpk")?, device).map_err(|e| {
+    let (_, model) = read_tensors(&model_file(dir))?;
+    let legacy = !dir.join(OPTIM_FILE).is_file() && dir.join(LEGACY_OPTIM_FILE).is_file();
+    let optim_bytes = match legacy {
+        true => legacy_optimizer(&read(LEGACY_OPTIM_FILE)?).map_err(|e| {
+            TrainError::Io(format!("{}: {LEGACY_OPTIM_FILE}: {e}", dir.display()))
+        })?,
+        false => read(OPTIM_FILE)?,
+    };
+    let optim = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(optim_bytes)).map_err(|e| {
         TrainError::Io(format!(
-            "{}: model.mpk is not a checkpoint of this model: {e}",
+            "{}: the optimizer state is unreadable: {e}",
             dir.display()
         ))
     })?;
-    let optim = Recorder::load(&recorder, read("optim.mpk")?, device).map_err(|e| {
-        TrainError::Io(format!(
-            "{}: optim.mpk does not match this optimizer: {e}",
-            dir.display()
-        ))
-    })?;
-    Ok((model, optim, position))
+    Ok(Checkpoint {
+        model,
+        optim,
+        position,
+    })
+}
+
+/// A Burn 0.21 optimizer record of ours ([`crate::OptimState`] per parameter) as the burnpack
+/// bytes of the same state.
+fn legacy_optimizer(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let mut tensors = Vec::new();
+    let mut writer_scalars = Vec::new();
+    for (id, rank, fields) in read_optimizer(bytes)? {
+        let prefix = id.val().to_string();
+        writer_scalars.push((format!("{prefix}.__rank"), Scalar::UInt(rank as u64)));
+        for (name, value) in fields {
+            let key = format!("{prefix}.{name}");
+            match value {
+                LegacyValue::Tensor(mut t) => {
+                    t.name = key;
+                    tensors.push(t);
+                }
+                LegacyValue::UInt(n) => writer_scalars.push((key, Scalar::UInt(n))),
+            }
+        }
+    }
+    let mut writer = Writer::new(tensors);
+    for (key, value) in writer_scalars {
+        writer = writer.with_scalar(&key, value);
+    }
+    writer.into_bytes().map(|b| b.to_vec()).map_err(|e| e.to_string())
 }
 
 /// Loads the checkpoint in `dir` into `model` and `optim`.
-pub fn load<M: Module, O: Optimizer<M>>(
+pub fn load<M: Module>(
     dir: &Path,
     model: M,
-    optim: O,
-    device: &Device,
-) -> Result<(M, O, RunPosition), TrainError> {
-    let (m, o, position) = read::<M, O>(dir, device)?;
-    Ok((model.load_record(m), optim.load_record(o), position))
+    optim: ModuleOptimizer,
+) -> Result<(M, ModuleOptimizer, RunPosition), TrainError> {
+    let checkpoint = read(dir)?;
+    let model = apply_tensors(model, checkpoint.model, &model_file(dir))?;
+    Ok((model, optim.load_record(checkpoint.optim), checkpoint.position))
 }

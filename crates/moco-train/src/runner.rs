@@ -9,10 +9,6 @@ use burn::prelude::*;
 use moco_data::Batch;
 use moco_models::Precision;
 
-use std::marker::PhantomData;
-
-use crate::distributed::CollectiveBackend;
-#[cfg(feature = "distributed")]
 use crate::distributed::{DataParallel, ProcessParallel};
 use crate::method::{Pretrain, StepParams};
 use crate::step::forward_backward;
@@ -21,11 +17,8 @@ use crate::TrainError;
 /// One device, or a data-parallel group whose replica 0 runs here.
 pub struct StepRunner {
     precision: Precision,
-    #[cfg(feature = "distributed")]
     parallel: Option<DataParallel>,
-    #[cfg(feature = "distributed")]
     processes: Option<ProcessParallel>,
-    _backend: PhantomData,
 }
 
 impl StepRunner {
@@ -33,61 +26,42 @@ impl StepRunner {
     pub fn single(precision: Precision) -> Self {
         StepRunner {
             precision,
-            #[cfg(feature = "distributed")]
-            parallel: None,
-            #[cfg(feature = "distributed")]
-            processes: None,
-            _backend: PhantomData,
-        }
+                    parallel: None,
+                    processes: None,
+                }
     }
 
     /// The replicas of `group`.
-    #[cfg(feature = "distributed")]
     pub fn parallel(group: DataParallel, precision: Precision) -> Self {
         StepRunner {
             precision,
             parallel: Some(group),
             processes: None,
-            _backend: PhantomData,
-        }
+                }
     }
 
     /// This process's replica of a run over processes.
-    #[cfg(feature = "distributed")]
     pub fn processes(replica: ProcessParallel, precision: Precision) -> Self {
         StepRunner {
             precision,
             parallel: None,
             processes: Some(replica),
-            _backend: PhantomData,
-        }
+                }
     }
 
-    #[cfg(feature = "distributed")]
     fn group(&self) -> Option<&DataParallel> {
         self.parallel.as_ref()
     }
 
-    #[cfg(not(feature = "distributed"))]
-    fn group(&self) -> Option<&NoGroup> {
-        None
-    }
-
-    #[cfg(feature = "distributed")]
     fn processes_replica(&self) -> Option<&ProcessParallel> {
         self.processes.as_ref()
-    }
-
-    #[cfg(not(feature = "distributed"))]
-    fn processes_replica(&self) -> Option<&NoProcesses> {
-        None
     }
 
     /// Whether this process evaluates, logs and checkpoints (the only one on one device).
     pub fn is_main(&self) -> bool {
         match self.processes_replica() {
             Some(p) => p.is_main(),
-            None => self.group().is_none_or(|g| g.is_main()),
+            None => true,
         }
     }
 
@@ -151,78 +125,10 @@ impl StepRunner {
         match self.group() {
             None => Ok((grads, loss, stop)),
             Some(group) => {
-                let (grads, loss) = group.reduce(grads, loss, lr, clip, skip_nonfinite, device)?;
+                let (grads, loss) =
+                    group.reduce(model, grads, loss, lr, clip, skip_nonfinite, device)?;
                 Ok((grads, loss, stop))
             }
         }
-    }
-}
-
-/// Without the `distributed` feature there is no group; this type has no value.
-#[cfg(not(feature = "distributed"))]
-enum NoGroup {}
-
-#[cfg(not(feature = "distributed"))]
-impl NoGroup {
-    fn is_main(&self) -> bool {
-        match *self {}
-    }
-    fn world_size(&self) -> usize {
-        match *self {}
-    }
-    fn micro_step<M: Pretrain>(
-        &self,
-        _: M,
-        _: [Vec<f32>; 2],
-        _: [usize; 4],
-        _: &StepParams,
-        _: f64,
-        _: &Device,
-    ) -> Result<(M, f64, GradientsParams), TrainError> {
-        match *self {}
-    }
-    fn reduce<D>(
-        &self,
-        _: GradientsParams,
-        _: f64,
-        _: f64,
-        _: Option<f64>,
-        _: bool,
-        _: &D,
-    ) -> Result<(GradientsParams, f64), TrainError> {
-        match *self {}
-    }
-}
-
-/// Without the `distributed` feature there is no run over processes; this type has no value.
-#[cfg(not(feature = "distributed"))]
-enum NoProcesses {}
-
-#[cfg(not(feature = "distributed"))]
-impl NoProcesses {
-    fn is_main(&self) -> bool {
-        match *self {}
-    }
-    fn world_size(&self) -> usize {
-        match *self {}
-    }
-    fn micro_step<M: Pretrain>(
-        &self,
-        _: M,
-        _: [Tensor<4>; 2],
-        _: &StepParams,
-        _: f64,
-    ) -> (M, f64, GradientsParams) {
-        match *self {}
-    }
-    fn reduce<D, M>(
-        &self,
-        _: &M,
-        _: GradientsParams,
-        _: f64,
-        _: bool,
-        _: &D,
-    ) -> Result<(GradientsParams, f64, bool), TrainError> {
-        match *self {}
     }
 }

@@ -3,9 +3,8 @@
 //! optimizer).
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 
 use moco_models::{autocast, Precision};
 
@@ -76,9 +75,9 @@ pub fn measure_gradients<M: Pretrain>(
 
 /// The update part of a training step: optional clipping to a global norm, then the
 /// optimizer step at `lr`.
-pub fn apply_step<M: Module, O: Optimizer<M>>(
+pub fn apply_step<M: Module>(
     model: M,
-    optim: &mut O,
+    optim: &mut ModuleOptimizer,
     grads: GradientsParams,
     global_norm: f64,
     lr: f64,
@@ -111,9 +110,9 @@ pub enum Update<M> {
 /// step is skipped with `skip_nonfinite`, and stops the run without. `norms` and `global` are
 /// [`measure_gradients`]'s.
 #[allow(clippy::too_many_arguments)]
-pub fn update<M: Module, O: Optimizer<M>>(
+pub fn update<M: Module>(
     model: M,
-    optim: &mut O,
+    optim: &mut ModuleOptimizer,
     grads: GradientsParams,
     loss: f64,
     (norms, global): (&[(String, f64)], f64),

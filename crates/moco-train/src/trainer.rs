@@ -27,13 +27,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use burn::prelude::*;
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use moco_data::{BatchIter, Loader};
 use moco_models::{Backbone, Precision};
 
-use crate::distributed::{Cluster, CollectiveBackend};
-#[cfg(feature = "distributed")]
 use crate::distributed::{ProcessGroup, ProcessParallel};
 use crate::knn::KnnResult;
 use crate::knn_monitor::KnnMonitor;
@@ -130,28 +129,25 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
 }
 
-type MakeOptim<O> = Box<dyn Fn() -> O>;
+type MakeOptim = Box<dyn Fn() -> ModuleOptimizer>;
 
-#[cfg_attr(not(feature = "distributed"), allow(dead_code))]
-struct ParallelSetup<O> {
+struct ParallelSetup {
     devices: Vec<Device>,
-    make_optim: MakeOptim<O>,
-    cluster: Option<Cluster>,
+    make_optim: MakeOptim,
     timeout: Duration,
 }
 
 /// The training loop of one run, assembled from its parts; [`Trainer::run`] runs it.
-pub struct Trainer<M, O> {
+pub struct Trainer<M> {
     model: M,
-    optim: O,
+    optim: ModuleOptimizer,
     settings: LoopSettings,
     train: Loader,
     device: Device,
     knn: Option<KnnMonitor>,
     sinks: Vec<Box<dyn MetricSink>>,
     run_dir: Option<RunDirectory>,
-    parallel: Option<ParallelSetup<O>>,
-    #[cfg(feature = "distributed")]
+    parallel: Option<ParallelSetup>,
     processes: Option<(Arc<dyn ProcessGroup>, Duration)>,
     stop: Option<Arc<AtomicBool>>,
     checkpoint_request: Option<Arc<AtomicBool>>,
@@ -161,19 +157,16 @@ pub struct Trainer<M, O> {
     resumed_from: Option<PathBuf>,
 }
 
-impl<M, O> Trainer<M, O>
+impl<M> Trainer<M>
 where
-    B: CollectiveBackend,
     M: Pretrain + 'static,
     M: Send,
-    O: Optimizer<M> + Send + 'static,
-    O::Record: Send,
 {
     /// Trains `model` with `optim` on the two-view batches of `train` (a loader with
     /// [`moco_data::Views::Two`]), on `device`.
     pub fn new(
         model: M,
-        optim: O,
+        optim: ModuleOptimizer,
         train: Loader,
         settings: LoopSettings,
         device: Device,
@@ -188,7 +181,6 @@ where
             sinks: Vec::new(),
             run_dir: None,
             parallel: None,
-            #[cfg(feature = "distributed")]
             processes: None,
             stop: None,
             checkpoint_request: None,
@@ -243,18 +235,17 @@ where
     }
 
     /// One replica per device of `devices` (the first is where this trainer's model lives),
-    /// with `cluster` adding other machines; see [`crate::distributed`].
+    /// each on a thread; see [`crate::distributed`]. The run ends when no step finishes for
+    /// `timeout`.
     pub fn data_parallel(
         mut self,
         devices: Vec<Device>,
-        make_optim: impl Fn() -> O + 'static,
-        cluster: Option<Cluster>,
+        make_optim: impl Fn() -> ModuleOptimizer + 'static,
         timeout: Duration,
     ) -> Self {
         self.parallel = Some(ParallelSetup {
             devices,
             make_optim: Box::new(make_optim),
-            cluster,
             timeout,
         });
         self
@@ -264,7 +255,6 @@ where
     /// e.g. under `mpirun`); the trainer's loader must read only this process's shard of
     /// every batch ([`moco_data::Loader::sharded`]). The process ends when no step finishes
     /// for `timeout`.
-    #[cfg(feature = "distributed")]
     pub fn processes(mut self, group: Arc<dyn ProcessGroup>, timeout: Duration) -> Self {
         self.processes = Some((group, timeout));
         self
@@ -272,18 +262,19 @@ where
 
     /// Continues from the checkpoint folder `checkpoint`: model, optimizer state and the
     /// position in the schedule and the data.
-    pub fn resume(self, checkpoint: PathBuf) -> Result<Self, TrainError> {
-        let (model, optim, pos) = run_state::read::<M, O>(&checkpoint, &self.device)?;
-        Ok(self.resumed(checkpoint, model, optim, pos))
+    pub fn resume(mut self, checkpoint: PathBuf) -> Result<Self, TrainError> {
+        let read = run_state::read(&checkpoint)?;
+        self.resumed(checkpoint, read)?;
+        Ok(self)
     }
 
     /// Continues from the newest checkpoint of `checkpoints` (oldest first) that can be
     /// read; each newer one that cannot (a damaged file) is named in a warning.
-    pub fn resume_newest(self, checkpoints: &[PathBuf]) -> Result<Self, TrainError> {
+    pub fn resume_newest(mut self, checkpoints: &[PathBuf]) -> Result<Self, TrainError> {
         let mut last_error = None;
         for dir in checkpoints.iter().rev() {
-            match run_state::read::<M, O>(dir, &self.device) {
-                Ok((model, optim, pos)) => return Ok(self.resumed(dir.clone(), model, optim, pos)),
+            match run_state::read(dir).and_then(|read| self.resumed(dir.clone(), read)) {
+                Ok(()) => return Ok(self),
                 Err(e) => {
                     eprintln!("warning: cannot resume from {}: {e}", dir.display());
                     last_error = Some(e);
@@ -293,16 +284,18 @@ where
         Err(last_error.unwrap_or_else(|| TrainError::Config("no checkpoint to resume from".into())))
     }
 
+    /// Takes the checkpoint `read` from the folder `checkpoint`; one that does not fit the
+    /// model leaves the trainer as it was.
     fn resumed(
-        mut self,
+        &mut self,
         checkpoint: PathBuf,
-        model: M::Record,
-        optim: O::Record,
-        pos: RunPosition,
-    ) -> Self {
-        self.model = self.model.load_record(model);
-        self.optim = self.optim.load_record(optim);
-        self.pos = pos;
+        read: run_state::Checkpoint,
+    ) -> Result<(), TrainError> {
+        let model_file = run_state::model_file(&checkpoint);
+        self.model =
+            moco_models::checkpoint::apply_tensors(self.model.clone(), read.model, &model_file)?;
+        self.optim = self.optim.clone().load_record(read.optim);
+        self.pos = read.position;
         if !self.quiet {
             println!(
                 "resuming from {} (step {})",
@@ -311,7 +304,7 @@ where
             );
         }
         self.resumed_from = Some(checkpoint);
-        self
+        Ok(())
     }
 
     /// Where the run is (after [`Trainer::resume`], the checkpoint's position).
@@ -322,7 +315,6 @@ where
     /// One device, or the replicas of [`Trainer::data_parallel`] started from this model.
     fn runner(&self) -> Result<StepRunner, TrainError> {
         let precision = self.settings.precision;
-        #[cfg(feature = "distributed")]
         if let Some((group, timeout)) = &self.processes {
             if self.parallel.is_some() {
                 return Err(TrainError::Config(
@@ -338,24 +330,15 @@ where
         let Some(p) = &self.parallel else {
             return Ok(StepRunner::single(precision));
         };
-        #[cfg(feature = "distributed")]
-        {
-            let group = crate::distributed::DataParallel::start(
-                &self.model,
-                &self.optim,
-                &p.make_optim,
-                &p.devices,
-                p.cluster.clone(),
-                p.timeout,
-                precision,
-            )?;
-            Ok(StepRunner::parallel(group, precision))
-        }
-        #[cfg(not(feature = "distributed"))]
-        Err(TrainError::Config(format!(
-            "data parallelism over {} devices needs the `distributed` feature of moco-train",
-            p.devices.len()
-        )))
+        let group = crate::distributed::DataParallel::start(
+            &self.model,
+            &self.optim,
+            &p.make_optim,
+            &p.devices,
+            p.timeout,
+            precision,
+        )?;
+        Ok(StepRunner::parallel(group, precision))
     }
 
     /// Runs to the end of the schedule (or `max_steps`, or a stop); returns the trained model
@@ -437,8 +420,8 @@ enum Flow {
 }
 
 /// A running loop: the parts of the [`Trainer`] and the state they share.
-struct Run<O> {
-    optim: O,
+struct Run {
+    optim: ModuleOptimizer,
     settings: LoopSettings,
     total: u64,
     train: Loader,
@@ -463,14 +446,12 @@ struct Run<O> {
     started: Instant,
 }
 
-impl<O> Run<O>
+impl Run
 where
-    B: CollectiveBackend,
 {
     fn execute<M>(mut self, mut model: M, resumed: bool) -> Result<(M, RunSummary), TrainError>
     where
         M: Pretrain,
-        O: Optimizer<M>,
     {
         if !resumed {
             self.evaluate(&model, 0)?;
@@ -549,7 +530,6 @@ where
     ) -> Result<(M, Flow), TrainError>
     where
         M: Pretrain,
-        O: Optimizer<M>,
     {
         let g = match self.gradients(model, batches)? {
             (model, None) => return Ok((model, Flow::EpochEnd)),
@@ -797,7 +777,6 @@ where
     fn checkpoint_or_stop<M>(&mut self, model: &M, step: u64) -> Result<Flow, TrainError>
     where
         M: Module,
-        O: Optimizer<M>,
     {
         let interrupted = self.stop_agreed || self.stop_after.is_some_and(|s| step >= s);
         let requested = (self.checkpoint_request.as_ref())

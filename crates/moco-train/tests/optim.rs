@@ -12,7 +12,7 @@ use moco_train::{Method, OptimConfig, Pretrain, Siamese, StepParams};
 
 type B = Autodiff;
 
-fn step<O: Optimizer<Siamese>>(model: Siamese, optim: &mut O, seed: u64) -> Siamese {
+fn step<O: Optimizer<Siamese>>(model: Siamese, optim: &mut ModuleOptimizer, seed: u64) -> Siamese {
     let device = Device::flex().autodiff();
     device.seed(seed);
     let x1 = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);

@@ -1,6 +1,6 @@
-//! The replicas of a data-parallel run: replica 0 on the calling thread, replicas 1.. on
-//! their own threads fed over channels, each on its shard of every batch, all applying the
-//! same update.
+//! The replicas of a data-parallel run on this machine's devices: replica 0 on the calling
+//! thread, replicas 1.. on their own threads fed over channels, each on its shard of every
+//! batch, all applying the same update. Their sums go through a [`ThreadGroup`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -8,16 +8,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use burn::collective;
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use moco_models::{with_replicas, Precision, ReplicaGroup};
 
-use super::cluster::{Cluster, Topology};
-use super::collective::{
-    all_reduce_gradients, all_reduce_scalar, join_group, leave_group, CollectiveBackend,
-    CollectiveGroup,
-};
+use super::collective::{Replicas, ThreadGroup};
+use super::process_group::{all_reduce_flat, ProcessGroup};
 use crate::method::{Pretrain, StepParams};
 use crate::step::{forward_backward, measure_gradients, update, Update};
 use crate::TrainError;
@@ -25,7 +21,7 @@ use crate::TrainError;
 /// One replica's part of the gradient computation: its shard forward and backward with the
 /// group active (SyncBN, gathered keys).
 pub fn replica_forward_backward<M: Pretrain>(
-    group: &Arc<CollectiveGroup>,
+    group: &Arc<Replicas>,
     model: M,
     x1: Tensor<4>,
     x2: Tensor<4>,
@@ -83,67 +79,63 @@ pub fn flat_parameters<M: burn::module::Module>(module: &M) -> Vec<f32> {
 /// The local replicas 1.. of a data-parallel run, and the group of local replica 0 (this
 /// thread).
 pub struct DataParallel {
-    topology: Topology,
-    group: Arc<CollectiveGroup>,
+    group: Arc<dyn ProcessGroup>,
+    replicas: Arc<Replicas>,
+    timeout: Duration,
     senders: Vec<Sender<Command>>,
     done: Receiver<Result<(), String>>,
     handles: Vec<JoinHandle<()>>,
     precision: Precision,
     progress: Arc<AtomicU64>,
     stop_watchdog: Arc<AtomicBool>,
-    _backend: std::marker::PhantomData,
 }
 
 impl DataParallel {
     /// Starts local replicas 1.. on `devices[1..]`, each a copy of `model` (same parameter ids,
-    /// own autodiff graph) with an optimizer from `make_optim` loaded with `optim`'s state, and
-    /// joins the group as local replica 0 on `devices[0]`. `cluster` adds the other machines.
-    pub fn start<M, O>(
+    /// own autodiff graph) with an optimizer from `make_optim` loaded with `optim`'s state;
+    /// this thread is replica 0, on `devices[0]`. A collective call that waits longer than
+    /// `timeout` ends the process.
+    pub fn start<M>(
         model: &M,
-        optim: &O,
-        make_optim: impl Fn() -> O,
+        optim: &ModuleOptimizer,
+        make_optim: impl Fn() -> ModuleOptimizer,
         devices: &[Device],
-        cluster: Option<Cluster>,
         timeout: Duration,
         precision: Precision,
     ) -> Result<Self, TrainError>
     where
         M: Pretrain + 'static,
         M: Send,
-        O: Optimizer<M> + Send + 'static,
-        O::Record: Send,
     {
         if devices.is_empty() {
             return Err(TrainError::Config("no device given".into()));
         }
-        let topology = Topology {
-            local: devices.len(),
-            cluster,
-            timeout,
-        };
-        super::collective::collective_config(&topology)?;
-        collective::reset_collective();
+        let mut members = ThreadGroup::new(devices.len()).into_iter();
+        let group: Arc<dyn ProcessGroup> = Arc::new(members.next().expect("replica 0"));
+        let optim_state = optim
+            .into_bytes()
+            .map_err(|e| TrainError::Io(format!("copying the optimizer state: {e}")))?;
         let (done_tx, done) = channel();
         let mut senders = Vec::new();
         let mut handles = Vec::new();
-        for (local_rank, device) in devices.iter().enumerate().skip(1) {
+        for ((local_rank, device), member) in devices.iter().enumerate().skip(1).zip(members) {
             let (tx, rx) = channel::<Command>();
-            let replica = model.valid();
-            let mut replica_optim = make_optim();
-            replica_optim = replica_optim.load_record(optim.to_record());
+            // A copy with its own tensors (clones would share BN running statistics), taking
+            // gradients where the model does.
+            let replica = model.valid().train();
+            let replica_optim = make_optim()
+                .from_bytes(optim_state.clone())
+                .map_err(|e| TrainError::Io(format!("copying the optimizer state: {e}")))?;
             let device = device.clone();
             let done_tx = done_tx.clone();
-            let topology = topology.clone();
+            let member: Arc<dyn ProcessGroup> = Arc::new(member);
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("replica-{local_rank}"))
                     .spawn(move || {
-                        // Forked as a trainable module: forking the inner module would drop
-                        // which parameters take a gradient.
-                        let model = M::from_inner(replica).fork(&device);
-                        let result = worker::<M, O>(
-                            local_rank,
-                            &topology,
+                        let model = replica.fork(&device);
+                        let result = worker::<M>(
+                            member,
                             model,
                             replica_optim,
                             device,
@@ -158,36 +150,35 @@ impl DataParallel {
             );
             senders.push(tx);
         }
-        join_group(0, &topology, &devices[0])?;
         let progress = Arc::new(AtomicU64::new(0));
         let stop_watchdog = Arc::new(AtomicBool::new(false));
         spawn_watchdog(
             progress.clone(),
             stop_watchdog.clone(),
-            topology.timeout,
+            timeout,
             || std::process::exit(3),
         );
         Ok(DataParallel {
-            group: Arc::new(CollectiveGroup::new(topology.rank(0), topology.world())),
-            topology,
+            replicas: Arc::new(Replicas::new(group.clone())),
+            group,
+            timeout,
             senders,
             done,
             handles,
             precision,
             progress,
             stop_watchdog,
-            _backend: std::marker::PhantomData,
         })
     }
 
-    /// Number of replicas on all machines.
+    /// Number of replicas.
     pub fn world_size(&self) -> usize {
-        self.topology.world()
+        self.group.size()
     }
 
-    /// Whether this machine evaluates, logs and checkpoints.
-    pub fn is_main(&self) -> bool {
-        self.topology.is_main()
+    /// How long a collective call may wait before the process ends.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn send(&self, local_rank: usize, command: Command) -> Result<(), TrainError> {
@@ -202,9 +193,7 @@ impl DataParallel {
         })
     }
 
-    /// One micro-batch of this machine's slice of the global batch (`views`; on several
-    /// machines the loader reads only that slice, see [`moco_data::Shard`]): one shard per
-    /// local replica, the first of them runs here. Returns this replica's model, its loss and
+    /// One micro-batch (`views`): one shard per replica, the first of them runs here. Returns this replica's model, its loss and
     /// its (not yet reduced) gradients.
     pub fn micro_step<M: Pretrain>(
         &self,
@@ -215,7 +204,7 @@ impl DataParallel {
         scale: f64,
         device: &Device,
     ) -> Result<(M, f64, GradientsParams), TrainError> {
-        let local = self.topology.local;
+        let local = self.world_size();
         if !shape[0].is_multiple_of(local) {
             return Err(TrainError::Config(format!(
                 "a batch of {} cannot be split over {local} replicas",
@@ -244,7 +233,7 @@ impl DataParallel {
         }
         let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, local_shape), device);
         Ok(replica_forward_backward(
-            &self.group,
+            &self.replicas,
             model,
             t(x1),
             t(x2),
@@ -258,7 +247,7 @@ impl DataParallel {
     /// same as replica 0's.
     pub fn replica_parameters(&self) -> Result<Vec<Vec<f32>>, TrainError> {
         let mut out = Vec::new();
-        for local_rank in 1..self.topology.local {
+        for local_rank in 1..self.world_size() {
             let (tx, rx) = channel();
             self.send(local_rank, Command::Parameters(tx))?;
             out.push(rx.recv().map_err(|_| {
@@ -268,11 +257,13 @@ impl DataParallel {
         Ok(out)
     }
 
-    /// Ends an optimizer step: the local replicas are told the update, then the gradients and
+    /// Ends an optimizer step: the other replicas are told the update, then the gradients and
     /// the loss (mean) are reduced over all replicas. Every replica then applies the same
     /// update (or skips it, or stops, on a non-finite gradient, as this one will).
-    pub fn reduce(
+    #[allow(clippy::too_many_arguments)]
+    pub fn reduce<M: Module>(
         &self,
+        model: &M,
         grads: GradientsParams,
         loss: f64,
         lr: f64,
@@ -280,7 +271,7 @@ impl DataParallel {
         skip_nonfinite: bool,
         device: &Device,
     ) -> Result<(GradientsParams, f64), TrainError> {
-        for local_rank in 1..self.topology.local {
+        for local_rank in 1..self.world_size() {
             self.send(
                 local_rank,
                 Command::Finish {
@@ -290,9 +281,8 @@ impl DataParallel {
                 },
             )?;
         }
-        let rank = self.topology.rank(0);
-        let grads = all_reduce_gradients(rank, grads)?;
-        let loss = all_reduce_scalar(rank, self.world_size(), loss, device)?;
+        let grads = all_reduce_flat(self.group.as_ref(), model, grads, device)?;
+        let loss = mean(self.group.as_ref(), loss)?;
         self.progress.fetch_add(1, Ordering::SeqCst);
         Ok((grads, loss))
     }
@@ -333,22 +323,25 @@ impl Drop for DataParallel {
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
-        leave_group(self.topology.rank(0));
     }
 }
 
-fn worker<M: Pretrain, O: Optimizer<M>>(
-    local_rank: usize,
-    topology: &Topology,
+/// The mean of `value` over the members of `group`.
+fn mean(group: &dyn ProcessGroup, value: f64) -> Result<f64, TrainError> {
+    let mut sum = [value as f32];
+    group.sum(&mut sum)?;
+    Ok(sum[0] as f64 / group.size() as f64)
+}
+
+fn worker<M: Pretrain>(
+    group: Arc<dyn ProcessGroup>,
     mut model: M,
-    mut optim: O,
+    mut optim: ModuleOptimizer,
     device: Device,
     commands: Receiver<Command>,
     precision: Precision,
 ) -> Result<(), TrainError> {
-    join_group(local_rank, topology, &device)?;
-    let (rank, world) = (topology.rank(local_rank), topology.world());
-    let group = Arc::new(CollectiveGroup::new(rank, world));
+    let replicas = Arc::new(Replicas::new(group.clone()));
     let mut accumulator = GradientsAccumulator::<M>::new();
     let mut loss_sum = 0.0;
     let mut micros = 0usize;
@@ -364,7 +357,7 @@ fn worker<M: Pretrain, O: Optimizer<M>>(
                 let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), &device);
                 let (value, grads);
                 (model, value, grads) = replica_forward_backward(
-                    &group,
+                    &replicas,
                     model,
                     t(x1),
                     t(x2),
@@ -386,9 +379,8 @@ fn worker<M: Pretrain, O: Optimizer<M>>(
             } => {
                 let grads =
                     std::mem::replace(&mut accumulator, GradientsAccumulator::new()).grads();
-                let grads = all_reduce_gradients(rank, grads)?;
-                let loss =
-                    all_reduce_scalar(rank, world, loss_sum / micros.max(1) as f64, &device)?;
+                let grads = all_reduce_flat(group.as_ref(), &model, grads, &device)?;
+                let loss = mean(group.as_ref(), loss_sum / micros.max(1) as f64)?;
                 (loss_sum, micros) = (0.0, 0);
                 let (norms, global) = measure_gradients(&model, &grads);
                 let outcome = update(
@@ -409,6 +401,5 @@ fn worker<M: Pretrain, O: Optimizer<M>>(
             }
         }
     }
-    leave_group(rank);
     Ok(())
 }

@@ -12,10 +12,9 @@ use std::time::Duration;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use moco_models::{with_replicas, Precision, ReplicaGroup};
 
-use super::collective::CollectiveBackend;
+use super::collective::Replicas;
 use super::data_parallel::spawn_watchdog;
 use crate::method::{Pretrain, StepParams};
 use crate::step::forward_backward;
@@ -64,31 +63,13 @@ pub(crate) fn host_sum<const D: usize>(
     Tensor::from_data(TensorData::new(values, shape), (&device, dtype))
 }
 
-/// The group as the models see it ([`moco_models::replica`]): replica = process.
-pub struct ProcessReplica {
-    group: Arc<dyn ProcessGroup>,
-}
-
-impl ReplicaGroup for ProcessReplica {
-    fn rank(&self) -> usize {
-        self.group.rank()
-    }
-    fn world_size(&self) -> usize {
-        self.group.size()
-    }
-    fn sum(&self, x: Tensor<2>) -> Tensor<2> {
-        B::process_sum(&self.group, x)
-    }
-}
-
 /// The replica of this process in a run over processes: its step and the reductions.
 pub struct ProcessParallel {
     group: Arc<dyn ProcessGroup>,
-    replica: Arc<ProcessReplica>,
+    replica: Arc<Replicas>,
     precision: Precision,
     progress: Arc<AtomicU64>,
     stop_watchdog: Arc<AtomicBool>,
-    _backend: std::marker::PhantomData,
 }
 
 impl ProcessParallel {
@@ -110,14 +91,11 @@ impl ProcessParallel {
             },
         );
         ProcessParallel {
-            replica: Arc::new(ProcessReplica {
-                group: group.clone(),
-            }),
+            replica: Arc::new(Replicas::new(group.clone())),
             group,
             precision,
             progress,
             stop_watchdog,
-            _backend: std::marker::PhantomData,
         }
     }
 
@@ -213,7 +191,7 @@ impl Drop for ProcessParallel {
 
 /// The gradients of `model`'s parameters (in the module's order, which is the same in every
 /// process), concatenated into one vector, summed over the processes, and put back.
-fn all_reduce_flat<M: Module>(
+pub(crate) fn all_reduce_flat<M: Module>(
     group: &dyn ProcessGroup,
     model: &M,
     mut grads: GradientsParams,

@@ -56,8 +56,8 @@ fn collect(names: &[&str], parts: Vec<Vec<TensorData>>) -> Outputs {
             let mut cols = 0;
             for batch in &parts {
                 let d = &batch[i];
-                rows += d.shape[0];
-                cols = d.shape[1];
+                rows += d.shape()[0];
+                cols = d.shape()[1];
                 values.extend(d.try_to_vec::<f32>().expect("f32 outputs"));
             }
             (name.to_string(), TensorData::new(values, [rows, cols]))
@@ -171,11 +171,11 @@ pub fn write_outputs(
     let views = outputs
         .iter()
         .map(|(name, data)| {
-            let dtype = match data.dtype {
+            let dtype = match data.dtype() {
                 burn::tensor::DType::I64 => Dtype::I64,
                 _ => Dtype::F32,
             };
-            safetensors::tensor::TensorView::new(dtype, data.shape.to_vec(), data.as_bytes())
+            safetensors::tensor::TensorView::new(dtype, data.shape().to_vec(), data.as_bytes())
                 .map(|v| (name.clone(), v))
                 .map_err(|e| TrainError::Io(format!("tensor '{name}': {e}")))
         })

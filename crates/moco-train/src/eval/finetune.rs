@@ -6,12 +6,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::{Module, Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use moco_data::Loader;
 use moco_loss::cross_entropy_smoothed;
 use moco_models::{AnyBackbone, BackboneConfig};
@@ -19,7 +17,7 @@ use moco_models::{AnyBackbone, BackboneConfig};
 use super::probe::{accuracy, init_classifier, save_classifier_model, EpochResult};
 use super::EvalData;
 use crate::knn::extract_raw_with;
-use crate::optim::{Optim, OptimConfig};
+use crate::optim::OptimConfig;
 use crate::schedule::learning_rate;
 use crate::TrainError;
 
@@ -118,7 +116,6 @@ struct SplitByLayer<'a> {
     stack: Vec<String>,
     depth: usize,
     groups: Vec<GradientsParams>,
-    _b: std::marker::PhantomData,
 }
 
 impl ModuleVisitor for SplitByLayer<'_> {
@@ -173,7 +170,7 @@ fn check(config: &FinetuneConfig, backbone: &BackboneConfig) -> Result<(), Train
     Ok(())
 }
 
-type Adamw = OptimizerAdaptor<Optim, Classifier>;
+type Adamw = ModuleOptimizer;
 
 /// The learning rates of a run: peak `lr` (scaled by batch / 256) and the layer-wise factor
 /// of each layer id (`layer_decay^(depth + 1 − id)`), over `steps_per_epoch` steps an epoch.
@@ -205,8 +202,7 @@ impl LrPlan {
             groups: (0..=self.depth + 1)
                 .map(|_| GradientsParams::new())
                 .collect(),
-            _b: std::marker::PhantomData,
-        };
+                };
         model.visit(&mut split);
         let mut model = model;
         for (id, group) in split.groups.into_iter().enumerate() {
@@ -290,7 +286,7 @@ pub fn finetune(
     };
     let mut optim = OptimConfig::adamw(config.weight_decay)
         .with_decay_1d(false)
-        .init::<Classifier>();
+        .init();
     let loader = data.train_loader(config.batch_size)?;
     let test = data.eval_loader(&data.test, 256)?;
     let plan = LrPlan {

@@ -11,9 +11,7 @@ pub mod probe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::module::Module;
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use moco_data::{AugmentConfig, DatasetKind, Loader, LoaderConfig, SharedDataset, Subset, Views};
 use moco_models::import::{backbone_from, inspect, moco_from, ImportOptions, Layout};
 use moco_models::{
@@ -174,55 +172,33 @@ fn load_run_checkpoint(
     let config: PretrainConfig = serde_json::from_str(&text)
         .map_err(|e| TrainError::Config(format!("{}: {e}", config_path.display())))?;
     let model_config = config.model_config()?;
-    let model_path = dir.join("model.mpk");
-    let bytes = std::fs::read(&model_path)
-        .map_err(|e| TrainError::Io(format!("{}: {e}", model_path.display())))?;
-    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
-    let bad = |e: burn::record::RecorderError| {
+    let model_path = crate::run_state::model_file(dir);
+    let (_, tensors) = moco_models::checkpoint::read_tensors(&model_path)?;
+    let source = dir.display().to_string();
+    let mismatch = |e: moco_models::ModelError| {
         TrainError::Io(format!(
-            "{}: not a checkpoint of the model in {}: {e}",
-            model_path.display(),
-            config_path.display()
+            "{e} (the model in {} is {})",
+            config_path.display(),
+            model_config.backbone.describe()
         ))
     };
-    let source = dir.display().to_string();
-    // A record of another architecture makes Burn panic while loading: report it instead.
-    let load = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-        || -> Result<Pretrained, TrainError> {
-            Ok(match config.method {
-                Method::SimClr => {
-                    let record =
-                        Recorder::load(&recorder, bytes.clone(), device).map_err(bad)?;
-                    let model = Method::simclr(&model_config, device).load_record(record);
-                    let SimClr { encoder } = model;
-                    let mut p = Pretrained::from_backbone(
-                        encoder.backbone,
-                        model_config.backbone.clone(),
-                        source.clone(),
-                    );
-                    p.projector = Some(encoder.projector);
-                    p
-                }
-                method => {
-                    let record =
-                        Recorder::load(&recorder, bytes.clone(), device).map_err(bad)?;
-                    let model: Siamese = method
-                        .siamese(&model_config, device)
-                        .load_record(record);
-                    Pretrained::from_moco(model.model, model_config.clone(), source.clone())
-                }
-            })
-        },
-    ));
-    let mut loaded = match load {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(TrainError::Io(format!(
-                "{}: not a checkpoint of the model in {} ({})",
-                model_path.display(),
-                config_path.display(),
-                model_config.backbone.describe()
-            )))
+    use moco_models::checkpoint::apply_tensors as apply;
+    let mut loaded = match config.method {
+        Method::SimClr => {
+            let model = Method::simclr(&model_config, device);
+            let SimClr { encoder } = apply(model, tensors, &model_path).map_err(mismatch)?;
+            let mut p = Pretrained::from_backbone(
+                encoder.backbone,
+                model_config.backbone.clone(),
+                source,
+            );
+            p.projector = Some(encoder.projector);
+            p
+        }
+        method => {
+            let model: Siamese = method.siamese(&model_config, device);
+            let model = apply(model, tensors, &model_path).map_err(mismatch)?;
+            Pretrained::from_moco(model.model, model_config.clone(), source)
         }
     };
     loaded.pretrain = Some(config);

@@ -9,10 +9,8 @@ use std::time::Instant;
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use moco_data::Rng;
 use moco_loss::cross_entropy;
 use moco_models::export::{torch_state_dict, write_safetensors};
@@ -23,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EvalData;
 use crate::knn::extract_raw_with;
-use crate::optim::{Optim, OptimConfig};
+use crate::optim::OptimConfig;
 use crate::TrainError;
 
 /// Linear-probe settings.
@@ -167,7 +165,7 @@ fn labels_tensor(labels: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(v, [labels.len()]), device)
 }
 
-type Sgd = OptimizerAdaptor<Optim, Linear>;
+type Sgd = ModuleOptimizer;
 
 /// One linear classifier per base learning rate, each with its SGD state, trained side by
 /// side on the same features.
@@ -183,7 +181,7 @@ impl Probes {
         let heads = (0..count)
             .map(|_| {
                 let fc = init_classifier(dim, classes, device);
-                (fc, OptimConfig::sgd(momentum, 0.0).init::<Linear>())
+                (fc, OptimConfig::sgd(momentum, 0.0).init())
             })
             .collect();
         Probes {
@@ -319,7 +317,6 @@ fn probe_features<F>(
     device: &Device,
 ) -> Result<ProbeReport, TrainError>
 where
-    B: AutodiffBackend,
     F: Fn(Tensor<4>) -> Tensor<2>,
 {
     let start = Instant::now();

@@ -1,6 +1,6 @@
 //! Optimizers with MoCo v3's exact update rules: AdamW (PyTorch's formula), LARS (MoCo v3's
-//! variant) and SGD with momentum (no dampening). One Burn `SimpleOptimizer`, so one state
-//! record type for checkpoints. Parameters without a gradient (the frozen patch projection,
+//! variant) and SGD with momentum (no dampening). One Burn `Optimizer`, so one state type
+//! for checkpoints. Parameters without a gradient (the frozen patch projection,
 //! the position embedding) are never touched, not even by weight decay.
 //!
 //! On the flex CPU backend each parameter is updated in one pass over its memory
@@ -8,12 +8,9 @@
 
 mod one_pass;
 
-use burn::module::Module;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{LearningRate, SimpleOptimizer};
+use burn::optim::{LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
 use burn::prelude::*;
-use burn::record::Record;
-use burn::tensor::backend::AutodiffBackend;
+use burn_store::burn_pack::Scalar;
 use serde::{Deserialize, Serialize};
 
 /// Which update rule.
@@ -87,13 +84,13 @@ impl OptimConfig {
         Self::new(OptimizerKind::Sgd { momentum }, weight_decay)
     }
 
-    /// The Burn optimizer for a module `M` trained on `B`.
-    pub fn init<M: Module>(&self) -> OptimizerAdaptor<Optim, M> {
-        OptimizerAdaptor::from(self.build())
+    /// The Burn optimizer of a module: these rules for each of its parameters.
+    pub fn init(&self) -> ModuleOptimizer {
+        ModuleOptimizer::from(self.build())
     }
 }
 
-/// The update rules of [`OptimConfig`] as a Burn `SimpleOptimizer`.
+/// The update rules of [`OptimConfig`] as a Burn `Optimizer` (of one parameter).
 #[derive(Clone, Debug)]
 pub struct Optim {
     config: OptimConfig,
@@ -113,7 +110,7 @@ impl Optim {
 
 /// Per-parameter state: the first buffer is Adam's first moment or the momentum buffer, the
 /// second Adam's second moment.
-#[derive(Record, Clone, Debug)]
+#[derive(Clone, Debug)]
 pub struct OptimState<const D: usize> {
     /// First moment / momentum buffer.
     pub buf1: Tensor<D>,
@@ -123,12 +120,40 @@ pub struct OptimState<const D: usize> {
     pub step: usize,
 }
 
+/// The names of the state's fields in an optimizer's saved state (`{parameter id}.{name}`).
+pub(crate) const STATE_FIELDS: [&str; 3] = ["buf1", "buf2", "step"];
+
+impl<const D: usize> RecordState for OptimState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        out.push_tensor(prefix, STATE_FIELDS[0], self.buf1.to_data());
+        if let Some(buf2) = &self.buf2 {
+            out.push_tensor(prefix, STATE_FIELDS[1], buf2.to_data());
+        }
+        out.push_scalar(prefix, STATE_FIELDS[2], Scalar::UInt(self.step as u64));
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        let tensor = |data: TensorData| {
+            let dtype = data.dtype();
+            Tensor::from_data(data, (device, dtype))
+        };
+        let buf1 = tensor(src.take_tensor(prefix, STATE_FIELDS[0])?);
+        let buf2 = src.take_tensor(prefix, STATE_FIELDS[1]).map(tensor);
+        let step = match src.take_scalar(prefix, STATE_FIELDS[2])? {
+            Scalar::UInt(n) => n as usize,
+            Scalar::Int(n) => usize::try_from(n).ok()?,
+            _ => return None,
+        };
+        Some(OptimState { buf1, buf2, step })
+    }
+}
+
 fn l2_norm<const D: usize>(t: Tensor<D>) -> Tensor<1> {
     let n = t.shape().num_elements();
     t.reshape([n]).square().sum().sqrt()
 }
 
-impl SimpleOptimizer for Optim {
+impl Optimizer for Optim {
     type State<const D: usize> = OptimState<D>;
 
     fn step<const D: usize>(

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::distributed::CollectiveBackend;
+use burn::prelude::Device;
+
 use crate::pretrain::{pretrain, RunOptions};
 use crate::TrainError;
 

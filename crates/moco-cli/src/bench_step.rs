@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use clap::Args;
@@ -248,14 +247,14 @@ impl BackendJob for StepJob {
         }
         device.seed(c.seed);
         match c.method {
-            Method::SimClr => measure::<Autodiff, _>(
+            Method::SimClr => measure::<_>(
                 Method::simclr(&model_config, &device),
                 optim,
                 &self,
                 &device,
             ),
             m => {
-                measure::<Autodiff, _>(m.siamese(&model_config, &device), optim, &self, &device)
+                measure::<_>(m.siamese(&model_config, &device), optim, &self, &device)
             }
         }
     }
@@ -268,7 +267,7 @@ fn measure<M: Pretrain>(
     device: &Device,
 ) -> Result<StepBench, String> {
     let c = &job.config;
-    let mut optim = optim.init::<M>();
+    let mut optim = optim.init();
     let shape = [
         c.schedule.batch_size,
         c.model.in_chans,

@@ -5,10 +5,11 @@
 //! every gradient, the state after the optimizer step) and holds the device's record to the
 //! CPU's with the parity tolerances.
 
-use burn::backend::{Autodiff, Flex};
+
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn_store::{ModuleSnapshot, TensorSnapshot};
+use burn_store::burn_pack::Tensor as PackTensor;
+use burn_store::ModuleSnapshot;
 use moco_models::{BlockKind, Kernels, MocoConfig, ResNetConfig, Stem, VitConfig};
 use moco_train::OptimConfig;
 
@@ -207,7 +208,7 @@ fn residual_scale(resnet: &mut moco_models::ResNet, scale: f32, device: &Device)
 /// `snapshots` with every BN's running mean and variance replaced by values a checkpoint
 /// taken mid-training could hold (mean ~ ±0.3, variance in [0.5, 1.5]), so that the eval
 /// forward tests how the statistics are applied (fresh ones, 0 and 1, would hide it).
-fn with_running_statistics(snapshots: Vec<TensorSnapshot>, seed: u64) -> Vec<TensorSnapshot> {
+fn with_running_statistics(snapshots: Vec<PackTensor>, seed: u64) -> Vec<PackTensor> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut uniform = move || {
         // xorshift64*: enough for test values.
@@ -219,7 +220,7 @@ fn with_running_statistics(snapshots: Vec<TensorSnapshot>, seed: u64) -> Vec<Ten
     snapshots
         .into_iter()
         .map(|snap| {
-            let path = snap.full_path();
+            let path = snap.name.clone();
             let value: Option<Box<dyn FnMut() -> f32>> = if path.ends_with("running_mean") {
                 Some(Box::new(|| 0.6 * uniform() - 0.3))
             } else if path.ends_with("running_var") {
@@ -227,19 +228,14 @@ fn with_running_statistics(snapshots: Vec<TensorSnapshot>, seed: u64) -> Vec<Ten
             } else {
                 None
             };
-            match (value, snap.tensor_id) {
+            match (value, snap.param_id) {
                 (Some(mut value), Some(id)) => {
                     let n = snap.shape.num_elements();
                     let data = TensorData::new(
                         (0..n).map(|_| value()).collect::<Vec<_>>(),
                         snap.shape.clone(),
                     );
-                    TensorSnapshot::from_data(
-                        data,
-                        snap.path_stack.clone().unwrap_or_default(),
-                        snap.container_stack.clone().unwrap_or_default(),
-                        id,
-                    )
+                    burn_store::bridge::from_data(data, path, Some(id))
                 }
                 _ => snap,
             }
@@ -260,7 +256,7 @@ pub fn run_cross_case(
     device: &Device,
 ) -> Result<CaseReport, String> {
     case.config.validate().map_err(|e| e.to_string())?;
-    let cpu = Default::default();
+    let cpu = Device::flex().autodiff();
     cpu.seed(seed);
     // The reference runs the host formulations at every size (those the golden cases prove),
     // the second CPU run Burn's own kernels: two exact f32 computations of the same step.
@@ -292,7 +288,7 @@ pub fn run_cross_case(
         Some(k) => with_kernels(&case.config, k),
         None => case.config.clone(),
     };
-    let mut model = config.init::<Autodiff>(device);
+    let mut model = config.init(device);
     let applied = model.apply(reference.collect(None, None, false), None, None, false);
     if !applied.is_success() {
         return Err(format!(

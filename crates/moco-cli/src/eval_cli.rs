@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use burn::backend::Autodiff;
-use burn::prelude::Backend;
+use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use moco_data::DatasetKind;
 use moco_train::eval::features::{
@@ -322,13 +321,13 @@ impl BackendJob for ProbeJob {
         };
         if a.raw_pixels {
             let data = pixel_data(&a.data, a.img_size)?;
-            let report = raw_pixel_probe::<Autodiff>(&data, &config, &device)
+            let report = raw_pixel_probe(&data, &config, &device)
                 .map_err(|e| e.to_string())?;
             return print_probe(&report, "raw pixels", a);
         }
         let model = load(&a.model, &device)?;
         let data = open_data(&a.data, &model)?;
-        let report = linear_probe::<Autodiff>(
+        let report = linear_probe(
             &model.backbone,
             &model.backbone_config,
             &data,
@@ -389,7 +388,7 @@ impl BackendJob for FinetuneJob {
     type Output = CmdResult;
     fn run(self, device: Device) -> CmdResult {
         let a = &self.0;
-        let model = load::<Autodiff>(&a.model, &device)?;
+        let model = load(&a.model, &device.clone().autodiff())?;
         let data = open_data(&a.data, &model)?;
         let config = FinetuneConfig {
             epochs: a.epochs,
@@ -404,7 +403,7 @@ impl BackendJob for FinetuneJob {
             save: a.save.clone(),
             quiet: false,
         };
-        let report = finetune::<Autodiff>(
+        let report = finetune(
             model.backbone,
             &model.backbone_config,
             &data,
@@ -464,7 +463,7 @@ impl BackendJob for FeaturesJob {
         write_outputs(&a.out, &outputs, meta).map_err(|e| e.to_string())?;
         let listing: Vec<String> = outputs
             .iter()
-            .map(|(n, d)| format!("{n} {:?}", d.shape.to_vec()))
+            .map(|(n, d)| format!("{n} {:?}", d.shape().to_vec()))
             .collect();
         println!("wrote {} to {}", listing.join(", "), a.out.display());
         Ok(())

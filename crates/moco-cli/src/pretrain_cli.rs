@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::backend::Autodiff;
-use burn::prelude::Backend;
+use burn::prelude::*;
 use clap::Args;
 use moco_train::{pretrain_data_parallel, Method, PretrainConfig, RunOptions, RunSummary};
 
@@ -176,25 +175,12 @@ pub struct PretrainArgs {
     /// averaged); overrides --device.
     #[arg(help_heading = "Devices", long)]
     pub devices: Option<String>,
-    /// Machines of a multi-node run on burn-collective, experimental: its 0.21 release hangs
-    /// from the second all-reduce; use --mpi to train over machines (docs/distributed.md).
-    #[arg(help_heading = "Devices", long)]
-    pub nodes: Option<usize>,
-    /// This machine's index among --nodes (0 evaluates, logs and checkpoints).
-    #[arg(help_heading = "Devices", long)]
-    pub node_rank: Option<usize>,
-    /// Where the other nodes reach this one: ws://HOST:PORT (the port is opened here).
-    #[arg(help_heading = "Devices", long)]
-    pub node_address: Option<String>,
-    /// The orchestrator: ws://HOST:PORT.
-    #[arg(help_heading = "Devices", long)]
-    pub orchestrator: Option<String>,
     /// This process is one of an MPI job, `mpirun -n N moco pretrain --mpi …` (or `srun`):
     /// one replica per process, on one machine or many; each process takes --device, or the
     /// entry of --devices at its index on its machine. Needs a build with `--features mpi`.
-    #[arg(help_heading = "Devices", long, conflicts_with_all = ["nodes", "node_rank", "node_address", "orchestrator"])]
+    #[arg(help_heading = "Devices", long)]
     pub mpi: bool,
-    /// Seconds to wait for every replica to join, or for a step to finish, before giving up.
+    /// Seconds to wait for a step of a data-parallel run to finish before giving up.
     #[arg(help_heading = "Devices", long, default_value_t = 1800)]
     pub collective_timeout: u64,
     /// No progress lines.
@@ -338,19 +324,9 @@ impl MultiDeviceJob for PretrainJob {
         if !self.options.quiet {
             println!("run directory: {}", self.out.display());
         }
-        let main = self
-            .options
-            .cluster
-            .as_ref()
-            .is_none_or(|c| c.node_rank == 0)
-            && self
-                .options
-                .processes
-                .as_ref()
-                .is_none_or(|p| p.rank() == 0);
-        let summary =
-            pretrain_data_parallel::<Autodiff>(self.config, &self.out, &self.options, &devices)
-                .map_err(|e| e.to_string())?;
+        let main = (self.options.processes.as_ref()).is_none_or(|p| p.rank() == 0);
+        let summary = pretrain_data_parallel(self.config, &self.out, &self.options, &devices)
+            .map_err(|e| e.to_string())?;
         if main {
             draw_plots(&self.out, self.options.quiet);
         }
@@ -437,26 +413,6 @@ fn pretrain_in(
         config.check_data()?;
     }
     let signals = crate::signals::RunSignals::process();
-    let cluster = match (
-        args.nodes,
-        args.node_rank,
-        &args.node_address,
-        &args.orchestrator,
-    ) {
-        (None, None, None, None) => None,
-        (Some(nodes), Some(node_rank), Some(node_address), Some(orchestrator)) => {
-            Some(moco_train::distributed::Cluster {
-                nodes,
-                node_rank,
-                orchestrator: orchestrator.clone(),
-                node_address: node_address.clone(),
-            })
-        }
-        _ => return Err(
-            "a multi-node run needs all of --nodes, --node-rank, --node-address and --orchestrator"
-                .into(),
-        ),
-    };
     let main = processes.as_ref().is_none_or(|p| p.rank() == 0);
     let quiet = args.quiet || !main;
     let options = RunOptions {
@@ -469,7 +425,6 @@ fn pretrain_in(
         checkpoint_request: Some(signals.checkpoint.clone()),
         stop_after: args.stop_after,
         quiet,
-        cluster,
         collective_timeout: Some(std::time::Duration::from_secs(
             args.collective_timeout.max(1),
         )),

@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-use burn::backend::Autodiff;
-use burn::prelude::Backend;
+use burn::prelude::*;
 use clap::Args;
 use moco_train::study::BuiltinStudy;
 use moco_train::{run_study, StudyConfig, StudyOptions, StudySummary};
@@ -52,7 +51,7 @@ struct StudyJob {
 impl BackendJob for StudyJob {
     type Output = Result<StudySummary, String>;
     fn run(self, device: Device) -> Self::Output {
-        run_study::<Autodiff>(&self.study, &self.out, &self.options, &device)
+        run_study(&self.study, &self.out, &self.options, &device)
             .map_err(|e| e.to_string())
     }
 }

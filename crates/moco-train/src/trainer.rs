@@ -7,7 +7,7 @@
 //! ```no_run
 //! # use burn::backend::{Autodiff, Flex};
 //! # use moco_train::{Trainer, LoopSettings, Schedule, Pretrain, OptimConfig};
-//! # fn run<M: Pretrain<Autodiff> + 'static>(model: M, train: moco_data::Loader)
+//! # fn run<M: Pretrain + 'static>(model: M, train: moco_data::Loader)
 //! # where M: Send {
 //! let schedule = Schedule {
 //!     epochs: 10.0, warmup_epochs: 1.0, peak_lr: 1e-3, base_momentum: 0.99,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use burn::prelude::Backend;
+use burn::prelude::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 use moco_cli::device::{dispatch, BackendJob, DeviceSpec};
 use moco_cli::models::import::{backbone_from, inspect, moco_from, ImportOptions, Layout};
@@ -30,13 +30,6 @@ struct Cli {
 enum Command {
     /// Pretrain a backbone (MoCo v3, SimCLR or BYOL) with the kNN and gradient monitors.
     Pretrain(moco_cli::pretrain_cli::PretrainArgs),
-    /// Introduce the nodes of a multi-node run to each other (run it on one machine; every
-    /// node's `moco pretrain --orchestrator ws://HOST:PORT` points here). Stops on Ctrl-C.
-    Orchestrator {
-        /// Port to listen on.
-        #[arg(long, default_value_t = 3000)]
-        port: u16,
-    },
     /// The instability study: a grid of short runs (learning rate × learned/frozen patch
     /// projection × batch × method × seed) with kNN curves, gradient spikes and a report.
     Study(moco_cli::study_cli::StudyArgs),
@@ -191,16 +184,6 @@ enum ExportWhat {
 
 type CmdResult = Result<(), String>;
 
-fn run_orchestrator(port: u16) -> CmdResult {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the orchestrator: {e}"))?;
-    println!("orchestrator listening on port {port} (ws://THIS-HOST:{port}); Ctrl-C stops it");
-    runtime.block_on(burn_collective::start_global_orchestrator(port));
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -208,7 +191,6 @@ fn main() -> ExitCode {
             moco_cli::pretrain_cli::run_pretrain(&args, "fmnist-vit").map(|_| ())
         }
         Command::Study(args) => moco_cli::study_cli::run_study_cli(&args),
-        Command::Orchestrator { port } => run_orchestrator(port),
         Command::Bench(BenchCmd { what, step }) => match what {
             Some(BenchWhat::Data {
                 jpeg_dir,

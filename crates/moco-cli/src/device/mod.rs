@@ -1,8 +1,7 @@
 //! `--device` parsing, the automatic choice, and dispatch to the backends compiled into this
 //! build.
 //!
-//! Models are generic over Burn's `Backend`; a [`BackendJob`] is run on the concrete backend
-//! the user asked for. `auto` (the default) takes the first compiled-in backend with a real
+//! A [`BackendJob`] is run on the Burn device the user asked for. `auto` (the default) takes the first compiled-in backend with a real
 //! accelerator (CUDA, ROCm, then Metal / Vulkan through wgpu on a discrete or integrated GPU),
 //! else the CPU. Asking for a backend that was not compiled in is an error naming the cargo
 //! feature that enables it; asking for one whose driver is missing is an error saying why.
@@ -10,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::prelude::Backend;
+use burn::prelude::*;
 use moco_models::Precision;
 
 pub mod probe;
@@ -369,7 +368,7 @@ fn compiled_features() -> Vec<&'static str> {
 pub trait BackendJob {
     /// What the job returns.
     type Output;
-    /// Runs on backend `B` and `device`.
+    /// Runs on `device`.
     fn run(self, device: Device) -> Self::Output;
 }
 
@@ -395,7 +394,7 @@ pub fn dispatch<J: BackendJob>(
 pub trait MultiDeviceJob {
     /// What the job returns.
     type Output;
-    /// Runs on backend `B` with `devices` (at least one).
+    /// Runs on `devices` (at least one, of one backend).
     fn run(self, devices: Vec<Device>) -> Self::Output;
 }
 
@@ -435,83 +434,43 @@ pub fn dispatch_many<J: MultiDeviceJob>(
     on_backend(&selected, job, precision)
 }
 
-/// The Burn device of a wgpu adapter.
+/// The Burn device of a wgpu adapter, on the graphics API `spec` names.
 #[cfg(feature = "wgpu")]
-fn wgpu_device(spec: &DeviceSpec) -> burn::backend::wgpu::WgpuDevice {
-    use burn::backend::wgpu::{graphics, init_setup, WgpuDevice};
+fn wgpu_device(spec: &DeviceSpec) -> Device {
     let (DeviceSpec::Wgpu(a) | DeviceSpec::Vulkan(a) | DeviceSpec::Metal(a)) = spec else {
         unreachable!("a wgpu device")
     };
-    let device = match a {
-        Adapter::Default => WgpuDevice::DefaultDevice,
-        Adapter::Discrete(i) => WgpuDevice::DiscreteGpu(*i),
-        Adapter::Integrated(i) => WgpuDevice::IntegratedGpu(*i),
+    let kind = match a {
+        Adapter::Default => DeviceKind::DefaultDevice,
+        Adapter::Discrete(i) => DeviceKind::DiscreteGpu(*i),
+        Adapter::Integrated(i) => DeviceKind::IntegratedGpu(*i),
     };
-    // A named graphics API is set up before first use; otherwise the backend picks its own.
     match spec {
-        DeviceSpec::Vulkan(_) => {
-            init_setup::<graphics::Vulkan>(&device, Default::default());
-        }
-        DeviceSpec::Metal(_) => {
-            init_setup::<graphics::Metal>(&device, Default::default());
-        }
-        _ => {}
+        #[cfg(feature = "vulkan")]
+        DeviceSpec::Vulkan(_) => Device::vulkan(kind),
+        #[cfg(feature = "metal")]
+        DeviceSpec::Metal(_) => Device::metal(kind),
+        _ => Device::wgpu(kind),
     }
-    device
 }
 
-/// Runs `job` on the backend of `selected` (one family, checked by the callers), printing the
-/// banner of the first device.
-fn on_backend<J: MultiDeviceJob>(
-    selected: &[Selected],
-    job: J,
-    precision: Precision,
-) -> Result<J::Output, DeviceError> {
-    struct Banner<J>(J, Selected, Precision);
-    impl<J: MultiDeviceJob> MultiDeviceJob for Banner<J> {
-        type Output = J::Output;
-        fn run(self, devices: Vec<Device>) -> J::Output {
-            eprintln!("{}", self.1.banner(&B::name(&devices[0]), self.2));
-            self.0.run(devices)
-        }
-    }
-    let first = &selected[0];
-    let job = Banner(job, first.clone(), precision);
-    let n = selected.len();
-    #[allow(unused_variables)]
-    let specs: Vec<&DeviceSpec> = selected.iter().map(|s| &s.spec).collect();
+/// The Burn device of `spec` (compiled in: checked by [`select`]).
+fn burn_device(spec: &DeviceSpec) -> Result<Device, DeviceError> {
     #[allow(unreachable_patterns)]
-    Ok(match &first.spec {
+    Ok(match spec {
         #[cfg(feature = "flex")]
-        DeviceSpec::Cpu => job.run::<burn::backend::Flex>(vec![Default::default(); n]),
+        DeviceSpec::Cpu => Device::flex(),
         #[cfg(feature = "ndarray")]
-        DeviceSpec::NdArray => job.run::<burn::backend::NdArray>(vec![Default::default(); n]),
+        #[allow(deprecated)]
+        DeviceSpec::NdArray => Device::ndarray(),
         #[cfg(feature = "cpu")]
-        DeviceSpec::CpuMlir => job.run::<burn::backend::Cpu>(vec![Default::default(); n]),
+        DeviceSpec::CpuMlir => Device::cpu(),
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(_) => job.run::<burn::backend::Cuda>(
-            specs
-                .iter()
-                .map(|s| match s {
-                    DeviceSpec::Cuda(i) => burn::backend::cuda::CudaDevice::new(*i),
-                    _ => unreachable!("one family"),
-                })
-                .collect(),
-        ),
+        DeviceSpec::Cuda(i) => Device::cuda(*i),
         #[cfg(feature = "rocm")]
-        DeviceSpec::Rocm(_) => job.run::<burn::backend::Rocm>(
-            specs
-                .iter()
-                .map(|s| match s {
-                    DeviceSpec::Rocm(i) => burn::backend::rocm::RocmDevice::new(*i),
-                    _ => unreachable!("one family"),
-                })
-                .collect(),
-        ),
+        DeviceSpec::Rocm(i) => Device::rocm(*i),
         #[cfg(feature = "wgpu")]
-        DeviceSpec::Wgpu(_) | DeviceSpec::Vulkan(_) | DeviceSpec::Metal(_) => {
-            job.run::<burn::backend::Wgpu>(specs.iter().map(|s| wgpu_device(s)).collect())
-        }
+        DeviceSpec::Wgpu(_) | DeviceSpec::Vulkan(_) | DeviceSpec::Metal(_) => wgpu_device(spec),
         other => {
             return Err(DeviceError::NotCompiled {
                 spec: other.to_string(),
@@ -521,6 +480,36 @@ fn on_backend<J: MultiDeviceJob>(
     })
 }
 
+/// The name of the backend that runs `spec`'s device.
+fn backend_name(spec: &DeviceSpec) -> &'static str {
+    match spec {
+        DeviceSpec::Auto => "auto",
+        DeviceSpec::Cpu => "flex",
+        DeviceSpec::NdArray => "ndarray",
+        DeviceSpec::CpuMlir => "cubecl cpu (MLIR)",
+        DeviceSpec::Cuda(_) => "cubecl cuda",
+        DeviceSpec::Rocm(_) => "cubecl hip",
+        DeviceSpec::Wgpu(_) => "cubecl wgpu",
+        DeviceSpec::Vulkan(_) => "cubecl wgpu (vulkan)",
+        DeviceSpec::Metal(_) => "cubecl wgpu (metal)",
+    }
+}
+
+/// Runs `job` on the devices of `selected` (one family, checked by the callers), printing the
+/// banner of the first device.
+fn on_backend<J: MultiDeviceJob>(
+    selected: &[Selected],
+    job: J,
+    precision: Precision,
+) -> Result<J::Output, DeviceError> {
+    let devices = selected
+        .iter()
+        .map(|s| burn_device(&s.spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = &selected[0];
+    eprintln!("{}", first.banner(backend_name(&first.spec), precision));
+    Ok(job.run(devices))
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,17 +29,18 @@ fn quietly<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, Strin
 /// Sums a small tensor on `device`: a kernel is compiled and run, so the driver, the runtime
 /// compiler and the device all work.
 #[allow(dead_code)]
-fn run_one_kernel(device: &Device) -> f32 {
+fn run_one_kernel(device: &burn::prelude::Device) -> Result<f32, String> {
     use burn::prelude::*;
-    Tensor::<1>::ones([8], device).sum().into_scalar().elem()
+    Tensor::<1>::ones([8], device)
+        .sum()
+        .try_into_scalar::<f32>()
+        .map_err(|e| format!("{e:?}"))
 }
 
 /// CUDA device `index`, if the driver, NVRTC and the device answer.
 #[cfg(feature = "cuda")]
 pub fn cuda(index: usize) -> Result<Found, String> {
-    let sum = quietly(|| {
-        run_one_kernel::<burn::backend::Cuda>(&burn::backend::cuda::CudaDevice::new(index))
-    })?;
+    let sum = quietly(|| run_one_kernel(&burn::prelude::Device::cuda(index)))??;
     if sum != 8.0 {
         return Err(format!(
             "a test kernel on cuda:{index} returned {sum}, not 8"
@@ -53,9 +54,7 @@ pub fn cuda(index: usize) -> Result<Found, String> {
 /// ROCm device `index`, if the driver, the runtime compiler and the device answer.
 #[cfg(feature = "rocm")]
 pub fn rocm(index: usize) -> Result<Found, String> {
-    let sum = quietly(|| {
-        run_one_kernel::<burn::backend::Rocm>(&burn::backend::rocm::RocmDevice::new(index))
-    })?;
+    let sum = quietly(|| run_one_kernel(&burn::prelude::Device::rocm(index)))??;
     if sum != 8.0 {
         return Err(format!(
             "a test kernel on rocm:{index} returned {sum}, not 8"

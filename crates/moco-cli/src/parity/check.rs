@@ -110,10 +110,10 @@ impl Check {
         floor: f32,
     ) -> Self {
         let name = name.into();
-        if actual.shape != expected.shape {
+        if actual.shape() != expected.shape() {
             return Self::failed(
                 name,
-                format!("shape {:?}, expected {:?}", actual.shape, expected.shape),
+                format!("shape {:?}, expected {:?}", actual.shape(), expected.shape()),
             );
         }
         let (a, b) = (floats(actual), floats(expected));
@@ -222,7 +222,7 @@ pub fn compare_records(
 
 /// `max |a − b|` (infinite when the shapes differ).
 fn max_abs_difference(a: &TensorData, b: &TensorData) -> f32 {
-    if a.shape != b.shape {
+    if a.shape() != b.shape() {
         return f32::INFINITY;
     }
     floats(a)

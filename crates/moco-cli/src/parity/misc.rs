@@ -100,9 +100,9 @@ pub fn run_misc(dir: &Path, device: &Device) -> Result<CaseReport, String> {
     let (mut sw, mut sb): (Option<OptimState<2>>, Option<OptimState<1>>) = (None, None);
     for i in 0..3 {
         (w, sw) =
-            burn::optim::SimpleOptimizer::step(&optim, l.lr, w, t2(&format!("lars.gw{i}"))?, sw);
+            burn::optim::Optimizer::step(&optim, l.lr, w, t2(&format!("lars.gw{i}"))?, sw);
         (b, sb) =
-            burn::optim::SimpleOptimizer::step(&optim, l.lr, b, t1(&format!("lars.gb{i}"))?, sb);
+            burn::optim::Optimizer::step(&optim, l.lr, b, t1(&format!("lars.gb{i}"))?, sb);
         compare(&format!("lars.w{}", i + 1), w.clone().into_data())?;
         compare(&format!("lars.b{}", i + 1), b.clone().into_data())?;
     }

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::Autodiff;
 use burn::prelude::*;
 use moco_models::import::{load_moco, ImportOptions};
 use moco_models::state_dict::{read_state_dict, StateDict};
@@ -227,8 +226,7 @@ pub fn read_record(file: &Path) -> Result<Record, String> {
     let dict: StateDict = read_state_dict(file).map_err(|e| e.to_string())?;
     dict.into_iter()
         .map(|(k, snap)| {
-            let data = snap
-                .to_data()
+            let data = burn_store::bridge::into_data(snap)
                 .map_err(|e| format!("{}: tensor '{k}': {e:?}", file.display()))?;
             Ok((k, data))
         })
@@ -258,7 +256,7 @@ pub fn run_case(
     };
     let ckpt = dir.join(format!("{tag}.pth.tar"));
     let (model, config) =
-        load_moco::<Autodiff>(&ckpt, &options, device).map_err(|e| e.to_string())?;
+        load_moco(&ckpt, &options, device).map_err(|e| e.to_string())?;
     let mut checks = Vec::new();
     if config != expected_config {
         checks.push(Check::failed(

@@ -3,9 +3,8 @@
 //! after the optimizer step. The golden files hold the same names, so a record is compared
 //! with PyTorch's, or with another backend's record, by [`super::check::compare_records`].
 
-use burn::backend::Autodiff;
-use burn::module::Module;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use moco_models::export::torch_state_dict;
@@ -39,7 +38,7 @@ pub fn family(backbone: &BackboneConfig) -> Family {
 /// Runs the eval-mode forward of `x1` (BN on running statistics) and one training step of
 /// `model` on the views `x1`, `x2`, and records every result.
 pub fn record_step(
-    model: MoCo<Autodiff>,
+    model: MoCo,
     family: Family,
     x1: TensorData,
     x2: TensorData,
@@ -58,13 +57,13 @@ pub fn record_step(
         record.insert(name.into(), t.into_data());
     }
 
-    let input = |d: TensorData| Tensor::<Autodiff, 4>::from_data(d, device);
+    let input = |d: TensorData| Tensor::<4>::from_data(d, device);
     let params = StepParams {
         temperature: spec.temperature,
         momentum: spec.momentum,
     };
     let (siamese, out) = Siamese { model, byol: false }.forward_loss(input(x1), input(x2), &params);
-    let keys = |k: Option<Tensor<Autodiff, 2>>| {
+    let keys = |k: Option<Tensor<2>>| {
         k.map(|k| k.inner().into_data())
             .ok_or("the MoCo step produced no keys")
     };
@@ -75,15 +74,17 @@ pub fn record_step(
     record.insert("train.loss".into(), out.loss.clone().inner().into_data());
 
     let grads = GradientsParams::from_grads(out.loss.backward(), &siamese);
+    let linear_weights = linear_weights(&siamese.model);
     for snap in siamese
         .model
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
     {
-        let name = burn_to_torch(&snap.full_path(), family);
-        let Some(id) = snap.tensor_id else { continue };
+        let name = burn_to_torch(&snap.name, family);
+        let Some(id) = snap.param_id.map(ParamId::from) else {
+            continue;
+        };
         // Burn keeps a linear weight as [in, out]; PyTorch as [out, in].
-        let linear_weight =
-            snap.module_type().as_deref() == Some("Struct:Linear") && name.ends_with(".weight");
+        let linear_weight = linear_weights.contains(&id);
         let grad = match snap.shape.num_dims() {
             1 => grads.get::<1>(id).map(|g| g.into_data()),
             2 => grads
@@ -98,10 +99,40 @@ pub fn record_step(
         }
     }
 
-    let mut optim = spec.optim.init::<Autodiff, Siamese<Autodiff>>();
+    let mut optim = spec.optim.init();
     let siamese = optim.step(spec.lr, siamese, grads);
     for (name, data) in torch_state_dict(&siamese.model, family) {
         record.insert(format!("after.{name}"), data);
     }
     Ok(record)
+}
+
+/// The ids of the weights of `module`'s `Linear` layers.
+fn linear_weights<M: Module>(module: &M) -> Vec<ParamId> {
+    struct Find {
+        /// The field entered last, and the type it is a field of.
+        stack: Vec<(String, String)>,
+        found: Vec<ParamId>,
+    }
+    impl ModuleVisitor for Find {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.push((name.to_string(), container_type.to_string()));
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some((name, container)) = self.stack.last() {
+                if name == "weight" && container == "Struct:Linear" {
+                    self.found.push(param.id);
+                }
+            }
+        }
+    }
+    let mut find = Find {
+        stack: Vec::new(),
+        found: Vec::new(),
+    };
+    module.visit(&mut find);
+    find.found
 }

@@ -279,9 +279,11 @@ pub fn finetune(
     let start = Instant::now();
     let depth = backbone.depth();
     let dim = backbone_config.num_features();
+    // Fine-tuning trains the backbone too: under autodiff, whatever device it was loaded on.
+    let device = &device.clone().autodiff();
     device.seed(config.seed);
     let mut model = Classifier {
-        backbone,
+        backbone: backbone.train(),
         head: init_classifier(dim, data.num_classes(), device),
     };
     let mut optim = OptimConfig::adamw(config.weight_decay)

@@ -330,12 +330,13 @@ where
     };
     device.seed(config.seed);
     let dim = test_feats.dims()[1];
+    // The heads train under autodiff; the features come from the frozen backbone as they are.
     let mut probes = Probes::new(
         base_lrs.len(),
         dim,
         data.num_classes(),
         config.momentum,
-        device,
+        &device.clone().autodiff(),
     );
     let mut runs: Vec<ProbeRun> = base_lrs
         .iter()

@@ -8,14 +8,12 @@
 
 use std::path::PathBuf;
 
-use burn::backend::Flex;
 use burn::prelude::*;
 use moco::data::{bundled_fashion_mnist, Image};
 use moco::models::{Backbone, BackboneConfig, Stem};
 use moco::train::config::augment_for;
 use moco::train::load_pretrained;
 
-type B = Flex;
 
 /// The side of the images the backbone was trained on.
 fn input_side(config: &BackboneConfig) -> usize {
@@ -78,7 +76,7 @@ fn main() -> Result<(), String> {
     let similarity = unit.clone().matmul(unit.transpose());
     let s: Vec<f32> = similarity
         .into_data()
-        .to_vec()
+        .try_to_vec::<f32>()
         .map_err(|e| format!("{e:?}"))?;
     println!("cosine similarity of the features:");
     for (i, name) in labels.iter().enumerate() {

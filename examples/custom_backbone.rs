@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use burn::backend::{Autodiff, Flex};
 use burn::data::dataset::InMemDataset;
 use burn::nn::{Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -18,7 +17,6 @@ use moco::data::{AugmentConfig, FromBurn, Image, Loader, LoaderConfig, Sample, V
 use moco::models::{Backbone, Heads};
 use moco::train::{Event, KnnMonitor, LoopSettings, OptimConfig, Schedule, Siamese, Trainer};
 
-type B = Autodiff;
 
 /// Side of a patch: a 28×28 image is 16 patches of 7×7.
 const PATCH: usize = 7;
@@ -176,7 +174,7 @@ fn main() -> Result<(), String> {
     let curve = Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = curve.clone();
     let (_model, summary) =
-        Trainer::<_, _>::new(model, optim, loader, LoopSettings::new(schedule), device)
+        Trainer::new(model, optim, loader, LoopSettings::new(schedule), device)
             .with_knn(knn)
             .with_sink(move |event: &Event| {
                 if let Event::Knn { step, top1, .. } = event {

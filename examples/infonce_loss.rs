@@ -3,12 +3,10 @@
 //!
 //! `cargo run --release --example infonce_loss`
 
-use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use moco::loss::infonce;
 
-type B = Autodiff;
 
 fn main() {
     let device = Device::flex().autodiff();

@@ -4,7 +4,6 @@ use burn::tensor::Device;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use burn::backend::Flex;
 use moco_cli::models::export::to_safetensors;
 use moco_cli::models::state_dict::read_state_dict;
 use moco_cli::parity::{case_tags, run_case, run_misc};
@@ -107,7 +106,7 @@ fn cli_passes_on_the_golden_cases_and_fails_on_a_wrong_vector() {
             if k == "eval.projection_x1" {
                 let mut values = data.try_to_vec::<f32>().unwrap();
                 values[0] += 0.01;
-                data = burn::tensor::TensorData::new(values, data.shape.clone());
+                data = burn::tensor::TensorData::new(values, data.shape().clone());
             }
             (k, data)
         })

@@ -9,14 +9,20 @@
 //! matrix-product test fails.
 #![cfg(feature = "wgpu")]
 
-use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-type G = Autodiff<Wgpu>;
-type C = Autodiff;
+/// The wgpu device, under autodiff.
+fn gpu() -> Device {
+    Device::wgpu(DeviceKind::DefaultDevice).autodiff()
+}
+
+/// The CPU (flex) device, under autodiff.
+fn cpu() -> Device {
+    Device::flex().autodiff()
+}
 
 /// Deterministic values in [-1, 1).
 fn values(n: usize, salt: usize) -> Vec<f32> {
@@ -25,9 +31,9 @@ fn values(n: usize, salt: usize) -> Vec<f32> {
         .collect()
 }
 
-fn tensor<const D: usize>(shape: [usize; D], salt: usize) -> Tensor<D> {
+fn tensor<const D: usize>(shape: [usize; D], salt: usize, device: &Device) -> Tensor<D> {
     let n = shape.iter().product();
-    Tensor::from_data(TensorData::new(values(n, salt), shape), &Device::flex())
+    Tensor::from_data(TensorData::new(values(n, salt), shape), device)
 }
 
 fn max_diff(a: Vec<f32>, b: Vec<f32>) -> f32 {
@@ -38,7 +44,7 @@ fn max_diff(a: Vec<f32>, b: Vec<f32>) -> f32 {
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec().unwrap()
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 /// `[2048, 8] · [32, 8]ᵀ`: an inner size of 8 with a transposed (column-major) right operand.
@@ -47,28 +53,29 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 /// of a ResNet: an 8 → 32 channel 1×1 convolution on `[8, 8, 16, 16]` was off by 2.7).
 #[test]
 fn matmul_with_a_transposed_operand_of_inner_size_8() {
-    fn product() -> Vec<f32> {
-        to_vec(tensor::<2>([2048, 8], 1).matmul(tensor::<2>([32, 8], 2).transpose()))
+    fn product(device: &Device) -> Vec<f32> {
+        let (a, b) = (tensor::<2>([2048, 8], 1, device), tensor::<2>([32, 8], 2, device));
+        to_vec(a.matmul(b.transpose()))
     }
-    let d = max_diff(product::<Wgpu>(), product());
+    let plain = |d: Device| d.inner();
+    let d = max_diff(product(&plain(gpu())), product(&plain(cpu())));
     assert!(d < 1e-4, "matrix product off by {d}");
 }
 
 /// Output, input gradient and weight gradient of Burn's convolution of `[n, c, h, h]` to `o`
 /// channels (`k × k`, stride `s`, padding `p`).
-fn conv([n, c, h]: [usize; 3], [o, k, s, p]: [usize; 4]) -> [Vec<f32>; 3] {
-    let device = Device::flex();
+fn conv(device: &Device, [n, c, h]: [usize; 3], [o, k, s, p]: [usize; 4]) -> [Vec<f32>; 3] {
     let mut conv = Conv2dConfig::new([c, o], [k, k])
         .with_stride([s, s])
         .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
         .with_bias(false)
-        .init(&device);
+        .init(device);
     conv.weight = conv
         .weight
-        .map(|_| tensor::<4>([o, c, k, k], 3).require_grad());
-    let x = tensor::<4>([n, c, h, h], 4).require_grad();
+        .map(|_| tensor::<4>([o, c, k, k], 3, device).require_grad());
+    let x = tensor::<4>([n, c, h, h], 4, device).require_grad();
     let y = conv.forward(x.clone());
-    let r = tensor::<4>(y.dims(), 5);
+    let r = tensor::<4>(y.dims(), 5, device);
     let g = y.clone().mul(r).sum().backward();
     [
         to_vec(y.inner()),
@@ -89,8 +96,8 @@ fn convolutions_and_their_gradients() {
         ([8, 128, 2], [64, 1, 1, 0]),
         ([8, 16, 32], [16, 3, 1, 1]),
     ] {
-        let [gy, gx, gw] = conv::<G>(input, conv_shape);
-        let [cy, cx, cw] = conv::<C>(input, conv_shape);
+        let [gy, gx, gw] = conv(&gpu(), input, conv_shape);
+        let [cy, cx, cw] = conv(&cpu(), input, conv_shape);
         // The weight gradient sums over N·H·W products: wgpu's order of summation leaves
         // errors of a few 1e-6 of the largest value at 8 × 32 × 32 (flex: 2e-7).
         let scale = cw.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -110,8 +117,8 @@ fn convolutions_and_their_gradients() {
 #[ignore = "Burn 0.21.0 wgpu: zero input gradient of a strided 1×1 convolution"]
 fn strided_pointwise_convolution_input_gradient() {
     for (input, conv_shape) in [([1, 1, 2], [1, 1, 2, 0]), ([8, 16, 8], [32, 1, 2, 0])] {
-        let [gy, gx, gw] = conv::<G>(input, conv_shape);
-        let [cy, cx, cw] = conv::<C>(input, conv_shape);
+        let [gy, gx, gw] = conv(&gpu(), input, conv_shape);
+        let [cy, cx, cw] = conv(&cpu(), input, conv_shape);
         let (dy, dx, dw) = (max_diff(gy, cy), max_diff(gx, cx), max_diff(gw, cw));
         assert!(
             dy < 1e-3 && dw < 1e-2,
@@ -130,18 +137,17 @@ fn strided_pointwise_convolution_input_gradient() {
 #[test]
 #[ignore = "Burn 0.21.0 wgpu: wrong select gradient from 65,536 indices"]
 fn select_gradient_with_65536_indices() {
-    fn grad(len: usize) -> Vec<f32> {
-        let device = Device::flex();
-        let x = tensor::<2>([4, 1000], 6).require_grad();
+    fn grad(device: &Device, len: usize) -> Vec<f32> {
+        let x = tensor::<2>([4, 1000], 6, device).require_grad();
         let index: Vec<i64> = (0..len).map(|i| ((i * 7) % 1000) as i64).collect();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [len]), &device);
+        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [len]), device);
         let y = x.clone().select(1, index);
-        let r = tensor::<2>([4, len], 7);
+        let r = tensor::<2>([4, len], 7, device);
         let g = y.mul(r).sum().backward();
         to_vec(x.grad(&g).unwrap())
     }
-    let below = max_diff(grad::<G>(65_535), grad::<C>(65_535));
+    let below = max_diff(grad(&gpu(), 65_535), grad(&cpu(), 65_535));
     assert!(below < 1e-3, "65,535 indices: off by {below}");
-    let at = max_diff(grad::<G>(65_536), grad::<C>(65_536));
+    let at = max_diff(grad(&gpu(), 65_536), grad(&cpu(), 65_536));
     assert!(at < 1e-3, "65,536 indices: off by {at}");
 }

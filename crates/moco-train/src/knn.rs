@@ -157,7 +157,6 @@ pub fn knn_evaluate<N: Backbone>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
 
     #[test]
     fn weighted_vote_by_hand() {

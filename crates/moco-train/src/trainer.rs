@@ -14,7 +14,7 @@
 //!     batches_per_epoch: train.batches_per_epoch(), grad_accum: 1,
 //! };
 //! let optim = OptimConfig::adamw(0.1).init();
-//! let (model, summary) = Trainer::<_, _>::new(
+//! let (model, summary) = Trainer::new(
 //!     model, optim, train, LoopSettings::new(schedule), Default::default(),
 //! )
 //! .run()

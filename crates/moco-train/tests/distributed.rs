@@ -1,25 +1,21 @@
-//! Data parallelism on CPU threads through Burn's collective engine: the gather helper on its
-//! own, one step over 2 replicas against the single-device step on the whole batch (SyncBN
+//! Data parallelism on CPU threads through a group of threads: the gather helper on its own, one step over 2 replicas against the single-device step on the whole batch (SyncBN
 //! and gathered keys included), the world-size-1 path, and a short run end to end.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use moco_models::{gather_rows, with_replicas, MocoConfig, Precision, ReplicaGroup, VitConfig};
 use moco_train::distributed::{
-    flat_parameters, join_group, leave_group, shard, CollectiveGroup, ProcessGroup,
-    ProcessParallel, Topology,
+    flat_parameters, shard, ProcessGroup, ProcessParallel, Replicas, ThreadGroup,
 };
 use moco_train::{
     apply_step, forward_backward, measure_gradients, pretrain, pretrain_data_parallel,
     DataParallel, Method, OptimConfig, PretrainConfig, RunOptions, Siamese, StepParams,
 };
 
-type B = Autodiff;
 
 /// One collective group per backend and process: the tests take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -31,14 +27,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn gather_places_each_replica_at_its_offset_and_sums_gradients_back() {
     let _turn = serial();
-    burn::collective::reset_collective();
     let world = 3;
-    let handles: Vec<_> = (0..world)
-        .map(|rank| {
+    let handles: Vec<_> = ThreadGroup::new(world)
+        .into_iter()
+        .enumerate()
+        .map(|(rank, member)| {
             std::thread::spawn(move || {
                 let device = Device::flex().autodiff();
-                join_group(rank, &Topology::single_node(world), &device).unwrap();
-                let group: Arc<dyn ReplicaGroup> = Arc::new(CollectiveGroup::new(rank, world));
+                let member: Arc<dyn ProcessGroup> = Arc::new(member);
+                let group: Arc<dyn ReplicaGroup> = Arc::new(Replicas::new(member));
                 // Rows of rank r: r·10 + 0..6, shape [2, 3].
                 let x = Tensor::<1, Int>::arange(0..6, &device)
                     .float()
@@ -57,7 +54,6 @@ fn gather_places_each_replica_at_its_offset_and_sums_gradients_back() {
                     gather_rows(group.as_ref(), x.clone().detach())
                 });
                 let keys_tracked = keys.is_require_grad();
-                leave_group(rank);
                 (values, gx, keys_tracked)
             })
         })
@@ -73,7 +69,7 @@ fn gather_places_each_replica_at_its_offset_and_sums_gradients_back() {
     }
 }
 
-fn tiny_moco(device: &burn_flex::FlexDevice) -> Siamese {
+fn tiny_moco(device: &Device) -> Siamese {
     let vit = VitConfig::vit_tiny()
         .with_img_size(16)
         .with_patch_size(8)
@@ -160,13 +156,11 @@ fn step(world: usize, n: usize) -> StepResult {
         };
     }
     let devices = vec![device; world];
-    let model = Siamese::from_inner(model.valid());
     let dp = DataParallel::start(
         &model,
         &optim,
         make_optim,
         &devices,
-        None,
         std::time::Duration::from_secs(60),
         Precision::F32,
     )
@@ -175,7 +169,7 @@ fn step(world: usize, n: usize) -> StepResult {
         .micro_step(model, [v1, v2], shape, &params, 1.0, &devices[0])
         .unwrap();
     let (grads, loss) = dp
-        .reduce(grads, local_loss, lr, None, false, &devices[0])
+        .reduce(&model, grads, local_loss, lr, None, false, &devices[0])
         .unwrap();
     let g = grads_vector(&model, &grads);
     let (_, global) = measure_gradients(&model, &grads);
@@ -371,10 +365,11 @@ fn a_data_parallel_run_follows_the_single_device_run() {
         quiet: true,
         ..Default::default()
     };
-    let device = burn_flex::FlexDevice;
+    let device = Device::flex();
     let (a, b) = (Tmp::new("single"), Tmp::new("two"));
     let single = pretrain(config.clone(), &a.0, &quiet, &device).unwrap();
-    let two = pretrain_data_parallel(config.clone(), &b.0, &quiet, &[device, device]).unwrap();
+    let two = pretrain_data_parallel(config.clone(), &b.0, &quiet, &[device.clone(), device.clone()])
+        .unwrap();
     assert_eq!(two.steps, 4);
     for (x, y) in single.losses.iter().zip(&two.losses) {
         assert!(
@@ -390,13 +385,15 @@ fn a_data_parallel_run_follows_the_single_device_run() {
     let simclr = config.clone().with_method(Method::SimClr);
     let (c, d) = (Tmp::new("simclr-single"), Tmp::new("simclr-two"));
     let single = pretrain(simclr.clone(), &c.0, &quiet, &device).unwrap();
-    let two = pretrain_data_parallel(simclr, &d.0, &quiet, &[device, device]).unwrap();
+    let two = pretrain_data_parallel(simclr, &d.0, &quiet, &[device.clone(), device.clone()])
+        .unwrap();
     for (x, y) in single.losses.iter().zip(&two.losses) {
         let close = (x - y).abs() < 1e-4;
         assert!(close, "SimCLR: {:?} vs {:?}", single.losses, two.losses);
     }
     // An odd split is refused with the reason.
-    let e = pretrain_data_parallel(config.with_batch_size(18), &b.0, &quiet, &[device; 4])
+    let four = vec![device; 4];
+    let e = pretrain_data_parallel(config.with_batch_size(18), &b.0, &quiet, &four)
         .unwrap_err()
         .to_string();
     assert!(e.contains("cannot be split evenly over 4 devices"), "{e}");

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::prelude::*;
 use moco_data::{bundled_fashion_mnist, AugmentConfig};
@@ -21,8 +20,6 @@ use moco_train::eval::probe::{linear_probe, save_classifier_model, ProbeConfig};
 use moco_train::eval::{evaluate_knn, limit, load_pretrained, raw_pixel_knn, EvalData};
 use moco_train::KnnConfig;
 
-type B = Flex;
-type AB = Autodiff;
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -89,7 +86,7 @@ fn tiny_resnet() -> BackboneConfig {
     )
 }
 
-fn tensors<Bk: Backend>(b: &AnyBackbone<Bk>, c: &BackboneConfig) -> Vec<(String, Vec<f32>)> {
+fn tensors(b: &AnyBackbone, c: &BackboneConfig) -> Vec<(String, Vec<f32>)> {
     torch_state_dict(b, family_of_config(c))
         .into_iter()
         .map(|(k, d)| (k, d.try_to_vec::<f32>().unwrap()))
@@ -105,13 +102,13 @@ fn probe_keeps_a_bn_backbone_frozen_and_learns() {
     device.seed(3);
     let backbone: AnyBackbone = config.init(&device);
     // Give the BN layers the running statistics of real images, as a pretrained network has.
-    let warm: AnyBackbone<AB> = AnyBackbone::<AB>::from_inner(backbone.clone());
+    let warm: AnyBackbone = backbone.clone().train();
     let loader = data.eval_loader(&data.train, 128).unwrap();
     for batch in loader.epoch(0, 0).take(4) {
         let batch = batch.unwrap();
-        let x = Tensor::<AB, 4>::from_data(
+        let x = Tensor::<4>::from_data(
             TensorData::new(batch.views[0].clone(), batch.shape),
-            &device,
+            &device.clone().autodiff(),
         );
         let _ = warm.forward(x);
     }
@@ -126,7 +123,7 @@ fn probe_keeps_a_bn_backbone_frozen_and_learns() {
             quiet: true,
             ..ProbeConfig::default()
         };
-        let report = linear_probe::<AB>(&backbone, &config, &data, &probe, &device).unwrap();
+        let report = linear_probe(&backbone, &config, &data, &probe, &device).unwrap();
         assert_eq!(report.runs.len(), 2);
         for run in &report.runs {
             assert_eq!(run.epochs.len(), 2);
@@ -161,7 +158,7 @@ fn probe_of_a_random_vit_beats_chance() {
             quiet: true,
             ..ProbeConfig::default()
         };
-        let report = linear_probe::<AB>(&backbone, &config, &data, &probe, &device).unwrap();
+        let report = linear_probe(&backbone, &config, &data, &probe, &device).unwrap();
         // Ten classes: chance is 10 %. Cached features (no augmentation) learn fastest.
         let last = report.runs[0].epochs.last().unwrap();
         let bar = if cached { 40.0 } else { 15.0 };
@@ -176,7 +173,7 @@ fn finetune_with_layer_decay_and_drop_path_trains_every_group() {
     let data = small_data();
     let config = tiny_vit();
     device.seed(5);
-    let backbone: AnyBackbone<AB> = config.init(&device);
+    let backbone: AnyBackbone = config.init(&device.clone().autodiff());
     let before = tensors(&backbone.valid(), &config);
     let tmp = Tmp::new("finetune");
     let ft = FinetuneConfig {
@@ -190,7 +187,7 @@ fn finetune_with_layer_decay_and_drop_path_trains_every_group() {
         quiet: true,
         ..FinetuneConfig::default()
     };
-    let report = finetune::<AB>(backbone, &config, &data, &ft, &device).unwrap();
+    let report = finetune(backbone, &config, &data, &ft, &device).unwrap();
     assert_eq!(report.epochs.len(), 3);
     assert!(report.epochs.iter().all(|e| e.loss.is_finite()));
     assert!(
@@ -251,7 +248,7 @@ fn knn_features_and_raw_pixels_on_the_bundled_split() {
     let out = features_of_dataset(&model, &data, &data.test, &device).unwrap();
     let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["features", "labels"]);
-    assert_eq!(out[0].1.shape.to_vec(), vec![256, 32]);
+    assert_eq!(out[0].1.shape().to_vec(), vec![256, 32]);
     let labels = out[1].1.try_to_vec::<i64>().unwrap();
     let expected: Vec<i64> = (0..256)
         .map(|i| data.test.get(i).unwrap().label as i64)
@@ -266,7 +263,7 @@ fn knn_features_and_raw_pixels_on_the_bundled_split() {
     write_outputs(
         &tmp.join("in.safetensors"),
         &vec![("images".to_string(), images)],
-        Device::flex(),
+        Default::default(),
     )
     .unwrap();
     let read = read_images(&tmp.join("in.safetensors"), &config).unwrap();

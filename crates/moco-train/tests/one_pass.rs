@@ -3,22 +3,18 @@
 //! boundaries, for several steps; tensors that share memory with the updated one keep their
 //! values.
 
-use burn::tensor::Device;
-use burn::backend::{Autodiff, Flex};
 use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::SimpleOptimizer;
-use burn::prelude::Backend;
+use burn::optim::Optimizer;
+use burn::prelude::*;
 use burn::tensor::{Distribution, Tensor};
 use moco_train::ema::ema_update;
 use moco_train::optim::{Optim, OptimState};
 use moco_train::OptimConfig;
 
-type F = Flex;
-
 fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
     let device = Device::flex();
-    F::seed(&device, seed);
+    device.seed(seed);
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device)
 }
 
@@ -47,7 +43,7 @@ fn rules() -> Vec<OptimConfig> {
     ]
 }
 
-type State<const D: usize> = Option<OptimState<F, D>>;
+type State<const D: usize> = Option<OptimState<D>>;
 
 /// Three steps of `optim` from `p` with gradients drawn per step; the parameter and state after
 /// each step.
@@ -123,8 +119,7 @@ fn one_pass_step_takes_strided_parameters_and_leaves_shared_memory_alone() {
 
 #[test]
 fn momentum_blend_matches_its_formula_on_autodiff_and_plain_flex() {
-    fn blend(seed: u64) {
-        let device = Device::flex();
+    fn blend(device: Device, seed: u64) {
         device.seed(seed);
         let target: Linear = LinearConfig::new(300, 130).init(&device);
         let source: Linear = LinearConfig::new(300, 130).init(&device);
@@ -150,32 +145,31 @@ fn momentum_blend_matches_its_formula_on_autodiff_and_plain_flex() {
         let _: &Param<Tensor<2>> = &updated.weight;
         assert!(!updated.weight.val().is_require_grad());
     }
-    blend::<F>(1);
-    blend::<Autodiff<F>>(2);
+    blend(Device::flex(), 1);
+    blend(Device::flex().autodiff(), 2);
 }
 
 #[test]
 fn one_pass_step_of_a_module_matches_composed() {
     // Through Burn's optimizer adaptor: a whole module, parameters of rank 1 and 2.
-    use burn::optim::{GradientsParams, Optimizer};
-    type A = Autodiff<F>;
-    let device = Device::flex();
-    A::seed(&device, 5);
-    let model: Linear<A> = LinearConfig::new(64, 48).init(&device);
-    let x = Tensor::<A, 2>::random([9, 64], Distribution::Normal(0.0, 1.0), &device);
-    let grads = |model: &Linear<A>| {
+    use burn::optim::{GradientsParams, ModuleOptimizer};
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let model: Linear = LinearConfig::new(64, 48).init(&device);
+    let x = Tensor::<2>::random([9, 64], Distribution::Normal(0.0, 1.0), &device);
+    let grads = |model: &Linear| {
         let loss = model.forward(x.clone()).powi_scalar(2).mean();
         GradientsParams::from_grads(loss.backward(), model)
     };
     let config = OptimConfig::lars(1e-4);
     // Gradients first: they read the (lazily initialised) parameters before any clone.
     let (ga, gb) = (grads(&model), grads(&model));
-    let mut one = config.init::<A, Linear<A>>();
+    let mut one = config.init();
     let a = one.step(0.5, model.clone(), ga);
     let mut composed =
-        burn::optim::adaptor::OptimizerAdaptor::<_, Linear<A>, A>::from(config.build().composed());
+        ModuleOptimizer::from(config.build().composed());
     let b = composed.step(0.5, model.clone(), gb);
-    let v = |m: &Linear<A>| m.weight.val().to_data().try_into_vec::<f32>().unwrap();
+    let v = |m: &Linear| m.weight.val().to_data().try_into_vec::<f32>().unwrap();
     assert_close("module weight", &v(&a), &v(&b));
     assert_ne!(v(&a), v(&model));
 }

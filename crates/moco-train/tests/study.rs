@@ -4,13 +4,11 @@
 use burn::tensor::Device;
 use std::path::PathBuf;
 
-use burn::backend::{Autodiff, Flex};
 use moco_train::study::report::analyse_run;
 use moco_train::study::{PatchEmbed, StudyRun};
 use moco_train::{run_study, StudyConfig, StudyOptions};
 use serde_json::json;
 
-type B = Autodiff;
 
 struct Tmp(PathBuf);
 impl Tmp {

@@ -3,10 +3,8 @@
 use burn::tensor::Device;
 use std::path::PathBuf;
 
-use burn::backend::{Autodiff, Flex};
 use moco_train::{pretrain, Method, PretrainConfig, RunOptions, TrainError};
 
-type B = Autodiff;
 
 /// Burn's random initialisation draws from one generator per backend, seeded per run: runs in
 /// parallel threads of one process would interleave their draws. These tests take turns.

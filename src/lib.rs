@@ -24,6 +24,11 @@
 
 pub use burn;
 pub use moco_data as data;
+
+/// `docs/library.md`: the library guide, whose whole program is compiled with the
+/// documentation tests.
+#[doc = include_str!("../docs/library.md")]
+pub mod guide {}
 pub use moco_loss as loss;
 pub use moco_models as models;
 pub use moco_train as train;

@@ -245,6 +245,8 @@ impl BackendJob for StepJob {
                 self.args.device
             ));
         }
+        // The measured step trains: under autodiff on the device.
+        let device = device.autodiff();
         device.seed(c.seed);
         match c.method {
             Method::SimClr => measure::<_>(

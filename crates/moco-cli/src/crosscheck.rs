@@ -256,6 +256,8 @@ pub fn run_cross_case(
     device: &Device,
 ) -> Result<CaseReport, String> {
     case.config.validate().map_err(|e| e.to_string())?;
+    // Both sides run the training step: under autodiff.
+    let device = &device.clone().autodiff();
     let cpu = Device::flex().autodiff();
     cpu.seed(seed);
     // The reference runs the host formulations at every size (those the golden cases prove),

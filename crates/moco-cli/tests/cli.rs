@@ -144,12 +144,4 @@ fn mpi_runs_say_what_they_need() {
         assert!(!out.status.success());
         assert!(stderr(&out).contains("--features mpi"), "{}", stderr(&out));
     }
-    // One process per device: MPI and the burn-collective cluster flags exclude each other.
-    let out = moco(&["pretrain", "--mpi", "--nodes", "2", "--print-config"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot be used with"),
-        "{}",
-        stderr(&out)
-    );
 }

@@ -247,7 +247,7 @@ fn a_checkpoint_that_cannot_be_written_keeps_the_previous_one_and_says_why() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{said}");
     assert!(
-        said.contains("model.mpk") && said.contains("step-00000002 is kept"),
+        said.contains("model.bpk") && said.contains("step-00000002 is kept"),
         "{said}"
     );
     assert_eq!(checkpoints(&run_dir), vec![2], "no partial checkpoint left");

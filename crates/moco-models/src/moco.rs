@@ -345,7 +345,12 @@ impl Heads {
 
 /// Copies every tensor of `src` into `dst`, keeping `dst`'s parameter ids and grad settings.
 pub fn copy_weights<M: Module>(src: &M, dst: &mut M) {
-    let result = dst.apply(src.collect(None, None, false), None, None, false);
+    let mut tensors = src.collect(None, None, false);
+    // Without their ids: applying a tensor that carries one gives the parameter that id.
+    for t in &mut tensors {
+        t.param_id = None;
+    }
+    let result = dst.apply(tensors, None, None, false);
     debug_assert!(
         result.is_success(),
         "copy between identical modules failed: {result}"

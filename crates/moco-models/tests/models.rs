@@ -277,7 +277,7 @@ fn impossible_configs_are_clear_errors() {
 
 #[test]
 fn batch_norm_matches_pytorch_running_statistics() {
-    let device = Device::flex();
+    let device = Device::flex().autodiff();
     let bn = BatchNormConfig::new(2).init(&device);
     let x = Tensor::<2>::from_data(
         TensorData::new(vec![1.0f32, 10.0, 2.0, 20.0, 3.0, 30.0, 6.0, 60.0], [4, 2]),
@@ -318,7 +318,7 @@ fn batch_norm_matches_pytorch_running_statistics() {
 
 #[test]
 fn momentum_encoder_is_a_separate_gradient_free_copy() {
-    let device = Device::flex();
+    let device = Device::flex().autodiff();
     let model = MocoConfig::vit(small_vit(), 32, 16).init(&device);
     let base = vit_of(&model);
     let AnyBackbone::Vit(momentum) = &model.momentum_encoder.backbone else {
@@ -363,7 +363,7 @@ fn momentum_encoder_is_a_separate_gradient_free_copy() {
 /// Runs a step of AdamW with weight decay on `model` and returns the patch projection's
 /// weight before and after, and whether it received a gradient.
 fn adamw_step(model: MoCo) -> (TensorData, TensorData, bool, MoCo) {
-    let device = Device::flex();
+    let device = Device::flex().autodiff();
     let before = patchify(vit_of(&model)).weight.val().inner().into_data();
     let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let out = model.forward_query(x);
@@ -386,7 +386,7 @@ fn adamw_step(model: MoCo) -> (TensorData, TensorData, bool, MoCo) {
 
 #[test]
 fn frozen_patch_projection_never_changes() {
-    let device = Device::flex();
+    let device = Device::flex().autodiff();
     let config = MocoConfig::vit(small_vit(), 32, 16);
     let (before, after, had_grad, model) = adamw_step(config.init(&device));
     assert!(!had_grad, "the frozen patch projection received a gradient");
@@ -394,7 +394,7 @@ fn frozen_patch_projection_never_changes() {
 
     // Through our checkpoint format.
     let dir = std::env::temp_dir().join(format!("moco-frozen-{}", std::process::id()));
-    let path = dir.join("model.mpk");
+    let path = dir.join("model.bpk");
     save_checkpoint(&model, &config, &path).unwrap();
     let (loaded, _) = load_checkpoint(&path, &device).unwrap();
     let (before, after, had_grad, _) = adamw_step(loaded);
@@ -421,7 +421,7 @@ fn frozen_patch_projection_never_changes() {
 /// forward, and every gradient reaches the f32 parameters, close to the f32 gradient.
 #[test]
 fn autocast_half_precision_keeps_f32_parameters_and_gradients() {
-    let device = Device::flex();
+    let device = Device::flex().autodiff();
     let configs = [
         BackboneConfig::Vit(
             VitConfig::vit_tiny()

@@ -344,6 +344,12 @@ where
     /// Runs to the end of the schedule (or `max_steps`, or a stop); returns the trained model
     /// and what happened.
     pub fn run(self) -> Result<(M, RunSummary), TrainError> {
+        if !self.device.is_autodiff() {
+            return Err(TrainError::Config(format!(
+                "training needs autodiff: build the model on `device.autodiff()` and give the trainer that device (got {:?})",
+                self.device
+            )));
+        }
         let runner = self.runner()?;
         let main = runner.is_main();
         let mut sinks = if main { self.sinks } else { Vec::new() };

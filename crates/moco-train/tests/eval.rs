@@ -96,7 +96,7 @@ fn tensors(b: &AnyBackbone, c: &BackboneConfig) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn probe_keeps_a_bn_backbone_frozen_and_learns() {
     let _g = serial();
-    let device = Device::flex();
+    let device = Device::flex().autodiff();
     let data = small_data();
     let config = tiny_resnet();
     device.seed(3);
@@ -144,7 +144,7 @@ fn probe_keeps_a_bn_backbone_frozen_and_learns() {
 #[test]
 fn probe_of_a_random_vit_beats_chance() {
     let _g = serial();
-    let device = Device::flex();
+    let device = Device::flex().autodiff();
     let data = small_data();
     let config = tiny_vit();
     device.seed(4);
@@ -169,7 +169,7 @@ fn probe_of_a_random_vit_beats_chance() {
 #[test]
 fn finetune_with_layer_decay_and_drop_path_trains_every_group() {
     let _g = serial();
-    let device = Device::flex();
+    let device = Device::flex().autodiff();
     let data = small_data();
     let config = tiny_vit();
     device.seed(5);

@@ -100,7 +100,7 @@ fn every_method_runs_end_to_end() {
             .checkpoint
             .as_ref()
             .unwrap()
-            .join("model.mpk")
+            .join("model.bpk")
             .is_file());
     }
 }
@@ -308,7 +308,7 @@ fn a_run_directory_of_an_earlier_version_resumes() {
         .filter(|l| l.contains("\"type\":\"step\""))
         .count();
     assert_eq!(steps, 4);
-    assert!(dir.0.join("checkpoints/step-00000004/model.mpk").is_file());
+    assert!(dir.0.join("checkpoints/step-00000004/model.bpk").is_file());
 }
 
 /// The losses of steps 3 and 4 of `tests/runs/burn-0.21-resnet18` when the build that wrote
@@ -336,7 +336,7 @@ fn a_resnet_run_written_with_burn_0_21_resumes() {
     for (loss, then) in summary.losses.iter().zip(RESNET_LOSSES_3_4) {
         assert!((loss - then).abs() < 1e-5, "{:?}", summary.losses);
     }
-    assert!(dir.0.join("checkpoints/step-00000004/model.mpk").is_file());
+    assert!(dir.0.join("checkpoints/step-00000004/model.bpk").is_file());
 }
 
 /// The `config.json` of the first version (without `steps`, `stem`, `precision` and the
@@ -364,7 +364,7 @@ fn resume_falls_back_past_a_damaged_checkpoint() {
         .with_checkpoint_every(1);
     pretrain(config.clone(), &dir.0, &quiet(), &Device::flex().autodiff()).unwrap();
     let newest = dir.0.join("checkpoints/step-00000003");
-    std::fs::write(newest.join("model.mpk"), b"not a record").unwrap();
+    std::fs::write(newest.join("model.bpk"), b"not a record").unwrap();
     let resume = RunOptions {
         resume: true,
         ..quiet()

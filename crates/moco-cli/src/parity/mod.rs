@@ -248,6 +248,8 @@ pub fn run_case(
     tag: &str,
     device: &Device,
 ) -> Result<CaseReport, String> {
+    // The training step runs under autodiff on the device.
+    let device = &device.clone().autodiff();
     let case = GoldenCase::load(dir, tag)?;
     let expected_config = case.moco_config()?;
     let options = ImportOptions {

@@ -48,7 +48,7 @@ pub fn record_step(
     let mut record = Record::new();
     let eval = model
         .valid()
-        .forward_query(Tensor::<4>::from_data(x1.clone(), device));
+        .forward_query(Tensor::<4>::from_data(x1.clone(), &device.clone().inner()));
     for (name, t) in [
         ("eval.features_x1", eval.features),
         ("eval.projection_x1", eval.projection),

@@ -87,7 +87,8 @@ impl Pretrained {
 
 /// Loads a pretrained network from
 /// - a run directory of `moco pretrain` (its newest checkpoint) or one of its checkpoint
-///   folders (`RUN/checkpoints/step-N`, or the `model.mpk` inside),
+///   folders (`RUN/checkpoints/step-N`, or the `model.bpk` inside; `model.mpk` from the Burn
+///   0.21 build),
 /// - a checkpoint written by `moco import` or `moco finetune`,
 /// - an official MoCo v3 / linear-probe / DeiT-style `torch.save` file or a safetensors
 ///   export,
@@ -100,12 +101,12 @@ pub fn load_pretrained(
     device: &Device,
 ) -> Result<Pretrained, TrainError> {
     if path.is_dir() {
-        if path.join("model.mpk").is_file() {
+        if crate::run_state::model_file(path).is_file() {
             return load_run_checkpoint(path, device);
         }
         let newest = list_checkpoints(path).pop().ok_or_else(|| {
             TrainError::Config(format!(
-                "{}: neither a run directory with checkpoints (checkpoints/step-*) nor a checkpoint folder (model.mpk)",
+                "{}: neither a run directory with checkpoints (checkpoints/step-*) nor a checkpoint folder (model.bpk)",
                 path.display()
             ))
         })?;

@@ -269,9 +269,9 @@ fn probe_epoch<F: Fn(Tensor<4>) -> Tensor<2>,
     Ok(())
 }
 
-/// Trains linear classifiers on the frozen `backbone` (a module of `B::InnerBackend`, so it
-/// runs in eval mode and takes no gradient) and evaluates them on the test split after every
-/// epoch. Fails if any backbone tensor changed.
+/// Trains linear classifiers on the frozen `backbone` (run in eval mode without autodiff, so
+/// it takes no gradient and its BN statistics stay) and evaluates them on the test split
+/// after every epoch. Fails if any backbone tensor changed.
 pub fn linear_probe(
     backbone: &AnyBackbone,
     backbone_config: &BackboneConfig,
@@ -281,7 +281,8 @@ pub fn linear_probe(
 ) -> Result<ProbeReport, TrainError> {
     let base_lrs = probe_lrs(config, default_probe_lr(backbone_config))?;
     let before = fingerprint(backbone, backbone_config);
-    let features = |x: Tensor<4>| backbone.forward(x);
+    let frozen = backbone.valid();
+    let features = |x: Tensor<4>| frozen.forward(x);
     let report = probe_features::<_>(&features, data, config, &base_lrs, device)?;
     if fingerprint(backbone, backbone_config) != before {
         return Err(TrainError::Config(
@@ -320,6 +321,8 @@ where
     F: Fn(Tensor<4>) -> Tensor<2>,
 {
     let start = Instant::now();
+    // Features without autodiff; the heads train under it (below).
+    let device = &device.clone().inner();
     let test_loader = data.eval_loader(&data.test, 256)?;
     let (test_feats, test_labels) = extract_raw_with(features, &test_loader, device)?;
     let cached = if config.cached_features {

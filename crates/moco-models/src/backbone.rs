@@ -21,8 +21,8 @@
 //!     }
 //! }
 //!
-//! let device = Default::default();
-//! let net = Flat::<burn::backend::Flex> { fc: LinearConfig::new(3 * 8 * 8, 16).init(&device) };
+//! let device = Device::flex();
+//! let net = Flat { fc: LinearConfig::new(3 * 8 * 8, 16).init(&device) };
 //! let x = Tensor::zeros([2, 3, 8, 8], &device);
 //! assert_eq!(net.forward(x).dims(), [2, 16]);
 //! assert_eq!(net.layer_group(&["fc".into(), "weight".into()]), "fc");

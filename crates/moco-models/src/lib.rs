@@ -13,11 +13,10 @@
 //!   content.
 //!
 //! ```
-//! use burn::backend::Flex;
-//! use burn::tensor::Tensor;
+//! use burn::tensor::{Device, Tensor};
 //! use moco_models::{MocoConfig, VitConfig};
 //!
-//! let device = Default::default();
+//! let device = Device::flex();
 //! let vit = VitConfig::vit_tiny().with_img_size(32).with_patch_size(8).with_depth(2);
 //! let config = MocoConfig::vit(vit, 256, 64);
 //! config.validate().unwrap();

@@ -8,9 +8,8 @@
 use std::cell::Cell;
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{Linear, PaddingConfig2d};
+use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType};
 use serde::{Deserialize, Serialize};
 
@@ -160,48 +159,7 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 
 /// A convolution in the compute dtype (weights cast on use); with `frozen`, its weights are
 /// detached so no gradient reaches them.
-///
-/// A 1×1 convolution with a stride (a ResNet's downsampling shortcut) reads every stride-th
-/// position and nothing else: it runs as the stride-1 convolution of those positions, gathered
-/// with `select`. The same function on every backend; on Burn 0.21's wgpu backend the
-/// strided 1×1 convolution's input gradient is zero (docs/backends.md).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>, frozen: bool) -> Tensor<4> {
-    if conv.kernel_size == [1, 1] && conv.stride != [1, 1] && unpadded(&conv.padding) {
-        let [_, _, h, w] = x.dims();
-        let device = x.device();
-        // Every `step`-th of `len` positions, from the first.
-        let every = |len: usize, step: usize| {
-            let index: Vec<i64> = (0..len).step_by(step).map(|i| i as i64).collect();
-            let n = index.len();
-            Tensor::<1, Int>::from_data(burn::tensor::TensorData::new(index, [n]), &device)
-        };
-        let x = x
-            .select(2, every(h, conv.stride[0]))
-            .select(3, every(w, conv.stride[1]));
-        // The module's own parameters (a clone of a module whose parameters are not yet
-        // initialised would draw its own random weights).
-        let prepare = |t: Tensor<4>| {
-            let t = if frozen { t.detach() } else { t };
-            match compute_dtype() {
-                Some(dt) => t.cast(dt),
-                None => t,
-            }
-        };
-        let bias = conv.bias.as_ref().map(|b| {
-            let b = if frozen { b.val().detach() } else { b.val() };
-            match compute_dtype() {
-                Some(dt) => b.cast(dt),
-                None => b,
-            }
-        });
-        let options = ConvOptions::new([1, 1], [0, 0], conv.dilation, conv.groups);
-        return burn::tensor::module::conv2d(
-            to_compute(x),
-            prepare(conv.weight.val()),
-            bias,
-            options,
-        );
-    }
     let dt = compute_dtype();
     if !frozen && dt.is_none() {
         return conv.forward(x);
@@ -236,13 +194,4 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>, frozen: bool) -> Tensor<4> {
 /// draws its own random values.
 fn initialise<const D: usize>(param: &burn::module::Param<Tensor<D>>) {
     let _ = param.val();
-}
-
-/// Whether `padding` adds nothing around the map.
-fn unpadded(padding: &PaddingConfig2d) -> bool {
-    match padding {
-        PaddingConfig2d::Valid => true,
-        PaddingConfig2d::Explicit(t, l, b, r) => (t, l, b, r) == (&0, &0, &0, &0),
-        PaddingConfig2d::Same => false,
-    }
 }

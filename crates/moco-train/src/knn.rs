@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn weighted_vote_by_hand() {
-        let device = Default::default();
+        let device = Device::flex();
         let t = |v: Vec<f32>, n: usize| {
             Tensor::<2>::from_data(TensorData::new(v, [n, 2]), &device)
         };

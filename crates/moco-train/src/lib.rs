@@ -4,14 +4,13 @@
 //! detection), checkpoints and exact resume.
 //!
 //! ```
-//! use burn::backend::{Autodiff, Flex};
-//! use burn::optim::{GradientsParams, Optimizer};
-//! use burn::tensor::{Distribution, Tensor};
+//! use burn::optim::GradientsParams;
+//! use burn::tensor::{Device, Distribution, Tensor};
 //! use moco_models::{MocoConfig, VitConfig};
 //! use moco_train::{Method, OptimConfig, Pretrain, StepParams};
 //!
-//! type B = Autodiff;
-//! let device = Default::default();
+//! // Training runs under autodiff on the device.
+//! let device = Device::flex().autodiff();
 //! let vit = VitConfig::vit_tiny().with_img_size(32).with_patch_size(8).with_depth(1);
 //! let model = Method::MocoV3.siamese(&MocoConfig::vit(vit, 64, 32), &device);
 //! let mut optim = OptimConfig::adamw(0.1).init();

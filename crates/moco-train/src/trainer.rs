@@ -5,7 +5,7 @@
 //! progress, checkpoints — each in its own type.
 //!
 //! ```no_run
-//! # use burn::backend::{Autodiff, Flex};
+//! # use burn::tensor::Device;
 //! # use moco_train::{Trainer, LoopSettings, Schedule, Pretrain, OptimConfig};
 //! # fn run<M: Pretrain + 'static>(model: M, train: moco_data::Loader)
 //! # where M: Send {
@@ -15,7 +15,7 @@
 //! };
 //! let optim = OptimConfig::adamw(0.1).init();
 //! let (model, summary) = Trainer::new(
-//!     model, optim, train, LoopSettings::new(schedule), Default::default(),
+//!     model, optim, train, LoopSettings::new(schedule), Device::flex().autodiff(),
 //! )
 //! .run()
 //! .unwrap();

@@ -74,6 +74,9 @@ pub fn record_step(
     record.insert("train.loss".into(), out.loss.clone().inner().into_data());
 
     let grads = GradientsParams::from_grads(out.loss.backward(), &siamese);
+    // Every gradient read first, in the module's order: on wgpu (Burn 0.22.1) the gradients of
+    // the 1-D parameters came out wrong when read while walking `collect()`'s tensors below.
+    let grads_read = read_gradients(&siamese.model, &grads);
     let linear_weights = linear_weights(&siamese.model);
     for snap in siamese
         .model
@@ -85,15 +88,16 @@ pub fn record_step(
         };
         // Burn keeps a linear weight as [in, out]; PyTorch as [out, in].
         let linear_weight = linear_weights.contains(&id);
-        let grad = match snap.shape.num_dims() {
-            1 => grads.get::<1>(id).map(|g| g.into_data()),
-            2 => grads
-                .get::<2>(id)
-                .map(|g| if linear_weight { g.transpose() } else { g }.into_data()),
-            3 => grads.get::<3>(id).map(|g| g.into_data()),
-            4 => grads.get::<4>(id).map(|g| g.into_data()),
-            n => return Err(format!("{name}: unexpected rank {n}")),
-        };
+        let grad = grads_read.iter().find(|(i, _)| *i == id).map(|(_, g)| {
+            if linear_weight {
+                let [a, b] = [g.shape()[0], g.shape()[1]];
+                let v: Vec<f32> = g.clone().convert::<f32>().try_to_vec::<f32>().unwrap();
+                let t: Vec<f32> = (0..a * b).map(|k| v[(k % a) * b + k / a]).collect();
+                TensorData::new(t, [b, a])
+            } else {
+                g.clone()
+            }
+        });
         if let Some(g) = grad {
             record.insert(format!("grad.{name}"), g);
         }
@@ -135,4 +139,19 @@ fn linear_weights<M: Module>(module: &M) -> Vec<ParamId> {
     };
     module.visit(&mut find);
     find.found
+}
+
+/// Every gradient of `module`'s parameters, read in the module's order.
+fn read_gradients<M: Module>(module: &M, grads: &GradientsParams) -> Vec<(ParamId, TensorData)> {
+    struct Read<'a>(&'a GradientsParams, Vec<(ParamId, TensorData)>);
+    impl ModuleVisitor for Read<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                self.1.push((param.id, g.into_data()));
+            }
+        }
+    }
+    let mut read = Read(grads, Vec::new());
+    module.visit(&mut read);
+    read.1
 }

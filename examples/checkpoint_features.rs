@@ -14,7 +14,6 @@ use moco::models::{Backbone, BackboneConfig, Stem};
 use moco::train::config::augment_for;
 use moco::train::load_pretrained;
 
-
 /// The side of the images the backbone was trained on.
 fn input_side(config: &BackboneConfig) -> usize {
     match config {

@@ -17,7 +17,6 @@ use moco::data::{AugmentConfig, FromBurn, Image, Loader, LoaderConfig, Sample, V
 use moco::models::{Backbone, Heads};
 use moco::train::{Event, KnnMonitor, LoopSettings, OptimConfig, Schedule, Siamese, Trainer};
 
-
 /// Side of a patch: a 28×28 image is 16 patches of 7×7.
 const PATCH: usize = 7;
 
@@ -173,16 +172,15 @@ fn main() -> Result<(), String> {
     // A metric sink of our own: it keeps the kNN curve (every event also reaches it).
     let curve = Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = curve.clone();
-    let (_model, summary) =
-        Trainer::new(model, optim, loader, LoopSettings::new(schedule), device)
-            .with_knn(knn)
-            .with_sink(move |event: &Event| {
-                if let Event::Knn { step, top1, .. } = event {
-                    record.lock().unwrap().push((*step, *top1));
-                }
-            })
-            .run()
-            .map_err(|e| e.to_string())?;
+    let (_model, summary) = Trainer::new(model, optim, loader, LoopSettings::new(schedule), device)
+        .with_knn(knn)
+        .with_sink(move |event: &Event| {
+            if let Event::Knn { step, top1, .. } = event {
+                record.lock().unwrap().push((*step, *top1));
+            }
+        })
+        .run()
+        .map_err(|e| e.to_string())?;
     println!("kNN curve of the backbone (held-out top-1):");
     for (step, top1) in curve.lock().unwrap().iter() {
         println!(

@@ -7,7 +7,6 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use moco::loss::infonce;
 
-
 fn main() {
     let device = Device::flex().autodiff();
     device.seed(0);

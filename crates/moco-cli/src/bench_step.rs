@@ -255,9 +255,7 @@ impl BackendJob for StepJob {
                 &self,
                 &device,
             ),
-            m => {
-                measure::<_>(m.siamese(&model_config, &device), optim, &self, &device)
-            }
+            m => measure::<_>(m.siamese(&model_config, &device), optim, &self, &device),
         }
     }
 }

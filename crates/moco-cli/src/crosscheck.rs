@@ -5,7 +5,6 @@
 //! every gradient, the state after the optimizer step) and holds the device's record to the
 //! CPU's with the parity tolerances.
 
-
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn_store::burn_pack::Tensor as PackTensor;
@@ -262,8 +261,7 @@ pub fn run_cross_case(
     cpu.seed(seed);
     // The reference runs the host formulations at every size (those the golden cases prove),
     // the second CPU run Burn's own kernels: two exact f32 computations of the same step.
-    let mut reference =
-        with_kernels(&case.config, Kernels::CPU_EVERYWHERE).init(&cpu);
+    let mut reference = with_kernels(&case.config, Kernels::CPU_EVERYWHERE).init(&cpu);
     for encoder in [&mut reference.base_encoder, &mut reference.momentum_encoder] {
         if let moco_models::AnyBackbone::ResNet(r) = &mut encoder.backbone {
             residual_scale(r, 0.25, &cpu);
@@ -282,8 +280,7 @@ pub fn run_cross_case(
         moco_models::BackboneConfig::ResNet(r) => r.in_chans,
     };
     let shape = [case.batch, in_chans, case.img, case.img];
-    let view =
-        || Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &cpu).into_data();
+    let view = || Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &cpu).into_data();
     let (x1, x2) = (view(), view());
 
     let config = match kernels {

@@ -321,8 +321,7 @@ impl BackendJob for ProbeJob {
         };
         if a.raw_pixels {
             let data = pixel_data(&a.data, a.img_size)?;
-            let report = raw_pixel_probe(&data, &config, &device)
-                .map_err(|e| e.to_string())?;
+            let report = raw_pixel_probe(&data, &config, &device).map_err(|e| e.to_string())?;
             return print_probe(&report, "raw pixels", a);
         }
         let model = load(&a.model, &device)?;

@@ -51,8 +51,7 @@ struct StudyJob {
 impl BackendJob for StudyJob {
     type Output = Result<StudySummary, String>;
     fn run(self, device: Device) -> Self::Output {
-        run_study(&self.study, &self.out, &self.options, &device)
-            .map_err(|e| e.to_string())
+        run_study(&self.study, &self.out, &self.options, &device).map_err(|e| e.to_string())
     }
 }
 

@@ -54,7 +54,10 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 #[test]
 fn matmul_with_a_transposed_operand_of_inner_size_8() {
     fn product(device: &Device) -> Vec<f32> {
-        let (a, b) = (tensor::<2>([2048, 8], 1, device), tensor::<2>([32, 8], 2, device));
+        let (a, b) = (
+            tensor::<2>([2048, 8], 1, device),
+            tensor::<2>([32, 8], 2, device),
+        );
         to_vec(a.matmul(b.transpose()))
     }
     let plain = |d: Device| d.inner();
@@ -174,10 +177,16 @@ fn linear_and_layer_norm_gradients() {
     use burn::nn::{LayerNormConfig, LinearConfig};
     fn grads(device: &Device) -> [Vec<f32>; 5] {
         let mut fc = LinearConfig::new(16, 24).init(device);
-        fc.weight = fc.weight.map(|_| tensor::<2>([16, 24], 8, device).require_grad());
-        fc.bias = fc.bias.map(|b| b.map(|_| tensor::<1>([24], 9, device).require_grad()));
+        fc.weight = fc
+            .weight
+            .map(|_| tensor::<2>([16, 24], 8, device).require_grad());
+        fc.bias = fc
+            .bias
+            .map(|b| b.map(|_| tensor::<1>([24], 9, device).require_grad()));
         let mut ln = LayerNormConfig::new(24).init(device);
-        ln.gamma = ln.gamma.map(|_| tensor::<1>([24], 10, device).require_grad());
+        ln.gamma = ln
+            .gamma
+            .map(|_| tensor::<1>([24], 10, device).require_grad());
         let x = tensor::<3>([4, 5, 16], 11, device);
         let y = ln.forward(fc.forward(x));
         let r = tensor::<3>(y.dims(), 12, device);
@@ -192,7 +201,13 @@ fn linear_and_layer_norm_gradients() {
         ]
     }
     let (g, c) = (grads(&gpu()), grads(&cpu()));
-    let names = ["output", "weight grad", "bias grad", "gamma grad", "beta grad"];
+    let names = [
+        "output",
+        "weight grad",
+        "bias grad",
+        "gamma grad",
+        "beta grad",
+    ];
     for ((name, a), b) in names.iter().zip(&g).zip(&c) {
         let d = max_diff(a.clone(), b.clone());
         assert!(d < 1e-3, "{name} off by {d}");
@@ -205,7 +220,11 @@ fn linear_and_layer_norm_gradients() {
 fn heads_and_vit_gradients() {
     use burn::module::{ModuleVisitor, Param};
     use moco_models::{MlpHeadConfig, Precision, VitConfig};
-    struct Grads<'a>(&'a burn::tensor::Gradients, Vec<(String, Vec<f32>)>, Vec<String>);
+    struct Grads<'a>(
+        &'a burn::tensor::Gradients,
+        Vec<(String, Vec<f32>)>,
+        Vec<String>,
+    );
     impl ModuleVisitor for Grads<'_> {
         fn enter_module(&mut self, name: &str, _: &str) {
             self.2.push(name.to_string());
@@ -242,23 +261,36 @@ fn heads_and_vit_gradients() {
             let mut net = cfg.init(device);
             moco_models::moco::copy_weights(&reference, &mut net);
             // Two views through the same parameters, as a training step has: their gradients add.
-            let (x1, x2) = (tensor::<4>([8, 3, 16, 16], 14, device), tensor::<4>([8, 3, 16, 16], 15, device));
+            let (x1, x2) = (
+                tensor::<4>([8, 3, 16, 16], 14, device),
+                tensor::<4>([8, 3, 16, 16], 15, device),
+            );
             let features = net.forward(x1);
             let f = to_vec(features.clone().inner());
             let y = moco_models::autocast(Precision::F32, || head.forward(features));
             let y2 = head.forward(net.forward(x2));
-            let g = y.mul(r.clone()).sum().add(y2.mul(r.mul_scalar(0.5)).sum()).backward();
+            let g = y
+                .mul(r.clone())
+                .sum()
+                .add(y2.mul(r.mul_scalar(0.5)).sum())
+                .backward();
             let (h, n) = (head.clone(), net.clone());
-            (g, Box::new(move |v: &mut Grads| {
-                v.1.push(("features".into(), f.clone()));
-                burn::module::Module::visit(&h, v);
-                burn::module::Module::visit(&n, v);
-            }))
+            (
+                g,
+                Box::new(move |v: &mut Grads| {
+                    v.1.push(("features".into(), f.clone()));
+                    burn::module::Module::visit(&h, v);
+                    burn::module::Module::visit(&n, v);
+                }),
+            )
         } else {
             let x = tensor::<2>([8, 32], 14, device);
             let g = head.forward(x).mul(r).sum().backward();
             let h = head.clone();
-            (g, Box::new(move |v: &mut Grads| burn::module::Module::visit(&h, v)))
+            (
+                g,
+                Box::new(move |v: &mut Grads| burn::module::Module::visit(&h, v)),
+            )
         };
         let mut v = Grads(&g, Vec::new(), Vec::new());
         module(&mut v);
@@ -388,7 +420,11 @@ fn the_parity_record_of_a_step_matches_the_cpu() {
     let (g, c) = (run(&gpu()), run(&cpu()));
     let mut bad = Vec::new();
     for (name, b) in c.iter().filter(|(n, _)| !n.starts_with("after.")) {
-        let a: Vec<f32> = g[name].clone().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let a: Vec<f32> = g[name]
+            .clone()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
         let b: Vec<f32> = b.clone().convert::<f32>().try_to_vec::<f32>().unwrap();
         let d = max_diff(a, b.clone());
         let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
@@ -398,4 +434,3 @@ fn the_parity_record_of_a_step_matches_the_cpu() {
     }
     assert!(bad.is_empty(), "{bad:#?}");
 }
-

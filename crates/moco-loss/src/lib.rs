@@ -60,12 +60,7 @@ pub fn cross_entropy_smoothed(
 /// `k_all` holds the keys of every data-parallel rank, `[world · N, C]` (on one device, the
 /// local keys and `rank = 0`); the positive of query `i` is key `N·rank + i`, all other keys
 /// are negatives. Keys take no gradient. Returns a `[1]` tensor.
-pub fn infonce(
-    q: Tensor<2>,
-    k_all: Tensor<2>,
-    temperature: f64,
-    rank: usize,
-) -> Tensor<1> {
+pub fn infonce(q: Tensor<2>, k_all: Tensor<2>, temperature: f64, rank: usize) -> Tensor<1> {
     let [n, _] = q.dims();
     let device = q.device();
     let logits = normalize(q)
@@ -196,8 +191,7 @@ mod tests {
         // Logits [0, ln 3] → p = [1/4, 3/4]; target class 1, ε = 0.1, C = 2:
         // (1 − ε)·(−ln ¾) + ε·½·(−ln ¼ − ln ¾).
         let logits = t(&[0.0, 3f32.ln()], [1, 2]);
-        let y =
-            Tensor::<1, Int>::from_data(TensorData::new(vec![1i64], [1]), &Device::flex());
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64], [1]), &Device::flex());
         let want = 0.9 * -(0.75f32.ln()) + 0.1 * 0.5 * (-(0.25f32.ln()) - 0.75f32.ln());
         close(
             cross_entropy_smoothed(logits.clone(), y.clone(), 0.1).into_scalar(),

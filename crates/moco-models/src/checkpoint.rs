@@ -39,7 +39,10 @@ pub fn module_bytes<M: Module>(module: &M, metadata: &[(&str, &str)]) -> Result<
     for (key, value) in metadata {
         writer = writer.with_metadata(key, value);
     }
-    writer.into_bytes().map(|b| b.to_vec()).map_err(|e| e.to_string())
+    writer
+        .into_bytes()
+        .map(|b| b.to_vec())
+        .map_err(|e| e.to_string())
 }
 
 /// Folds pending BN running-statistic updates into the stored values, so that the tensors
@@ -52,7 +55,9 @@ pub fn sync_running_stats<M: Module>(module: &M) {
 /// The metadata and tensors of a weight file of ours: a burnpack file, or a Burn 0.21 record
 /// (its string fields `version` and `config` / `backbone_config` read as the metadata of a
 /// version-1 checkpoint).
-pub fn read_tensors(path: &Path) -> Result<(BTreeMap<String, String>, Vec<PackTensor>), ModelError> {
+pub fn read_tensors(
+    path: &Path,
+) -> Result<(BTreeMap<String, String>, Vec<PackTensor>), ModelError> {
     let bytes =
         std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
     if is_legacy_record(&bytes) {
@@ -125,7 +130,10 @@ pub fn apply_tensors<M: Module>(
         None
     };
     match problem {
-        Some(p) => Err(ModelError::file(path, format!("not this model's weights: {p}"))),
+        Some(p) => Err(ModelError::file(
+            path,
+            format!("not this model's weights: {p}"),
+        )),
         None => Ok(module),
     }
 }
@@ -140,7 +148,11 @@ fn write_checkpoint<M: Module>(
     let version = CHECKPOINT_VERSION.to_string();
     let bytes = module_bytes(
         module,
-        &[(VERSION_KEY, &version), (KIND_KEY, kind), (CONFIG_KEY, config)],
+        &[
+            (VERSION_KEY, &version),
+            (KIND_KEY, kind),
+            (CONFIG_KEY, config),
+        ],
     )
     .map_err(|e| ModelError::file(path, format!("cannot encode the checkpoint: {e}")))?;
     write_atomic(path, &bytes)
@@ -153,7 +165,10 @@ fn read_checkpoint<C: serde::de::DeserializeOwned>(
     validate: impl FnOnce(&C) -> Result<(), ModelError>,
 ) -> Result<(Vec<PackTensor>, C), ModelError> {
     let (metadata, tensors) = read_tensors(path)?;
-    let version = metadata.get(VERSION_KEY).map(String::as_str).unwrap_or("none");
+    let version = metadata
+        .get(VERSION_KEY)
+        .map(String::as_str)
+        .unwrap_or("none");
     if version != "1" && version != CHECKPOINT_VERSION.to_string() {
         return Err(ModelError::file(
             path,

@@ -30,8 +30,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         Ok(v) => v,
         Err(_) => return crate::activation::gelu_erf(x),
     };
-    let tensor =
-        |v: Vec<f32>| Tensor::<D>::from_data(TensorData::new(v, shape.clone()), &device);
+    let tensor = |v: Vec<f32>| Tensor::<D>::from_data(TensorData::new(v, shape.clone()), &device);
     if device.is_autodiff() {
         let (slope, offset) = gelu_slope_and_offset(&values);
         x.mul(tensor(slope)).add(tensor(offset))

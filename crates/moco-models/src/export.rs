@@ -15,10 +15,7 @@ use crate::moco::{AnyBackbone, BackboneConfig, MoCo, MocoConfig};
 use crate::{write_atomic, ModelError};
 
 /// Every tensor of `module` under its PyTorch name, as f32 data in PyTorch's layout.
-pub fn torch_state_dict<M: Module>(
-    module: &M,
-    family: Family,
-) -> Vec<(String, TensorData)> {
+pub fn torch_state_dict<M: Module>(module: &M, family: Family) -> Vec<(String, TensorData)> {
     sync_running_stats(module);
     module
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
@@ -92,11 +89,7 @@ pub fn write_safetensors(
 }
 
 /// Writes a whole MoCo model with the official checkpoint's key names (without `module.`).
-pub fn export_moco(
-    model: &MoCo,
-    config: &MocoConfig,
-    path: &Path,
-) -> Result<usize, ModelError> {
+pub fn export_moco(model: &MoCo, config: &MocoConfig, path: &Path) -> Result<usize, ModelError> {
     let tensors = torch_state_dict(model, family_of_config(&config.backbone));
     write_safetensors(path, &tensors, "moco_config", config)
 }

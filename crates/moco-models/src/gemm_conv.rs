@@ -88,12 +88,7 @@ pub fn conv2d_cm(conv: &Conv2d, x: Tensor<4>, frozen: bool) -> Tensor<4> {
 /// the kernel reads there, rows ordered `(channel, ky, kx)` like the flattened weight's
 /// columns: on flex one operation ([`crate::flex::im2col`]), elsewhere the zero-padded map
 /// gathered with `select`.
-fn im2col(
-    x: Tensor<4>,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
-) -> Tensor<2> {
+fn im2col(x: Tensor<4>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 4]) -> Tensor<2> {
     #[cfg(feature = "flex")]
     let x = match crate::flex::im2col(
         x,

@@ -449,5 +449,7 @@ fn as_f32(tensor: &PackTensor, name: String) -> PackTensor {
         return out;
     }
     let shape = tensor.shape.clone();
-    bridge::map_data(tensor.clone(), name, DType::F32, shape, |d| d.convert::<f32>())
+    bridge::map_data(tensor.clone(), name, DType::F32, shape, |d| {
+        d.convert::<f32>()
+    })
 }

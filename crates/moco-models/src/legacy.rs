@@ -115,7 +115,11 @@ pub fn read_optimizer(bytes: &[u8]) -> Result<LegacyOptimizerState, String> {
                     let t = tensor(field, &format!("{id_text}.{name}"), Some(id))?;
                     values.push((name, LegacyValue::Tensor(t)));
                 }
-                _ => return Err(format!("parameter {id_text}: {name} is neither a tensor nor a count")),
+                _ => {
+                    return Err(format!(
+                        "parameter {id_text}: {name} is neither a tensor nor a count"
+                    ))
+                }
             }
         }
         out.push((id, rank, values));
@@ -198,7 +202,12 @@ fn as_param(entries: &[(Value, Value)]) -> Option<(&str, &Value)> {
     if entries.len() != 2 {
         return None;
     }
-    let field = |name: &str| entries.iter().find(|(k, _)| k.as_str() == Some(name)).map(|e| &e.1);
+    let field = |name: &str| {
+        entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(name))
+            .map(|e| &e.1)
+    };
     Some((field("id")?.as_str()?, field("param")?))
 }
 
@@ -207,7 +216,12 @@ fn tensor(value: &Value, name: &str, id: Option<ParamId>) -> Result<PackTensor, 
     let Value::Map(entries) = value else {
         return Err(format!("{name}: not a tensor"));
     };
-    let field = |f: &str| entries.iter().find(|(k, _)| k.as_str() == Some(f)).map(|e| &e.1);
+    let field = |f: &str| {
+        entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(f))
+            .map(|e| &e.1)
+    };
     let bytes = field("bytes")
         .and_then(Value::as_slice)
         .ok_or_else(|| format!("{name}: a tensor without its bytes"))?;

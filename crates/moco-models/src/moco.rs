@@ -315,11 +315,7 @@ impl Heads {
     ///
     /// # Panics
     /// When the projector's input width is not the backbone's feature width.
-    pub fn init<N: Backbone>(
-        &self,
-        make: impl Fn() -> N,
-        device: &Device,
-    ) -> MoCo<N> {
+    pub fn init<N: Backbone>(&self, make: impl Fn() -> N, device: &Device) -> MoCo<N> {
         let base_encoder = Encoder {
             backbone: make(),
             projector: self.projector.init(device),

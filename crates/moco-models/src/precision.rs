@@ -38,7 +38,8 @@ impl Precision {
 
     /// Whether `device` can compute in this precision.
     pub fn supported_on(self, device: &Device) -> bool {
-        self.half().is_none_or(|dt| device.supports_dtype(DType::from(dt)))
+        self.half()
+            .is_none_or(|dt| device.supports_dtype(DType::from(dt)))
     }
 }
 
@@ -105,10 +106,7 @@ pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 /// Runs `f` (a normalisation or softmax) on `x` in f32 and returns the result in the compute
 /// dtype, as autocast runs such operations.
-pub fn in_f32<const D: usize>(
-    x: Tensor<D>,
-    f: impl FnOnce(Tensor<D>) -> Tensor<D>,
-) -> Tensor<D> {
+pub fn in_f32<const D: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<D>) -> Tensor<D>) -> Tensor<D> {
     match compute_dtype() {
         None => f(x),
         Some(_) => to_compute(f(to_f32(x))),

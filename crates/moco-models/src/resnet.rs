@@ -251,13 +251,7 @@ impl ResNet {
 
 /// A convolution followed by its BatchNorm (in f32) and, when `then_relu`, ReLU, on the
 /// batch-major (`cm` false) or channel-major (`cm` true) layout.
-fn conv_bn(
-    conv: &Conv2d,
-    bn: &BatchNorm,
-    x: Tensor<4>,
-    cm: bool,
-    then_relu: bool,
-) -> Tensor<4> {
+fn conv_bn(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>, cm: bool, then_relu: bool) -> Tensor<4> {
     if cm {
         return in_f32(conv2d_cm(conv, x, false), |x| bn.forward_cm(x, then_relu));
     }

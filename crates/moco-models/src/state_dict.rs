@@ -6,8 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use burn::tensor::{DType, TensorData};
-use burn_store::burn_pack::Tensor as PackTensor;
 use burn_store::bridge;
+use burn_store::burn_pack::Tensor as PackTensor;
 use burn_store::pytorch::PytorchReader;
 
 use crate::weights::{sniff, WeightFile};

@@ -457,11 +457,7 @@ impl Block {
 }
 
 /// A LayerNorm (MoCo v3's ε) in f32, fused on flex when `kernel` asks for it.
-fn layer_norm(
-    norm: &LayerNorm,
-    x: Tensor<3>,
-    kernel: LayerNormKernel,
-) -> Tensor<3> {
+fn layer_norm(norm: &LayerNorm, x: Tensor<3>, kernel: LayerNormKernel) -> Tensor<3> {
     in_f32(x, |x| {
         #[cfg(feature = "flex")]
         let x = match (&norm.beta, kernel) {
@@ -523,7 +519,10 @@ impl Attention {
     fn forward(&self, x: Tensor<3>, num_heads: usize, kernel: AttentionKernel) -> Tensor<3> {
         // The fused operation computes in f32; half precision keeps the composition.
         let f32_compute = crate::precision::compute_dtype().is_none();
-        if kernel == AttentionKernel::Fused && f32_compute && crate::kernels::flex_backend(&x.device()) {
+        if kernel == AttentionKernel::Fused
+            && f32_compute
+            && crate::kernels::flex_backend(&x.device())
+        {
             return self.forward_fused(x, num_heads);
         }
         self.forward_composed(x, num_heads)

@@ -1,9 +1,9 @@
 //! The CPU formulations agree with Burn's own operations, forward and backward: the
 //! channel-major matrix-product convolution and BatchNorm, and the fast exact GELU.
 
-use burn::tensor::Device;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
+use burn::tensor::Device;
 use burn::tensor::{Distribution, Tensor};
 use moco_models::gemm_conv::{conv2d_cm, swap_batch_channels};
 use moco_models::{BatchNormConfig, ConvKernel, GeluKernel, Kernels};
@@ -19,7 +19,10 @@ fn max_abs<const D: usize>(a: Tensor<D>) -> f32 {
 
 #[test]
 fn cpu_backends_default_to_the_host_formulations() {
-    assert_eq!(Kernels::for_device(&Device::flex().autodiff()), Kernels::CPU);
+    assert_eq!(
+        Kernels::for_device(&Device::flex().autodiff()),
+        Kernels::CPU
+    );
     assert_eq!(
         Kernels::for_device(&Device::flex().autodiff()),
         Kernels::CPU
@@ -145,8 +148,8 @@ fn frozen_weights_receive_no_gradient() {
     let conv = Conv2dConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .init(&device);
-    let x = Tensor::<4>::random([3, 2, 5, 5], Distribution::Normal(0.0, 1.0), &device)
-        .require_grad();
+    let x =
+        Tensor::<4>::random([3, 2, 5, 5], Distribution::Normal(0.0, 1.0), &device).require_grad();
     let grads = conv2d_cm(&conv, x.clone(), true).sum().backward();
     assert!(conv.weight.val().grad(&grads).is_none());
     assert!(x.grad(&grads).is_some());
@@ -175,8 +178,7 @@ fn channel_major_batch_norm_matches_the_batch_major_one() {
     let gb = (yb * r).sum().backward();
     let (gxa, gxb) = (xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
     assert!(max_abs_diff(gxa, gxb) < 1e-5);
-    let gamma =
-        |bn: &moco_models::BatchNorm, g| bn.gamma.as_ref().unwrap().val().grad(g).unwrap();
+    let gamma = |bn: &moco_models::BatchNorm, g| bn.gamma.as_ref().unwrap().val().grad(g).unwrap();
     assert!(max_abs_diff(gamma(&bn_a, &ga), gamma(&bn_b, &gb)) < 1e-4);
     let ra = bn_a.running_var.value_sync().inner();
     let rb = bn_b.running_var.value_sync().inner();

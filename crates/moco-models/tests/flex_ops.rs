@@ -3,10 +3,10 @@
 //! backward, over grids of shapes; a ViT gives the same features and gradients with either
 //! set of kernels.
 
-use burn::tensor::Device;
 use burn::module::Module;
 use burn::nn::LayerNormConfig;
 use burn::tensor::activation::softmax;
+use burn::tensor::Device;
 use burn::tensor::{Distribution, FloatDType, Tensor};
 use moco_models::flex::{attention, batch_norm_rows, gelu, layer_norm, AttentionShape};
 use moco_models::{AttentionKernel, LayerNormKernel, VitConfig};
@@ -59,8 +59,7 @@ fn fused_attention_matches_the_composition_and_its_gradient() {
         };
         let rows = batch * tokens;
         let x = Tensor::<2>::random([rows, 3 * dim], Distribution::Normal(0.0, 1.5), &device);
-        let upstream =
-            Tensor::<2>::random([rows, dim], Distribution::Normal(0.0, 1.0), &device);
+        let upstream = Tensor::<2>::random([rows, dim], Distribution::Normal(0.0, 1.0), &device);
 
         let x_ref = Tensor::<2>::from_inner(x.clone()).require_grad();
         let y_ref = composed(x_ref.clone(), shape);
@@ -107,7 +106,11 @@ fn other_precisions_and_non_finite_values() {
     let mut poisoned = values;
     poisoned[0] = f32::NAN; // the first query of the first sequence, head 0
     let x = Tensor::<2>::from_data(burn::tensor::TensorData::new(poisoned, [6, 12]), &device);
-    let out: Vec<f32> = attention(x, shape).unwrap().to_data().try_to_vec::<f32>().unwrap();
+    let out: Vec<f32> = attention(x, shape)
+        .unwrap()
+        .to_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     assert!(out[0].is_nan() && out[1].is_nan(), "{out:?}");
     assert!(out[2..].iter().all(|v| v.is_finite()), "{out:?}");
 }
@@ -160,16 +163,13 @@ fn fused_layer_norm_matches_burns_and_its_gradients() {
     let device = Device::flex().autodiff();
     // (rows, width): one value per row, odd widths, more rows than one parallel block.
     for (case, &(rows, width)) in [(1, 1), (3, 7), (130, 192), (65, 33)].iter().enumerate() {
-        let norm = LayerNormConfig::new(width)
-            .with_epsilon(1e-6)
-            .init(&device);
+        let norm = LayerNormConfig::new(width).with_epsilon(1e-6).init(&device);
         let gamma = Tensor::<1>::random([width], Distribution::Normal(1.0, 0.5), &device);
         let beta = Tensor::<1>::random([width], Distribution::Normal(0.0, 0.5), &device);
         let mut norm = norm;
         norm.gamma = burn::module::Param::from_tensor(Tensor::from_inner(gamma));
         norm.beta = Some(burn::module::Param::from_tensor(Tensor::from_inner(beta)));
-        let x =
-            Tensor::<3>::random([rows, 2, width], Distribution::Normal(0.5, 2.0), &device);
+        let x = Tensor::<3>::random([rows, 2, width], Distribution::Normal(0.5, 2.0), &device);
         let upstream =
             Tensor::<3>::random([rows, 2, width], Distribution::Normal(0.0, 1.0), &device);
 
@@ -209,8 +209,7 @@ fn fused_layer_norm_matches_burns_and_its_gradients() {
 fn fused_gelu_matches_burns_on_strided_inputs() {
     let device = Device::flex().autodiff();
     for (case, dims) in [[1, 1, 1], [3, 5, 7], [2, 65, 129]].into_iter().enumerate() {
-        let x = Tensor::<3>::random(dims, Distribution::Normal(0.0, 3.0), &device)
-            .swap_dims(1, 2); // a strided view
+        let x = Tensor::<3>::random(dims, Distribution::Normal(0.0, 3.0), &device).swap_dims(1, 2); // a strided view
         let x_ref = Tensor::<3>::from_inner(x.clone()).require_grad();
         let x_fused = Tensor::<3>::from_inner(x).require_grad();
         let y_ref = burn::tensor::activation::gelu(x_ref.clone());
@@ -241,8 +240,7 @@ fn fused_linear_matches_burns_and_its_gradients() {
             &device,
         )));
         let x = Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &device);
-        let upstream =
-            Tensor::<2>::random([rows, d_out], Distribution::Normal(0.0, 1.0), &device);
+        let upstream = Tensor::<2>::random([rows, d_out], Distribution::Normal(0.0, 1.0), &device);
         let x_ref = Tensor::<2>::from_inner(x.clone()).require_grad();
         let y_ref = layer.forward(x_ref.clone());
         let g_ref = (y_ref.clone() * Tensor::from_inner(upstream.clone()))
@@ -282,9 +280,8 @@ fn fused_product_matches_burns_and_its_gradients() {
     // convolution's `weight · im2col` (64 filters of 3×3×64 over 32 maps of 8×8).
     let shapes = [(1, 1, 1), (3, 5, 7), (33, 130, 65), (64, 576, 2048)];
     for (case, &(m, k, n)) in shapes.iter().enumerate() {
-        let normal = |dims: [usize; 2]| {
-            Tensor::<2>::random(dims, Distribution::Normal(0.0, 1.0), &device)
-        };
+        let normal =
+            |dims: [usize; 2]| Tensor::<2>::random(dims, Distribution::Normal(0.0, 1.0), &device);
         let (a, b, upstream) = (normal([m, k]), normal([k, n]), normal([m, n]));
         // Every combination of operands that need a gradient (a frozen weight: `a` without).
         for (grad_a, grad_b) in [(true, true), (false, true), (true, false)] {
@@ -356,9 +353,8 @@ fn im2col_and_product_make_burns_convolution() {
             padding,
         };
         let [ho, wo] = window.output(h, w).expect("a case that fits");
-        let normal = |dims: [usize; 4]| {
-            Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device)
-        };
+        let normal =
+            |dims: [usize; 4]| Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
         let (x, weight) = (normal([n, c, h, w]), normal([o, c, kernel[0], kernel[1]]));
         let upstream = normal([n, o, ho, wo]);
         // Burn's convolution (symmetric padding only: asymmetric cases pad the input first).
@@ -438,8 +434,7 @@ fn fused_batch_norm_matches_burns_and_its_gradients() {
             let x = Tensor::<2>::random([c, m], Distribution::Normal(0.5, 2.0), &device);
             let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &device);
             let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &device);
-            let upstream =
-                Tensor::<2>::random([c, m], Distribution::Normal(0.0, 1.0), &device);
+            let upstream = Tensor::<2>::random([c, m], Distribution::Normal(0.0, 1.0), &device);
             let leaf = |t: Tensor<2>| Tensor::<2>::from_inner(t).require_grad();
             let leaf1 = |t: Tensor<1>| Tensor::<1>::from_inner(t).require_grad();
             let run = |fused: bool| {

@@ -49,7 +49,10 @@ fn sincos_matches_moco_v3_including_non_square_grids() {
         ("sincos.h3_w5_d16", 3, 5, 16),
         ("sincos.h4_w4_d64", 4, 4, 64),
     ] {
-        let want = burn_store::bridge::to_data(&misc[key]).unwrap().try_into_vec::<f32>().unwrap();
+        let want = burn_store::bridge::to_data(&misc[key])
+            .unwrap()
+            .try_into_vec::<f32>()
+            .unwrap();
         let got = sincos_pos_embed(h, w, d);
         assert_eq!(got.len(), want.len(), "{key}");
         let err = got
@@ -120,9 +123,7 @@ fn vit_init_follows_moco_v3() {
 #[test]
 fn resnet_init_follows_torchvision_with_zero_residual() {
     let device = Device::flex();
-    let net = ResNetConfig::new(vec![1, 1])
-        .with_width(32)
-        .init(&device);
+    let net = ResNetConfig::new(vec![1, 1]).with_width(32).init(&device);
     let w = values(net.stages[0][0].conv2.weight.val());
     let std = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
     let want = (2.0f32 / (32.0 * 9.0)).sqrt();

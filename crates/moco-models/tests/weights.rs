@@ -169,8 +169,7 @@ fn export_import_round_trip_is_exact() {
                 .all(|k| !k.contains("backbone") && !k.contains("stages")),
             "{tag}"
         );
-        let (again, again_cfg) =
-            load_backbone(&out, &ImportOptions::default(), &device).unwrap();
+        let (again, again_cfg) = load_backbone(&out, &ImportOptions::default(), &device).unwrap();
         assert_eq!(again_cfg, config.backbone);
         assert_eq!(
             as_map(torch_state_dict(&again, family)),
@@ -215,9 +214,7 @@ fn our_checkpoints_round_trip() {
     // A damaged checkpoint is an error naming the file.
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let err = load_checkpoint(&path, &device)
-        .unwrap_err()
-        .to_string();
+    let err = load_checkpoint(&path, &device).unwrap_err().to_string();
     assert!(err.contains("ckpt.mpk"), "{err}");
 }
 
@@ -281,8 +278,7 @@ fn classifier_files_load_as_backbones() {
     // A linear-probe style file: `module.` prefix, backbone plus a `head` classifier.
     let device = Device::flex();
     let tmp = TempDir::new("lincls");
-    let (model, _) =
-        load_moco(&golden("vit_tiny_p8_32.pth.tar"), &vit_options(), &device).unwrap();
+    let (model, _) = load_moco(&golden("vit_tiny_p8_32.pth.tar"), &vit_options(), &device).unwrap();
     let mut tensors: Vec<_> = torch_state_dict(&model.base_encoder.backbone, Family::Vit)
         .into_iter()
         .map(|(k, v)| (format!("module.{k}"), v))
@@ -391,7 +387,9 @@ fn the_official_layout_has_the_releases_keys_and_shapes() {
             if !name.ends_with("num_batches_tracked") {
                 assert_eq!(
                     burn_store::bridge::to_data(&mine).unwrap().convert::<f32>(),
-                    burn_store::bridge::to_data(&snapshot).unwrap().convert::<f32>(),
+                    burn_store::bridge::to_data(&snapshot)
+                        .unwrap()
+                        .convert::<f32>(),
                     "{tag} {name}"
                 );
             }

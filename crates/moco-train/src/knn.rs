@@ -161,9 +161,7 @@ mod tests {
     #[test]
     fn weighted_vote_by_hand() {
         let device = Device::flex();
-        let t = |v: Vec<f32>, n: usize| {
-            Tensor::<2>::from_data(TensorData::new(v, [n, 2]), &device)
-        };
+        let t = |v: Vec<f32>, n: usize| Tensor::<2>::from_data(TensorData::new(v, [n, 2]), &device);
         // Memory: two of class 0 near (1,0), one of class 1 at (0,1).
         let memory = t(vec![1.0, 0.0, 0.8, 0.6, 0.0, 1.0], 3);
         let queries = t(vec![0.6, 0.8, 0.0, 1.0], 2);

@@ -79,12 +79,7 @@ pub trait Pretrain: Module + Clone + Send {
 
     /// Forwards both views, updates the target network if there is one, and returns the
     /// model with the loss.
-    fn forward_loss(
-        self,
-        x1: Tensor<4>,
-        x2: Tensor<4>,
-        params: &StepParams,
-    ) -> (Self, StepOutput);
+    fn forward_loss(self, x1: Tensor<4>, x2: Tensor<4>, params: &StepParams) -> (Self, StepOutput);
     /// The backbone being pretrained (the base / online encoder's).
     fn backbone(&self) -> &Self::Net;
 
@@ -184,12 +179,7 @@ where
 {
     type Net = N;
 
-    fn forward_loss(
-        self,
-        x1: Tensor<4>,
-        x2: Tensor<4>,
-        params: &StepParams,
-    ) -> (Self, StepOutput) {
+    fn forward_loss(self, x1: Tensor<4>, x2: Tensor<4>, params: &StepParams) -> (Self, StepOutput) {
         let z1 = self.encoder.forward(x1).1;
         let z2 = self.encoder.forward(x2).1;
         let t = params.temperature;

@@ -101,8 +101,7 @@ pub fn gradient_norms<M: Module>(
         return Vec::new();
     }
     // The device sums of all groups in one transfer.
-    let on_device: Vec<Tensor<1>> =
-        v.order.iter().filter_map(|g| v.sums[g].1.clone()).collect();
+    let on_device: Vec<Tensor<1>> = v.order.iter().filter_map(|g| v.sums[g].1.clone()).collect();
     let mut device_sums = if on_device.is_empty() {
         Vec::new()
     } else {
@@ -293,14 +292,12 @@ mod tests {
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let norms = gradient_norms::<_>(&model, &grads, |path| path[0].clone());
             let expected = |layer: &burn::nn::Linear| {
-                let w = grads
-                    .get::<2>(layer.weight.id)
-                    .unwrap();
-                let b = grads
-                    .get::<1>(layer.bias.as_ref().unwrap().id)
-                    .unwrap();
+                let w = grads.get::<2>(layer.weight.id).unwrap();
+                let b = grads.get::<1>(layer.bias.as_ref().unwrap().id).unwrap();
                 let sq = |v: Vec<f32>| v.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
-                (sq(w.into_data().try_to_vec::<f32>().unwrap()) + sq(b.into_data().try_to_vec::<f32>().unwrap())).sqrt()
+                (sq(w.into_data().try_to_vec::<f32>().unwrap())
+                    + sq(b.into_data().try_to_vec::<f32>().unwrap()))
+                .sqrt()
             };
             let names: Vec<&str> = norms.iter().map(|(g, _)| g.as_str()).collect();
             assert_eq!(names, ["first", "second"]);

@@ -95,8 +95,8 @@ pub fn save<M: Module>(
     let final_dir = dir.join(&name);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp, "cannot create"))?;
-    let model_bytes = module_bytes(model, &[])
-        .map_err(|e| TrainError::Io(format!("encoding the model: {e}")))?;
+    let model_bytes =
+        module_bytes(model, &[]).map_err(|e| TrainError::Io(format!("encoding the model: {e}")))?;
     let optim_bytes = optim
         .into_bytes()
         .map_err(|e| TrainError::Io(format!("encoding the optimizer state: {e}")))?;
@@ -152,9 +152,8 @@ pub fn read(dir: &Path) -> Result<Checkpoint, TrainError> {
     let (_, model) = read_tensors(&model_file(dir))?;
     let legacy = !dir.join(OPTIM_FILE).is_file() && dir.join(LEGACY_OPTIM_FILE).is_file();
     let optim_bytes = match legacy {
-        true => legacy_optimizer(&read(LEGACY_OPTIM_FILE)?).map_err(|e| {
-            TrainError::Io(format!("{}: {LEGACY_OPTIM_FILE}: {e}", dir.display()))
-        })?,
+        true => legacy_optimizer(&read(LEGACY_OPTIM_FILE)?)
+            .map_err(|e| TrainError::Io(format!("{}: {LEGACY_OPTIM_FILE}: {e}", dir.display())))?,
         false => read(OPTIM_FILE)?,
     };
     let optim = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(optim_bytes)).map_err(|e| {
@@ -193,7 +192,10 @@ fn legacy_optimizer(bytes: &[u8]) -> Result<Vec<u8>, String> {
     for (key, value) in writer_scalars {
         writer = writer.with_scalar(&key, value);
     }
-    writer.into_bytes().map(|b| b.to_vec()).map_err(|e| e.to_string())
+    writer
+        .into_bytes()
+        .map(|b| b.to_vec())
+        .map_err(|e| e.to_string())
 }
 
 /// Loads the checkpoint in `dir` into `model` and `optim`.
@@ -204,5 +206,9 @@ pub fn load<M: Module>(
 ) -> Result<(M, ModuleOptimizer, RunPosition), TrainError> {
     let checkpoint = read(dir)?;
     let model = apply_tensors(model, checkpoint.model, &model_file(dir))?;
-    Ok((model, optim.load_record(checkpoint.optim), checkpoint.position))
+    Ok((
+        model,
+        optim.load_record(checkpoint.optim),
+        checkpoint.position,
+    ))
 }

@@ -26,9 +26,9 @@ impl StepRunner {
     pub fn single(precision: Precision) -> Self {
         StepRunner {
             precision,
-                    parallel: None,
-                    processes: None,
-                }
+            parallel: None,
+            processes: None,
+        }
     }
 
     /// The replicas of `group`.
@@ -37,7 +37,7 @@ impl StepRunner {
             precision,
             parallel: Some(group),
             processes: None,
-                }
+        }
     }
 
     /// This process's replica of a run over processes.
@@ -46,7 +46,7 @@ impl StepRunner {
             precision,
             parallel: None,
             processes: Some(replica),
-                }
+        }
     }
 
     fn group(&self) -> Option<&DataParallel> {

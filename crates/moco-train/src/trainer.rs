@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::prelude::*;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
 use moco_data::{BatchIter, Loader};
 use moco_models::{Backbone, Precision};
 
@@ -452,9 +452,7 @@ struct Run {
     started: Instant,
 }
 
-impl Run
-where
-{
+impl Run {
     fn execute<M>(mut self, mut model: M, resumed: bool) -> Result<(M, RunSummary), TrainError>
     where
         M: Pretrain,

@@ -16,7 +16,6 @@ use moco_train::{
     DataParallel, Method, OptimConfig, PretrainConfig, RunOptions, Siamese, StepParams,
 };
 
-
 /// One collective group per backend and process: the tests take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -48,7 +47,12 @@ fn gather_places_each_replica_at_its_offset_and_sums_gradients_back() {
                 // rows is the sum over replicas, 1 + 2 + 3 = 6.
                 let loss = all.mul_scalar((rank + 1) as f64).sum();
                 let grads = loss.backward();
-                let gx = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+                let gx = x
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap();
                 // Detached keys gather without a gradient path.
                 let keys = with_replicas(group.clone(), || {
                     gather_rows(group.as_ref(), x.clone().detach())
@@ -368,8 +372,13 @@ fn a_data_parallel_run_follows_the_single_device_run() {
     let device = Device::flex();
     let (a, b) = (Tmp::new("single"), Tmp::new("two"));
     let single = pretrain(config.clone(), &a.0, &quiet, &device).unwrap();
-    let two = pretrain_data_parallel(config.clone(), &b.0, &quiet, &[device.clone(), device.clone()])
-        .unwrap();
+    let two = pretrain_data_parallel(
+        config.clone(),
+        &b.0,
+        &quiet,
+        &[device.clone(), device.clone()],
+    )
+    .unwrap();
     assert_eq!(two.steps, 4);
     for (x, y) in single.losses.iter().zip(&two.losses) {
         assert!(
@@ -385,8 +394,8 @@ fn a_data_parallel_run_follows_the_single_device_run() {
     let simclr = config.clone().with_method(Method::SimClr);
     let (c, d) = (Tmp::new("simclr-single"), Tmp::new("simclr-two"));
     let single = pretrain(simclr.clone(), &c.0, &quiet, &device).unwrap();
-    let two = pretrain_data_parallel(simclr, &d.0, &quiet, &[device.clone(), device.clone()])
-        .unwrap();
+    let two =
+        pretrain_data_parallel(simclr, &d.0, &quiet, &[device.clone(), device.clone()]).unwrap();
     for (x, y) in single.losses.iter().zip(&two.losses) {
         let close = (x - y).abs() < 1e-4;
         assert!(close, "SimCLR: {:?} vs {:?}", single.losses, two.losses);

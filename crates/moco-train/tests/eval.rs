@@ -20,7 +20,6 @@ use moco_train::eval::probe::{linear_probe, save_classifier_model, ProbeConfig};
 use moco_train::eval::{evaluate_knn, limit, load_pretrained, raw_pixel_knn, EvalData};
 use moco_train::KnnConfig;
 
-
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -306,8 +305,14 @@ fn deit_export_matches_the_golden_checkpoint() {
             .unwrap_or_else(|| panic!("{key} not in the golden file"));
         assert_eq!(t.shape, src.shape, "{key}");
         assert_eq!(
-            burn_store::bridge::to_data(&t).unwrap().try_to_vec::<f32>().unwrap(),
-            burn_store::bridge::to_data(&src).unwrap().try_to_vec::<f32>().unwrap(),
+            burn_store::bridge::to_data(&t)
+                .unwrap()
+                .try_to_vec::<f32>()
+                .unwrap(),
+            burn_store::bridge::to_data(&src)
+                .unwrap()
+                .try_to_vec::<f32>()
+                .unwrap(),
             "{key}"
         );
     }

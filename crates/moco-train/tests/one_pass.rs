@@ -125,7 +125,13 @@ fn momentum_blend_matches_its_formula_on_autodiff_and_plain_flex() {
         let source: Linear = LinearConfig::new(300, 130).init(&device);
         let weights = |m: &Linear| {
             let w = m.weight.val().to_data().try_into_vec::<f32>().unwrap();
-            let b = m.bias.as_ref().unwrap().val().to_data().try_into_vec::<f32>();
+            let b = m
+                .bias
+                .as_ref()
+                .unwrap()
+                .val()
+                .to_data()
+                .try_into_vec::<f32>();
             (w, b.unwrap())
         };
         let (k, kb) = weights(&target);
@@ -166,8 +172,7 @@ fn one_pass_step_of_a_module_matches_composed() {
     let (ga, gb) = (grads(&model), grads(&model));
     let mut one = config.init();
     let a = one.step(0.5, model.clone(), ga);
-    let mut composed =
-        ModuleOptimizer::from(config.build().composed());
+    let mut composed = ModuleOptimizer::from(config.build().composed());
     let b = composed.step(0.5, model.clone(), gb);
     let v = |m: &Linear| m.weight.val().to_data().try_into_vec::<f32>().unwrap();
     assert_close("module weight", &v(&a), &v(&b));

@@ -6,7 +6,6 @@ use moco_models::checkpoint::{apply_tensors, module_bytes, read_tensors};
 use moco_models::{MocoConfig, ResNetConfig, VitConfig};
 use moco_train::{Method, OptimConfig, Pretrain, Siamese, StepParams};
 
-
 fn step(model: Siamese, optim: &mut ModuleOptimizer, seed: u64) -> Siamese {
     let device = Device::flex().autodiff();
     device.seed(seed);

@@ -9,7 +9,6 @@ use moco_train::study::{PatchEmbed, StudyRun};
 use moco_train::{run_study, StudyConfig, StudyOptions};
 use serde_json::json;
 
-
 struct Tmp(PathBuf);
 impl Tmp {
     fn new(name: &str) -> Self {

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use moco_train::{pretrain, Method, PretrainConfig, RunOptions, TrainError};
 
-
 /// Burn's random initialisation draws from one generator per backend, seeded per run: runs in
 /// parallel threads of one process would interleave their draws. These tests take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -179,7 +178,13 @@ fn resume_continues_exactly() {
     let _turn = serial();
     let config = tiny(Method::MocoV3);
     let full_dir = Tmp::new("full");
-    let full = pretrain(config.clone(), &full_dir.0, &quiet(), &Device::flex().autodiff()).unwrap();
+    let full = pretrain(
+        config.clone(),
+        &full_dir.0,
+        &quiet(),
+        &Device::flex().autodiff(),
+    )
+    .unwrap();
 
     let dir = Tmp::new("resumed");
     let first = pretrain(
@@ -292,8 +297,13 @@ fn a_run_directory_of_an_earlier_version_resumes() {
         quiet: true,
         ..Default::default()
     };
-    let summary =
-        pretrain(PretrainConfig::new(), &dir.0, &options, &Device::flex().autodiff()).unwrap();
+    let summary = pretrain(
+        PretrainConfig::new(),
+        &dir.0,
+        &options,
+        &Device::flex().autodiff(),
+    )
+    .unwrap();
     assert_eq!((summary.steps, summary.losses.len()), (4, 2));
     for (loss, then) in summary
         .losses
@@ -330,8 +340,13 @@ fn a_resnet_run_written_with_burn_0_21_resumes() {
         quiet: true,
         ..Default::default()
     };
-    let summary =
-        pretrain(PretrainConfig::new(), &dir.0, &options, &Device::flex().autodiff()).unwrap();
+    let summary = pretrain(
+        PretrainConfig::new(),
+        &dir.0,
+        &options,
+        &Device::flex().autodiff(),
+    )
+    .unwrap();
     assert_eq!((summary.steps, summary.losses.len()), (4, 2));
     for (loss, then) in summary.losses.iter().zip(RESNET_LOSSES_3_4) {
         assert!((loss - then).abs() < 1e-5, "{:?}", summary.losses);

@@ -472,8 +472,8 @@ impl BackendJob for ImportJob {
                 format!("MoCo model, {}", config.backbone.describe())
             }
             Layout::Backbone => {
-                let (backbone, config) = backbone_from(&inspected, &self.file, &device)
-                    .map_err(|e| e.to_string())?;
+                let (backbone, config) =
+                    backbone_from(&inspected, &self.file, &device).map_err(|e| e.to_string())?;
                 save_backbone_checkpoint(&backbone, &config, &self.out)
                     .map_err(|e| e.to_string())?;
                 if !inspected.ignored.is_empty() {

@@ -113,7 +113,11 @@ impl Check {
         if actual.shape() != expected.shape() {
             return Self::failed(
                 name,
-                format!("shape {:?}, expected {:?}", actual.shape(), expected.shape()),
+                format!(
+                    "shape {:?}, expected {:?}",
+                    actual.shape(),
+                    expected.shape()
+                ),
             );
         }
         let (a, b) = (floats(actual), floats(expected));

@@ -48,10 +48,8 @@ pub fn run_misc(dir: &Path, device: &Device) -> Result<CaseReport, String> {
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
     let file = dir.join("misc.expected.safetensors");
     let expected = read_record(&file)?;
-    let t2 =
-        |key: &str| tensor(&expected, key, &file).map(|d| Tensor::<2>::from_data(d, device));
-    let t1 =
-        |key: &str| tensor(&expected, key, &file).map(|d| Tensor::<1>::from_data(d, device));
+    let t2 = |key: &str| tensor(&expected, key, &file).map(|d| Tensor::<2>::from_data(d, device));
+    let t1 = |key: &str| tensor(&expected, key, &file).map(|d| Tensor::<1>::from_data(d, device));
     let mut checks = Vec::new();
     let mut compare = |name: &str, actual: TensorData| -> Result<(), String> {
         checks.push(Check::compare(
@@ -99,10 +97,8 @@ pub fn run_misc(dir: &Path, device: &Device) -> Result<CaseReport, String> {
     let (mut w, mut b) = (t2("lars.w0")?, t1("lars.b0")?);
     let (mut sw, mut sb): (Option<OptimState<2>>, Option<OptimState<1>>) = (None, None);
     for i in 0..3 {
-        (w, sw) =
-            burn::optim::Optimizer::step(&optim, l.lr, w, t2(&format!("lars.gw{i}"))?, sw);
-        (b, sb) =
-            burn::optim::Optimizer::step(&optim, l.lr, b, t1(&format!("lars.gb{i}"))?, sb);
+        (w, sw) = burn::optim::Optimizer::step(&optim, l.lr, w, t2(&format!("lars.gw{i}"))?, sw);
+        (b, sb) = burn::optim::Optimizer::step(&optim, l.lr, b, t1(&format!("lars.gb{i}"))?, sb);
         compare(&format!("lars.w{}", i + 1), w.clone().into_data())?;
         compare(&format!("lars.b{}", i + 1), b.clone().into_data())?;
     }

@@ -243,11 +243,7 @@ pub fn tensor(record: &Record, key: &str, file: &Path) -> Result<TensorData, Str
 
 /// Runs case `tag` of `dir` on backend `B`: the checkpoint goes through the import path users
 /// use, then the eval forward and the training step are recorded and compared with PyTorch's.
-pub fn run_case(
-    dir: &Path,
-    tag: &str,
-    device: &Device,
-) -> Result<CaseReport, String> {
+pub fn run_case(dir: &Path, tag: &str, device: &Device) -> Result<CaseReport, String> {
     // The training step runs under autodiff on the device.
     let device = &device.clone().autodiff();
     let case = GoldenCase::load(dir, tag)?;
@@ -257,8 +253,7 @@ pub fn run_case(
         freeze_patch_embed: Some(case.stop_grad_conv1),
     };
     let ckpt = dir.join(format!("{tag}.pth.tar"));
-    let (model, config) =
-        load_moco(&ckpt, &options, device).map_err(|e| e.to_string())?;
+    let (model, config) = load_moco(&ckpt, &options, device).map_err(|e| e.to_string())?;
     let mut checks = Vec::new();
     if config != expected_config {
         checks.push(Check::failed(

@@ -120,7 +120,8 @@ fn linear_weights<M: Module>(module: &M) -> Vec<ParamId> {
     }
     impl ModuleVisitor for Find {
         fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.stack.push((name.to_string(), container_type.to_string()));
+            self.stack
+                .push((name.to_string(), container_type.to_string()));
         }
         fn exit_module(&mut self, _: &str, _: &str) {
             self.stack.pop();

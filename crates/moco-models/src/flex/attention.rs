@@ -18,15 +18,14 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
-use burn::prelude::*;
 use burn::backend::Flex;
+use burn::prelude::*;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Strides};
 use super::{
-    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route_of, tracked,
-    values, Route,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route_of, tracked, values, Route,
 };
 
 /// The sizes of one attention call.
@@ -57,10 +56,7 @@ impl AttentionShape {
 /// Attention over `qkv` (`[batch · tokens, 3·D]`, shape checked) on flex: `Ok` with the
 /// `[batch · tokens, D]` output, or `Err(qkv)` untouched when the backend is not flex or the
 /// values are not `f32`.
-pub fn attention(
-    qkv: Tensor<2>,
-    shape: AttentionShape,
-) -> Result<Tensor<2>, Tensor<2>> {
+pub fn attention(qkv: Tensor<2>, shape: AttentionShape) -> Result<Tensor<2>, Tensor<2>> {
     assert_eq!(
         qkv.dims(),
         [shape.batch * shape.tokens, 3 * shape.dim],
@@ -79,10 +75,7 @@ pub fn attention(
     }
 }
 
-fn attention_autodiff(
-    qkv: Tensor<2>,
-    shape: AttentionShape,
-) -> Tensor<2> {
+fn attention_autodiff(qkv: Tensor<2>, shape: AttentionShape) -> Tensor<2> {
     let input = tracked(qkv);
     let qkv = contiguous_f32(input.primitive().clone());
     let (out, probs) = forward(values(&qkv), shape);

@@ -18,14 +18,14 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::prelude::*;
 use burn::backend::Flex;
+use burn::prelude::*;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{
-    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked,
-    values, Route,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked, values,
+    Route,
 };
 
 /// Values per parallel block (whole rows).
@@ -68,11 +68,7 @@ pub fn batch_norm_rows(
     }
 }
 
-fn autodiff(
-    (x, gamma, beta): BatchNormInputs,
-    epsilon: f32,
-    relu: bool,
-) -> BatchNormOutput {
+fn autodiff((x, gamma, beta): BatchNormInputs, epsilon: f32, relu: bool) -> BatchNormOutput {
     let x = tracked(x);
     let [gamma, beta] = [gamma, beta].map(tracked);
     let xv = contiguous_f32(x.primitive().clone());

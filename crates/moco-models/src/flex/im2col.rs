@@ -23,8 +23,7 @@ use burn_flex::Flex;
 use rayon::prelude::*;
 
 use super::{
-    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route_of, tracked,
-    values, Route,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route_of, tracked, values, Route,
 };
 
 /// The window a convolution slides over its input.
@@ -58,10 +57,7 @@ impl Im2colWindow {
 ///
 /// # Panics
 /// When the padded map is smaller than the kernel or a stride is 0.
-pub fn im2col(
-    x: Tensor<4>,
-    window: Im2colWindow,
-) -> Result<Tensor<2>, Tensor<4>> {
+pub fn im2col(x: Tensor<4>, window: Im2colWindow) -> Result<Tensor<2>, Tensor<4>> {
     let [_, _, h, w] = x.dims();
     assert!(
         window.output(h, w).is_some(),

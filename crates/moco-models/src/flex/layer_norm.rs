@@ -14,14 +14,14 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::prelude::*;
 use burn::backend::Flex;
+use burn::prelude::*;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{
-    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked,
-    values, Route,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked, values,
+    Route,
 };
 
 /// Rows per parallel block.
@@ -59,11 +59,7 @@ fn layer_norm_autodiff<const D: usize>(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> Tensor<D> {
-    let (x, gamma, beta) = (
-        tracked(x),
-        tracked(gamma),
-        tracked(beta),
-    );
+    let (x, gamma, beta) = (tracked(x), tracked(gamma), tracked(beta));
     let xv = contiguous_f32(x.primitive().clone());
     let g = contiguous_f32(gamma.primitive().clone());
     let b = contiguous_f32(beta.primitive().clone());

@@ -20,8 +20,8 @@ use rayon::prelude::*;
 
 use super::matmul::{matmul_parallel, Strides};
 use super::{
-    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked,
-    values, Route,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked, values,
+    Route,
 };
 
 /// The inputs of a linear layer: `x` `[rows, in]`, `W` `[in, out]`, `b` `[out]`.

@@ -13,14 +13,14 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::prelude::*;
 use burn::backend::Flex;
+use burn::prelude::*;
 use burn_flex::FlexTensor;
 
 use super::matmul::{matmul, matmul_parallel, Strides};
 use super::{
-    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked,
-    values, Route,
+    contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked, values,
+    Route,
 };
 
 /// The operands of a product: `a` `[m, k]` and `b` `[k, n]`.

@@ -173,10 +173,16 @@ where
         + DispatchKindConversion<B>,
 {
     // Converting consumes the tensor even when it fails: try on a clone (a shared handle).
-    if let Ok(p) = x.clone().try_into_primitive::<Autodiff<B, NoCheckpointing>>() {
+    if let Ok(p) = x
+        .clone()
+        .try_into_primitive::<Autodiff<B, NoCheckpointing>>()
+    {
         return Ok(sum_tracked::<B, NoCheckpointing, D>(group, p));
     }
-    if let Ok(p) = x.clone().try_into_primitive::<Autodiff<B, BalancedCheckpointing>>() {
+    if let Ok(p) = x
+        .clone()
+        .try_into_primitive::<Autodiff<B, BalancedCheckpointing>>()
+    {
         return Ok(sum_tracked::<B, BalancedCheckpointing, D>(group, p));
     }
     Err(x)

@@ -134,14 +134,8 @@ impl DataParallel {
                     .name(format!("replica-{local_rank}"))
                     .spawn(move || {
                         let model = replica.fork(&device);
-                        let result = worker::<M>(
-                            member,
-                            model,
-                            replica_optim,
-                            device,
-                            rx,
-                            precision,
-                        );
+                        let result =
+                            worker::<M>(member, model, replica_optim, device, rx, precision);
                         let _ = done_tx.send(result.map_err(|e| e.to_string()));
                     })
                     .map_err(|e| {
@@ -152,12 +146,9 @@ impl DataParallel {
         }
         let progress = Arc::new(AtomicU64::new(0));
         let stop_watchdog = Arc::new(AtomicBool::new(false));
-        spawn_watchdog(
-            progress.clone(),
-            stop_watchdog.clone(),
-            timeout,
-            || std::process::exit(3),
-        );
+        spawn_watchdog(progress.clone(), stop_watchdog.clone(), timeout, || {
+            std::process::exit(3)
+        });
         Ok(DataParallel {
             replicas: Arc::new(Replicas::new(group.clone())),
             group,

@@ -44,10 +44,7 @@ impl std::fmt::Debug for dyn ProcessGroup {
 }
 
 /// Sum of `x` over the processes of `group`, staged through host memory.
-pub(crate) fn host_sum<const D: usize>(
-    group: &dyn ProcessGroup,
-    x: Tensor<D>,
-) -> Tensor<D> {
+pub(crate) fn host_sum<const D: usize>(group: &dyn ProcessGroup, x: Tensor<D>) -> Tensor<D> {
     let (shape, device, dtype) = (x.shape(), x.device(), x.dtype());
     let mut values = x
         .into_data()

@@ -139,11 +139,7 @@ pub fn read_images(path: &Path, config: &BackboneConfig) -> Result<TensorData, T
 }
 
 /// Features (and head outputs) of user-supplied images `[N, C, H, W]`.
-pub fn features_of_images(
-    model: &Pretrained,
-    images: TensorData,
-    device: &Device,
-) -> Outputs {
+pub fn features_of_images(model: &Pretrained, images: TensorData, device: &Device) -> Outputs {
     let all = Tensor::<4>::from_data(images, device);
     let n = all.dims()[0];
     let mut parts = Vec::new();

@@ -202,7 +202,7 @@ impl LrPlan {
             groups: (0..=self.depth + 1)
                 .map(|_| GradientsParams::new())
                 .collect(),
-                };
+        };
         model.visit(&mut split);
         let mut model = model;
         for (id, group) in split.groups.into_iter().enumerate() {

@@ -160,10 +160,7 @@ pub fn load_pretrained(
 }
 
 /// Loads the checkpoint folder `dir` (`RUN/checkpoints/step-N`) with the run's configuration.
-fn load_run_checkpoint(
-    dir: &Path,
-    device: &Device,
-) -> Result<Pretrained, TrainError> {
+fn load_run_checkpoint(dir: &Path, device: &Device) -> Result<Pretrained, TrainError> {
     let run_dir = dir.parent().and_then(Path::parent).ok_or_else(|| {
         TrainError::Config(format!("{}: not inside a run directory", dir.display()))
     })?;
@@ -188,11 +185,8 @@ fn load_run_checkpoint(
         Method::SimClr => {
             let model = Method::simclr(&model_config, device);
             let SimClr { encoder } = apply(model, tensors, &model_path).map_err(mismatch)?;
-            let mut p = Pretrained::from_backbone(
-                encoder.backbone,
-                model_config.backbone.clone(),
-                source,
-            );
+            let mut p =
+                Pretrained::from_backbone(encoder.backbone, model_config.backbone.clone(), source);
             p.projector = Some(encoder.projector);
             p
         }

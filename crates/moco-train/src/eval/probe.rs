@@ -112,11 +112,7 @@ pub struct ProbeReport {
 }
 
 /// A linear classifier as MoCo v3 initialises it: weight N(0, 0.01), bias 0.
-pub fn init_classifier(
-    features: usize,
-    classes: usize,
-    device: &Device,
-) -> Linear {
+pub fn init_classifier(features: usize, classes: usize, device: &Device) -> Linear {
     let mut fc = LinearConfig::new(features, classes)
         .with_initializer(Initializer::Normal {
             mean: 0.0,
@@ -150,10 +146,7 @@ pub fn accuracy(logits: Tensor<2>, labels: &[usize]) -> (f64, f64) {
 
 /// The tensors of a backbone, used to check that probing changed none of them (parameters and
 /// BN running statistics), as MoCo v3's `sanity_check` does.
-fn fingerprint(
-    backbone: &AnyBackbone,
-    config: &BackboneConfig,
-) -> Vec<(String, Vec<u8>)> {
+fn fingerprint(backbone: &AnyBackbone, config: &BackboneConfig) -> Vec<(String, Vec<u8>)> {
     torch_state_dict(backbone, family_of_config(config))
         .into_iter()
         .map(|(k, d)| (k, d.as_bytes().to_vec()))
@@ -236,8 +229,7 @@ fn probe_lrs(config: &ProbeConfig, default: f64) -> Result<Vec<f64>, TrainError>
 
 /// One epoch of every head: over the cached training features in a seeded order, or over
 /// fresh augmented views through the frozen backbone.
-fn probe_epoch<F: Fn(Tensor<4>) -> Tensor<2>,
->(
+fn probe_epoch<F: Fn(Tensor<4>) -> Tensor<2>>(
     probes: &mut Probes,
     features: &F,
     cached: Option<&(Tensor<2>, Vec<usize>)>,
@@ -259,10 +251,7 @@ fn probe_epoch<F: Fn(Tensor<4>) -> Tensor<2>,
     Rng::for_sample(config.seed, epoch as u64, 0, 7).shuffle(&mut order);
     for chunk in order.chunks(config.batch_size) {
         let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::<1, Int>::from_data(
-            TensorData::new(idx, [chunk.len()]),
-            device,
-        );
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [chunk.len()]), device);
         let y: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
         probes.step(feats.clone().select(0, idx), &y, lrs);
     }
@@ -401,10 +390,7 @@ where
 
 /// The classifier's tensors under PyTorch's names (`head.*` for a ViT as timm, `fc.*` for a
 /// ResNet as torchvision), weight as `[classes, features]`.
-pub fn classifier_tensors(
-    classifier: &Linear,
-    family: Family,
-) -> Vec<(String, TensorData)> {
+pub fn classifier_tensors(classifier: &Linear, family: Family) -> Vec<(String, TensorData)> {
     let name = match family {
         Family::Vit => "head",
         Family::ResNet => "fc",

@@ -10,6 +10,9 @@ and the raw JSON lines to `--out`.
 
 With `--data`, the pairs are `moco bench data` and `benches/data_baseline.py` (one thread,
 the same JPEG files) and the table has one row per augmentation pipeline.
+
+With `--against OTHER_MOCO`, the pairs are two builds of `moco` (e.g. before and after a
+change of Burn version), alternating, and the ratio is the first's speed over the second's.
 """
 
 import argparse
@@ -72,6 +75,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--moco", default=str(here.parent / "target/release/moco"))
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--against", default=None, help="another moco binary instead of PyTorch")
     ap.add_argument("--configs", default="vit_tiny,resnet50")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
@@ -84,14 +88,18 @@ def main():
     if args.data:
         return compare_data(args, here)
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
-    print("| config | moco img/s | PyTorch img/s | ratio (median of pairs) | moco peak MB | PyTorch peak MB |")
+    other = "PyTorch" if args.against is None else Path(args.against).name
+    print(f"| config | moco img/s | {other} img/s | ratio (median of pairs) | moco peak MB | {other} peak MB |")
     print("|---|---|---|---|---|---|")
     for name in args.configs.split(","):
         flags = CONFIGS[name]
         ours, theirs = [], []
         for _ in range(args.pairs):
             ours.append(run([args.moco, "bench", *flags, *common]))
-            theirs.append(run([args.python, str(here / "pytorch_baseline.py"), *flags, *common]))
+            if args.against is None:
+                theirs.append(run([args.python, str(here / "pytorch_baseline.py"), *flags, *common]))
+            else:
+                theirs.append(run([args.against, "bench", *flags, *common]))
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(ours[-1]) + "\n" + json.dumps(theirs[-1]) + "\n")

@@ -82,7 +82,7 @@ pub struct StepBenchArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N], rocm[:N],
+    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N],
     /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,

@@ -166,7 +166,7 @@ pub struct PretrainArgs {
     /// `--resume` continues from there.
     #[arg(help_heading = "Checkpoints", long)]
     pub stop_after: Option<u64>,
-    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N], rocm[:N],
+    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N],
     /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
     #[arg(help_heading = "Devices", long, default_value = "auto")]
     pub device: DeviceSpec,

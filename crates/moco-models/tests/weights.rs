@@ -386,8 +386,8 @@ fn the_official_layout_has_the_releases_keys_and_shapes() {
             assert_eq!(mine.shape, snapshot.shape, "{tag} {name}");
             if !name.ends_with("num_batches_tracked") {
                 assert_eq!(
-                    burn_store::bridge::to_data(&mine).unwrap().convert::<f32>(),
-                    burn_store::bridge::to_data(&snapshot)
+                    burn_store::bridge::to_data(mine).unwrap().convert::<f32>(),
+                    burn_store::bridge::to_data(snapshot)
                         .unwrap()
                         .convert::<f32>(),
                     "{tag} {name}"

@@ -72,6 +72,8 @@ impl ModuleMapper for Blend {
 
 /// `k ← m·k + (1 − m)·q` in one pass over `k`'s memory (the same `f32` arithmetic as the
 /// composition), or `Err(k)` untouched when the backend is not flex or a value is not `f32`.
+// The `Err` hands the inputs back untouched (a `Tensor` is large with several backends built in).
+#[allow(clippy::result_large_err)]
 fn blend_in_place<const D: usize>(
     k: Tensor<D>,
     q: &Tensor<1>,

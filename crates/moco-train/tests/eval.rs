@@ -305,11 +305,11 @@ fn deit_export_matches_the_golden_checkpoint() {
             .unwrap_or_else(|| panic!("{key} not in the golden file"));
         assert_eq!(t.shape, src.shape, "{key}");
         assert_eq!(
-            burn_store::bridge::to_data(&t)
+            burn_store::bridge::to_data(t)
                 .unwrap()
                 .try_to_vec::<f32>()
                 .unwrap(),
-            burn_store::bridge::to_data(&src)
+            burn_store::bridge::to_data(src)
                 .unwrap()
                 .try_to_vec::<f32>()
                 .unwrap(),

@@ -59,7 +59,7 @@ enum Command {
     Parity {
         /// A case (`tests/golden/vit_tiny_p8_32`) or a folder of cases.
         target: PathBuf,
-        /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N], rocm[:N],
+        /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N],
         /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
@@ -89,7 +89,7 @@ enum Command {
         device: DeviceSpec,
     },
     /// List the backends of this build, whether each one's device works on this machine (a
-    /// test kernel runs on CUDA and ROCm), and the device `--device auto` takes.
+    /// test kernel runs on CUDA), and the device `--device auto` takes.
     Devices,
     /// Show what a weight file holds and the architecture inferred from it.
     Inspect {

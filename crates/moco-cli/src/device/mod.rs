@@ -2,7 +2,7 @@
 //! build.
 //!
 //! A [`BackendJob`] is run on the Burn device the user asked for. `auto` (the default) takes the first compiled-in backend with a real
-//! accelerator (CUDA, ROCm, then Metal / Vulkan through wgpu on a discrete or integrated GPU),
+//! accelerator (CUDA, then Metal / Vulkan through wgpu on a discrete or integrated GPU),
 //! else the CPU. Asking for a backend that was not compiled in is an error naming the cargo
 //! feature that enables it; asking for one whose driver is missing is an error saying why.
 
@@ -25,8 +25,6 @@ pub enum DeviceSpec {
     Cpu,
     /// An NVIDIA GPU by index (`cuda`, `cuda:1`).
     Cuda(usize),
-    /// An AMD GPU by index (`rocm`, `rocm:1`).
-    Rocm(usize),
     /// The portable GPU backend (`wgpu`, `wgpu:1` for the second discrete GPU,
     /// `wgpu:integrated`).
     Wgpu(Adapter),
@@ -47,7 +45,6 @@ impl DeviceSpec {
             DeviceSpec::Auto => "",
             DeviceSpec::Cpu => "flex",
             DeviceSpec::Cuda(_) => "cuda",
-            DeviceSpec::Rocm(_) => "rocm",
             DeviceSpec::Wgpu(_) => "wgpu",
             DeviceSpec::Vulkan(_) => "vulkan",
             DeviceSpec::Metal(_) => "metal",
@@ -62,7 +59,6 @@ impl DeviceSpec {
             DeviceSpec::Auto => true,
             DeviceSpec::Cpu => cfg!(feature = "flex"),
             DeviceSpec::Cuda(_) => cfg!(feature = "cuda"),
-            DeviceSpec::Rocm(_) => cfg!(feature = "rocm"),
             DeviceSpec::Wgpu(_) => cfg!(feature = "wgpu"),
             DeviceSpec::Vulkan(_) => cfg!(feature = "vulkan"),
             DeviceSpec::Metal(_) => cfg!(feature = "metal"),
@@ -91,7 +87,6 @@ impl fmt::Display for DeviceSpec {
             DeviceSpec::Auto => write!(f, "auto"),
             DeviceSpec::Cpu => write!(f, "cpu"),
             DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
-            DeviceSpec::Rocm(i) => write!(f, "rocm:{i}"),
             DeviceSpec::Wgpu(a) => write!(f, "wgpu{}", adapter(a)),
             DeviceSpec::Vulkan(a) => write!(f, "vulkan{}", adapter(a)),
             DeviceSpec::Metal(a) => write!(f, "metal{}", adapter(a)),
@@ -126,7 +121,6 @@ impl FromStr for DeviceSpec {
             ("auto", None) => DeviceSpec::Auto,
             ("cpu" | "flex", None) => DeviceSpec::Cpu,
             ("cuda" | "gpu", r) => DeviceSpec::Cuda(r.map(index).transpose()?.unwrap_or(0)),
-            ("rocm" | "hip", r) => DeviceSpec::Rocm(r.map(index).transpose()?.unwrap_or(0)),
             ("wgpu", r) => DeviceSpec::Wgpu(adapter(r)?),
             ("vulkan", r) => DeviceSpec::Vulkan(adapter(r)?),
             ("metal", r) => DeviceSpec::Metal(adapter(r)?),
@@ -141,7 +135,7 @@ impl FromStr for DeviceSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// Not a device name.
-    #[error("unknown device '{0}': use auto, cpu, cuda[:N], rocm[:N], wgpu[:N], wgpu:integrated, vulkan[:N], metal[:N], cpu-mlir or ndarray")]
+    #[error("unknown device '{0}': use auto, cpu, cuda[:N], wgpu[:N], wgpu:integrated, vulkan[:N], metal[:N], cpu-mlir or ndarray")]
     Unknown(String),
     /// Devices of different backends in one list.
     #[error("devices '{first}' and '{other}' belong to different backends: data parallelism needs one backend")]
@@ -228,10 +222,6 @@ pub fn select(spec: &DeviceSpec) -> Result<Selected, DeviceError> {
         DeviceSpec::Cuda(i) => probe::cuda(*i)
             .map(|f| found(f.description))
             .map_err(unusable),
-        #[cfg(feature = "rocm")]
-        DeviceSpec::Rocm(i) => probe::rocm(*i)
-            .map(|f| found(f.description))
-            .map_err(unusable),
         #[cfg(feature = "wgpu")]
         DeviceSpec::Wgpu(a) | DeviceSpec::Vulkan(a) | DeviceSpec::Metal(a) => {
             probe::wgpu_adapter(graphics_api(spec), *a)
@@ -257,9 +247,6 @@ fn accelerators() -> Vec<DeviceSpec> {
     let mut list = Vec::new();
     if cfg!(feature = "cuda") {
         list.push(DeviceSpec::Cuda(0));
-    }
-    if cfg!(feature = "rocm") {
-        list.push(DeviceSpec::Rocm(0));
     }
     if cfg!(feature = "metal") {
         list.push(DeviceSpec::Metal(Adapter::Default));
@@ -354,7 +341,6 @@ fn compiled_features() -> Vec<&'static str> {
         ("ndarray", cfg!(feature = "ndarray")),
         ("cpu", cfg!(feature = "cpu")),
         ("cuda", cfg!(feature = "cuda")),
-        ("rocm", cfg!(feature = "rocm")),
         ("wgpu", cfg!(feature = "wgpu")),
         ("vulkan", cfg!(feature = "vulkan")),
         ("metal", cfg!(feature = "metal")),
@@ -467,8 +453,6 @@ fn burn_device(spec: &DeviceSpec) -> Result<Device, DeviceError> {
         DeviceSpec::CpuMlir => Device::cpu(),
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(i) => Device::cuda(*i),
-        #[cfg(feature = "rocm")]
-        DeviceSpec::Rocm(i) => Device::rocm(*i),
         #[cfg(feature = "wgpu")]
         DeviceSpec::Wgpu(_) | DeviceSpec::Vulkan(_) | DeviceSpec::Metal(_) => wgpu_device(spec),
         other => {
@@ -488,7 +472,6 @@ fn backend_name(spec: &DeviceSpec) -> &'static str {
         DeviceSpec::NdArray => "ndarray",
         DeviceSpec::CpuMlir => "cubecl cpu (MLIR)",
         DeviceSpec::Cuda(_) => "cubecl cuda",
-        DeviceSpec::Rocm(_) => "cubecl hip",
         DeviceSpec::Wgpu(_) => "cubecl wgpu",
         DeviceSpec::Vulkan(_) => "cubecl wgpu (vulkan)",
         DeviceSpec::Metal(_) => "cubecl wgpu (metal)",

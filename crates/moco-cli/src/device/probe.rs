@@ -1,5 +1,5 @@
 //! Whether an accelerator of a compiled-in backend is usable on this machine, asked without
-//! crashing: CUDA and ROCm by running one small kernel (which needs the driver and the runtime
+//! crashing: CUDA by running one small kernel (which needs the driver and the runtime
 //! compiler), wgpu by listing the adapters of its graphics API.
 
 /// A usable device, described for the user.
@@ -48,20 +48,6 @@ pub fn cuda(index: usize) -> Result<Found, String> {
     }
     Ok(Found {
         description: format!("CUDA device {index}"),
-    })
-}
-
-/// ROCm device `index`, if the driver, the runtime compiler and the device answer.
-#[cfg(feature = "rocm")]
-pub fn rocm(index: usize) -> Result<Found, String> {
-    let sum = quietly(|| run_one_kernel(&burn::prelude::Device::rocm(index)))??;
-    if sum != 8.0 {
-        return Err(format!(
-            "a test kernel on rocm:{index} returned {sum}, not 8"
-        ));
-    }
-    Ok(Found {
-        description: format!("ROCm device {index}"),
     })
 }
 

@@ -21,6 +21,8 @@ type Outputs<const D: usize> = (Tensor<D>, Option<OptimState<D>>);
 
 /// One optimizer step of `tensor` in one pass, or the inputs back untouched when the backend
 /// is not flex or the values are not `f32`.
+// The `Err` hands the inputs back untouched (a `Tensor` is large with several backends built in).
+#[allow(clippy::result_large_err)]
 pub(super) fn step<const D: usize>(
     config: &OptimConfig,
     lr: f64,

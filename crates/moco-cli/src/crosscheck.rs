@@ -242,7 +242,7 @@ fn with_running_statistics(snapshots: Vec<PackTensor>, seed: u64) -> Vec<PackTen
         .collect()
 }
 
-/// Runs `case` on backend `B` and on the CPU backend from the same weights and images, and
+/// Runs `case` on `device` and on the CPU (flex) from the same weights and images, and
 /// compares the two records. `seed` fixes the weights and the images.
 ///
 /// `kernels` fixes the formulations the device's model runs (by default its device's own,

@@ -41,7 +41,7 @@ pub fn with_replicas<R>(group: Arc<dyn ReplicaGroup>, f: impl FnOnce() -> R) -> 
     f()
 }
 
-/// The group active on this thread for backend `B`, if any.
+/// The group active on this thread, if any.
 pub fn replicas() -> Option<Arc<dyn ReplicaGroup>> {
     GROUP.with(|g| {
         g.borrow()

@@ -73,8 +73,8 @@ pub struct StepOutput {
 /// A model that can be pretrained with one of the [`Method`]s: [`Siamese`] (MoCo v3, BYOL)
 /// and [`SimClr`], around any [`Backbone`].
 pub trait Pretrain: Module + Clone + Send {
-    /// The backbone being pretrained; its inference copy (on the inner backend) is what the
-    /// kNN monitor evaluates.
+    /// The backbone being pretrained; its inference copy (`valid()`, without autodiff) is what
+    /// the kNN monitor evaluates.
     type Net: Backbone;
 
     /// Forwards both views, updates the target network if there is one, and returns the

@@ -241,7 +241,7 @@ pub fn tensor(record: &Record, key: &str, file: &Path) -> Result<TensorData, Str
         .ok_or_else(|| format!("{}: tensor '{key}' is missing", file.display()))
 }
 
-/// Runs case `tag` of `dir` on backend `B`: the checkpoint goes through the import path users
+/// Runs case `tag` of `dir` on `device`: the checkpoint goes through the import path users
 /// use, then the eval forward and the training step are recorded and compared with PyTorch's.
 pub fn run_case(dir: &Path, tag: &str, device: &Device) -> Result<CaseReport, String> {
     // The training step runs under autodiff on the device.

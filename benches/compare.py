@@ -13,10 +13,18 @@ the same JPEG files) and the table has one row per augmentation pipeline.
 
 With `--against OTHER_MOCO`, the pairs are two builds of `moco` (e.g. before and after a
 change of Burn version), alternating, and the ratio is the first's speed over the second's.
+
+With `--record DIR` (e.g. `benches/results`), the measurement is also stored as one result
+file per comparison and CPU (`step-pytorch-amd-epyc.json`, ...): every pair's figures, the
+machine that `moco bench` reports, the command. A new measurement of the same comparison on the
+same CPU replaces the file; `benches/tables.py` turns the files into the tables of
+docs/performance.md.
 """
 
 import argparse
 import json
+import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -46,6 +54,18 @@ def run_lines(cmd):
     return {r["pipeline"]: r for r in map(json.loads, out.strip().splitlines())}
 
 
+def record(args, comparison, against, machine, rows):
+    """Writes `DIR/<comparison>-<against>-<cpu>.json`, replacing an earlier measurement."""
+    slug = lambda text: re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    path = Path(args.record) / f"{comparison}-{slug(against.split()[0])}-{slug(machine['cpu'])}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = "python3 benches/compare.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = {"comparison": comparison, "against": against, "machine": machine,
+              "command": command, "rows": rows}
+    path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    print(f"recorded {path}", file=sys.stderr)
+
+
 def compare_data(args, here):
     """Augmentation pipelines, one thread each side, `--pairs` alternating runs."""
     jpegs = ["--jpeg-dir", args.jpeg_dir, "--images", "256"]
@@ -68,6 +88,11 @@ def compare_data(args, here):
         b = [t[name]["images_per_sec"] for t in theirs]
         ratio = statistics.median(x / y for x, y in zip(a, b))
         print(f"| {name} | {statistics.median(a):.1f} | {statistics.median(b):.1f} | {ratio:.2f}× |", flush=True)
+    if args.record:
+        rows = [{"config": name, "ours": [o[name]["images_per_sec"] for o in ours],
+                 "theirs": [t[name]["images_per_sec"] for t in theirs]}
+                for name in theirs[0] if name in ours[0]]
+        record(args, "data", backend, list(ours[0].values())[0]["machine"], rows)
 
 
 def main():
@@ -84,6 +109,7 @@ def main():
     ap.add_argument("--out", default=None, help="append every JSON result to this file")
     ap.add_argument("--data", action="store_true", help="compare the augmentation pipelines instead")
     ap.add_argument("--jpeg-dir", default="/tmp/moco-bench-jpegs")
+    ap.add_argument("--record", default=None, help="store the measurement in this folder (benches/results)")
     args = ap.parse_args()
     if args.data:
         return compare_data(args, here)
@@ -91,6 +117,7 @@ def main():
     other = "PyTorch" if args.against is None else Path(args.against).name
     print(f"| config | moco img/s | {other} img/s | ratio (median of pairs) | moco peak MB | {other} peak MB |")
     print("|---|---|---|---|---|---|")
+    rows, machine = [], None
     for name in args.configs.split(","):
         flags = CONFIGS[name]
         ours, theirs = [], []
@@ -107,6 +134,16 @@ def main():
         med = lambda rs, k: statistics.median(r[k] for r in rs)
         print(f"| {name} | {med(ours, 'images_per_sec'):.2f} | {med(theirs, 'images_per_sec'):.2f} | "
               f"{ratio:.2f}× | {med(ours, 'peak_rss_mb'):.0f} | {med(theirs, 'peak_rss_mb'):.0f} |", flush=True)
+        machine = ours[0]["machine"]
+        rows.append({"config": name, "ours": [r["images_per_sec"] for r in ours],
+                     "theirs": [r["images_per_sec"] for r in theirs],
+                     "ours_peak_mb": med(ours, "peak_rss_mb"), "theirs_peak_mb": med(theirs, "peak_rss_mb")})
+    if args.record:
+        if args.against is None:
+            against = f"PyTorch {theirs[0].get('torch', '')}".strip()
+        else:
+            against = f"moco {Path(args.against).name}"
+        record(args, "step", against, machine, rows)
 
 
 if __name__ == "__main__":

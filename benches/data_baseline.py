@@ -16,10 +16,14 @@ import json
 import math
 import os
 import random
+import sys
 import time
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import machine  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -105,7 +109,7 @@ def run(name, images, two_views, backend):
         two_views(img)
     secs = time.perf_counter() - start
     print(json.dumps({"pipeline": name, "backend": backend, "threads": 1, "images": len(images),
-                      "seconds": secs, "images_per_sec": len(images) / secs}))
+                      "seconds": secs, "images_per_sec": len(images) / secs, "machine": machine(1)}))
 
 
 def main():
@@ -133,7 +137,8 @@ def main():
         Image.open(f).convert("RGB")
     secs = time.perf_counter() - start
     print(json.dumps({"pipeline": "jpeg 500x375 decode only", "backend": "pillow", "threads": 1,
-                      "images": len(files), "seconds": secs, "images_per_sec": len(files) / secs}))
+                      "images": len(files), "seconds": secs, "images_per_sec": len(files) / secs,
+                      "machine": machine(1)}))
     run("jpeg 500x375 -> two views 224 (MoCo v3 ImageNet)", files,
         lambda f: (lambda im: (v1(im), v2(im)))(Image.open(f).convert("RGB")), backend)
     rng = np.random.default_rng(7)

@@ -17,13 +17,18 @@ Needs torch (CPU wheels are enough) and, for ResNets, torchvision.
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import machine  # noqa: E402
 
 VITS = {  # width, depth, heads
     "vit_tiny": (192, 12, 3),
@@ -255,6 +260,8 @@ def main():
         "images_per_sec": args.batch * len(times) / seconds, "step_ms": 1e3 * seconds / len(times),
         "step_ms_median": 1e3 * statistics.median(times), "step_ms_min": 1e3 * min(times),
         "peak_rss_mb": peak, "loss": [losses[0], losses[-1]],
+        "machine": machine(torch.get_num_threads(), torch=torch.__version__,
+                           gpu=torch.cuda.get_device_name() if device.type == "cuda" else None),
     }))
 
 

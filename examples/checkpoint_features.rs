@@ -1,5 +1,5 @@
 //! Features from a pretrained network: an official MoCo v3 checkpoint (`.pth.tar`), a run
-//! directory of `moco pretrain`, a `.mpk` or a `.safetensors` export, loaded as a backbone;
+//! directory of `moco pretrain`, a checkpoint `.bpk` (or a Burn 0.21 `.mpk`) or a `.safetensors` export, loaded as a backbone;
 //! its features of a few bundled Fashion-MNIST images, and how similar they are.
 //!
 //! `cargo run --release --example checkpoint_features -- [PATH [HEADS]]` (default: the small

@@ -28,6 +28,9 @@ pub struct DataBench {
     /// With the loader: seconds until the first batch was ready (all threads build it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_batch_seconds: Option<f64>,
+    /// The machine, the build and the date of the measurement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<moco_train::Machine>,
 }
 
 /// Writes `n` JPEG photos-like images of 500×375 (smooth gradients, texture, noise) to `dir`,
@@ -98,6 +101,7 @@ fn single_thread(
         images_per_sec: n as f64 / seconds,
         images_per_sec_per_thread: n as f64 / seconds,
         first_batch_seconds: None,
+        machine: None,
     })
 }
 
@@ -125,6 +129,7 @@ fn with_loader(
         images_per_sec: images as f64 / seconds,
         images_per_sec_per_thread: images as f64 / seconds / threads as f64,
         first_batch_seconds: first,
+        machine: None,
     })
 }
 
@@ -154,6 +159,7 @@ pub fn bench_data(jpeg_dir: &Path, jpegs: usize, threads: usize) -> Result<Vec<D
         images_per_sec: folder.len() as f64 / secs,
         images_per_sec_per_thread: folder.len() as f64 / secs,
         first_batch_seconds: None,
+        machine: None,
     });
     out.push(single_thread(
         "jpeg 500x375 -> two views 224 (MoCo v3 ImageNet)",
@@ -192,6 +198,10 @@ pub fn bench_data(jpeg_dir: &Path, jpegs: usize, threads: usize) -> Result<Vec<D
     for t in counts.into_iter().filter(|&t| t <= threads) {
         let name = format!("jpeg 500x375 -> two views 224, loader, batch {LOADER_BATCH}");
         out.push(with_loader(&name, folder.clone(), imagenet.clone(), t)?);
+    }
+    let machine = moco_train::Machine::here().with_features(&crate::device::build_features());
+    for r in &mut out {
+        r.machine = Some(machine.clone());
     }
     Ok(out)
 }

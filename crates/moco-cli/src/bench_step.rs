@@ -21,11 +21,11 @@ use crate::device::{dispatch, select, BackendJob, DeviceSpec};
 #[derive(Args, Debug, Clone)]
 pub struct StepBenchArgs {
     /// Start from this pretraining preset (its model, optimizer and heads).
-    #[arg(long, default_value = "fmnist-vit")]
+    #[arg(long, default_value = "fmnist-vit", value_parser = clap::builder::PossibleValuesParser::new(moco_train::TRAIN_PRESETS))]
     pub preset: String,
-    /// Backbone (as in pretraining): vit_tiny, vit_small, resnet50, …; resets the preset's
-    /// width/depth/heads overrides and picks AdamW (ViT) or LARS (ResNet).
-    #[arg(long)]
+    /// Backbone (as in pretraining); resets the preset's width/depth/heads overrides and picks
+    /// AdamW (ViT) or LARS (ResNet).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(moco_models::PRESETS))]
     pub arch: Option<String>,
     /// Input side.
     #[arg(long)]
@@ -36,8 +36,8 @@ pub struct StepBenchArgs {
     /// Input channels.
     #[arg(long)]
     pub in_chans: Option<usize>,
-    /// ResNet input stem: imagenet or small (default: small for images of 64 px or less).
-    #[arg(long)]
+    /// ResNet input stem (default: small for images of 64 px or less).
+    #[arg(long, value_parser = crate::cli::OneOf(&moco_models::Stem::ALL))]
     pub stem: Option<moco_models::Stem>,
     /// Projector / predictor hidden width.
     #[arg(long)]
@@ -54,14 +54,14 @@ pub struct StepBenchArgs {
     /// Untimed steps first (allocation, autotune).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// mocov3, simclr or byol.
-    #[arg(long)]
+    /// Pretraining method.
+    #[arg(long, value_parser = crate::cli::OneOf(&Method::ALL))]
     pub method: Option<Method>,
-    /// adamw, lars or sgd.
-    #[arg(long)]
+    /// Optimizer (sgd: with momentum 0.9, for comparison).
+    #[arg(long, value_parser = crate::cli::OneOf(&OptimizerName::ALL))]
     pub optimizer: Option<OptimizerName>,
-    /// Backbone precision: f32, bf16 or f16 (parameters, optimizer, heads and loss in f32).
-    #[arg(long)]
+    /// Backbone precision (parameters, optimizer, heads and loss in f32).
+    #[arg(long, value_parser = crate::cli::OneOf(&moco_models::Precision::ALL))]
     pub precision: Option<moco_models::Precision>,
     /// The ViT's GELU: erf (Burn's tensor operations) or host-pass (one pass over the values
     /// on the host); default: the device's (host-pass on the CPU backends).
@@ -137,6 +137,8 @@ pub struct StepBench {
     pub peak_rss_mb: f64,
     /// Loss of the first and the last step (sanity: finite, moving).
     pub loss: [f64; 2],
+    /// The machine, the build and the date of the measurement.
+    pub machine: moco_train::Machine,
 }
 
 /// Median milliseconds of the parts of a step.
@@ -230,6 +232,7 @@ fn optim_of(c: &PretrainConfig) -> Result<OptimConfig, String> {
 struct StepJob {
     config: PretrainConfig,
     args: StepBenchArgs,
+    machine: moco_train::Machine,
 }
 
 impl BackendJob for StepJob {
@@ -355,6 +358,7 @@ fn measure<M: Pretrain>(
             losses.first().copied().unwrap_or(f64::NAN),
             losses.last().copied().unwrap_or(f64::NAN),
         ],
+        machine: job.machine.clone(),
     })
 }
 
@@ -372,12 +376,18 @@ pub fn run_step_bench(args: &StepBenchArgs) -> Result<StepBench, String> {
     let config = bench_config(args)?;
     // The report names the device that ran, also when `auto` chose it.
     let mut args = args.clone();
-    args.device = select(&args.device).map_err(|e| e.to_string())?.spec;
+    let selected = select(&args.device).map_err(|e| e.to_string())?;
+    args.device = selected.spec.clone();
+    let machine = crate::device::machine(&selected);
     let device = args.device.clone();
     dispatch(
         &device,
         config.precision.unwrap_or_default(),
-        StepJob { config, args },
+        StepJob {
+            config,
+            args,
+            machine,
+        },
     )
     .map_err(|e| e.to_string())?
 }

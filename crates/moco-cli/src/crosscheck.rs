@@ -120,7 +120,17 @@ impl CrossCase {
 }
 
 impl Grid {
-    /// The cases of the grid.
+    /// The `--grid` help: each grid with its number of cases.
+    pub fn help() -> String {
+        format!(
+            "small ({} cases: every layer type, odd sizes, both stems) or full ({} cases: input \
+             sizes 28–72 px, stage lists, widths, batches)",
+            Grid::Small.cases().len(),
+            Grid::Full.cases().len()
+        )
+    }
+
+    /// The cases of this grid.
     pub fn cases(self) -> Vec<CrossCase> {
         use BlockKind::{Basic, Bottleneck};
         use Stem::{ImageNet, Small};

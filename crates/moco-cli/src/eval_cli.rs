@@ -24,8 +24,8 @@ type CmdResult = Result<(), String>;
 /// Which network to evaluate.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A `moco pretrain` run directory (its newest checkpoint) or checkpoint folder, a `.mpk`
-    /// from `moco import`, an official `.pth.tar`, or a `.safetensors` export.
+    /// A `moco pretrain` run directory (its newest checkpoint) or checkpoint folder, a checkpoint
+    /// file from `moco import` (`.bpk`, or a Burn 0.21 `.mpk`), an official `.pth.tar`, or a `.safetensors` export.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// ViT attention heads, when the width has no preset.
@@ -47,9 +47,9 @@ pub struct DataArgs {
     /// Fashion-MNIST split; default: Fashion-MNIST (the full set when installed, else bundled).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Force the format: fashion-mnist, mnist, cifar10, cifar100, folder.
-    #[arg(long)]
-    pub dataset: Option<String>,
+    /// Force the format (default: detected from the files).
+    #[arg(long, value_parser = crate::cli::OneOf(&DatasetKind::ALL))]
+    pub dataset: Option<DatasetKind>,
     /// Loader threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -66,11 +66,7 @@ impl DataArgs {
     fn spec(&self) -> Result<DataSpec, String> {
         Ok(DataSpec {
             data: self.data.clone(),
-            dataset: self
-                .dataset
-                .as_deref()
-                .map(str::parse::<DatasetKind>)
-                .transpose()?,
+            dataset: self.dataset,
             workers: self.workers,
             seed: self.seed,
             crop_min: self.crop_min,
@@ -213,10 +209,9 @@ pub struct FeaturesArgs {
 }
 
 fn load(m: &ModelArgs, device: &Device) -> Result<Pretrained, String> {
-    let path = m
-        .checkpoint
-        .as_ref()
-        .ok_or("--checkpoint is required (a run directory, .mpk, .pth.tar or .safetensors)")?;
+    let path = m.checkpoint.as_ref().ok_or(
+        "--checkpoint is required (a run directory, a .bpk checkpoint, .pth.tar or .safetensors)",
+    )?;
     let model = load_pretrained(path, m.heads, device).map_err(|e| e.to_string())?;
     let model = if m.random_init {
         model.random_init(0, device)

@@ -9,8 +9,11 @@
 
 pub mod bench;
 pub mod bench_step;
+pub mod cli;
 pub mod crosscheck;
 pub mod device;
+#[cfg(test)]
+mod docs_check;
 pub mod eval_cli;
 pub mod parity;
 pub mod pretrain_cli;

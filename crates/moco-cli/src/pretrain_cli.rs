@@ -13,17 +13,16 @@ use crate::device::{dispatch_many, parse_devices, DeviceSpec, MultiDeviceJob};
 /// Flags of `moco pretrain` (every one overrides the preset).
 #[derive(Args, Debug, Clone)]
 pub struct PretrainArgs {
-    /// Preset: fmnist-vit, fmnist-vit-1h, fmnist-resnet18, cifar-resnet18, imagenet-vit-small,
-    /// imagenet-vit-base, imagenet-resnet50.
+    /// Preset (docs/training.md has their recipes).
     #[arg(help_heading = "Run", long, value_parser = clap::builder::PossibleValuesParser::new(moco_train::TRAIN_PRESETS))]
     pub preset: Option<String>,
     /// A configuration JSON (as written to RUN_DIR/config.json) to start from instead of a preset.
     #[arg(help_heading = "Run", long)]
     pub config: Option<PathBuf>,
-    /// mocov3, simclr or byol.
-    #[arg(help_heading = "Model", long)]
+    /// Pretraining method.
+    #[arg(help_heading = "Model", long, value_parser = crate::cli::OneOf(&Method::ALL))]
     pub method: Option<Method>,
-    /// Backbone: vit_tiny, vit_small, vit_base, vit_large, vit_huge, vit_conv_small, vit_conv_base, resnet18, resnet34, resnet50, resnet50x2, resnet50x4, resnet101, resnet152.
+    /// Backbone.
     #[arg(help_heading = "Model", long, value_parser = clap::builder::PossibleValuesParser::new(moco_models::PRESETS))]
     pub arch: Option<String>,
     /// Frozen random patch projection (ViT).
@@ -75,8 +74,8 @@ pub struct PretrainArgs {
     /// Base learning rate (scaled by batch / 256).
     #[arg(help_heading = "Optimisation", long)]
     pub lr: Option<f64>,
-    /// adamw or lars.
-    #[arg(help_heading = "Optimisation", long)]
+    /// Optimizer (sgd: with momentum 0.9, for comparison).
+    #[arg(help_heading = "Optimisation", long, value_parser = crate::cli::OneOf(&moco_train::config::OptimizerName::ALL))]
     pub optimizer: Option<moco_train::config::OptimizerName>,
     /// Weight decay.
     #[arg(help_heading = "Optimisation", long)]
@@ -95,7 +94,7 @@ pub struct PretrainArgs {
     pub clip_grad: Option<f64>,
     /// ResNet input stem: imagenet (7×7 stride 2, max-pool) or small (3×3 stride 1); default:
     /// small for images of 64 px or less.
-    #[arg(help_heading = "Model", long)]
+    #[arg(help_heading = "Model", long, value_parser = crate::cli::OneOf(&moco_models::Stem::ALL))]
     pub stem: Option<moco_models::Stem>,
     /// Seed.
     #[arg(help_heading = "Run", long)]
@@ -104,8 +103,8 @@ pub struct PretrainArgs {
     /// Fashion-MNIST split; default: Fashion-MNIST (the full set when installed, else bundled).
     #[arg(help_heading = "Data", long)]
     pub data: Option<String>,
-    /// Force the data format: fashion-mnist, mnist, cifar10, cifar100, folder.
-    #[arg(help_heading = "Data", long)]
+    /// Force the data format (default: detected from the files).
+    #[arg(help_heading = "Data", long, value_parser = crate::cli::OneOf(&moco_data::DatasetKind::ALL))]
     pub dataset: Option<moco_data::DatasetKind>,
     /// Loader threads.
     #[arg(help_heading = "Data", long)]
@@ -149,8 +148,8 @@ pub struct PretrainArgs {
     /// Stop at the first unreadable image.
     #[arg(help_heading = "Data", long)]
     pub strict: bool,
-    /// Backbone precision: f32, bf16 or f16 (parameters, optimizer, heads and loss stay f32).
-    #[arg(help_heading = "Devices", long)]
+    /// Backbone precision (parameters, optimizer, heads and loss stay f32).
+    #[arg(help_heading = "Devices", long, value_parser = crate::cli::OneOf(&moco_models::Precision::ALL))]
     pub precision: Option<moco_models::Precision>,
     /// Run directory (default: runs/PRESET-METHOD-TIME).
     #[arg(help_heading = "Checkpoints", long)]
@@ -429,14 +428,11 @@ fn pretrain_in(
             args.collective_timeout.max(1),
         )),
         processes: processes.clone(),
+        machine: Some(crate::device::machine(
+            &crate::device::select(&devices_of(args)?[0]).map_err(|e| e.to_string())?,
+        )),
     };
-    let mut devices = match &args.devices {
-        Some(list) => parse_devices(list).map_err(|e| format!("--devices: {e}"))?,
-        None => vec![args.device.clone()],
-    };
-    if devices.is_empty() {
-        return Err("--devices: no device given".into());
-    }
+    let mut devices = devices_of(args)?;
     if let Some(p) = &processes {
         // One device per process: this process's entry of the list on its machine.
         devices = vec![devices[p.local_rank() % devices.len()].clone()];
@@ -461,6 +457,18 @@ fn pretrain_in(
         print_summary(&summary, &out);
     }
     Ok(summary)
+}
+
+/// The devices `--devices` or `--device` names.
+fn devices_of(args: &PretrainArgs) -> Result<Vec<DeviceSpec>, String> {
+    let devices = match &args.devices {
+        Some(list) => parse_devices(list).map_err(|e| format!("--devices: {e}"))?,
+        None => vec![args.device.clone()],
+    };
+    if devices.is_empty() {
+        return Err("--devices: no device given".into());
+    }
+    Ok(devices)
 }
 
 /// The MPI job this process belongs to, with `--mpi`.

@@ -16,9 +16,10 @@ pub struct StudyArgs {
     /// The study file (JSON); the built-in CPU study when absent (see --builtin).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// A built-in study: `cpu` (Fashion-MNIST, small ViT, four learning rates, about 90 minutes
-    /// on 2 cores), `cpu-seeds` (its two unstable rates with three seeds and batch sizes 128
-    /// and 64, about 1.5 hours) or `gpu` (ViT-S on an image folder given with --data).
+    /// A built-in study: `cpu` (Fashion-MNIST, small ViT, four learning rates; about 90 minutes
+    /// on the 2 CPU cores docs/stability.md names), `cpu-seeds` (its two unstable rates with
+    /// three seeds and batch sizes 128 and 64, about 1.5 hours there) or `gpu` (ViT-S on an
+    /// image folder given with --data).
     #[arg(long, default_value = "cpu")]
     pub builtin: BuiltinStudy,
     /// Print the study file and exit (start your own from it).

@@ -413,6 +413,17 @@ pub enum DatasetKind {
     Folder,
 }
 
+impl DatasetKind {
+    /// Every format, in the order `--help` lists them.
+    pub const ALL: [DatasetKind; 5] = [
+        DatasetKind::FashionMnist,
+        DatasetKind::Mnist,
+        DatasetKind::Cifar10,
+        DatasetKind::Cifar100,
+        DatasetKind::Folder,
+    ];
+}
+
 impl std::str::FromStr for DatasetKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -46,6 +46,20 @@ pub enum Stem {
     Small,
 }
 
+impl Stem {
+    /// Both stems, in the order `--help` lists them.
+    pub const ALL: [Stem; 2] = [Stem::ImageNet, Stem::Small];
+}
+
+impl std::fmt::Display for Stem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stem::ImageNet => "imagenet",
+            Stem::Small => "small",
+        })
+    }
+}
+
 impl std::str::FromStr for Stem {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

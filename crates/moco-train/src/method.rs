@@ -24,6 +24,11 @@ pub enum Method {
     Byol,
 }
 
+impl Method {
+    /// Every method, in the order `--help` lists them.
+    pub const ALL: [Method; 3] = [Method::MocoV3, Method::SimClr, Method::Byol];
+}
+
 impl std::str::FromStr for Method {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -76,6 +76,14 @@ pub enum Event {
         /// First layer group with a non-finite gradient.
         layer: Option<String>,
     },
+    /// The machine that runs the steps from here on (written when a run starts or resumes).
+    Machine {
+        /// Steps taken before.
+        step: u64,
+        /// CPU, threads, GPU, build and date.
+        #[serde(flatten)]
+        machine: crate::Machine,
+    },
     /// Throughput since the previous speed report.
     Speed {
         /// Step.
@@ -99,6 +107,7 @@ impl Event {
             | Event::Dip { step, .. }
             | Event::Spike { step, .. }
             | Event::NonFinite { step, .. }
+            | Event::Machine { step, .. }
             | Event::Speed { step, .. } => *step,
         }
     }

@@ -43,6 +43,9 @@ pub struct RunOptions {
     /// This process is one replica of a run over processes (e.g. [`crate::distributed::MpiGroup`]
     /// under `mpirun`), on its one device.
     pub processes: Option<Arc<dyn crate::distributed::ProcessGroup>>,
+    /// The machine recorded in `metrics.jsonl` when the run starts or resumes
+    /// ([`crate::Machine::here`] when absent; give one to name the GPU and the build).
+    pub machine: Option<crate::Machine>,
 }
 
 impl RunOptions {
@@ -213,6 +216,7 @@ where
         keep_checkpoints: config.checkpoints.keep,
     })
     .with_stop_after(options.stop_after)
+    .with_machine(options.machine.clone().unwrap_or_else(crate::Machine::here))
     .quiet(options.quiet);
     if let Some(flag) = &options.checkpoint_request {
         trainer = trainer.with_checkpoint_request(flag.clone());

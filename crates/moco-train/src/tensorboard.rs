@@ -104,6 +104,7 @@ pub fn scalars_of(event: &Event) -> Vec<(String, f64)> {
         Event::Dip { after, .. } => vec![("events/dip_top1".to_string(), *after)],
         Event::Spike { norm, .. } => vec![("events/spike_norm".to_string(), *norm)],
         Event::NonFinite { .. } => vec![("events/nonfinite".to_string(), 1.0)],
+        Event::Machine { .. } => Vec::new(),
     }
 }
 

@@ -153,6 +153,7 @@ pub struct Trainer<M> {
     checkpoint_request: Option<Arc<AtomicBool>>,
     stop_after: Option<u64>,
     quiet: bool,
+    machine: Option<crate::Machine>,
     pos: RunPosition,
     resumed_from: Option<PathBuf>,
 }
@@ -186,6 +187,7 @@ where
             checkpoint_request: None,
             stop_after: None,
             quiet: false,
+            machine: None,
             pos: RunPosition::default(),
             resumed_from: None,
         }
@@ -225,6 +227,12 @@ where
     /// Saves a checkpoint and stops after `steps` steps, as an interruption would.
     pub fn with_stop_after(mut self, steps: Option<u64>) -> Self {
         self.stop_after = steps;
+        self
+    }
+
+    /// Records `machine` in the run's reports (an [`Event::Machine`]) when it starts.
+    pub fn with_machine(mut self, machine: crate::Machine) -> Self {
+        self.machine = Some(machine);
         self
     }
 
@@ -366,7 +374,7 @@ where
             checkpoint: self.resumed_from.clone(),
             ..Default::default()
         };
-        let run = Run {
+        let mut run = Run {
             spikes: SpikeDetector::new(settings.spike_factor, settings.spike_window),
             total: settings.total_steps(),
             optim: self.optim,
@@ -389,6 +397,10 @@ where
             window: Window::new(),
             started: Instant::now(),
         };
+        if let Some(machine) = self.machine {
+            let step = run.pos.step;
+            run.emit(Event::Machine { step, machine });
+        }
         run.execute(self.model, self.resumed_from.is_some())
     }
 }

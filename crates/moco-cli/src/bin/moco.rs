@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::prelude::Device;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
+use moco_cli::cli::{BenchCmd, BenchWhat, Cli, Command, ExportFormat, ExportWhat, KernelSet};
 use moco_cli::device::{dispatch, BackendJob, DeviceSpec};
 use moco_cli::models::import::{backbone_from, inspect, moco_from, ImportOptions, Layout};
 use moco_cli::models::Precision;
@@ -13,174 +14,6 @@ use moco_cli::models::{
     save_checkpoint, BackboneConfig,
 };
 use moco_cli::parity;
-
-#[derive(Parser)]
-#[command(
-    name = "moco",
-    version,
-    about = "MoCo v3 self-supervised pretraining on Burn"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-#[allow(clippy::large_enum_variant)]
-enum Command {
-    /// Pretrain a backbone (MoCo v3, SimCLR or BYOL) with the kNN and gradient monitors.
-    Pretrain(moco_cli::pretrain_cli::PretrainArgs),
-    /// The instability study: a grid of short runs (learning rate × learned/frozen patch
-    /// projection × batch × method × seed) with kNN curves, gradient spikes and a report.
-    Study(moco_cli::study_cli::StudyArgs),
-    /// Weighted kNN accuracy of a checkpoint's backbone features (train split as memory).
-    Knn(moco_cli::eval_cli::KnnArgs),
-    /// Linear probing with MoCo v3's protocol (frozen backbone in eval mode, SGD, cosine).
-    Probe(moco_cli::eval_cli::ProbeArgs),
-    /// End-to-end fine-tuning with a fresh head (AdamW, warm-up + cosine, label smoothing).
-    Finetune(moco_cli::eval_cli::FinetuneArgs),
-    /// Write backbone features (and head outputs) of a dataset or of your tensors.
-    Features(moco_cli::eval_cli::FeaturesArgs),
-    /// Benchmark full training steps on synthetic data (`moco bench --arch vit_tiny …`), or
-    /// the data pipeline (`moco bench data`).
-    Bench(BenchCmd),
-    /// Draw PNG plots of a run (loss, lr and momentum, kNN curve, gradient norms per layer),
-    /// or compare several runs' kNN curves and losses (`--out DIR`).
-    Plot {
-        /// The run directory (holding metrics.jsonl); several to compare their kNN curves and
-        /// losses on one chart each.
-        #[arg(required = true)]
-        run_dirs: Vec<PathBuf>,
-        /// Where the comparison charts go (needed with several runs).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-    /// Check the models against PyTorch reference vectors: `DIR/TAG` or every case in `DIR`.
-    Parity {
-        /// A case (`tests/golden/vit_tiny_p8_32`) or a folder of cases.
-        target: PathBuf,
-        /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N],
-        /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
-        #[arg(long, default_value = "auto")]
-        device: DeviceSpec,
-    },
-    /// The differential test of a backend: the same weights and images on --device and on the
-    /// CPU backend (proven against PyTorch) over a grid of models and input sizes; one MoCo v3
-    /// step compared tensor by tensor with the parity tolerances.
-    Crosscheck {
-        /// small (7 cases) or full (the grid of input sizes 28–72 px, stage lists, widths, batches).
-        #[arg(long, value_enum, default_value = "small")]
-        grid: moco_cli::crosscheck::Grid,
-        /// Only the cases whose name contains this text (e.g. `resnet 40px`).
-        #[arg(long)]
-        only: Option<String>,
-        /// Seed of the weights and images.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Print every tensor's check, not only those of failing cases.
-        #[arg(long)]
-        verbose: bool,
-        /// The formulations the device runs: backend (Burn's kernels), gpu (Burn's, with
-        /// matrix-product convolutions) or cpu (the host formulations); default: the device's.
-        #[arg(long)]
-        kernels: Option<KernelSet>,
-        /// The device under test.
-        #[arg(long, default_value = "auto")]
-        device: DeviceSpec,
-    },
-    /// List the backends of this build, whether each one's device works on this machine (a
-    /// test kernel runs on CUDA), and the device `--device auto` takes.
-    Devices,
-    /// Show what a weight file holds and the architecture inferred from it.
-    Inspect {
-        /// `.pth.tar` (official MoCo v3, linear-probe, DeiT-style) or `.safetensors`.
-        file: PathBuf,
-        /// ViT attention heads, when the width has no preset.
-        #[arg(long)]
-        heads: Option<usize>,
-    },
-    /// Convert an official MoCo v3 (or linear-probe, or DeiT-style) file to a moco checkpoint
-    /// (`.mpk`): the whole model, or the backbone when the file holds only that.
-    Import {
-        /// The `.pth.tar` (or `.safetensors`) file.
-        file: PathBuf,
-        /// Where to write the checkpoint (`.mpk` is appended when missing).
-        #[arg(long)]
-        out: PathBuf,
-        /// ViT attention heads, when the width has no preset.
-        #[arg(long)]
-        heads: Option<usize>,
-        /// Device used while converting (the CPU unless named).
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
-    },
-    /// Export weights for PyTorch: safetensors with timm / torchvision names, or DeiT's
-    /// `{'model': ...}` `torch.save` layout.
-    Export {
-        /// A run directory, a moco checkpoint, or an official / exported weight file (any name).
-        checkpoint: PathBuf,
-        /// Output file.
-        #[arg(long)]
-        out: PathBuf,
-        /// timm (ViT) or torchvision (ResNet) safetensors; deit: a `.pth` for DeiT / MAE
-        /// fine-tuning (ViT); moco: the official MoCo v3 checkpoint layout (a whole model, for
-        /// the official code and `main_lincls.py`). Checked against the architecture.
-        #[arg(long)]
-        format: Option<ExportFormat>,
-        /// The backbone alone (default) or the whole MoCo model in the official key layout.
-        #[arg(long, value_enum, default_value = "backbone")]
-        what: ExportWhat,
-        /// ViT attention heads, when the width has no preset.
-        #[arg(long)]
-        heads: Option<usize>,
-        /// Device used while converting (the CPU unless named).
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
-    },
-}
-
-#[derive(clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
-struct BenchCmd {
-    #[command(subcommand)]
-    what: Option<BenchWhat>,
-    #[command(flatten)]
-    step: moco_cli::bench_step::StepBenchArgs,
-}
-
-#[derive(Subcommand)]
-enum BenchWhat {
-    /// Full training steps (the default of `moco bench`).
-    Step(Box<moco_cli::bench_step::StepBenchArgs>),
-    /// Throughput of the two-view augmentation pipeline (per thread, and with the loader).
-    Data {
-        /// Folder of the JPEG test set (written on first use).
-        #[arg(long)]
-        jpeg_dir: Option<PathBuf>,
-        /// JPEG images to write and read.
-        #[arg(long, default_value_t = 256)]
-        images: usize,
-        /// Loader threads for the parallel measurement (also measured with 1 and 2).
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ExportFormat {
-    Timm,
-    Torchvision,
-    Deit,
-    /// The official MoCo v3 checkpoint layout (`torch.save` of `{'state_dict': {'module.…'}}`),
-    /// for the official code and `main_lincls.py`; a whole model.
-    Moco,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ExportWhat {
-    Backbone,
-    Model,
-}
 
 type CmdResult = Result<(), String>;
 
@@ -336,13 +169,6 @@ impl BackendJob for ParityJob {
             Err(format!("parity failed for: {}", failed.join(", ")))
         }
     }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum KernelSet {
-    Backend,
-    Gpu,
-    Cpu,
 }
 
 struct CrosscheckJob {

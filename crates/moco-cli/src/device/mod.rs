@@ -67,6 +67,14 @@ impl DeviceSpec {
         }
     }
 
+    /// Whether this is a CPU backend's device.
+    pub fn is_cpu(&self) -> bool {
+        matches!(
+            self,
+            DeviceSpec::Cpu | DeviceSpec::CpuMlir | DeviceSpec::NdArray
+        )
+    }
+
     /// The backend family: devices of one family can share a data-parallel run.
     fn family(&self) -> &'static str {
         match self {
@@ -332,6 +340,32 @@ pub fn describe_devices() -> String {
         compiled_features().join(", "),
         lines.join("\n")
     )
+}
+
+/// This machine, with the GPU of `selected` (none for a CPU device) and this build's
+/// features: what result files record beside a speed or a time.
+pub fn machine(selected: &Selected) -> moco_train::Machine {
+    let gpu =
+        (!selected.spec.is_cpu()).then(|| format!("{} ({})", selected.description, selected.spec));
+    moco_train::Machine::here()
+        .with_gpu(gpu)
+        .with_features(&build_features())
+}
+
+/// The features of this build that matter to speed: the backends, `x86-v4`, `autotune` and
+/// `mpi`.
+pub fn build_features() -> Vec<&'static str> {
+    let mut features = compiled_features();
+    for (name, on) in [
+        ("x86-v4", cfg!(feature = "x86-v4")),
+        ("autotune", cfg!(feature = "autotune")),
+        ("mpi", cfg!(feature = "mpi")),
+    ] {
+        if on {
+            features.push(name);
+        }
+    }
+    features
 }
 
 /// The backend features this binary was built with.

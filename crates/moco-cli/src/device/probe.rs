@@ -10,20 +10,34 @@ pub struct Found {
 }
 
 /// Runs `f`, turning a panic into its message without printing it (the backends panic when a
-/// driver or library is missing).
+/// driver or library is missing). A backend that starts its device on a thread of its own
+/// fails there first and then here with a closed channel: the first panic of any thread during
+/// the call is the reason given.
 #[allow(dead_code)]
 fn quietly<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+    use std::sync::{Arc, Mutex};
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = Arc::clone(&first);
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(move |info| {
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get_or_insert_with(|| panic_message(info.payload()));
+    }));
     let result = std::panic::catch_unwind(f);
     std::panic::set_hook(hook);
     result.map_err(|payload| {
-        payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the backend failed to start".to_string())
+        let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        first.unwrap_or_else(|| panic_message(payload.as_ref()))
     })
+}
+
+#[allow(dead_code)]
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "the backend failed to start".to_string())
 }
 
 /// Sums a small tensor on `device`: a kernel is compiled and run, so the driver, the runtime
@@ -40,6 +54,24 @@ fn run_one_kernel(device: &burn::prelude::Device) -> Result<f32, String> {
 /// CUDA device `index`, if the driver, NVRTC and the device answer.
 #[cfg(feature = "cuda")]
 pub fn cuda(index: usize) -> Result<Found, String> {
+    let (driver, nvrtc) = if cfg!(windows) {
+        ("nvcuda.dll", "nvrtc64_*.dll")
+    } else {
+        ("libcuda.so.1", "libnvrtc.so")
+    };
+    // SAFETY: each call loads a shared library by name and unloads it; loading runs the
+    // library's initialisers, as the backend itself would.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(format!(
+            "no CUDA driver ({driver} not found; it comes with NVIDIA's driver)"
+        ));
+    }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(format!(
+            "no NVRTC, CUDA's runtime compiler ({nvrtc} not found; it comes with the CUDA \
+             toolkit, or alone as the cuda-nvrtc package)"
+        ));
+    }
     let sum = quietly(|| run_one_kernel(&burn::prelude::Device::cuda(index)))??;
     if sum != 8.0 {
         return Err(format!(
@@ -180,3 +212,20 @@ mod wgpu_adapters {
 
 #[cfg(feature = "wgpu")]
 pub use wgpu_adapters::{accelerator as wgpu_accelerator, adapter as wgpu_adapter};
+
+#[cfg(test)]
+mod tests {
+    use super::quietly;
+
+    #[test]
+    fn the_reason_is_the_first_panic_of_any_thread() {
+        let failed: Result<(), String> = quietly(|| {
+            let _ = std::thread::spawn(|| panic!("no driver")).join();
+            panic!("the device's channel closed");
+        });
+        assert_eq!(failed.unwrap_err(), "no driver");
+        assert_eq!(quietly(|| 3), Ok(3));
+        let failed: Result<(), String> = quietly(|| panic!("alone"));
+        assert_eq!(failed.unwrap_err(), "alone");
+    }
+}

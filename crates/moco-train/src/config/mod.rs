@@ -96,6 +96,15 @@ pub enum OptimizerName {
     Sgd,
 }
 
+impl OptimizerName {
+    /// Every optimizer, in the order `--help` lists them.
+    pub const ALL: [OptimizerName; 3] = [
+        OptimizerName::AdamW,
+        OptimizerName::Lars,
+        OptimizerName::Sgd,
+    ];
+}
+
 impl std::str::FromStr for OptimizerName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

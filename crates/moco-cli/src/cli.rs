@@ -65,6 +65,7 @@ pub enum Command {
     /// CPU backend (proven against PyTorch) over a grid of models and input sizes; one MoCo v3
     /// step compared tensor by tensor with the parity tolerances.
     Crosscheck {
+        /// The grid of cases (the help text counts them from the code).
         #[arg(long, value_enum, default_value = "small", help = crate::crosscheck::Grid::help())]
         grid: crate::crosscheck::Grid,
         /// Only the cases whose name contains this text (e.g. `resnet 40px`).

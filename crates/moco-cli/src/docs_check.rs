@@ -81,17 +81,24 @@ fn shell_words(line: &str) -> Vec<String> {
 
 /// The words after the `moco` program (a path ending in `moco`, or `cargo run … --`).
 fn after_moco(words: &[String]) -> Option<Vec<String>> {
-    let is_moco = |w: &String| w == "moco" || w.ends_with("/moco");
-    if let Some(i) = words.iter().position(is_moco) {
-        return Some(words[i + 1..].to_vec());
+    if let Some(cargo) = words.iter().position(|w| w == "cargo") {
+        let runs_moco = words.get(cargo + 1).is_some_and(|w| w == "run")
+            && !words
+                .iter()
+                .any(|w| w == "--example" || w.starts_with("--example="));
+        let dashes = words.iter().position(|w| w == "--");
+        return match (runs_moco, dashes) {
+            (true, Some(d)) => Some(words[d + 1..].to_vec()),
+            (true, None) => Some(Vec::new()),
+            (false, _) => None,
+        };
     }
-    let cargo = words.iter().position(|w| w == "cargo")?;
-    let runs_moco = words.get(cargo + 1).is_some_and(|w| w == "run")
-        && !words
-            .iter()
-            .any(|w| w == "--example" || w.starts_with("--example="));
-    let dashes = words.iter().position(|w| w == "--")?;
-    runs_moco.then(|| words[dashes + 1..].to_vec())
+    // The program: a word `moco` (or a path to it) that is not the value of a flag.
+    let i = (0..words.len()).find(|&i| {
+        let w = &words[i];
+        (w == "moco" || w.ends_with("/moco")) && (i == 0 || !words[i - 1].starts_with('-'))
+    })?;
+    Some(words[i + 1..].to_vec())
 }
 
 fn commands_in(file: &Path) -> Vec<Found> {
@@ -155,14 +162,21 @@ fn commands_in(file: &Path) -> Vec<Found> {
     found
 }
 
-/// Whether a parse error says only that the line is incomplete, which prose may be.
-fn incomplete(kind: ErrorKind) -> bool {
-    matches!(
-        kind,
+/// Whether a parse error says only that the line is incomplete, which prose may be: a required
+/// argument or a subcommand left out, or a flag named without its value.
+fn incomplete(e: &clap::Error) -> bool {
+    use clap::error::{ContextKind, ContextValue};
+    let no_value = matches!(
+        e.get(ContextKind::InvalidValue),
+        Some(ContextValue::String(v)) if v.is_empty()
+    );
+    match e.kind() {
         ErrorKind::MissingRequiredArgument
-            | ErrorKind::MissingSubcommand
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    )
+        | ErrorKind::MissingSubcommand
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => true,
+        ErrorKind::InvalidValue => no_value,
+        _ => false,
+    }
 }
 
 #[test]
@@ -176,7 +190,7 @@ fn every_moco_command_in_the_docs_parses() {
             if let Err(e) = Cli::try_parse_from(argv) {
                 let kind = e.kind();
                 let fine = matches!(kind, ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
-                    || (!c.whole && incomplete(kind));
+                    || (!c.whole && incomplete(&e));
                 if !fine {
                     let why = e.to_string();
                     let why = why.lines().next().unwrap_or_default().to_string();

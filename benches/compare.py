@@ -54,12 +54,28 @@ def run_lines(cmd):
     return {r["pipeline"]: r for r in map(json.loads, out.strip().splitlines())}
 
 
+def portable(argv):
+    """The arguments with this machine's paths replaced by the names the docs use."""
+    names = {"--moco": "target/release/moco", "--python": "VENV/bin/python"}
+    out = []
+    for i, a in enumerate(argv):
+        flag = argv[i - 1] if i else ""
+        if flag in names:
+            out.append(names[flag])
+        elif flag == "--against":
+            out.append(Path(a).name)
+        else:
+            out.append(a)
+    return out
+
+
 def record(args, comparison, against, machine, rows):
     """Writes `DIR/<comparison>-<against>-<cpu>.json`, replacing an earlier measurement."""
     slug = lambda text: re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    path = Path(args.record) / f"{comparison}-{slug(against.split()[0])}-{slug(machine['cpu'])}.json"
+    host = slug(f"{machine['cpu']} {machine.get('simd', '')}")
+    path = Path(args.record) / f"{comparison}-{slug(against.split()[0])}-{host}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    command = "python3 benches/compare.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python3 benches/compare.py " + " ".join(shlex.quote(a) for a in portable(sys.argv[1:]))
     result = {"comparison": comparison, "against": against, "machine": machine,
               "command": command, "rows": rows}
     path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")

@@ -17,6 +17,22 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def simd():
+    """The widest vector instruction set the matrix kernels use, as `moco bench` names it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "avx512f" in flags:
+        return "avx512"
+    if "avx2" in flags and "fma" in flags:
+        return "avx2"
+    if flags:
+        return "sse2"
+    return "neon" if platform.machine() in ("aarch64", "arm64") else platform.machine()
+
+
 def available_threads():
     """The hardware threads this process may use."""
     if hasattr(os, "sched_getaffinity"):
@@ -28,6 +44,7 @@ def machine(threads=None, **extra):
     """CPU model, threads, date (UTC) and whatever the caller adds (library versions)."""
     return {
         "cpu": cpu_model(),
+        "simd": simd(),
         "cores": threads or available_threads(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **extra,

@@ -45,7 +45,7 @@ def slug(text):
 
 
 def machine_label(m):
-    label = f"{m['cpu']}, {m['cores']} threads"
+    label = f"{m['cpu']}, {m.get('simd', '?')}, {m['cores']} threads"
     if m.get("gpu"):
         label = f"{m['gpu']}; {label}"
     return label

@@ -7,6 +7,7 @@
 # default `.device/moco.xz`). OUT: where the results go (default `$OUT`, else `gpu-check/`).
 # Build and pack it on any machine with the toolchain:
 #
+#   scripts/offline-llvm.sh          # only without network: the LLVM that the CUDA build needs
 #   cargo build --release --features cuda --bin moco
 #   mkdir -p .device && strip -o .device/moco target/release/moco && xz -T0 -f .device/moco
 #
@@ -64,7 +65,7 @@ run() {
 
 # 1. The CUDA driver and NVRTC, as the binary loads them.
 echo "libraries: $(ldconfig -p 2>/dev/null | grep -oE 'lib(cuda|nvrtc)\.so[.0-9]*' | sort -u | tr '\n' ' ')"
-if ! run devices 60 "$moco" devices || ! grep -q "cuda:0" "$out/devices.log"; then
+if ! run devices 60 "$moco" devices || ! grep -qE '^  cuda:0 +CUDA device' "$out/devices.log"; then
   cat "$out/devices.log"
   echo "the binary cannot use CUDA here: stopping" | tee -a "$summary"
   exit 1

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 pub struct Machine {
     /// The CPU model as the system names it (`/proc/cpuinfo` on Linux).
     pub cpu: String,
+    /// The widest vector instructions the CPU has that the matrix kernels use: `avx512`,
+    /// `avx2` (with FMA), `sse2`, `neon`; CPUs of one model name differ in it (a virtual
+    /// machine's `AMD EPYC` may be either), and speeds with it.
+    #[serde(default)]
+    pub simd: String,
     /// Hardware threads this process may use.
     pub cores: usize,
     /// The GPU that ran the work, if one did.
@@ -28,6 +33,7 @@ impl Machine {
     pub fn here() -> Self {
         Machine {
             cpu: cpu_model(),
+            simd: simd(),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             gpu: None,
             features: Vec::new(),
@@ -48,11 +54,13 @@ impl Machine {
         self
     }
 
-    /// One line for tables and logs: `AMD EPYC (2 threads)`, with the GPU when there is one.
+    /// One line for tables and logs: `AMD EPYC, avx512, 2 threads`, the GPU first when there
+    /// is one.
     pub fn describe(&self) -> String {
+        let cpu = format!("{}, {}, {} threads", self.cpu, self.simd, self.cores);
         match &self.gpu {
-            Some(gpu) => format!("{gpu}, {} ({} threads)", self.cpu, self.cores),
-            None => format!("{} ({} threads)", self.cpu, self.cores),
+            Some(gpu) => format!("{gpu}; {cpu}"),
+            None => cpu,
         }
     }
 }
@@ -70,6 +78,27 @@ pub fn cpu_model() -> String {
             })
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The widest vector instruction set of this CPU that matrix kernels use.
+pub fn simd() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512".into();
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "avx2".into();
+        }
+        return "sse2".into();
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return "neon".into();
+    }
+    #[allow(unreachable_code)]
+    std::env::consts::ARCH.to_string()
 }
 
 /// The current time in UTC, ISO 8601 to the second.

@@ -15,7 +15,7 @@ use moco_train::{
 };
 use serde::Serialize;
 
-use crate::device::{dispatch, select, BackendJob, DeviceSpec};
+use crate::device::{dispatch_selected, select, BackendJob, DeviceSpec};
 
 /// Flags of `moco bench` (the step benchmark).
 #[derive(Args, Debug, Clone)]
@@ -82,9 +82,8 @@ pub struct StepBenchArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N],
-    /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
-    #[arg(long, default_value = "auto")]
+    /// The device to run on (the help lists this build's).
+    #[arg(help = crate::device::device_help(), long, default_value = "auto")]
     pub device: DeviceSpec,
 }
 
@@ -379,9 +378,8 @@ pub fn run_step_bench(args: &StepBenchArgs) -> Result<StepBench, String> {
     let selected = select(&args.device).map_err(|e| e.to_string())?;
     args.device = selected.spec.clone();
     let machine = crate::device::machine(&selected);
-    let device = args.device.clone();
-    dispatch(
-        &device,
+    dispatch_selected(
+        selected,
         config.precision.unwrap_or_default(),
         StepJob {
             config,

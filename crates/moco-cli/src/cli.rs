@@ -56,9 +56,8 @@ pub enum Command {
     Parity {
         /// A case (`tests/golden/vit_tiny_p8_32`) or a folder of cases.
         target: PathBuf,
-        /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N],
-        /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
-        #[arg(long, default_value = "auto")]
+        /// The device to run on (the help lists this build's).
+        #[arg(help = crate::device::device_help(), long, default_value = "auto")]
         device: DeviceSpec,
     },
     /// The differential test of a backend: the same weights and images on --device and on the

@@ -34,9 +34,8 @@ pub struct ModelArgs {
     /// Evaluate the checkpoint's architecture at a fresh random initialisation (the baseline).
     #[arg(long)]
     pub random_init: bool,
-    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N],
-    /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
-    #[arg(long, default_value = "auto")]
+    /// The device to run on (the help lists this build's).
+    #[arg(help = crate::device::device_help(), long, default_value = "auto")]
     pub device: DeviceSpec,
 }
 

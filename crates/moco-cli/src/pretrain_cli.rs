@@ -165,9 +165,8 @@ pub struct PretrainArgs {
     /// `--resume` continues from there.
     #[arg(help_heading = "Checkpoints", long)]
     pub stop_after: Option<u64>,
-    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N],
-    /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
-    #[arg(help_heading = "Devices", long, default_value = "auto")]
+    /// The device to run on (the help lists this build's).
+    #[arg(help = crate::device::device_help(), help_heading = "Devices", long, default_value = "auto")]
     pub device: DeviceSpec,
     /// Data parallelism over several devices of one backend, e.g. `cuda:0,cuda:1,cuda:2,cuda:3`:
     /// each computes its shard of every batch (keys gathered from all, SyncBN, gradients

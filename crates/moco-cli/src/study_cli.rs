@@ -37,9 +37,8 @@ pub struct StudyArgs {
     /// Only the study's lines, not each run's progress.
     #[arg(long)]
     pub quiet: bool,
-    /// Device: auto (the first GPU compiled in, else the CPU), cpu, cuda[:N],
-    /// wgpu[:N], wgpu:integrated, vulkan, metal (cpu-mlir, ndarray when built in).
-    #[arg(long, default_value = "auto")]
+    /// The device to run on (the help lists this build's).
+    #[arg(help = crate::device::device_help(), long, default_value = "auto")]
     pub device: DeviceSpec,
 }
 

@@ -342,6 +342,32 @@ pub fn describe_devices() -> String {
     )
 }
 
+/// The `--device` help: `auto` and the devices of the backends this build holds.
+pub fn device_help() -> String {
+    let names = [
+        (DeviceSpec::Cpu, "cpu"),
+        (DeviceSpec::Cuda(0), "cuda[:N]"),
+        (
+            DeviceSpec::Wgpu(Adapter::Default),
+            "wgpu[:N], wgpu:integrated[:N]",
+        ),
+        (DeviceSpec::Vulkan(Adapter::Default), "vulkan[:N]"),
+        (DeviceSpec::Metal(Adapter::Default), "metal[:N]"),
+        (DeviceSpec::CpuMlir, "cpu-mlir"),
+        (DeviceSpec::NdArray, "ndarray"),
+    ];
+    let here: Vec<&str> = names
+        .iter()
+        .filter(|(spec, _)| spec.compiled_in())
+        .map(|(_, name)| *name)
+        .collect();
+    format!(
+        "Device: auto (the first GPU backend of this build with a real accelerator, else the \
+         CPU), or one of this build's: {}",
+        here.join(", ")
+    )
+}
+
 /// This machine, with the GPU of `selected` (none for a CPU device) and this build's
 /// features: what result files record beside a speed or a time.
 pub fn machine(selected: &Selected) -> moco_train::Machine {
@@ -399,7 +425,16 @@ pub fn dispatch<J: BackendJob>(
     precision: Precision,
     job: J,
 ) -> Result<J::Output, DeviceError> {
-    let selected = select(spec)?;
+    dispatch_selected(select(spec)?, precision, job)
+}
+
+/// [`dispatch`] on a device [`select`] has already chosen (its banner keeps why `auto` fell
+/// back to the CPU).
+pub fn dispatch_selected<J: BackendJob>(
+    selected: Selected,
+    precision: Precision,
+    job: J,
+) -> Result<J::Output, DeviceError> {
     struct Single<J>(J);
     impl<J: BackendJob> MultiDeviceJob for Single<J> {
         type Output = J::Output;

@@ -5,8 +5,9 @@
 //!
 //! The ignored tests fail on Burn 0.22.1 (checked on Mesa's lavapipe Vulkan driver): they
 //! document a bug of the backend, not of this repository, and show when a Burn release fixes it.
-//! The others pass and guard what the models rely on; with `--features wgpu,autotune` the
-//! matrix-product test fails.
+//! The others pass and guard what the models rely on (the matrix-product test also with
+//! `--features wgpu,autotune` since Burn 0.22.1; the autotuned kernels are still wrong for the
+//! ConvStem's gradients, docs/backends.md).
 #![cfg(feature = "wgpu")]
 
 use burn::nn::conv::Conv2dConfig;
@@ -48,9 +49,10 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 /// `[2048, 8] · [32, 8]ᵀ`: an inner size of 8 with a transposed (column-major) right operand.
-/// Correct with Burn's default matrix-product kernel; with the `autotune` feature the kernel
-/// autotune picks on lavapipe returns wrong values (this is what broke the 1×1 convolutions
-/// of a ResNet: an 8 → 32 channel 1×1 convolution on `[8, 8, 16, 16]` was off by 2.7).
+/// Correct with Burn's default matrix-product kernel; with the `autotune` feature of Burn 0.21
+/// the kernel autotune picked on lavapipe returned wrong values (this is what broke the 1×1
+/// convolutions of a ResNet: an 8 → 32 channel 1×1 convolution on `[8, 8, 16, 16]` was off by
+/// 2.7); correct with it since Burn 0.22.1.
 #[test]
 fn matmul_with_a_transposed_operand_of_inner_size_8() {
     fn product(device: &Device) -> Vec<f32> {

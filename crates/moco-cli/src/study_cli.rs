@@ -111,6 +111,9 @@ pub fn run_study_cli(args: &StudyArgs) -> Result<(), String> {
         stop: Some(signals.stop.clone()),
         quiet: args.quiet,
         command: Some(command),
+        machine: Some(crate::device::machine(
+            &crate::device::select(&args.device).map_err(|e| e.to_string())?,
+        )),
     };
     let summary = dispatch(
         &args.device,

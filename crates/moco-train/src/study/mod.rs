@@ -33,6 +33,9 @@ pub struct StudyOptions {
     pub quiet: bool,
     /// The command that was run, recorded in the report.
     pub command: Option<String>,
+    /// The machine each run records in its `metrics.jsonl` ([`crate::Machine::here`] when
+    /// absent; give one to name the GPU and the build).
+    pub machine: Option<crate::Machine>,
 }
 
 /// What a study did in this invocation.
@@ -123,6 +126,7 @@ pub fn run_study(
             stop: options.stop.clone(),
             stop_after: None,
             quiet: options.quiet,
+            machine: options.machine.clone(),
             ..Default::default()
         };
         let status = match pretrain(run.config.clone(), &dir, &run_options, device) {

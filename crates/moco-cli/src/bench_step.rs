@@ -282,7 +282,7 @@ fn measure<M: Pretrain>(
         temperature: c.temperature,
         momentum: c.schedule.momentum,
     };
-    let lr = moco_train::schedule::scaled_lr(c.optimizer.base_lr, c.schedule.batch_size);
+    let lr = c.peak_lr();
     let n_params = model.num_params();
     let mut times = Vec::new();
     let mut phases = [Vec::new(), Vec::new(), Vec::new()];

@@ -74,6 +74,9 @@ pub struct PretrainArgs {
     /// Base learning rate (scaled by batch / 256).
     #[arg(help_heading = "Optimisation", long)]
     pub lr: Option<f64>,
+    /// The peak learning rate itself, not scaled by the batch size (in place of --lr).
+    #[arg(help_heading = "Optimisation", long, conflicts_with = "lr")]
+    pub peak_lr: Option<f64>,
     /// Optimizer (sgd: with momentum 0.9, for comparison).
     #[arg(help_heading = "Optimisation", long, value_parser = crate::cli::OneOf(&moco_train::config::OptimizerName::ALL))]
     pub optimizer: Option<moco_train::config::OptimizerName>,
@@ -249,6 +252,10 @@ impl PretrainArgs {
         }
         if self.steps.is_some() {
             c.schedule.steps = self.steps;
+        }
+        if self.lr.is_some() || self.peak_lr.is_some() {
+            // One learning rate: --lr scales with the batch, --peak-lr does not.
+            c.optimizer.peak_lr = self.peak_lr;
         }
         if self.max_steps.is_some() {
             c.schedule.max_steps = self.max_steps;

@@ -18,8 +18,10 @@ pub struct StudyArgs {
     pub config: Option<PathBuf>,
     /// A built-in study: `cpu` (Fashion-MNIST, small ViT, four learning rates; about 90 minutes
     /// on the 2 CPU cores docs/stability.md names), `cpu-seeds` (its two unstable rates with
-    /// three seeds and batch sizes 128 and 64, about 1.5 hours there) or `gpu` (ViT-S on an
-    /// image folder given with --data).
+    /// three seeds and batch sizes 128 and 64, about 1.5 hours there), `cpu-depth`,
+    /// `cpu-width`, `cpu-batch` (depth 2/4/8, width 64/128/256, batch 64/128/256 at a fixed
+    /// peak rate: 36 runs each, several hours; run them in parts, finished runs are kept) or
+    /// `gpu` (ViT-S on an image folder given with --data).
     #[arg(long, default_value = "cpu")]
     pub builtin: BuiltinStudy,
     /// Print the study file and exit (start your own from it).
@@ -34,6 +36,10 @@ pub struct StudyArgs {
     /// Redraw the report of the runs already in --out with the study's thresholds; no training.
     #[arg(long)]
     pub report_only: bool,
+    /// Train at most this many runs now, then write the report (run a long grid in parts; the
+    /// runs go seed by seed, so a first part of one seed's size covers every cell once).
+    #[arg(long)]
+    pub max_runs: Option<usize>,
     /// Only the study's lines, not each run's progress.
     #[arg(long)]
     pub quiet: bool,
@@ -111,6 +117,7 @@ pub fn run_study_cli(args: &StudyArgs) -> Result<(), String> {
         stop: Some(signals.stop.clone()),
         quiet: args.quiet,
         command: Some(command),
+        max_runs: args.max_runs,
         machine: Some(crate::device::machine(
             &crate::device::select(&args.device).map_err(|e| e.to_string())?,
         )),
@@ -126,10 +133,11 @@ pub fn run_study_cli(args: &StudyArgs) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())??;
     println!(
-        "study: {} runs trained, {} already done, {} diverged{}",
+        "study: {} runs trained, {} already done, {} diverged, {} left{}",
         summary.ran,
         summary.skipped,
         summary.diverged,
+        summary.left,
         if summary.interrupted {
             " (interrupted: run the same command again to continue)"
         } else {

@@ -5,7 +5,7 @@ use burn::tensor::Device;
 use std::path::PathBuf;
 
 use moco_train::study::report::analyse_run;
-use moco_train::study::{PatchEmbed, StudyRun};
+use moco_train::study::{Axis, PatchEmbed, StudyRun};
 use moco_train::{run_study, StudyConfig, StudyOptions};
 use serde_json::json;
 
@@ -39,7 +39,7 @@ fn tiny_study() -> StudyConfig {
 }
 
 #[test]
-fn a_two_by_two_grid_runs_reports_and_is_skipped_when_done() {
+fn a_two_by_two_grid_runs_in_parts_reports_and_is_skipped_when_done() {
     let tmp = Tmp::new("grid");
     let study = tiny_study();
     let options = StudyOptions {
@@ -47,8 +47,15 @@ fn a_two_by_two_grid_runs_reports_and_is_skipped_when_done() {
         ..Default::default()
     };
     let device = Device::flex().autodiff();
+    // In two parts: three runs, then the one left.
+    let part = StudyOptions {
+        max_runs: Some(3),
+        ..options.clone()
+    };
+    let s = run_study(&study, &tmp.0, &part, &device).unwrap();
+    assert_eq!((s.ran, s.skipped, s.left), (3, 0, 1));
     let s = run_study(&study, &tmp.0, &options, &device).unwrap();
-    assert_eq!((s.ran, s.skipped, s.diverged), (4, 0, 0));
+    assert_eq!((s.ran, s.skipped, s.diverged, s.left), (1, 3, 0, 0));
     let report = std::fs::read_to_string(s.report.unwrap()).unwrap();
     for name in [
         "mocov3-b16-lr1e-3-learned-s0",
@@ -84,7 +91,7 @@ fn a_two_by_two_grid_runs_reports_and_is_skipped_when_done() {
     assert_eq!((s.ran, s.skipped), (0, 4));
     // Another grid into the same directory is refused.
     let mut other = study.clone();
-    other.base_lrs = vec![5e-3];
+    other.axes[2] = Axis::new("base_lr", [5e-3]);
     let e = run_study(&other, &tmp.0, &options, &device).unwrap_err();
     assert!(e.to_string().contains("different study"), "{e}");
 }
@@ -149,15 +156,31 @@ fn analysis_finds_dips_spikes_and_the_lag() {
 fn the_report_shows_the_spread_over_seeds() {
     let tmp = Tmp::new("seeds");
     let mut study = tiny_study();
-    study.base_lrs = vec![1e-2];
-    study.seeds = vec![0, 1, 2];
-    for run in study.runs().unwrap() {
+    study.axes[2] = Axis::new("base_lr", [1e-2]);
+    study.axes[4] = Axis::new("seed", [0, 1, 2]);
+    write_runs(&tmp, &study, |run| {
         // Seeds 0, 1, 2 end at 60, 61, 62 % with the learned projection, 5 points higher
         // frozen.
         let frozen = run.patch_embed == PatchEmbed::Frozen;
-        let end = 60.0 + run.seed as f64 + if frozen { 5.0 } else { 0.0 };
+        60.0 + run.seed as f64 + if frozen { 5.0 } else { 0.0 }
+    });
+    let report = moco_train::study::report::write_report(&tmp.0, &study, None).unwrap();
+    let md = std::fs::read_to_string(report).unwrap();
+    // Mean ± sample standard deviation over the three seeds; Δ = 5 with a standard error of
+    // sqrt(2 / 3) = 0.82: beyond the noise.
+    let row = "| mocov3 | 16 | 1e-2 | 61.00 ± 1.00 / 61.00 ± 1.00 | 0.0 ± 0.0 | 66.00 ± 1.00 / 66.00 ± 1.00 | 0.0 ± 0.0 | +5.00 ± 0.82 | yes |";
+    assert!(md.contains(row), "{md}");
+    let cells: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.0.join("cells.json")).unwrap()).unwrap();
+    assert_eq!(cells[0]["learned"]["final_top1"]["n"], 3);
+    assert!(tmp.0.join("figures/knn-mocov3-b16.png").is_file());
+}
+
+/// Writes a finished run for every run of `study` whose kNN goes from 55 % to `end(run)`.
+fn write_runs(tmp: &Tmp, study: &StudyConfig, end: impl Fn(&StudyRun) -> f64) {
+    for run in study.runs().unwrap() {
         let mut text = String::new();
-        for (step, top1) in [(0, 55.0), (10, end)] {
+        for (step, top1) in [(0, 55.0), (10, end(&run))] {
             text += &format!("{}\n", json!({"type": "knn", "step": step, "top1": top1}));
         }
         for step in 1..=10u64 {
@@ -176,14 +199,56 @@ fn the_report_shows_the_spread_over_seeds() {
         )
         .unwrap();
     }
+}
+
+#[test]
+fn a_study_over_two_arbitrary_keys_groups_its_report_by_both() {
+    let tmp = Tmp::new("two-keys");
+    // Written as text: the file's order of the axes is the grid's.
+    let text = r#"{
+        "name": "depth and heads",
+        "preset": "fmnist-vit",
+        "overrides": {"embed_dim": 32, "mlp_dim": 64, "out_dim": 32, "batch_size": 16, "steps": 10},
+        "axes": {"model.depth": [2, 3], "num_heads": [2, 4],
+                 "freeze_patch_embed": [false, true], "seed": [0, 1]}
+    }"#;
+    let study = StudyConfig::parse(text, "two-keys").unwrap();
+    assert_eq!(study.runs().unwrap().len(), 16);
+    // The final kNN is 60 + depth + heads / 2, + seed, + 1 frozen.
+    write_runs(&tmp, &study, |run| {
+        let (depth, heads) = (
+            run.config.model.depth.unwrap(),
+            run.config.model.num_heads.unwrap(),
+        );
+        let frozen = (run.patch_embed == PatchEmbed::Frozen) as u64;
+        60.0 + depth as f64 + heads as f64 / 2.0 + (run.seed + frozen) as f64
+    });
     let report = moco_train::study::report::write_report(&tmp.0, &study, None).unwrap();
     let md = std::fs::read_to_string(report).unwrap();
-    // Mean ± sample standard deviation over the three seeds; Δ = 5 with a standard error of
-    // sqrt(2 / 3) = 0.82: beyond the noise.
-    let row = "| mocov3 | 16 | 1e-2 | 61.00 ± 1.00 / 61.00 ± 1.00 | 0.0 ± 0.0 | 66.00 ± 1.00 / 66.00 ± 1.00 | 0.0 ± 0.0 | +5.00 ± 0.82 | yes |";
+    assert!(
+        md.contains("| depth | num_heads | learned final / best |"),
+        "{md}"
+    );
+    // depth 3, heads 4: learned 65 and 66 → 65.50 ± 0.71; frozen one more.
+    let row = "| 3 | 4 | 65.50 ± 0.71 / 65.50 ± 0.71 | 0.0 ± 0.0 | 66.50 ± 0.71 / 66.50 ± 0.71 | 0.0 ± 0.0 | +1.00 ± 0.71 | no |";
     assert!(md.contains(row), "{md}");
+    assert!(md.contains("| 2 | 2 | learned |"), "{md}");
     let cells: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.0.join("cells.json")).unwrap()).unwrap();
-    assert_eq!(cells[0]["learned"]["final_top1"]["n"], 3);
-    assert!(tmp.0.join("figures/knn-mocov3-b16.png").is_file());
+    let cells = cells.as_array().unwrap();
+    assert_eq!(cells.len(), 4);
+    assert_eq!(cells[3]["axes"], json!({"depth": 3, "num_heads": 4}));
+    assert_eq!(cells[3]["learned"]["final_top1"]["n"], 2);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.0.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary[1]["axes"]["freeze_patch_embed"], json!(true));
+    // A kNN figure per depth (its lines: the heads), and the measures against the heads.
+    for name in [
+        "knn-depth2.png",
+        "knn-depth3.png",
+        "against-num_heads-depth3.png",
+    ] {
+        assert!(tmp.0.join("figures").join(name).is_file(), "{name}");
+    }
 }

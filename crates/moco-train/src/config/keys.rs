@@ -65,6 +65,7 @@ keys! {
     with_conv_kernel, conv_kernel: Option<moco_models::ConvKernel> => model.conv_kernel;
     with_optimizer, optimizer: super::OptimizerName => optimizer.name;
     with_base_lr, base_lr: f64 => optimizer.base_lr;
+    with_peak_lr, peak_lr: Option<f64> => optimizer.peak_lr;
     with_weight_decay, weight_decay: f64 => optimizer.weight_decay;
     with_clip_grad, clip_grad: Option<f64> => optimizer.clip_grad;
     with_batch_size, batch_size: usize => schedule.batch_size;

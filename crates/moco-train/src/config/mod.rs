@@ -151,6 +151,10 @@ pub struct OptimizerSection {
     pub name: OptimizerName,
     /// Base learning rate, scaled by batch / 256.
     pub base_lr: f64,
+    /// The peak learning rate itself, in place of `base_lr · batch / 256` (to change the batch
+    /// size at a fixed rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_lr: Option<f64>,
     /// Weight decay.
     pub weight_decay: f64,
     /// Global gradient-norm clipping.
@@ -162,6 +166,7 @@ impl Default for OptimizerSection {
         OptimizerSection {
             name: OptimizerName::AdamW,
             base_lr: 1.5e-4,
+            peak_lr: None,
             weight_decay: 0.1,
             clip_grad: None,
         }
@@ -429,12 +434,12 @@ impl PretrainConfig {
 
     /// The schedule over a loader of `batches_per_epoch` micro-batches: `epochs` with
     /// `warmup_epochs`, or both rescaled to span `steps`; peak learning rate
-    /// `base_lr · batch / 256`.
+    /// [`PretrainConfig::peak_lr`].
     pub fn schedule(&self, batches_per_epoch: usize) -> Schedule {
         let schedule = Schedule {
             epochs: self.schedule.epochs,
             warmup_epochs: self.schedule.warmup_epochs,
-            peak_lr: scaled_lr(self.optimizer.base_lr, self.schedule.batch_size),
+            peak_lr: self.peak_lr(),
             base_momentum: self.schedule.momentum,
             batches_per_epoch,
             grad_accum: self.schedule.grad_accum,
@@ -443,6 +448,13 @@ impl PretrainConfig {
             Some(steps) => schedule.spanning(steps),
             None => schedule,
         }
+    }
+
+    /// The peak learning rate: `peak_lr` when set, else `base_lr · batch / 256`.
+    pub fn peak_lr(&self) -> f64 {
+        self.optimizer
+            .peak_lr
+            .unwrap_or_else(|| scaled_lr(self.optimizer.base_lr, self.schedule.batch_size))
     }
 
     /// The loop's settings over a loader of `batches_per_epoch` micro-batches.
@@ -519,6 +531,13 @@ impl PretrainConfig {
                 "temperature must be positive, got {}",
                 self.temperature
             ));
+        }
+        let (key, lr) = match self.optimizer.peak_lr {
+            Some(lr) => ("peak_lr", lr),
+            None => ("base_lr", self.optimizer.base_lr),
+        };
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(format!("{key} must be a positive learning rate, got {lr}"));
         }
         if !(0.0..=1.0).contains(&self.schedule.momentum) {
             return Err(format!(

@@ -1,15 +1,18 @@
-//! The study's figures, like the paper's: kNN top-1 during training for every learning rate,
-//! learned and frozen patch projection side by side on one scale (with several seeds: their
-//! mean, and a band of ± one standard deviation); per run, the gradient norm of the first and
-//! the last layer relative to its median, with their spikes and the kNN dips marked.
+//! The study's figures, like the paper's: kNN top-1 during training, one line per value of
+//! the study's last varying axis (the learning rate, the depth, ...), learned and frozen patch
+//! projection side by side on one scale (with several seeds: their mean, and a band of ± one
+//! standard deviation); when that axis is numeric, the final kNN, the spikes and the
+//! cross-correlation lag against it; per run, the gradient norm of the first and the last
+//! layer relative to its median, with their spikes and the kNN dips marked.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::grid::{format_lr, PatchEmbed, StudyConfig};
+use serde_json::Value;
+
+use super::grid::{name_part, show_value, PatchEmbed, StudyConfig, FREEZE};
 use super::report::{median, RunAnalysis};
-use super::spread::mean_curve;
-use crate::method::Method;
+use super::spread::{mean_curve, Cell, Side, Spread};
 use crate::plot::{save_png, side_by_side, Band, Chart, Series, PALETTE};
 use crate::TrainError;
 
@@ -17,35 +20,108 @@ const SPIKE_FIRST: [u8; 3] = [255, 190, 110];
 const SPIKE_LAST: [u8; 3] = [160, 195, 255];
 const DIP: [u8; 3] = [230, 60, 60];
 
+/// The axis whose values are the lines of a figure (the last cell axis with several values,
+/// else the last cell axis) and the axes that make one figure each.
+struct Layout {
+    line: Option<(String, Vec<Value>)>,
+    groups: Vec<Vec<(String, Value)>>,
+    panels: Vec<PatchEmbed>,
+}
+
+fn layout(study: &StudyConfig, analyses: &[RunAnalysis]) -> Layout {
+    let keys = study.cell_keys();
+    let varying = |k: &String| study.axis(k).is_some_and(|a| a.values.len() > 1);
+    let line = keys
+        .iter()
+        .rev()
+        .find(|k| varying(k))
+        .or(keys.last())
+        .cloned();
+    let mut groups: Vec<Vec<(String, Value)>> = Vec::new();
+    for a in analyses {
+        let g: Vec<(String, Value)> = keys
+            .iter()
+            .filter(|k| Some(*k) != line.as_ref())
+            .map(|k| (k.clone(), a.axes.get(k).cloned().unwrap_or(Value::Null)))
+            .collect();
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    let mut panels: Vec<PatchEmbed> = match study.axis(FREEZE) {
+        Some(a) => a
+            .values
+            .iter()
+            .map(|v| {
+                if v == &Value::Bool(true) {
+                    PatchEmbed::Frozen
+                } else {
+                    PatchEmbed::Learned
+                }
+            })
+            .collect(),
+        None => analyses.iter().map(|a| a.patch_embed).collect(),
+    };
+    panels.dedup();
+    Layout {
+        line: line.map(|k| {
+            let values = study.axis(&k).map(|a| a.values.clone()).unwrap_or_default();
+            (k, values)
+        }),
+        groups,
+        panels,
+    }
+}
+
+fn in_group(a: &RunAnalysis, group: &[(String, Value)]) -> bool {
+    group.iter().all(|(k, v)| a.axes.get(k) == Some(v))
+}
+
+fn group_name(prefix: &str, group: &[(String, Value)]) -> String {
+    let parts: Vec<String> = std::iter::once(prefix.to_string())
+        .chain(group.iter().map(|(k, v)| name_part(k, v)))
+        .collect();
+    parts.join("-")
+}
+
+fn group_title(group: &[(String, Value)]) -> String {
+    group
+        .iter()
+        .map(|(k, v)| format!("{k} {}", show_value(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Draws every figure into `dir`; returns the report's figure section (markdown).
 pub fn draw(
     dir: &Path,
     study: &StudyConfig,
     analyses: &[RunAnalysis],
+    cells: &[Cell],
 ) -> Result<String, TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::Io(format!("{}: {e}", dir.display())))?;
     let mut md = String::new();
-    let mut keys: Vec<(Method, usize)> = Vec::new();
-    for a in analyses {
-        if !keys.contains(&(a.method, a.batch_size)) {
-            keys.push((a.method, a.batch_size));
-        }
-    }
+    let layout = layout(study, analyses);
     let y_range = knn_range(analyses);
-    for (method, batch) in keys {
-        let panels = study
-            .patch_embed
+    for group in &layout.groups {
+        let panels = layout
+            .panels
             .iter()
-            .map(|&p| knn_panel(study, analyses, (method, batch, p), y_range).render())
+            .map(|&p| knn_panel(&layout, analyses, group, p, y_range).render())
             .collect::<Result<Vec<_>, _>>()?;
-        let name = format!("knn-{method}-b{batch}.png");
+        let name = format!("{}.png", group_name("knn", group));
         save_png(&side_by_side(&panels), &dir.join(&name))?;
-        let order: Vec<String> = study.patch_embed.iter().map(|p| p.to_string()).collect();
+        let order: Vec<String> = layout.panels.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(
             md,
-            "kNN accuracy during training, {method}, batch {batch} (left to right: {}):\n\n![kNN {method} b{batch}](figures/{name})\n",
-            order.join(", ")
+            "kNN accuracy during training, {} (left to right: {}):\n\n![kNN {}](figures/{name})\n",
+            group_title(group),
+            order.join(", "),
+            group_title(group)
         );
+        if let Some(section) = against_axis(dir, &layout, cells, group)? {
+            md += &section;
+        }
     }
     for a in analyses.iter().filter(|a| !a.grad_first.is_empty()) {
         let name = format!("grad-{}.png", a.name);
@@ -68,32 +144,46 @@ fn knn_range(analyses: &[RunAnalysis]) -> Option<(f64, f64)> {
     (lo <= hi).then_some((lo, hi))
 }
 
-/// One panel: a line per learning rate (per seed with one seed; the mean and a ± 1 s.d. band
-/// over the seeds with several).
+/// One panel: a line per value of the line axis (per seed with one seed; the mean and a ± 1
+/// s.d. band over the seeds with several).
 fn knn_panel(
-    study: &StudyConfig,
+    layout: &Layout,
     analyses: &[RunAnalysis],
-    (method, batch, patch): (Method, usize, PatchEmbed),
+    group: &[(String, Value)],
+    patch: PatchEmbed,
     y_range: Option<(f64, f64)>,
 ) -> Chart {
-    let mut chart = Chart::new(
-        format!("{method} batch {batch}, {patch} patch proj.: kNN top-1 %"),
-        vec![],
-    );
+    let title = match group.is_empty() {
+        true => format!("{patch} patch proj.: kNN top-1 %"),
+        false => format!("{}, {patch} patch proj.: kNN top-1 %", group_title(group)),
+    };
+    let mut chart = Chart::new(title, vec![]);
     chart.y_range = y_range;
-    for (i, &lr) in study.base_lrs.iter().enumerate() {
+    let lines: Vec<Option<&Value>> = match &layout.line {
+        Some((_, values)) => values.iter().map(Some).collect(),
+        None => vec![None],
+    };
+    for (i, value) in lines.into_iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let runs: Vec<&RunAnalysis> = analyses
             .iter()
-            .filter(|a| {
-                (a.method, a.batch_size, a.patch_embed, a.base_lr) == (method, batch, patch, lr)
+            .filter(|a| a.patch_embed == patch && in_group(a, group))
+            // Runs that have ended: a run under way would bend the mean.
+            .filter(|a| a.status == "complete" || a.status == "diverged")
+            .filter(|a| match (&layout.line, value) {
+                (Some((k, _)), Some(v)) => a.axes.get(k) == Some(v),
+                _ => true,
             })
             .collect();
         let curves: Vec<&[(u64, f64)]> = runs.iter().map(|a| a.knn.as_slice()).collect();
         let mean = mean_curve(&curves);
+        let name = match (&layout.line, value) {
+            (Some((k, _)), Some(v)) => format!("{k} {}", show_value(v)),
+            _ => "kNN".into(),
+        };
         let label = match runs.len() {
-            0 | 1 => format!("lr {}", format_lr(lr)),
-            n => format!("lr {} (mean of {n})", format_lr(lr)),
+            0 | 1 => name,
+            n => format!("{name} (mean of {n})"),
         };
         if runs.len() > 1 {
             let band = mean.iter().map(|(x, s)| (*x, s.mean - s.sd, s.mean + s.sd));
@@ -110,6 +200,73 @@ fn knn_panel(
         });
     }
     chart
+}
+
+/// When the line axis is numeric: the final kNN, the block spikes and the cross-correlation
+/// lag of each cell against it, learned and frozen (mean and ± 1 s.d. over the seeds).
+fn against_axis(
+    dir: &Path,
+    layout: &Layout,
+    cells: &[Cell],
+    group: &[(String, Value)],
+) -> Result<Option<String>, TrainError> {
+    let Some((key, values)) = &layout.line else {
+        return Ok(None);
+    };
+    if values.len() < 2 || !values.iter().all(Value::is_number) {
+        return Ok(None);
+    }
+    let in_cells: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| group.iter().all(|(k, v)| c.axes.get(k) == Some(v)))
+        .collect();
+    let measures: [(&str, fn(&Side) -> Option<Spread>); 3] = [
+        ("final kNN top-1 %", |s| s.final_top1),
+        ("spikes in the blocks per run", |s| s.block_spikes),
+        ("cross-correlation lag (steps)", |s| s.cross_lag),
+    ];
+    let mut panels = Vec::new();
+    for (title, measure) in measures {
+        let mut chart = Chart::new(format!("{title} against {key}"), vec![]);
+        chart.x_label = key.clone();
+        for (i, &patch) in layout.panels.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let points: Vec<(f64, Spread)> = in_cells
+                .iter()
+                .filter_map(|c| {
+                    let x = c.axes.get(key)?.as_f64()?;
+                    let side = if patch == PatchEmbed::Frozen {
+                        &c.frozen
+                    } else {
+                        &c.learned
+                    };
+                    Some((x, measure(side)?))
+                })
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            chart.bands.push(Band {
+                points: points
+                    .iter()
+                    .map(|(x, s)| (*x, s.mean - s.sd, s.mean + s.sd))
+                    .collect(),
+                color,
+            });
+            chart.series.push(Series {
+                label: format!("{patch}"),
+                points: points.iter().map(|(x, s)| (*x, s.mean)).collect(),
+                color,
+            });
+        }
+        panels.push(chart.render()?);
+    }
+    let name = format!("{}.png", group_name(&format!("against-{key}"), group));
+    save_png(&side_by_side(&panels), &dir.join(&name))?;
+    Ok(Some(format!(
+        "Final kNN, spikes in the blocks and the cross-correlation lag against {key}{}:\n\n![against {key}](figures/{name})\n\n",
+        if group.is_empty() { String::new() } else { format!(", {}", group_title(group)) }
+    )))
 }
 
 /// A run's first- and last-layer gradient norms relative to their medians (as the paper

@@ -1,7 +1,8 @@
 //! The instability study of the paper as one command: a grid of short pretraining runs over
-//! learning rate, learned vs frozen patch projection, batch size, method and seed, each with
-//! the kNN monitor at a fine interval and the gradient monitor on, then a report
-//! ([`report`]) with the paper's figures and a table per run; the grid is [`grid`].
+//! any configuration keys (learning rate, learned vs frozen patch projection, batch size,
+//! depth, width, method, seed, ...), each with the kNN monitor at a fine interval and the
+//! gradient monitor on, then a report ([`report`]) with the paper's figures, a table per
+//! cell and per run, and the timing of spikes and dips ([`lag`]); the grid is [`grid`].
 //!
 //! A study directory holds `study.json` (the grid), `runs/NAME/` (one run directory each, with
 //! `study_status.json` once the run has finished or diverged), and the report. Running the
@@ -9,6 +10,7 @@
 
 mod figures;
 pub mod grid;
+pub mod lag;
 pub mod report;
 pub mod spread;
 
@@ -36,6 +38,9 @@ pub struct StudyOptions {
     /// The machine each run records in its `metrics.jsonl` ([`crate::Machine::here`] when
     /// absent; give one to name the GPU and the build).
     pub machine: Option<crate::Machine>,
+    /// Train at most this many runs now, then write the report (a long grid in parts: the
+    /// runs go seed by seed, so the first parts cover every cell once).
+    pub max_runs: Option<usize>,
 }
 
 /// What a study did in this invocation.
@@ -49,6 +54,8 @@ pub struct StudySummary {
     pub diverged: usize,
     /// Stopped early by the stop flag.
     pub interrupted: bool,
+    /// Runs still to train after this invocation (stopped by `max_runs` or the stop flag).
+    pub left: usize,
     /// `report.md`, when written.
     pub report: Option<PathBuf>,
 }
@@ -103,6 +110,20 @@ pub fn run_study(
             );
             continue;
         }
+        let left_from = |i: usize| {
+            runs[i..]
+                .iter()
+                .filter(|r| run_status(&out.join("runs").join(&r.name)).is_none())
+                .count()
+        };
+        if options.max_runs.is_some_and(|m| summary.ran >= m) {
+            summary.left = left_from(i);
+            println!(
+                "stopping after {} run(s) (--max-runs); {} left: run the same command again to continue",
+                summary.ran, summary.left
+            );
+            break;
+        }
         let resume = !crate::run_state::list_checkpoints(&dir).is_empty();
         let eta = if steps_done > 0 {
             let per_step = started.elapsed().as_secs_f64() / steps_done as f64;
@@ -132,6 +153,7 @@ pub fn run_study(
         let status = match pretrain(run.config.clone(), &dir, &run_options, device) {
             Ok(s) if s.interrupted => {
                 summary.interrupted = true;
+                summary.left = left_from(i);
                 break;
             }
             Ok(s) => RunStatus::Complete { steps: s.steps },
@@ -159,6 +181,7 @@ pub fn run_study(
             .is_some_and(|s| s.load(Ordering::SeqCst))
         {
             summary.interrupted = true;
+            summary.left = left_from(i + 1);
             break;
         }
     }

@@ -1,5 +1,6 @@
 //! The study's report: per run the final and best kNN accuracy, the dips, the gradient spikes
-//! per layer group and the lag from a first-layer spike to the next last-layer spike; figures
+//! per layer group, the lag from a first-layer spike to the next last-layer spike (by
+//! threshold and by cross-correlation) and the lead of a spike before a dip; figures
 //! like the paper's (kNN curves learned vs frozen, first- and last-layer gradient norms with
 //! their spikes); `report.md` and `summary.json`. Everything is recomputed from the runs'
 //! `metrics.jsonl` with the study's thresholds, so a report can be redrawn with other
@@ -12,7 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::figures;
-use super::grid::{format_lr, run_status, PatchEmbed, RunStatus, StudyConfig, StudyRun};
+use super::grid::{run_status, show_value, PatchEmbed, RunStatus, StudyConfig, StudyRun};
+use super::lag::{cross_lag, dip_leads, normalised, CrossLag, DipLead};
 use super::spread::{cells, Cell, Side, Spread};
 use crate::method::Method;
 use crate::monitor::{DipDetector, DipEvent, SpikeDetector, SpikeEvent};
@@ -23,12 +25,16 @@ use crate::TrainError;
 pub struct RunAnalysis {
     /// Run name.
     pub name: String,
+    /// This run's value of every axis of the study (flat key → value).
+    pub axes: serde_json::Map<String, Value>,
     /// Method.
     pub method: Method,
     /// Batch size.
     pub batch_size: usize,
     /// Base learning rate.
     pub base_lr: f64,
+    /// Peak learning rate (see [`crate::PretrainConfig::peak_lr`]).
+    pub peak_lr: f64,
     /// Patch projection.
     pub patch_embed: PatchEmbed,
     /// Seed.
@@ -63,6 +69,13 @@ pub struct RunAnalysis {
     pub lags: Vec<u64>,
     /// Median of `lags`.
     pub median_lag: Option<f64>,
+    /// The lag at which the first and last layers' normalised gradient norms correlate best
+    /// (within the lag window; no threshold).
+    pub cross_lag: Option<CrossLag>,
+    /// Each dip with the nearest spike before it (within the lag window).
+    pub dip_leads: Vec<DipLead>,
+    /// Median of the dips' lead times.
+    pub median_lead: Option<f64>,
     /// Gradient norm of the first layer per step.
     #[serde(skip)]
     pub grad_first: Vec<(u64, f64)>,
@@ -165,6 +178,17 @@ pub fn analyse_run(run_dir: &Path, run: &StudyRun, study: &StudyConfig) -> RunAn
         })
         .collect();
     let median_lag = median(&lags.iter().map(|&l| l as f64).collect::<Vec<_>>());
+    let cross_lag = (first_layer != last_layer)
+        .then(|| {
+            cross_lag(
+                &normalised(&grad_first, study.spike_window),
+                &normalised(&grad_last, study.spike_window),
+                study.lag_window,
+            )
+        })
+        .flatten();
+    let dip_leads = dip_leads(&dips, &spikes, study.lag_window);
+    let median_lead = median(&dip_leads.iter().map(|d| d.lead as f64).collect::<Vec<_>>());
     let (status_text, diverged_at) = match (&status, steps.is_empty()) {
         (Some(RunStatus::Complete { .. }), _) => ("complete", None),
         (Some(RunStatus::Diverged { step, .. }), _) => ("diverged", Some(*step)),
@@ -173,9 +197,11 @@ pub fn analyse_run(run_dir: &Path, run: &StudyRun, study: &StudyConfig) -> RunAn
     };
     RunAnalysis {
         name: run.name.clone(),
+        axes: run.axes.iter().cloned().collect(),
         method: run.method,
         batch_size: run.batch_size,
         base_lr: run.base_lr,
+        peak_lr: run.config.peak_lr(),
         patch_embed: run.patch_embed,
         seed: run.seed,
         status: status_text.into(),
@@ -193,6 +219,9 @@ pub fn analyse_run(run_dir: &Path, run: &StudyRun, study: &StudyConfig) -> RunAn
         last_layer,
         lags,
         median_lag,
+        cross_lag,
+        dip_leads,
+        median_lead,
         grad_first,
         grad_last,
     }
@@ -228,17 +257,19 @@ pub fn write_report(
         .iter()
         .map(|r| analyse_run(&out.join("runs").join(&r.name), r, study))
         .collect();
-    let cells = cells(&analyses);
+    let keys = study.cell_keys();
+    let cells = cells(&analyses, &keys);
     let mut md = String::new();
     let _ = writeln!(md, "# Stability study: {}\n", study.name);
     if let Some(c) = command {
         let _ = writeln!(md, "Command: `{c}`\n");
     }
     write_thresholds(&mut md, study, runs.len())?;
-    write_cells(&mut md, &cells, study.seeds.len());
+    write_cells(&mut md, &keys, &cells, study.seeds().len());
+    write_signals(&mut md, &keys, &cells);
     write_runs(&mut md, &analyses);
     let _ = writeln!(md, "\n## Figures\n");
-    md += &figures::draw(&out.join("figures"), study, &analyses)?;
+    md += &figures::draw(&out.join("figures"), study, &analyses, &cells)?;
     let report = out.join("report.md");
     moco_models::write_atomic(&report, md.as_bytes())?;
     let json = serde_json::to_string_pretty(&analyses).expect("analyses");
@@ -256,13 +287,27 @@ fn write_thresholds(md: &mut String, study: &StudyConfig, runs: usize) -> Result
     } else {
         format!("`{}`", Value::Object(study.overrides.clone()))
     };
+    let axes = study
+        .axes
+        .iter()
+        .map(|a| {
+            let values: Vec<String> = a.values.iter().map(show_value).collect();
+            format!("`{}` ∈ {{{}}}", a.key, values.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(" × ");
     let _ = writeln!(
         md,
-        "Preset `{}` with {overrides}; {runs} runs. Thresholds: a **dip** is a kNN top-1 drop of \
-         more than {} points between two consecutive evaluations (every {} steps, {} evaluation \
-         images); a **spike** is a layer group's gradient norm above {}× the median of its \
-         previous {} steps (after {} steps of history); a last-layer spike within {} steps \
-         after a first-layer spike is counted as its echo (the lag).\n",
+        "Preset `{}` with {overrides}; axes {axes}: {runs} runs. Thresholds: a **dip** is a kNN \
+         top-1 drop of more than {} points between two consecutive evaluations (every {} steps, \
+         {} evaluation images); a **spike** is a layer group's gradient norm above {}× the \
+         median of its previous {} steps (after {} steps of history); a last-layer spike within \
+         {} steps after a first-layer spike is counted as its echo (the lag). The \
+         **cross-correlation lag** is the shift (within ±{} steps) at which the first and last \
+         layers' gradient norms, each as the log of its ratio to that running median, correlate \
+         best (positive: the last layer follows); a dip's **lead** is the distance from the \
+         nearest spike of any layer group before it (within {} steps) to the evaluation that \
+         measured the drop.\n",
         study.preset,
         study.dip_threshold,
         base.monitors.knn_every,
@@ -270,14 +315,33 @@ fn write_thresholds(md: &mut String, study: &StudyConfig, runs: usize) -> Result
         study.spike_factor,
         study.spike_window,
         (study.spike_window / 5).max(5),
+        study.lag_window,
+        study.lag_window,
         study.lag_window
     );
     Ok(())
 }
 
-/// Learned vs frozen per method, batch and lr: mean ± standard deviation over the seeds, and
-/// whether the difference stands out of the seed noise.
-fn write_cells(md: &mut String, cells: &[Cell], seeds: usize) {
+/// The table columns of the cell axes and a cell's values in them.
+fn cell_columns(keys: &[String], cell: &Cell) -> String {
+    keys.iter()
+        .map(|k| cell.axes.get(k).map_or("–".into(), show_value))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn header(keys: &[String], rest: &[&str]) -> String {
+    let cols: Vec<&str> = keys
+        .iter()
+        .map(String::as_str)
+        .chain(rest.iter().copied())
+        .collect();
+    format!("| {} |\n|{}", cols.join(" | "), "---|".repeat(cols.len()))
+}
+
+/// Learned vs frozen per cell: mean ± standard deviation over the seeds, and whether the
+/// difference stands out of the seed noise.
+fn write_cells(md: &mut String, keys: &[String], cells: &[Cell], seeds: usize) {
     let _ = writeln!(md, "## Learned vs frozen patch projection\n");
     let _ = writeln!(
         md,
@@ -285,11 +349,15 @@ fn write_cells(md: &mut String, cells: &[Cell], seeds: usize) {
          standard deviation with several); Δ = frozen − learned (final), ± its standard error; \
          *beyond noise*: |Δ| above two standard errors (needs two seeds or more).\n"
     );
-    let _ = writeln!(
-        md,
-        "| method | batch | base lr | learned final / best | dips | frozen final / best | dips | Δ final | beyond noise |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    let rest = [
+        "learned final / best",
+        "dips",
+        "frozen final / best",
+        "dips",
+        "Δ final",
+        "beyond noise",
+    ];
+    let _ = writeln!(md, "{}", header(keys, &rest));
     let show = |v: Option<Spread>, d: usize| v.map_or("–".into(), |s| s.show(d));
     let side = |s: &Side| match s.diverged_at {
         Some(step) => (format!("diverged (step {step})"), "–".to_string()),
@@ -310,23 +378,67 @@ fn write_cells(md: &mut String, cells: &[Cell], seeds: usize) {
             Some(false) => "no",
             None => "–",
         };
-        let lr = format_lr(c.base_lr);
         let _ = writeln!(
             md,
-            "| {} | {} | {lr} | {l} | {ld} | {f} | {fd} | {delta} | {beyond} |",
-            c.method, c.batch_size
+            "| {} | {l} | {ld} | {f} | {fd} | {delta} | {beyond} |",
+            cell_columns(keys, c)
         );
     }
 }
 
-/// One row per run: kNN, dips, spikes per layer group, the lag, the final loss.
+/// Per cell and patch projection: how low and how deep the kNN fell, the spikes, the
+/// cross-correlation lag and the lead of a spike before a dip.
+fn write_signals(md: &mut String, keys: &[String], cells: &[Cell]) {
+    let _ = writeln!(md, "\n## Spikes, lag and lead per cell\n");
+    let _ = writeln!(
+        md,
+        "Mean ± sample standard deviation over the seeds that ended; the lag and lead columns \
+         over the runs that have one (their count in parentheses).\n"
+    );
+    let rest = [
+        "projection",
+        "lowest kNN",
+        "deepest drop",
+        "block spikes",
+        "first-layer spikes",
+        "cross-correlation lag",
+        "correlation at the lag",
+        "median lead spike → dip",
+    ];
+    let _ = writeln!(md, "{}", header(keys, &rest));
+    let show = |v: Option<Spread>, d: usize| v.map_or("–".into(), |s| s.show(d));
+    let counted = |v: Option<Spread>, d: usize| {
+        v.map_or("–".into(), |s| format!("{} ({})", s.show(d), s.n))
+    };
+    for c in cells {
+        for (name, s) in [("learned", &c.learned), ("frozen", &c.frozen)] {
+            if s.final_top1.is_none() && s.diverged_at.is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                md,
+                "| {} | {name} | {} | {} | {} | {} | {} | {} | {} |",
+                cell_columns(keys, c),
+                show(s.lowest_top1, 2),
+                show(s.deepest_drop, 2),
+                show(s.block_spikes, 1),
+                show(s.first_layer_spikes, 1),
+                counted(s.cross_lag, 1),
+                show(s.cross_peak, 2),
+                counted(s.lead, 1),
+            );
+        }
+    }
+}
+
+/// One row per run: kNN, dips, spikes per layer group, the lags, the final loss.
 fn write_runs(md: &mut String, analyses: &[RunAnalysis]) {
     let _ = writeln!(md, "\n## Runs\n");
     let _ = writeln!(
         md,
-        "| run | status | steps | final kNN | best kNN | dips | deepest drop | spikes first / last layer | median lag (echoed) | spikes per layer group | final loss |"
+        "| run | status | steps | final kNN | best kNN | dips | deepest drop | spikes first / last layer | median lag (echoed) | cross-correlation lag (r; r at lag 0) | median lead (dips with a spike) | spikes per layer group | final loss |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for a in analyses {
         let count = |l: &str| {
             a.spikes_per_layer
@@ -347,9 +459,15 @@ fn write_runs(md: &mut String, analyses: &[RunAnalysis]) {
         let lag = a.median_lag.map_or("–".into(), |m| {
             format!("{m:.0} ({}/{})", a.lags.len(), count(&a.first_layer))
         });
+        let cross = a.cross_lag.map_or("–".into(), |c| {
+            format!("{} ({:.2}; at 0: {:.2})", c.lag, c.peak, c.at_zero)
+        });
+        let lead = a.median_lead.map_or("–".into(), |m| {
+            format!("{m:.0} ({}/{})", a.dip_leads.len(), a.dips.len())
+        });
         let _ = writeln!(
             md,
-            "| {} | {status} | {} | {} | {} | {} | {:.2} | {} {} / {} {} | {lag} | {} | {} |",
+            "| {} | {status} | {} | {} | {} | {} | {:.2} | {} {} / {} {} | {lag} | {cross} | {lead} | {} | {} |",
             a.name,
             a.steps,
             pct(a.final_top1),

@@ -1,11 +1,12 @@
-//! The spread over seeds: each cell of the study (method, batch, base lr, patch projection)
-//! as the mean ± sample standard deviation of its seeds' final and best kNN accuracy and dip
-//! counts, and the learned-vs-frozen difference with its standard error, so a reader can tell
-//! an effect from seed noise.
+//! The spread over seeds: each cell of the study (one value of every axis but the seed and
+//! the patch projection) as the mean ± sample standard deviation of its seeds' kNN accuracy,
+//! dips, spikes, lag and lead, and the learned-vs-frozen difference with its standard error,
+//! so a reader can tell an effect from seed noise.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use serde_json::Value;
 
 use super::grid::PatchEmbed;
 use super::report::RunAnalysis;
@@ -64,19 +65,37 @@ pub struct Side {
     pub best_top1: Option<Spread>,
     /// Dips per run.
     pub dips: Option<Spread>,
+    /// Lowest kNN top-1 (%).
+    pub lowest_top1: Option<Spread>,
+    /// Deepest drop between two evaluations (points).
+    pub deepest_drop: Option<Spread>,
+    /// Spikes per run in the transformer blocks (or ResNet stages).
+    pub block_spikes: Option<Spread>,
+    /// Spikes per run of the first trained layer group.
+    pub first_layer_spikes: Option<Spread>,
+    /// The cross-correlation lag, last layer after first (steps).
+    pub cross_lag: Option<Spread>,
+    /// The correlation at that lag.
+    pub cross_peak: Option<Spread>,
+    /// Per run, the median lead of a spike before a dip (runs with a dip that has one).
+    pub lead: Option<Spread>,
     /// The step of the first divergence among the seeds.
     pub diverged_at: Option<u64>,
 }
 
-/// Learned against frozen patch projection at one method, batch size and base lr.
+/// Learned against frozen patch projection at one value of every other axis.
 #[derive(Clone, Debug, Serialize)]
 pub struct Cell {
+    /// The cell's value of every axis but the seed and the patch projection.
+    pub axes: serde_json::Map<String, Value>,
     /// Method.
     pub method: Method,
     /// Batch size.
     pub batch_size: usize,
     /// Base learning rate.
     pub base_lr: f64,
+    /// Peak learning rate.
+    pub peak_lr: f64,
     /// Runs with the learned projection.
     pub learned: Side,
     /// Runs with the frozen projection.
@@ -103,31 +122,61 @@ fn side(runs: &[&RunAnalysis]) -> Side {
         .copied()
         .filter(|a| a.status == "complete" || a.status == "diverged")
         .collect();
+    let count = |a: &RunAnalysis, f: &dyn Fn(&str) -> bool| {
+        a.spikes_per_layer
+            .iter()
+            .filter(|(g, _)| f(g))
+            .map(|p| p.1)
+            .sum::<usize>() as f64
+    };
+    let of = |f: &dyn Fn(&RunAnalysis) -> Option<f64>| Spread::of(runs.iter().filter_map(|a| f(a)));
     Side {
-        final_top1: Spread::of(runs.iter().filter_map(|a| a.final_top1)),
-        best_top1: Spread::of(runs.iter().filter_map(|a| a.best_top1)),
-        dips: Spread::of(runs.iter().map(|a| a.dips.len() as f64)),
+        final_top1: of(&|a| a.final_top1),
+        best_top1: of(&|a| a.best_top1),
+        dips: of(&|a| Some(a.dips.len() as f64)),
+        lowest_top1: of(&|a| a.knn.iter().map(|k| k.1).reduce(f64::min)),
+        deepest_drop: of(&|a| Some(a.deepest_dip)),
+        block_spikes: of(&|a| {
+            Some(count(a, &|g| {
+                g.starts_with("block") || g.starts_with("stage")
+            }))
+        }),
+        first_layer_spikes: of(&|a| Some(count(a, &|g| g == a.first_layer))),
+        cross_lag: of(&|a| a.cross_lag.map(|c| c.lag as f64)),
+        cross_peak: of(&|a| a.cross_lag.map(|c| c.peak)),
+        lead: of(&|a| a.median_lead),
         diverged_at: runs.iter().filter_map(|a| a.diverged_at).min(),
     }
 }
 
-/// The cells of the study, in the order of `analyses`' methods and batch sizes, then lr.
-pub fn cells(analyses: &[RunAnalysis]) -> Vec<Cell> {
-    let mut groups: Vec<(Method, usize, f64)> = Vec::new();
+/// The value of the axes `keys` in a run.
+fn key_of(a: &RunAnalysis, keys: &[String]) -> Vec<Value> {
+    keys.iter()
+        .map(|k| a.axes.get(k).cloned().unwrap_or(Value::Null))
+        .collect()
+}
+
+/// The cells of the study: the runs grouped by their values of the axes `keys` (every axis
+/// but the seed and the patch projection), in the order of `analyses`.
+pub fn cells(analyses: &[RunAnalysis], keys: &[String]) -> Vec<Cell> {
+    let mut groups: Vec<Vec<Value>> = Vec::new();
     for a in analyses {
-        if !groups.contains(&(a.method, a.batch_size, a.base_lr)) {
-            groups.push((a.method, a.batch_size, a.base_lr));
+        let key = key_of(a, keys);
+        if !groups.contains(&key) {
+            groups.push(key);
         }
     }
     groups
         .into_iter()
-        .map(|(method, batch_size, base_lr)| {
+        .map(|key| {
+            let members: Vec<&RunAnalysis> =
+                analyses.iter().filter(|a| key_of(a, keys) == key).collect();
             let of = |p: PatchEmbed| -> Vec<&RunAnalysis> {
-                let same = |a: &&RunAnalysis| {
-                    (a.method, a.batch_size, a.base_lr, a.patch_embed)
-                        == (method, batch_size, base_lr, p)
-                };
-                analyses.iter().filter(same).collect()
+                members
+                    .iter()
+                    .copied()
+                    .filter(|a| a.patch_embed == p)
+                    .collect()
             };
             let (learned, frozen) = (
                 side(&of(PatchEmbed::Learned)),
@@ -143,10 +192,13 @@ pub fn cells(analyses: &[RunAnalysis]) -> Vec<Cell> {
                 (Some(l), Some(f)) if l.n > 1 && f.n > 1 => Some(l.se().hypot(f.se())),
                 _ => None,
             };
+            let first = members[0];
             Cell {
-                method,
-                batch_size,
-                base_lr,
+                axes: keys.iter().cloned().zip(key).collect(),
+                method: first.method,
+                batch_size: first.batch_size,
+                base_lr: first.base_lr,
+                peak_lr: first.peak_lr,
                 learned,
                 frozen,
                 delta_final,
@@ -176,9 +228,13 @@ mod tests {
     fn run(patch_embed: PatchEmbed, seed: u64, status: &str, final_top1: f64) -> RunAnalysis {
         RunAnalysis {
             name: format!("{patch_embed:?}-s{seed}"),
+            axes: [("base_lr".to_string(), Value::from(0.1))]
+                .into_iter()
+                .collect(),
             method: Method::MocoV3,
             batch_size: 128,
             base_lr: 0.1,
+            peak_lr: 0.05,
             patch_embed,
             seed,
             status: status.into(),
@@ -196,6 +252,9 @@ mod tests {
             last_layer: "block03".into(),
             lags: Vec::new(),
             median_lag: None,
+            cross_lag: None,
+            dip_leads: Vec::new(),
+            median_lead: None,
             grad_first: Vec::new(),
             grad_last: Vec::new(),
         }
@@ -211,7 +270,7 @@ mod tests {
             run(f, 0, "complete", 65.0),
             run(f, 1, "not started", 0.0),
         ];
-        let cell = &cells(&runs)[0];
+        let cell = &cells(&runs, &["base_lr".to_string()])[0];
         let learned = cell.learned.final_top1.unwrap();
         assert_eq!((learned.mean, learned.n), (61.0, 2));
         assert_eq!(cell.frozen.final_top1.unwrap().n, 1);
@@ -239,6 +298,13 @@ mod tests {
             final_top1: Spread::of(values.iter().copied()),
             best_top1: None,
             dips: None,
+            lowest_top1: None,
+            deepest_drop: None,
+            block_spikes: None,
+            first_layer_spikes: None,
+            cross_lag: None,
+            cross_peak: None,
+            lead: None,
             diverged_at: None,
         };
         let cell = |learned: &[f64], frozen: &[f64]| {
@@ -247,9 +313,11 @@ mod tests {
             let delta_se = (l.n > 1 && f.n > 1).then(|| l.se().hypot(f.se()));
             let [learned, frozen] = all;
             Cell {
+                axes: Default::default(),
                 method: Method::MocoV3,
                 batch_size: 128,
                 base_lr: 0.1,
+                peak_lr: 0.05,
                 learned,
                 frozen,
                 delta_final: Some(f.mean - l.mean),

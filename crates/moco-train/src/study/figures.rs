@@ -202,6 +202,9 @@ fn knn_panel(
     chart
 }
 
+/// A measure of one side of a cell.
+type Measure = fn(&Side) -> Option<Spread>;
+
 /// When the line axis is numeric: the final kNN, the block spikes and the cross-correlation
 /// lag of each cell against it, learned and frozen (mean and ± 1 s.d. over the seeds).
 fn against_axis(
@@ -220,7 +223,7 @@ fn against_axis(
         .iter()
         .filter(|c| group.iter().all(|(k, v)| c.axes.get(k) == Some(v)))
         .collect();
-    let measures: [(&str, fn(&Side) -> Option<Spread>); 3] = [
+    let measures: [(&str, Measure); 3] = [
         ("final kNN top-1 %", |s| s.final_top1),
         ("spikes in the blocks per run", |s| s.block_spikes),
         ("cross-correlation lag (steps)", |s| s.cross_lag),

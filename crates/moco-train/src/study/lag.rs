@@ -132,7 +132,9 @@ mod tests {
 
     /// A noisy level with bursts: the last layer repeats the first layer's bursts `delay`
     /// steps later.
-    fn series(delay: u64) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+    type Series = Vec<(u64, f64)>;
+
+    fn series(delay: u64) -> (Series, Series) {
         let mut rng = 12345u64;
         let mut noise = || {
             rng = rng

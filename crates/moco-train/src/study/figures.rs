@@ -183,7 +183,7 @@ fn knn_panel(
         };
         let label = match runs.len() {
             0 | 1 => name,
-            n => format!("{name} (mean of {n})"),
+            n => format!("{name} ({n} seeds)"),
         };
         if runs.len() > 1 {
             let band = mean.iter().map(|(x, s)| (*x, s.mean - s.sd, s.mean + s.sd));

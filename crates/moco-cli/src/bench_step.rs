@@ -366,6 +366,8 @@ pub fn run_step_bench(args: &StepBenchArgs) -> Result<StepBench, String> {
     if args.steps == 0 {
         return Err("--steps must be positive".into());
     }
+    // As training does (`Trainer::run`): freed buffers are reused by the next step.
+    moco_train::memory::keep_freed_memory();
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))

@@ -358,6 +358,7 @@ where
                 self.device
             )));
         }
+        crate::memory::keep_freed_memory();
         let runner = self.runner()?;
         let main = runner.is_main();
         let mut sinks = if main { self.sinks } else { Vec::new() };

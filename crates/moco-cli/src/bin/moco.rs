@@ -19,6 +19,8 @@ type CmdResult = Result<(), String>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every command that runs a model reuses the buffers it frees (docs/performance.md).
+    moco_cli::train::memory::keep_freed_memory();
     let result = match cli.command {
         Command::Pretrain(args) => {
             moco_cli::pretrain_cli::run_pretrain(&args, "fmnist-vit").map(|_| ())

@@ -1,4 +1,7 @@
-//! One `gemm` product on strided views of host buffers, bounds-checked.
+//! One matrix product on strided views of host buffers, bounds-checked: `moco_sgemm` where it
+//! has a vector kernel for this CPU (x86-64 with AVX-512 or AVX2 + FMA), else `gemm`.
+
+use moco_sgemm::{Kernel, Mat, MatMut, Sgemm, Threads};
 
 /// A matrix inside a buffer: element `(i, j)` at `i · row_stride + j · col_stride`.
 #[derive(Clone, Copy, Debug)]
@@ -41,14 +44,7 @@ pub(crate) fn matmul(
     scale: f32,
     accumulate: bool,
 ) {
-    product(
-        dims,
-        dst,
-        lhs,
-        rhs,
-        (scale, accumulate),
-        gemm::Parallelism::None,
-    )
+    product(dims, dst, lhs, rhs, (scale, accumulate), false)
 }
 
 /// [`matmul`] on all the threads of the current rayon pool: for one large product.
@@ -60,8 +56,7 @@ pub(crate) fn matmul_parallel(
     scale: f32,
     accumulate: bool,
 ) {
-    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
-    product(dims, dst, lhs, rhs, (scale, accumulate), threads)
+    product(dims, dst, lhs, rhs, (scale, accumulate), true)
 }
 
 fn product(
@@ -70,7 +65,7 @@ fn product(
     lhs: (&[f32], Strides),
     rhs: (&[f32], Strides),
     (scale, accumulate): (f32, bool),
-    parallelism: gemm::Parallelism,
+    parallel: bool,
 ) {
     assert!(
         dst.1.extent(m, n) <= dst.0.len(),
@@ -87,6 +82,28 @@ fn product(
     if m == 0 || n == 0 {
         return;
     }
+    let kernel = Kernel::detect();
+    if kernel.is_simd() {
+        let threads = if parallel {
+            Threads::Pool
+        } else {
+            Threads::One
+        };
+        let run = Sgemm { kernel, threads }.run(
+            (m, n, k),
+            scale,
+            Mat::new(lhs.0, lhs.1.row, lhs.1.col),
+            Mat::new(rhs.0, rhs.1.row, rhs.1.col),
+            if accumulate { 1.0 } else { 0.0 },
+            MatMut::new(dst.0, dst.1.row, dst.1.col),
+        );
+        return run.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: every view was checked to lie inside its buffer; `dst` is borrowed mutably and
     // cannot alias the operands.
     unsafe {

@@ -2,6 +2,8 @@
 //! loads one 16-wide row of the `B` panel (two registers) and broadcasts the 6 values of the
 //! `A` panel's column: 12 fused multiply-adds for 8 loads.
 
+use crate::kernel::APanel;
+
 pub(crate) const MR: usize = 6;
 pub(crate) const NR: usize = 16;
 
@@ -9,14 +11,14 @@ pub(crate) const NR: usize = 16;
 /// masks, with one register per row when `cols ≤ 8`.
 ///
 /// # Safety
-/// AVX2 and FMA are available; `a` holds `kc · MR` values, `b` `kc · NR`; `c` has `rows`
-/// writable rows of `cols`, `rs_c` apart.
+/// AVX2 and FMA are available; `a` holds `kc · MR` values (packed) or `MR × kc` readable
+/// values; `b` holds `kc · NR`; `c` has `rows` writable rows of `cols`, `rs_c` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile(
     kc: usize,
-    a: *const f32,
+    a: APanel,
     b: *const f32,
     c: *mut f32,
     rs_c: usize,
@@ -33,10 +35,15 @@ pub(crate) unsafe fn tile(
         beta,
     };
     unsafe {
-        if cols <= 8 {
-            tile_of::<1>(kc, a, b, tile)
-        } else {
-            tile_of::<2>(kc, a, b, tile)
+        match (a, cols <= 8) {
+            (APanel::Packed(a), true) => tile_of::<1, true>(kc, (a, 1, MR), b, tile),
+            (APanel::Packed(a), false) => tile_of::<2, true>(kc, (a, 1, MR), b, tile),
+            (APanel::InPlace { ptr, row, step }, true) => {
+                tile_of::<1, false>(kc, (ptr, row, step), b, tile)
+            }
+            (APanel::InPlace { ptr, row, step }, false) => {
+                tile_of::<2, false>(kc, (ptr, row, step), b, tile)
+            }
         }
     }
 }
@@ -52,22 +59,33 @@ struct Tile {
     beta: f32,
 }
 
-/// The tile with `V` registers per row (`8 · V` columns).
+/// The tile with `V` registers per row, `A` packed (`PACKED`) or read in place (element
+/// `(i, p)` at `i · row + p · step`) (`8 · V` columns).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_of<const V: usize>(kc: usize, a: *const f32, b: *const f32, t: Tile) {
+unsafe fn tile_of<const V: usize, const PACKED: bool>(
+    kc: usize,
+    (a, row, step): (*const f32, usize, usize),
+    b: *const f32,
+    t: Tile,
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); V]; MR];
     for p in 0..kc {
         // SAFETY: step `p` of the panels lies inside them.
         unsafe {
-            let ap = a.add(p * MR);
+            // Packed panels have constant strides, so the compiler folds them into addresses.
+            let (ap, rs) = if PACKED {
+                (a.add(p * MR), 1)
+            } else {
+                (a.add(p * step), row)
+            };
             let mut bv = [_mm256_setzero_ps(); V];
             for (h, v) in bv.iter_mut().enumerate() {
                 *v = _mm256_loadu_ps(b.add(p * NR + 8 * h));
             }
             for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*ap.add(i));
+                let ai = _mm256_broadcast_ss(&*ap.add(i * rs));
                 for (x, &v) in row.iter_mut().zip(&bv) {
                     *x = _mm256_fmadd_ps(ai, v, *x);
                 }

@@ -4,9 +4,13 @@
 
 use std::cell::RefCell;
 
-use crate::kernel::{Blocking, Kernel, MAX_TILE};
+use crate::kernel::{APanel, Blocking, Kernel, MAX_TILE};
 use crate::pack::{pack_a, pack_b};
 use crate::view::{View, ViewMut};
+
+/// The most `B` panels per block for which a row- or column-major `A` is read in place
+/// instead of packed.
+const IN_PLACE_COLUMNS: usize = 1;
 
 /// Packing buffers, kept per thread between products (no allocation per call).
 #[derive(Default)]
@@ -62,14 +66,27 @@ pub(crate) unsafe fn multiply(
                 // Blocks after the first add to what the first wrote.
                 let beta = if pc == 0 { beta } else { 1.0 };
                 unsafe { pack_b(kernel, b_block, b.at(pc, jc), depth, cols) };
+                // Few `B` panels: each `A` value would feed too few multiply-adds to pay for
+                // its packing, so whole panels of a row- or column-major `A` are read in place.
+                let in_place = (a.col == 1 || a.row == 1) && cols <= IN_PLACE_COLUMNS * nr;
                 for ir in (0..m).step_by(mr) {
                     let rows = mr.min(m - ir);
-                    unsafe { pack_a(kernel, a_panel, a.at(ir, pc), rows, depth) };
+                    let a_tile = if in_place && rows == mr {
+                        let ptr = unsafe { a.at(ir, pc) }.ptr;
+                        APanel::InPlace {
+                            ptr,
+                            row: a.row,
+                            step: a.col,
+                        }
+                    } else {
+                        unsafe { pack_a(kernel, a_panel, a.at(ir, pc), rows, depth) };
+                        APanel::Packed(a_panel.as_ptr())
+                    };
                     for (q, jr) in (0..cols).step_by(nr).enumerate() {
                         let tile = (rows, nr.min(cols - jr));
                         let b_panel = b_block[q * depth * nr..].as_ptr();
                         let c_tile = unsafe { c.at(ir, jc + jr) };
-                        let panels = (a_panel.as_ptr(), b_panel);
+                        let panels = (a_tile, b_panel);
                         unsafe {
                             multiply_tile(kernel, depth, panels, c_tile, tile, (alpha, beta))
                         };
@@ -87,7 +104,7 @@ pub(crate) unsafe fn multiply(
 unsafe fn multiply_tile(
     kernel: Kernel,
     depth: usize,
-    (a, b): (*const f32, *const f32),
+    (a, b): (APanel, *const f32),
     c: ViewMut,
     (rows, cols): (usize, usize),
     (alpha, beta): (f32, f32),

@@ -27,6 +27,19 @@ pub(crate) struct Blocking {
     pub nc: usize,
 }
 
+/// The `A` side of a tile: a packed panel (`mr` values per step of `k`), or `mr` rows read
+/// in place, element `(i, p)` at `i · row + p · step` (for products with few columns, where
+/// packing would cost as much as the multiply-adds it feeds).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum APanel {
+    Packed(*const f32),
+    InPlace {
+        ptr: *const f32,
+        row: usize,
+        step: usize,
+    },
+}
+
 /// The largest tile of any kernel (`MR · NR`), for the scratch tile at the edges.
 pub(crate) const MAX_TILE: usize = avx512::MR * avx512::NR;
 
@@ -103,13 +116,13 @@ impl Kernel {
     /// without reading it. Nothing outside the `rows × cols` tile is touched.
     ///
     /// # Safety
-    /// The kernel is available; `a` holds `kc · mr` and `b` `kc · nr` values; the tile of `C`
-    /// is writable.
+    /// The kernel is available; `a` holds `kc · mr` values (packed) or `mr × kc` readable
+    /// values (in place); `b` holds `kc · nr` values; the tile of `C` is writable.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn tile(
         self,
         kc: usize,
-        a: *const f32,
+        a: APanel,
         b: *const f32,
         c: *mut f32,
         rs_c: usize,

@@ -1,18 +1,20 @@
 //! The portable microkernel: a 4 × 16 tile in plain Rust, for CPUs without a kernel of their
 //! own (the compiler vectorises the inner loops for the target's baseline).
 
+use crate::kernel::APanel;
+
 pub(crate) const MR: usize = 4;
 pub(crate) const NR: usize = 16;
 
 /// See [`crate::Kernel::tile`].
 ///
 /// # Safety
-/// `a` holds `kc · MR` values, `b` `kc · NR`; `c` has `rows` writable rows of `cols`, `rs_c`
+/// `a` holds `kc · MR` values (packed) or `MR × kc` readable values; `b` holds `kc · NR`; `c` has `rows` writable rows of `cols`, `rs_c`
 /// apart.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile(
     kc: usize,
-    a: *const f32,
+    a: APanel,
     b: *const f32,
     c: *mut f32,
     rs_c: usize,
@@ -20,15 +22,16 @@ pub(crate) unsafe fn tile(
     alpha: f32,
     beta: f32,
 ) {
-    let (a, b) = unsafe {
-        (
-            std::slice::from_raw_parts(a, kc * MR),
-            std::slice::from_raw_parts(b, kc * NR),
-        )
+    let (a, rs, ks) = match a {
+        APanel::Packed(a) => (a, 1, MR),
+        APanel::InPlace { ptr, row, step } => (ptr, row, step),
     };
+    let b = unsafe { std::slice::from_raw_parts(b, kc * NR) };
     let mut acc = [[0f32; NR]; MR];
-    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
-        for (row, &ai) in acc.iter_mut().zip(ap) {
+    for (p, bp) in b.chunks_exact(NR).enumerate() {
+        // SAFETY: step `p` of the `A` panel is readable.
+        let ap: [f32; MR] = std::array::from_fn(|i| unsafe { *a.add(i * rs + p * ks) });
+        for (row, &ai) in acc.iter_mut().zip(&ap) {
             for (x, &bj) in row.iter_mut().zip(bp) {
                 *x += ai * bj;
             }

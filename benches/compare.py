@@ -14,6 +14,10 @@ the same JPEG files) and the table has one row per augmentation pipeline.
 With `--against OTHER_MOCO`, the pairs are two builds of `moco` (e.g. before and after a
 change of Burn version), alternating, and the ratio is the first's speed over the second's.
 
+With `--gemm`, the pairs are `moco bench gemm` and `benches/gemm_baseline.py` (`torch.matmul`
+at the same shapes and threads), and the table has one row per matrix product, with the
+`gemm` crate and the host's measured peak beside them.
+
 With `--record DIR` (e.g. `benches/results`), the measurement is also stored as one result
 file per comparison and CPU (`step-pytorch-amd-epyc.json`, ...): every pair's figures, the
 machine that `moco bench` reports, the command. A new measurement of the same comparison on the
@@ -49,9 +53,9 @@ def run(cmd):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_lines(cmd):
+def run_lines(cmd, key="pipeline"):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return {r["pipeline"]: r for r in map(json.loads, out.strip().splitlines())}
+    return {r[key]: r for r in map(json.loads, out.strip().splitlines())}
 
 
 def portable(argv):
@@ -111,6 +115,39 @@ def compare_data(args, here):
         record(args, "data", backend, list(ours[0].values())[0]["machine"], rows)
 
 
+def compare_gemm(args, here):
+    """Matrix products, `--pairs` alternating runs of ours and `torch.matmul`."""
+    shapes = subprocess.run([args.moco, "bench", "gemm", "--list"], check=True, capture_output=True,
+                            text=True).stdout
+    ours, theirs = [], []
+    for _ in range(args.pairs):
+        ours.append(run_lines([args.moco, "bench", "gemm"], key="name"))
+        out = subprocess.run([args.python, str(here / "gemm_baseline.py"), "--threads", str(args.threads)],
+                             input=shapes, check=True, capture_output=True, text=True).stdout
+        theirs.append({r["name"]: r for r in map(json.loads, out.strip().splitlines())})
+        if args.out:
+            with open(args.out, "a") as f:
+                for r in [*ours[-1].values(), *theirs[-1].values()]:
+                    f.write(json.dumps(r) + "\n")
+    print("| product | threads | moco GFLOP/s | gemm crate | torch.matmul | moco / torch.matmul | moco / peak |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for name, first in ours[0].items():
+        a = [o[name]["ours"] for o in ours]
+        b = [t[name]["gflops"] for t in theirs]
+        crate = statistics.median(o[name]["gemm"] for o in ours)
+        peak = statistics.median(o[name]["peak"] for o in ours)
+        ratio = statistics.median(x / y for x, y in zip(a, b))
+        print(f"| {name} ({first['m']}×{first['k']}·{first['k']}×{first['n']}) | {first['threads']} | "
+              f"{statistics.median(a):.0f} | {crate:.0f} | {statistics.median(b):.0f} | {ratio:.2f}× | "
+              f"{statistics.median(a) / peak:.0%} |", flush=True)
+        rows.append({"config": name, "m": first["m"], "n": first["n"], "k": first["k"],
+                     "threads": first["threads"], "kernel": first["kernel"], "ours": a, "theirs": b,
+                     "gemm": [o[name]["gemm"] for o in ours], "peak": peak})
+    if args.record:
+        record(args, "gemm", f"torch.matmul {list(theirs[0].values())[0]['torch']}", first["machine"], rows)
+
+
 def main():
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -125,10 +162,13 @@ def main():
     ap.add_argument("--out", default=None, help="append every JSON result to this file")
     ap.add_argument("--data", action="store_true", help="compare the augmentation pipelines instead")
     ap.add_argument("--jpeg-dir", default="/tmp/moco-bench-jpegs")
+    ap.add_argument("--gemm", action="store_true", help="compare the matrix products with torch.matmul instead")
     ap.add_argument("--record", default=None, help="store the measurement in this folder (benches/results)")
     args = ap.parse_args()
     if args.data:
         return compare_data(args, here)
+    if args.gemm:
+        return compare_gemm(args, here)
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     other = "PyTorch" if args.against is None else Path(args.against).name
     print(f"| config | moco img/s | {other} img/s | ratio (median of pairs) | moco peak MB | {other} peak MB |")

@@ -10,7 +10,8 @@ between markers:
     <!-- /results -->
 
 `step pytorch` is the training step against PyTorch, `step moco` against another build of
-moco, `data torchvision` (or `data pillow`) the augmentation pipelines. Each table has one row
+moco, `data torchvision` (or `data pillow`) the augmentation pipelines, `gemm torch.matmul`
+the matrix products. Each table has one row
 per configuration and machine, the machine and the date named in the row.
 
     python3 benches/tables.py           # rewrite the tables in README.md and docs/*.md
@@ -97,12 +98,31 @@ def data_table(results, against):
     return lines
 
 
+def gemm_table(results, against):
+    other = results[0]["against"] if results else against
+    lines = [
+        f"| machine | date | product (m×k · k×n) | threads | moco GFLOP/s | `gemm` crate | {other} | ratio to {other.split()[0]} (median of pairs) | pairs | moco / measured peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for row in r["rows"]:
+            ratios = pair_ratios(row)
+            ours = statistics.median(row["ours"])
+            lines.append(
+                f"| {machine_label(r['machine'])} | {r['machine']['date'][:10]} | {row['config']} "
+                f"({row['m']}×{row['k']} · {row['k']}×{row['n']}) | {row['threads']} | {ours:.0f} | "
+                f"{statistics.median(row['gemm']):.0f} | {statistics.median(row['theirs']):.0f} | "
+                f"**{statistics.median(ratios):.2f}×** | {', '.join(f'{x:.2f}' for x in ratios)} | "
+                f"{ours / row['peak']:.0%} of {row['peak']:.0f} |")
+    return lines
+
+
 def table(results, comparison, against):
     chosen = [r for r in results if r["comparison"] == comparison and slug(r["against"].split()[0]) == against]
     if not chosen:
         raise SystemExit(f"no result file for '{comparison} {against}' in benches/results")
     chosen.sort(key=lambda r: (r["machine"]["cpu"], r["machine"]["date"]))
-    lines = (step_table if comparison == "step" else data_table)(chosen, against)
+    lines = {"step": step_table, "gemm": gemm_table}.get(comparison, data_table)(chosen, against)
     commands = sorted({r["command"] for r in chosen})
     lines.append("")
     lines.extend(f"Measured with `{c}`." for c in commands)

@@ -38,8 +38,8 @@ pub enum Command {
     Finetune(crate::eval_cli::FinetuneArgs),
     /// Write backbone features (and head outputs) of a dataset or of your tensors.
     Features(crate::eval_cli::FeaturesArgs),
-    /// Benchmark full training steps on synthetic data (`moco bench --arch vit_tiny …`), or
-    /// the data pipeline (`moco bench data`).
+    /// Benchmark full training steps on synthetic data (`moco bench --arch vit_tiny …`), the
+    /// data pipeline (`moco bench data`) or the CPU's matrix products (`moco bench gemm`).
     Bench(BenchCmd),
     /// Draw PNG plots of a run (loss, lr and momentum, kNN curve, gradient norms per layer),
     /// or compare several runs' kNN curves and losses (`--out DIR`).
@@ -140,7 +140,7 @@ pub enum Command {
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchCmd {
-    /// `data`, or `step` (the default).
+    /// `data`, `gemm`, or `step` (the default).
     #[command(subcommand)]
     pub what: Option<BenchWhat>,
     /// The step benchmark's arguments, when no subcommand is named.
@@ -153,6 +153,19 @@ pub struct BenchCmd {
 pub enum BenchWhat {
     /// Full training steps (the default of `moco bench`).
     Step(Box<crate::bench_step::StepBenchArgs>),
+    /// GFLOP/s of the CPU's matrix products at the reference steps' shapes: ours, the `gemm`
+    /// crate Burn's flex backend calls, and the host's measured peak (JSON lines).
+    Gemm {
+        /// Milliseconds per timing round (three rounds per shape and implementation).
+        #[arg(long, default_value_t = 200)]
+        millis: u64,
+        /// Every kernel this CPU runs (AVX-512, AVX2, portable), not only the fastest.
+        #[arg(long)]
+        all_kernels: bool,
+        /// Only print the shapes (JSON lines), measuring nothing (for `benches/gemm_baseline.py`).
+        #[arg(long)]
+        list: bool,
+    },
     /// Throughput of the two-view augmentation pipeline (per thread, and with the loader).
     Data {
         /// Folder of the JPEG test set (written on first use).

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bench_gemm;
 pub mod bench_step;
 pub mod cli;
 pub mod crosscheck;

@@ -70,12 +70,25 @@ pub struct MlpHead {
     pub norms: Vec<BatchNorm>,
 }
 
+/// `x·W` (+ bias): on the flex CPU device one fused product with its own backward (the
+/// matrix product of `moco_sgemm`), elsewhere Burn's linear layer.
+fn project(linear: &Linear, x: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if linear.bias.is_none() {
+        return match crate::flex::product((x, linear.weight.val())) {
+            Ok(y) => y,
+            Err((x, _)) => linear.forward(x),
+        };
+    }
+    linear.forward(x)
+}
+
 impl MlpHead {
     /// `[batch, input_dim]` to `[batch, output_dim]`.
     pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
         let n = self.linears.len();
         for (i, linear) in self.linears.iter().enumerate() {
-            x = linear.forward(x);
+            x = project(linear, x);
             if let Some(norm) = self.norms.get(i) {
                 x = norm.forward(x);
             }

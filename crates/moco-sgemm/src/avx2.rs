@@ -2,7 +2,7 @@
 //! loads one 16-wide row of the `B` panel (two registers) and broadcasts the 6 values of the
 //! `A` panel's column: 12 fused multiply-adds for 8 loads.
 
-use crate::kernel::APanel;
+use crate::kernel::{APanel, BPanel};
 
 pub(crate) const MR: usize = 6;
 pub(crate) const NR: usize = 16;
@@ -12,14 +12,15 @@ pub(crate) const NR: usize = 16;
 ///
 /// # Safety
 /// AVX2 and FMA are available; `a` holds `kc · MR` values (packed) or `MR × kc` readable
-/// values; `b` holds `kc · NR`; `c` has `rows` writable rows of `cols`, `rs_c` apart.
+/// values; `b` holds `kc` readable groups of `NR`; `c` has `rows` writable rows of `cols`,
+/// `rs_c` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile(
     kc: usize,
     a: APanel,
-    b: *const f32,
+    b: BPanel,
     c: *mut f32,
     rs_c: usize,
     (rows, cols): (usize, usize),
@@ -66,7 +67,7 @@ struct Tile {
 unsafe fn tile_of<const V: usize, const PACKED: bool>(
     kc: usize,
     (a, row, step): (*const f32, usize, usize),
-    b: *const f32,
+    b: BPanel,
     t: Tile,
 ) {
     use std::arch::x86_64::*;
@@ -82,7 +83,7 @@ unsafe fn tile_of<const V: usize, const PACKED: bool>(
             };
             let mut bv = [_mm256_setzero_ps(); V];
             for (h, v) in bv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(b.add(p * NR + 8 * h));
+                *v = _mm256_loadu_ps(b.ptr.add(p * b.step + 8 * h));
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 let ai = _mm256_broadcast_ss(&*ap.add(i * rs));

@@ -2,7 +2,7 @@
 //! loads one 32-wide row of the `B` panel (two registers) and broadcasts the 14 values of the
 //! `A` panel's column: 28 fused multiply-adds for 16 loads, 3 registers to spare.
 
-use crate::kernel::APanel;
+use crate::kernel::{APanel, BPanel};
 
 pub(crate) const MR: usize = 14;
 pub(crate) const NR: usize = 32;
@@ -12,14 +12,14 @@ pub(crate) const NR: usize = 32;
 ///
 /// # Safety
 /// AVX-512F is available; `a` holds `kc · MR` values (packed) or `MR × kc` readable values;
-/// `b` holds `kc · NR`; `c` has `rows` writable rows of `cols`, `rs_c` apart.
+/// `b` holds `kc` readable groups of `NR`; `c` has `rows` writable rows of `cols`, `rs_c` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile(
     kc: usize,
     a: APanel,
-    b: *const f32,
+    b: BPanel,
     c: *mut f32,
     rs_c: usize,
     (rows, cols): (usize, usize),
@@ -66,7 +66,7 @@ struct Tile {
 unsafe fn tile_of<const V: usize, const PACKED: bool>(
     kc: usize,
     (a, row, step): (*const f32, usize, usize),
-    b: *const f32,
+    b: BPanel,
     t: Tile,
 ) {
     use std::arch::x86_64::*;
@@ -82,7 +82,7 @@ unsafe fn tile_of<const V: usize, const PACKED: bool>(
             };
             let mut bv = [_mm512_setzero_ps(); V];
             for (h, v) in bv.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(b.add(p * NR + 16 * h));
+                *v = _mm512_loadu_ps(b.ptr.add(p * b.step + 16 * h));
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 let ai = _mm512_set1_ps(*ap.add(i * rs));

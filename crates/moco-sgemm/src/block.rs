@@ -4,13 +4,16 @@
 
 use std::cell::RefCell;
 
-use crate::kernel::{APanel, Blocking, Kernel, MAX_TILE};
+use crate::kernel::{APanel, BPanel, Blocking, Kernel, MAX_TILE};
 use crate::pack::{pack_a, pack_b};
 use crate::view::{View, ViewMut};
 
 /// The most `B` panels per block for which a row- or column-major `A` is read in place
 /// instead of packed.
 const IN_PLACE_COLUMNS: usize = 1;
+
+/// The most `A` panels for which a row-major `B` is read in place instead of packed.
+const B_IN_PLACE_ROWS: usize = 5;
 
 /// Packing buffers, kept per thread between products (no allocation per call).
 #[derive(Default)]
@@ -65,7 +68,12 @@ pub(crate) unsafe fn multiply(
                 let depth = kc.min(k - pc);
                 // Blocks after the first add to what the first wrote.
                 let beta = if pc == 0 { beta } else { 1.0 };
-                unsafe { pack_b(kernel, b_block, b.at(pc, jc), depth, cols) };
+                // Few rows of `A`: each `B` value would feed too few multiply-adds to pay for
+                // its packing, so whole panels of a row-major `B` are read in place.
+                let b_in_place = b.col == 1 && m <= B_IN_PLACE_ROWS * mr && cols % nr == 0;
+                if !b_in_place {
+                    unsafe { pack_b(kernel, b_block, b.at(pc, jc), depth, cols) };
+                }
                 // Few `B` panels: each `A` value would feed too few multiply-adds to pay for
                 // its packing, so whole panels of a row- or column-major `A` are read in place.
                 let in_place = (a.col == 1 || a.row == 1) && cols <= IN_PLACE_COLUMNS * nr;
@@ -84,7 +92,13 @@ pub(crate) unsafe fn multiply(
                     };
                     for (q, jr) in (0..cols).step_by(nr).enumerate() {
                         let tile = (rows, nr.min(cols - jr));
-                        let b_panel = b_block[q * depth * nr..].as_ptr();
+                        let b_panel = if b_in_place {
+                            let ptr = unsafe { b.at(pc, jc + jr) }.ptr;
+                            BPanel { ptr, step: b.row }
+                        } else {
+                            let ptr = b_block[q * depth * nr..].as_ptr();
+                            BPanel { ptr, step: nr }
+                        };
                         let c_tile = unsafe { c.at(ir, jc + jr) };
                         let panels = (a_tile, b_panel);
                         unsafe {
@@ -104,7 +118,7 @@ pub(crate) unsafe fn multiply(
 unsafe fn multiply_tile(
     kernel: Kernel,
     depth: usize,
-    (a, b): (APanel, *const f32),
+    (a, b): (APanel, BPanel),
     c: ViewMut,
     (rows, cols): (usize, usize),
     (alpha, beta): (f32, f32),

@@ -40,6 +40,14 @@ pub(crate) enum APanel {
     },
 }
 
+/// The `B` side of a tile: `nr` values per step of `k`, `step` values apart (a packed panel:
+/// `nr`; read in place from a row-major block: its row stride).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BPanel {
+    pub ptr: *const f32,
+    pub step: usize,
+}
+
 /// The largest tile of any kernel (`MR · NR`), for the scratch tile at the edges.
 pub(crate) const MAX_TILE: usize = avx512::MR * avx512::NR;
 
@@ -117,13 +125,14 @@ impl Kernel {
     ///
     /// # Safety
     /// The kernel is available; `a` holds `kc · mr` values (packed) or `mr × kc` readable
-    /// values (in place); `b` holds `kc · nr` values; the tile of `C` is writable.
+    /// values (in place); `b` holds `kc` readable groups of `nr` values; the tile of `C` is
+    /// writable.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn tile(
         self,
         kc: usize,
         a: APanel,
-        b: *const f32,
+        b: BPanel,
         c: *mut f32,
         rs_c: usize,
         extent: (usize, usize),

@@ -1,7 +1,7 @@
 //! The portable microkernel: a 4 × 16 tile in plain Rust, for CPUs without a kernel of their
 //! own (the compiler vectorises the inner loops for the target's baseline).
 
-use crate::kernel::APanel;
+use crate::kernel::{APanel, BPanel};
 
 pub(crate) const MR: usize = 4;
 pub(crate) const NR: usize = 16;
@@ -9,13 +9,13 @@ pub(crate) const NR: usize = 16;
 /// See [`crate::Kernel::tile`].
 ///
 /// # Safety
-/// `a` holds `kc · MR` values (packed) or `MR × kc` readable values; `b` holds `kc · NR`; `c` has `rows` writable rows of `cols`, `rs_c`
+/// `a` holds `kc · MR` values (packed) or `MR × kc` readable values; `b` holds `kc` readable groups of `NR`; `c` has `rows` writable rows of `cols`, `rs_c`
 /// apart.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile(
     kc: usize,
     a: APanel,
-    b: *const f32,
+    b: BPanel,
     c: *mut f32,
     rs_c: usize,
     (rows, cols): (usize, usize),
@@ -26,9 +26,10 @@ pub(crate) unsafe fn tile(
         APanel::Packed(a) => (a, 1, MR),
         APanel::InPlace { ptr, row, step } => (ptr, row, step),
     };
-    let b = unsafe { std::slice::from_raw_parts(b, kc * NR) };
     let mut acc = [[0f32; NR]; MR];
-    for (p, bp) in b.chunks_exact(NR).enumerate() {
+    for p in 0..kc {
+        // SAFETY: group `p` of the `B` panel is readable.
+        let bp = unsafe { std::slice::from_raw_parts(b.ptr.add(p * b.step), NR) };
         // SAFETY: step `p` of the `A` panel is readable.
         let ap: [f32; MR] = std::array::from_fn(|i| unsafe { *a.add(i * rs + p * ks) });
         for (row, &ai) in acc.iter_mut().zip(&ap) {

@@ -141,13 +141,17 @@ fn odd_shapes_strides_and_transposes_match_the_definition() {
 #[test]
 fn products_across_cache_blocks_and_threads_match_the_definition() {
     // k past one `kc` block (256), n past one `nc` block (384), m and n split over threads,
-    // and the shapes of a ViT step's products scaled down.
+    // the shapes of a ViT step's products scaled down, few rows (`B` read in place) and few
+    // columns (`A` read in place).
     let dims = [
         (300, 70, 600),
         (45, 800, 37),
         (529, 97, 260),
         (65, 65, 64),
         (1, 400, 300),
+        (32, 512, 300),
+        (64, 256, 70),
+        (200, 32, 270),
     ];
     for kernel in kernels() {
         for &dims in &dims {

@@ -66,18 +66,26 @@ impl Machine {
 }
 
 /// The CPU model: `model name` (x86) or `Hardware`/`Model` (ARM) in `/proc/cpuinfo`, else the
-/// architecture.
+/// architecture. A name without a model number (virtual machines report `AMD EPYC` for several
+/// generations) gets the CPU family and model: `AMD EPYC (family 26, model 2)`.
 pub fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    ["model name", "Hardware", "Model"]
-        .iter()
-        .find_map(|key| {
-            info.lines().find_map(|line| {
-                let (k, v) = line.split_once(':')?;
-                (k.trim() == *key && !v.trim().is_empty()).then(|| v.trim().to_string())
-            })
+    let field = |key: &str| {
+        info.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k.trim() == key && !v.trim().is_empty()).then(|| v.trim().to_string())
         })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+    };
+    let name = ["model name", "Hardware", "Model"]
+        .iter()
+        .find_map(|key| field(key))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    match (field("cpu family"), field("model")) {
+        (Some(family), Some(model)) if !name.chars().any(|c| c.is_ascii_digit()) => {
+            format!("{name} (family {family}, model {model})")
+        }
+        _ => name,
+    }
 }
 
 /// The widest vector instruction set of this CPU that matrix kernels use.

@@ -39,6 +39,23 @@ fn main() -> ExitCode {
                     }
                 })
             }
+            Some(BenchWhat::Gemm {
+                millis,
+                all_kernels,
+                list,
+            }) => {
+                if list {
+                    for shape in &moco_cli::bench_gemm::SHAPES {
+                        println!("{}", serde_json::to_string(shape).expect("serialises"));
+                    }
+                } else {
+                    let time = std::time::Duration::from_millis(millis.max(1));
+                    for r in moco_cli::bench_gemm::run_gemm_bench(time, all_kernels) {
+                        println!("{}", serde_json::to_string(&r).expect("serialises"));
+                    }
+                }
+                Ok(())
+            }
             Some(BenchWhat::Step(args)) => print_step_bench(&args),
             None => print_step_bench(&step),
         },

@@ -45,7 +45,15 @@ const fn shape(
     (a, b): (Layout, Layout),
     parallel: bool,
 ) -> GemmShape {
-    GemmShape { name, m, n, k, a, b, parallel }
+    GemmShape {
+        name,
+        m,
+        n,
+        k,
+        a,
+        b,
+        parallel,
+    }
 }
 
 use Layout::{Rows, Transposed};
@@ -57,14 +65,44 @@ pub const SHAPES: [GemmShape; 12] = [
     shape("vit qkv x·W", (4160, 576, 192), (Rows, Rows), true),
     shape("vit fc1 x·W", (4160, 768, 192), (Rows, Rows), true),
     shape("vit fc2 h·W", (4160, 192, 768), (Rows, Rows), true),
-    shape("vit fc1 dx = dy·Wᵀ", (4160, 192, 768), (Rows, Transposed), true),
-    shape("vit fc1 dW = xᵀ·dy", (192, 768, 4160), (Transposed, Rows), true),
+    shape(
+        "vit fc1 dx = dy·Wᵀ",
+        (4160, 192, 768),
+        (Rows, Transposed),
+        true,
+    ),
+    shape(
+        "vit fc1 dW = xᵀ·dy",
+        (192, 768, 4160),
+        (Transposed, Rows),
+        true,
+    ),
     shape("vit head q·kᵀ", (65, 65, 64), (Rows, Transposed), false),
     shape("vit head p·v", (65, 64, 65), (Rows, Rows), false),
-    shape("resnet 3×3 conv W·cols", (256, 128, 2304), (Rows, Rows), true),
-    shape("resnet 1×1 conv W·cols", (2048, 32, 512), (Rows, Rows), true),
-    shape("resnet dcols = Wᵀ·dy", (4608, 32, 512), (Transposed, Rows), true),
-    shape("resnet dW = dy·colsᵀ", (64, 576, 2048), (Rows, Transposed), true),
+    shape(
+        "resnet 3×3 conv W·cols",
+        (256, 128, 2304),
+        (Rows, Rows),
+        true,
+    ),
+    shape(
+        "resnet 1×1 conv W·cols",
+        (2048, 32, 512),
+        (Rows, Rows),
+        true,
+    ),
+    shape(
+        "resnet dcols = Wᵀ·dy",
+        (4608, 32, 512),
+        (Transposed, Rows),
+        true,
+    ),
+    shape(
+        "resnet dW = dy·colsᵀ",
+        (64, 576, 2048),
+        (Rows, Transposed),
+        true,
+    ),
     shape("square", (2048, 2048, 2048), (Rows, Rows), true),
 ];
 
@@ -132,7 +170,11 @@ fn ours(shape: &GemmShape, kernel: Kernel, time: Duration) -> f64 {
     let (a, ar, ac) = operand(m, k, shape.a);
     let (b, br, bc) = operand(k, n, shape.b);
     let mut c = vec![0f32; m * n];
-    let threads = if shape.parallel { Threads::Pool } else { Threads::One };
+    let threads = if shape.parallel {
+        Threads::Pool
+    } else {
+        Threads::One
+    };
     let sgemm = Sgemm { kernel, threads };
     let s = seconds_per_call(time, || {
         let (a, b) = (Mat::new(&a, ar, ac), Mat::new(&b, br, bc));
@@ -210,7 +252,11 @@ pub fn run_gemm_bench(time: Duration, all_kernels: bool) -> Vec<GemmResult> {
             };
             GemmResult {
                 shape: *shape,
-                threads: if shape.parallel { rayon::current_num_threads() } else { 1 },
+                threads: if shape.parallel {
+                    rayon::current_num_threads()
+                } else {
+                    1
+                },
                 kernel: kernel.name(),
                 ours: ours(shape, kernel, time),
                 kernels,

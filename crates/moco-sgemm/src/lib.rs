@@ -65,11 +65,12 @@ impl Default for Sgemm {
 
 impl Sgemm {
     /// `C = α·A·B + β·C` with `A` `m × k`, `B` `k × n` and `C` `m × n` (`dims` is
-    /// `(m, n, k)`). With `β = 0`, `C` is written without being read.
+    /// `(m, n, k)`). With `β = 0`, `C` is written without being read (and may be
+    /// uninitialised, [`MatMut::uninit`]).
     ///
     /// # Errors
-    /// When a view reaches past the end of its buffer, or the kernel does not run on this CPU;
-    /// nothing is written then.
+    /// When a view reaches past the end of its buffer, the kernel does not run on this CPU, or
+    /// `β ≠ 0` with an uninitialised `C`; nothing is written then.
     pub fn run(
         &self,
         dims: (usize, usize, usize),
@@ -85,6 +86,9 @@ impl Sgemm {
         c.check("C", m, n)?;
         if !self.kernel.available() {
             return Err(ViewError::Kernel(self.kernel));
+        }
+        if beta != 0.0 && !c.initialized() {
+            return Err(ViewError::Uninitialized);
         }
         // SAFETY: every view was checked to lie inside its buffer; `c` is borrowed mutably, so
         // it cannot alias `a` or `b`.

@@ -1,6 +1,8 @@
 //! Strided matrix views of `f32` buffers: element `(i, j)` at `i · row + j · col`.
 
 use std::fmt;
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 use crate::Kernel;
 
@@ -12,12 +14,16 @@ pub struct Mat<'a> {
     col: usize,
 }
 
-/// A writable matrix inside a buffer.
+/// A writable matrix inside a buffer, initialised or not ([`MatMut::uninit`]: written by a
+/// product with `β = 0`, never read).
 #[derive(Debug)]
 pub struct MatMut<'a> {
-    data: &'a mut [f32],
+    ptr: *mut f32,
+    len: usize,
     row: usize,
     col: usize,
+    initialized: bool,
+    _buffer: PhantomData<&'a mut [f32]>,
 }
 
 /// A view that does not fit its buffer, or a kernel this CPU cannot run.
@@ -31,6 +37,8 @@ pub enum ViewError {
     },
     /// The kernel needs instructions this CPU lacks.
     Kernel(Kernel),
+    /// `β ≠ 0` would read an uninitialised output.
+    Uninitialized,
 }
 
 impl fmt::Display for ViewError {
@@ -45,6 +53,10 @@ impl fmt::Display for ViewError {
                 f,
                 "matrix product: the {} kernel does not run on this CPU",
                 kernel.name()
+            ),
+            ViewError::Uninitialized => write!(
+                f,
+                "matrix product: β ≠ 0 reads C, which is uninitialised (use β = 0)"
             ),
         }
     }
@@ -93,7 +105,33 @@ impl<'a> Mat<'a> {
 impl<'a> MatMut<'a> {
     /// Element `(i, j)` at `data[i · row + j · col]`.
     pub fn new(data: &'a mut [f32], row: usize, col: usize) -> Self {
-        MatMut { data, row, col }
+        MatMut {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            row,
+            col,
+            initialized: true,
+            _buffer: PhantomData,
+        }
+    }
+
+    /// An output in uninitialised memory (`Vec::spare_capacity_mut`), for a product with
+    /// `β = 0`, which writes every element of the view and reads none: a fresh result without
+    /// zeroing its buffer first.
+    pub fn uninit(data: &'a mut [MaybeUninit<f32>], row: usize, col: usize) -> Self {
+        MatMut {
+            ptr: data.as_mut_ptr().cast(),
+            len: data.len(),
+            row,
+            col,
+            initialized: false,
+            _buffer: PhantomData,
+        }
+    }
+
+    /// Whether the buffer may be read (it was given initialised).
+    pub(crate) fn initialized(&self) -> bool {
+        self.initialized
     }
 
     /// Row-major with `ld` elements from one row to the next.
@@ -107,12 +145,12 @@ impl<'a> MatMut<'a> {
     }
 
     pub(crate) fn check(&self, name: &'static str, m: usize, n: usize) -> Result<(), ViewError> {
-        check(name, extent(m, n, self.row, self.col), self.data.len())
+        check(name, extent(m, n, self.row, self.col), self.len)
     }
 
     pub(crate) fn raw(self) -> ViewMut {
         ViewMut {
-            ptr: self.data.as_mut_ptr(),
+            ptr: self.ptr,
             row: self.row,
             col: self.col,
         }

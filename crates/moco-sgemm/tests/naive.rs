@@ -288,3 +288,33 @@ fn views_past_their_buffer_are_refused_and_nothing_is_written() {
     assert!(err.to_string().contains("operand B out of bounds"));
     assert_eq!(c, [7.0; 4]);
 }
+
+#[test]
+fn an_uninitialised_output_is_written_whole_and_never_read() {
+    let (m, n, k) = (37, 70, 19);
+    let a = values(m * k, 8);
+    let b = values(k * n, 9);
+    for kernel in kernels() {
+        for threads in [Threads::One, Threads::Pool] {
+            let sgemm = Sgemm { kernel, threads };
+            let (am, bm) = (Mat::rows(&a, k), Mat::rows(&b, n));
+            let mut fresh: Vec<f32> = Vec::with_capacity(m * n);
+            let c = MatMut::uninit(fresh.spare_capacity_mut(), n, 1);
+            sgemm.run((m, n, k), 1.0, am, bm, 0.0, c).unwrap();
+            // SAFETY: a product with β = 0 writes every element of the view.
+            unsafe { fresh.set_len(m * n) };
+            let mut zeroed = vec![0f32; m * n];
+            sgemm
+                .run((m, n, k), 1.0, am, bm, 0.0, MatMut::rows(&mut zeroed, n))
+                .unwrap();
+            assert!(fresh
+                .iter()
+                .zip(&zeroed)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+            let mut again: Vec<f32> = Vec::with_capacity(m * n);
+            let c = MatMut::uninit(again.spare_capacity_mut(), n, 1);
+            let err = sgemm.run((m, n, k), 1.0, am, bm, 1.0, c).unwrap_err();
+            assert_eq!(err, ViewError::Uninitialized);
+        }
+    }
+}

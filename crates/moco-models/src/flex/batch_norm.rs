@@ -22,6 +22,7 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::{
     contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked, values,
@@ -164,9 +165,11 @@ pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f32, relu: bool)
     );
     let m = x.len() / channels;
     let rows = rows_per_block(m);
-    let mut y = vec![0f32; x.len()];
+    // Written whole below, so never zeroed first.
+    let mut y = Vec::with_capacity(x.len());
     let mut stats = vec![(0f32, 0f32, 0f32); channels];
-    y.par_chunks_mut(rows * m)
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(rows * m)
         .zip(stats.par_chunks_mut(rows))
         .zip(x.par_chunks(rows * m))
         .zip(gamma.par_chunks(rows).zip(beta.par_chunks(rows)))
@@ -190,11 +193,13 @@ pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f32, relu: bool)
                 let shift = -(mean * scale) + b;
                 for (y, &v) in y.iter_mut().zip(x) {
                     let out = v * scale + shift;
-                    *y = if relu { out.max(0.0) } else { out };
+                    y.write(if relu { out.max(0.0) } else { out });
                 }
                 *st = (mean, var, rstd);
             }
         });
+    // SAFETY: the rows above cover the buffer and wrote every element.
+    unsafe { y.set_len(x.len()) };
     Forward {
         y,
         mean: stats.iter().map(|s| s.0).collect(),
@@ -233,9 +238,10 @@ pub fn backward(rows: &Rows, grad: &[f32], relu: bool, with_dx: bool) -> Grads {
     assert_eq!(rows.x.len(), grad.len(), "batch norm backward: lengths");
     let m = rows.x.len() / channels;
     let per_block = rows_per_block(m);
-    let mut dx = vec![0f32; if with_dx { grad.len() } else { 0 }];
+    // Written whole below, so never zeroed first.
+    let mut dx: Vec<f32> = Vec::with_capacity(if with_dx { grad.len() } else { 0 });
     let mut sums = vec![(0f32, 0f32); channels];
-    let row = |c: usize, dy: &[f32], dx: &mut [f32]| {
+    let row = |c: usize, dy: &[f32], dx: &mut [MaybeUninit<f32>]| {
         let x = &rows.x[c * m..(c + 1) * m];
         let (mean, rstd) = (rows.mean[c], rows.rstd[c]);
         let scale = rows.gamma[c] * rstd;
@@ -256,13 +262,14 @@ pub fn backward(rows: &Rows, grad: &[f32], relu: bool, with_dx: bool) -> Grads {
         let (dbeta, dgamma) = (dbeta as f32, dgamma as f32);
         let (mean_g, mean_gx) = (dbeta / m as f32, dgamma / m as f32);
         for ((dx, &v), &dy) in dx.iter_mut().zip(x).zip(dy) {
-            *dx = scale * (kept(v, dy) - mean_g - (v - mean) * rstd * mean_gx);
+            dx.write(scale * (kept(v, dy) - mean_g - (v - mean) * rstd * mean_gx));
         }
         (dgamma, dbeta)
     };
     let block = per_block * m;
     if with_dx {
-        dx.par_chunks_mut(block)
+        dx.spare_capacity_mut()[..grad.len()]
+            .par_chunks_mut(block)
             .zip(grad.par_chunks(block))
             .zip(sums.par_chunks_mut(per_block))
             .enumerate()
@@ -271,6 +278,8 @@ pub fn backward(rows: &Rows, grad: &[f32], relu: bool, with_dx: bool) -> Grads {
                     *s = row(i * per_block + j, dy, dx);
                 }
             });
+        // SAFETY: the rows above cover the buffer and wrote every element.
+        unsafe { dx.set_len(grad.len()) };
     } else {
         grad.par_chunks(block)
             .zip(sums.par_chunks_mut(per_block))

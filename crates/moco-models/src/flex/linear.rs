@@ -18,7 +18,7 @@ use burn::prelude::*;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::matmul::{matmul_parallel, Strides};
+use super::matmul::{matmul_new, matmul_parallel, Strides};
 use super::{
     contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked, values,
     Route,
@@ -90,27 +90,21 @@ impl Backward<Flex, 3> for LinearOp {
         let (xs, ws, dys) = (values(&x), values(&w), values(&dy));
         if let Some(node) = x_node {
             // dx = dy·Wᵀ
-            let mut dx = vec![0f32; rows * d_in];
-            matmul_parallel(
+            let dx = matmul_new(
                 (rows, d_in, d_out),
-                (&mut dx, Strides::rows(d_in)),
                 (dys, Strides::rows(d_out)),
                 (ws, Strides::transposed(d_out)),
-                1.0,
-                false,
+                true,
             );
             grads.register::<Flex>(node.id, flex_tensor(dx, [rows, d_in]));
         }
         if let Some(node) = w_node {
             // dW = xᵀ·dy
-            let mut dw = vec![0f32; d_in * d_out];
-            matmul_parallel(
+            let dw = matmul_new(
                 (d_in, d_out, rows),
-                (&mut dw, Strides::rows(d_out)),
                 (xs, Strides::transposed(d_in)),
                 (dys, Strides::rows(d_out)),
-                1.0,
-                false,
+                true,
             );
             grads.register::<Flex>(node.id, flex_tensor(dw, [d_in, d_out]));
         }

@@ -59,6 +59,42 @@ pub(crate) fn matmul_parallel(
     product(dims, dst, lhs, rhs, (scale, accumulate), true)
 }
 
+/// `lhs · rhs` (`m × k` times `k × n`) as a new row-major `m × n` buffer, on all threads when
+/// `parallel`. With our kernels the buffer is never zeroed first: the product writes it whole.
+pub(crate) fn matmul_new(
+    (m, n, k): (usize, usize, usize),
+    lhs: (&[f32], Strides),
+    rhs: (&[f32], Strides),
+    parallel: bool,
+) -> Vec<f32> {
+    let kernel = Kernel::detect();
+    if !kernel.is_simd() || m == 0 || n == 0 {
+        let mut out = vec![0f32; m * n];
+        let dst = (out.as_mut_slice(), Strides::rows(n));
+        product((m, n, k), dst, lhs, rhs, (1.0, false), parallel);
+        return out;
+    }
+    let mut out = Vec::with_capacity(m * n);
+    let threads = if parallel {
+        Threads::Pool
+    } else {
+        Threads::One
+    };
+    Sgemm { kernel, threads }
+        .run(
+            (m, n, k),
+            1.0,
+            Mat::new(lhs.0, lhs.1.row, lhs.1.col),
+            Mat::new(rhs.0, rhs.1.row, rhs.1.col),
+            0.0,
+            MatMut::uninit(out.spare_capacity_mut(), n, 1),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: a product with β = 0 wrote every element of the `m × n` view.
+    unsafe { out.set_len(m * n) };
+    out
+}
+
 fn product(
     (m, n, k): (usize, usize, usize),
     dst: (&mut [f32], Strides),

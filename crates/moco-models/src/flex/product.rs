@@ -17,7 +17,7 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn_flex::FlexTensor;
 
-use super::matmul::{matmul, matmul_parallel, Strides};
+use super::matmul::{matmul_new, Strides};
 use super::{
     contiguous_f32, flex_tensor, from_plain, from_tracked, plain, route, route_of, tracked, values,
     Route,
@@ -69,27 +69,21 @@ fn dims(t: &FlexTensor) -> (usize, usize) {
     (shape[0], shape[1])
 }
 
-/// `dst = lhs·rhs` over `(m, n, k)`, on all threads when the product is large.
+/// `lhs·rhs` over `(m, n, k)` as a new row-major buffer, on all threads when the product is
+/// large.
 fn multiply(
     (m, n, k): (usize, usize, usize),
-    dst: (&mut [f32], Strides),
     lhs: (&[f32], Strides),
     rhs: (&[f32], Strides),
-) {
-    if m * n * k >= PARALLEL_FROM {
-        matmul_parallel((m, n, k), dst, lhs, rhs, 1.0, false);
-    } else {
-        matmul((m, n, k), dst, lhs, rhs, 1.0, false);
-    }
+) -> Vec<f32> {
+    matmul_new((m, n, k), lhs, rhs, m * n * k >= PARALLEL_FROM)
 }
 
 /// `a·b` for contiguous `a` `[m, k]` and `b` `[k, n]`.
 fn forward(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let ((m, k), (_, n)) = (dims(a), dims(b));
-    let mut y = vec![0f32; m * n];
-    multiply(
+    let y = multiply(
         (m, n, k),
-        (&mut y, Strides::rows(n)),
         (values(a), Strides::rows(k)),
         (values(b), Strides::rows(n)),
     );
@@ -110,10 +104,8 @@ impl Backward<Flex, 2> for ProductOp {
         let ((m, k), (_, n)) = (dims(&a), dims(&b));
         if let Some(node) = a_node {
             // da = dy·bᵀ
-            let mut da = vec![0f32; m * k];
-            multiply(
+            let da = multiply(
                 (m, k, n),
-                (&mut da, Strides::rows(k)),
                 (values(&dy), Strides::rows(n)),
                 (values(&b), Strides::transposed(n)),
             );
@@ -121,10 +113,8 @@ impl Backward<Flex, 2> for ProductOp {
         }
         if let Some(node) = b_node {
             // db = aᵀ·dy
-            let mut db = vec![0f32; k * n];
-            multiply(
+            let db = multiply(
                 (k, n, m),
-                (&mut db, Strides::rows(n)),
                 (values(&a), Strides::transposed(k)),
                 (values(&dy), Strides::rows(n)),
             );

@@ -156,63 +156,82 @@ fn values(len: usize) -> Vec<f32> {
 }
 
 /// An operand's buffer and strides: `rows × cols` as `layout` stores it.
-fn operand(rows: usize, cols: usize, layout: Layout) -> (Vec<f32>, usize, usize) {
-    let data = values(rows * cols);
-    match layout {
-        Layout::Rows => (data, cols, 1),
-        Layout::Transposed => (data, 1, rows),
+struct Operand {
+    data: Vec<f32>,
+    row: usize,
+    col: usize,
+}
+
+impl Operand {
+    fn new(rows: usize, cols: usize, layout: Layout) -> Self {
+        let data = values(rows * cols);
+        let (row, col) = match layout {
+            Layout::Rows => (cols, 1),
+            Layout::Transposed => (1, rows),
+        };
+        Operand { data, row, col }
     }
+}
+
+/// GFLOP/s of `product(a, b, c)` repeated on `shape`'s operands.
+fn gflops(
+    shape: &GemmShape,
+    time: Duration,
+    mut product: impl FnMut(&Operand, &Operand, &mut [f32]),
+) -> f64 {
+    let GemmShape { m, n, k, .. } = *shape;
+    let a = Operand::new(m, k, shape.a);
+    let b = Operand::new(k, n, shape.b);
+    let mut c = vec![0f32; m * n];
+    let s = seconds_per_call(time, || product(&a, &b, &mut c));
+    2.0 * (m * n * k) as f64 / s / 1e9
 }
 
 /// GFLOP/s of `shape` with `kernel`.
 fn ours(shape: &GemmShape, kernel: Kernel, time: Duration) -> f64 {
-    let GemmShape { m, n, k, .. } = *shape;
-    let (a, ar, ac) = operand(m, k, shape.a);
-    let (b, br, bc) = operand(k, n, shape.b);
-    let mut c = vec![0f32; m * n];
     let threads = if shape.parallel {
         Threads::Pool
     } else {
         Threads::One
     };
     let sgemm = Sgemm { kernel, threads };
-    let s = seconds_per_call(time, || {
-        let (a, b) = (Mat::new(&a, ar, ac), Mat::new(&b, br, bc));
-        let c = MatMut::rows(&mut c, n);
-        sgemm.run((m, n, k), 1.0, a, b, 0.0, c).expect("in bounds");
-    });
-    2.0 * (m * n * k) as f64 / s / 1e9
+    gflops(shape, time, |a, b, c| {
+        let (a, b) = (
+            Mat::new(&a.data, a.row, a.col),
+            Mat::new(&b.data, b.row, b.col),
+        );
+        let c = MatMut::rows(c, shape.n);
+        sgemm
+            .run((shape.m, shape.n, shape.k), 1.0, a, b, 0.0, c)
+            .expect("in bounds");
+    })
 }
 
 /// GFLOP/s of `shape` with the `gemm` crate.
 fn gemm_crate(shape: &GemmShape, time: Duration) -> f64 {
-    let GemmShape { m, n, k, .. } = *shape;
-    let (a, ar, ac) = operand(m, k, shape.a);
-    let (b, br, bc) = operand(k, n, shape.b);
-    let mut c = vec![0f32; m * n];
     let parallelism = if shape.parallel {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None
     };
-    let s = seconds_per_call(time, || {
+    gflops(shape, time, |a, b, c| {
         // SAFETY: the buffers hold the `m × k`, `k × n` and `m × n` views their strides
         // describe, and `c` does not alias the operands.
         unsafe {
             gemm::gemm(
-                m,
-                n,
-                k,
+                shape.m,
+                shape.n,
+                shape.k,
                 c.as_mut_ptr(),
                 1,
-                n as isize,
+                shape.n as isize,
                 false,
-                a.as_ptr(),
-                ac as isize,
-                ar as isize,
-                b.as_ptr(),
-                bc as isize,
-                br as isize,
+                a.data.as_ptr(),
+                a.col as isize,
+                a.row as isize,
+                b.data.as_ptr(),
+                b.col as isize,
+                b.row as isize,
                 0.0,
                 1.0,
                 false,
@@ -221,8 +240,7 @@ fn gemm_crate(shape: &GemmShape, time: Duration) -> f64 {
                 parallelism,
             )
         }
-    });
-    2.0 * (m * n * k) as f64 / s / 1e9
+    })
 }
 
 /// The peak of `kernel` on one thread and on every thread of the pool at once.

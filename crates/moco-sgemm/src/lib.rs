@@ -25,10 +25,12 @@ mod avx2;
 mod avx512;
 mod block;
 mod kernel;
+mod microkernel;
 mod pack;
 mod peak;
 mod portable;
 mod split;
+mod vector;
 mod view;
 
 pub use kernel::Kernel;

@@ -16,9 +16,9 @@ pub struct StudyArgs {
     /// The study file (JSON); the built-in CPU study when absent (see --builtin).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// A built-in study: `cpu` (Fashion-MNIST, small ViT, four learning rates; about 90 minutes
-    /// on the 2 CPU cores docs/stability.md names), `cpu-seeds` (its two unstable rates with
-    /// three seeds and batch sizes 128 and 64, about 1.5 hours there), `cpu-depth`,
+    /// A built-in study: `cpu` (Fashion-MNIST, small ViT, four learning rates; 8 minutes on 2
+    /// cores of an AMD EPYC, Zen 5, 2026-12-06), `cpu-seeds` (its two unstable rates with three
+    /// seeds and batch sizes 128 and 64: 24 runs of the same kind), `cpu-depth`,
     /// `cpu-width`, `cpu-batch` (depth 2/4/8, width 64/128/256, batch 64/128/256 at a fixed
     /// peak rate: 36 runs each, several hours; run them in parts, finished runs are kept) or
     /// `gpu` (ViT-S on an image folder given with --data).

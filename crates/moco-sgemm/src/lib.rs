@@ -25,11 +25,13 @@ mod avx2;
 mod avx512;
 mod block;
 mod kernel;
+#[cfg(target_arch = "x86_64")]
 mod microkernel;
 mod pack;
 mod peak;
 mod portable;
 mod split;
+#[cfg(target_arch = "x86_64")]
 mod vector;
 mod view;
 
